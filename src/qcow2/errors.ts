@@ -1,0 +1,42 @@
+/**
+ * Every failure the qcow2 engine reports is a Qcow2Error subclass, so callers
+ * (the CLI, the harness) can map it to an exit code and a message without
+ * string matching.
+ */
+export class Qcow2Error extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = new.target.name;
+  }
+}
+
+/** The file is not a qcow2 image, or a header field is out of range. */
+export class InvalidImageError extends Qcow2Error {}
+
+/** Metadata read from disk is inconsistent (pointer past EOF, misaligned, overlapping). */
+export class CorruptImageError extends Qcow2Error {}
+
+/** The image uses a feature this implementation refuses (unknown incompatible bit, encryption, ...). */
+export class UnsupportedFeatureError extends Qcow2Error {}
+
+/** A caller passed a bad argument (offset past the end, bad option value). */
+export class InvalidArgumentError extends Qcow2Error {}
+
+/** A write was attempted on a read-only image (opened read-only, or the corrupt bit is set). */
+export class ReadOnlyError extends Qcow2Error {}
+
+/** A metadata write would overwrite other live metadata; the write is refused and the image marked corrupt. */
+export class OverlapError extends CorruptImageError {}
+
+/** An operation cannot be done without breaking a limit (refcount overflow, v2 limits, size limits). */
+export class LimitError extends Qcow2Error {}
+
+/** The underlying storage failed (EIO, ENOSPC, short read). */
+export class StorageIoError extends Qcow2Error {
+  constructor(message: string, readonly code?: string) {
+    super(message);
+  }
+}
+
+/** A named snapshot does not exist, or a name/id is already taken. */
+export class SnapshotError extends Qcow2Error {}

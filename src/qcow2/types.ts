@@ -1,0 +1,91 @@
+/** Public option and result types of the qcow2 engine. */
+
+export type CompatLevel = '0.10' | '1.1';
+export type CompressionType = 'zlib' | 'zstd';
+export type BackingFormat = 'qcow2' | 'raw';
+
+export interface CreateOptions {
+  /** Virtual size in bytes (rounded up to 512 like qemu-img). */
+  size: number;
+  clusterSize?: number; // default 65536
+  refcountBits?: number; // default 16
+  compat?: CompatLevel; // default '1.1'
+  lazyRefcounts?: boolean;
+  extendedL2?: boolean;
+  compressionType?: CompressionType; // default zlib
+  backingFile?: string;
+  backingFormat?: BackingFormat;
+  preallocation?: 'off' | 'metadata';
+}
+
+export interface OpenOptions {
+  readOnly?: boolean;
+  /** Resolves and opens the backing file named in the header; null means "no backing file". */
+  openBacking?: (name: string, format: BackingFormat | undefined) => GuestDevice | null;
+  /** L2 cache budget in bytes (like qemu's l2-cache-size). */
+  l2CacheSize?: number;
+  /** Refcount block cache budget in bytes (like qemu's refcount-cache-size). */
+  refcountCacheSize?: number;
+  /** Snapshot to expose read-only instead of the active layer (id or name). */
+  snapshot?: string;
+  /** Repair a dirty image on a read-write open (default true, as QEMU does). */
+  repairDirty?: boolean;
+}
+
+/** Anything a guest can read: a qcow2 image, or a raw file used as a backing file. */
+export interface GuestDevice {
+  readonly virtualSize: number;
+  read(offset: number, length: number): Uint8Array;
+  /** Reads into dst (dst.length bytes) from guest offset. */
+  readInto(offset: number, dst: Uint8Array): void;
+  close(): void;
+}
+
+export interface SnapshotInfo {
+  id: string;
+  name: string;
+  vmStateSize: number;
+  dateSec: number;
+  dateNsec: number;
+  vmClockNsec: number;
+  icount: number | null;
+  virtualSize: number;
+}
+
+export interface ImageInfo {
+  virtualSize: number;
+  clusterSize: number;
+  version: 2 | 3;
+  compat: CompatLevel;
+  refcountBits: number;
+  lazyRefcounts: boolean;
+  extendedL2: boolean;
+  compressionType: CompressionType;
+  corrupt: boolean;
+  dirty: boolean;
+  backingFile?: string;
+  backingFormat?: string;
+  dataFile?: string;
+  encrypted: boolean;
+  actualSize: number;
+  snapshots: SnapshotInfo[];
+  bitmaps: { name: string; granularity: number; flags: string[] }[];
+}
+
+export interface CheckResult {
+  /** qemu-img check JSON fields */
+  checkErrors: number;
+  corruptions: number;
+  leaks: number;
+  corruptionsFixed: number;
+  leaksFixed: number;
+  imageEndOffset: number;
+  totalClusters: number;
+  allocatedClusters: number;
+  fragmentedClusters: number;
+  compressedClusters: number;
+  /** Human-readable lines in qemu-img's wording (ERROR ..., Leaked cluster ...). */
+  messages: string[];
+}
+
+export type RepairMode = 'none' | 'leaks' | 'all';

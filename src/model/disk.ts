@@ -1,0 +1,290 @@
+/**
+ * The reference raw-disk model: what a guest must see after each operation,
+ * per DESIGN.md's guest-visible table (checked against qemu-io 7.2; where the
+ * table is silent the model mirrors QEMU, see the notes on each method).
+ *
+ * Every mutating operation comes as a pair: expectX() says whether the
+ * implementation must accept it (see Verdict), and x() applies it to the model
+ * (call it only when the implementation accepted the op).
+ */
+import { ANY, Layer, SECTOR } from './layer.js';
+import type { BackingModel, Compat, Expectation, ImageConfig, MetaModel, SnapshotModel } from './types.js';
+
+const OK: Expectation = { verdict: 'ok' };
+const refuse = (reason: string): Expectation => ({ verdict: 'refuse', reason });
+const either = (reason: string): Expectation => ({ verdict: 'either', reason });
+
+interface Snapshot extends SnapshotModel {
+  layer: Layer;
+}
+
+export class DiskModel {
+  active: Layer;
+  readonly backing?: BackingModel;
+  meta: MetaModel;
+  private snaps: Snapshot[] = [];
+  /** Once a compressed cluster may exist anywhere, a zstd -> v2 downgrade may be refused. */
+  private compressedEver = false;
+
+  constructor(cfg: ImageConfig) {
+    if (cfg.size % SECTOR !== 0) throw new Error(`model size ${cfg.size} is not a multiple of ${SECTOR}`);
+    this.backing = cfg.backing;
+    const backingEnd = cfg.backing ? Math.min(cfg.size, cfg.backing.size) / SECTOR : 0;
+    this.active = new Layer(cfg.size, new Map(), Math.ceil(backingEnd));
+    this.meta = {
+      compat: cfg.compat,
+      refcountBits: cfg.refcountBits,
+      lazyRefcounts: cfg.lazyRefcounts,
+      compressionType: cfg.compressionType,
+      extendedL2: cfg.extendedL2,
+      clusterSize: cfg.clusterSize,
+    };
+  }
+
+  get size(): number {
+    return this.active.size;
+  }
+
+  get snapshots(): readonly SnapshotModel[] {
+    return this.snaps.map(({ id, name }) => ({ id, name }));
+  }
+
+  // ---- reads -------------------------------------------------------------
+
+  /** Stamp of a sector of a layer: > 0 data of that op, 0 zeros, ANY (-1) unspecified. */
+  stampAt(layer: Layer, sector: number): number {
+    if (layer.undefinedSectors.size && layer.undefinedSectors.has(sector)) return ANY;
+    const v = layer.sectors.get(sector);
+    if (v !== undefined) return v;
+    if (sector < layer.backingEnd && this.backing) return this.backing.sectors.get(sector) ?? 0;
+    return 0;
+  }
+
+  /** A snapshot's layer, found as QEMU finds it (id first, then first matching name). */
+  snapshotLayer(nameOrId: string): Layer | undefined {
+    return this.findSnapshot(nameOrId)?.layer;
+  }
+
+  // ---- guest I/O ---------------------------------------------------------
+
+  private rangeCheck(off: number, len: number): Expectation | undefined {
+    if (off < 0 || len < 0 || off % SECTOR || len % SECTOR) return refuse('range not sector aligned');
+    if (off + len > this.size) return refuse(`range ${off}+${len} past the end (${this.size})`);
+    return undefined;
+  }
+
+  expectWrite(off: number, len: number): Expectation {
+    return this.rangeCheck(off, len) ?? OK;
+  }
+
+  write(off: number, len: number, stamp: number): void {
+    for (let s = off / SECTOR; s < (off + len) / SECTOR; s++) this.active.setStamp(s, stamp);
+    this.markAllocated(off, len);
+  }
+
+  /**
+   * Compressed writes take whole clusters: offset cluster aligned, length one
+   * cluster, or the last partial cluster of an unaligned image. QEMU refuses to
+   * compress over a cluster that already has a host offset (EIO), so the write
+   * is certain to succeed only where the model knows the cluster unallocated.
+   */
+  expectWriteCompressed(off: number, len: number): Expectation {
+    const bad = this.rangeCheck(off, len);
+    if (bad) return bad;
+    const cs = this.meta.clusterSize;
+    if (off % cs !== 0) return refuse('compressed write not cluster aligned');
+    const wantLen = Math.min(cs, this.size - off);
+    if (len !== wantLen) return refuse('compressed write must be exactly one cluster');
+    if (this.active.allocUnknown || this.active.maybeAllocated.has(off / cs)) {
+      return either('compressed write over a cluster that may be allocated');
+    }
+    return OK;
+  }
+
+  writeCompressed(off: number, len: number, stamp: number): void {
+    this.write(off, len, stamp);
+    this.compressedEver = true;
+  }
+
+  /** write -z, with or without unmap, at any alignment: zeros. */
+  expectWriteZeroes(off: number, len: number): Expectation {
+    return this.rangeCheck(off, len) ?? OK;
+  }
+
+  writeZeroes(off: number, len: number): void {
+    for (let s = off / SECTOR; s < (off + len) / SECTOR; s++) this.active.setZero(s);
+    // Whether QEMU keeps, allocates or frees clusters here depends on their
+    // prior state and the alignment; the model does not guess.
+    this.markAllocated(off, len);
+  }
+
+  expectDiscard(off: number, len: number): Expectation {
+    return this.rangeCheck(off, len) ?? OK;
+  }
+
+  /**
+   * Only whole clusters are discarded; the last cluster of an image whose size
+   * is not cluster aligned counts as whole when the range reaches the end
+   * (QEMU's block layer splits off unaligned heads and tails and the driver
+   * ignores them). Extended L2 changes nothing: QEMU 7.2 discards whole
+   * clusters only, never single subclusters. A discarded cluster reads zeros,
+   * except on a v2 image with a backing file, where discard does nothing.
+   */
+  discard(off: number, len: number): void {
+    if (this.meta.compat === '0.10' && this.backing) return;
+    const cs = this.meta.clusterSize;
+    const end = off + len;
+    for (let c = Math.floor(off / cs); c * cs < end; c++) {
+      const cStart = c * cs;
+      const cEnd = Math.min(cStart + cs, this.size);
+      if (off > cStart || end < cEnd) continue;
+      for (let s = cStart / SECTOR; s < cEnd / SECTOR; s++) this.active.setZero(s);
+      this.active.maybeAllocated.delete(c);
+    }
+  }
+
+  private markAllocated(off: number, len: number): void {
+    if (len === 0) return;
+    const cs = this.meta.clusterSize;
+    for (let c = Math.floor(off / cs); c * cs < off + len; c++) this.active.maybeAllocated.add(c);
+  }
+
+  // ---- snapshots ---------------------------------------------------------
+
+  private findSnapshot(nameOrId: string): Snapshot | undefined {
+    return this.snaps.find((s) => s.id === nameOrId) ?? this.snaps.find((s) => s.name === nameOrId);
+  }
+
+  /** QEMU accepts duplicate snapshot names (ids stay unique), so create always succeeds. */
+  expectSnapshotCreate(_name: string): Expectation {
+    return OK;
+  }
+
+  snapshotCreate(name: string): void {
+    // QEMU picks the highest numeric id plus one.
+    const maxId = this.snaps.reduce((m, s) => Math.max(m, Number.parseInt(s.id, 10) || 0), 0);
+    this.snaps.push({ id: String(maxId + 1), name, layer: this.active.clone() });
+  }
+
+  expectSnapshotApply(nameOrId: string): Expectation {
+    return this.findSnapshot(nameOrId) ? OK : refuse(`no snapshot '${nameOrId}'`);
+  }
+
+  /** Active := the snapshot's content and virtual size. */
+  snapshotApply(nameOrId: string): void {
+    const s = this.findSnapshot(nameOrId);
+    if (!s) throw new Error(`model: no snapshot ${nameOrId}`);
+    this.active = s.layer.clone();
+  }
+
+  expectSnapshotDelete(nameOrId: string): Expectation {
+    return this.findSnapshot(nameOrId) ? OK : refuse(`no snapshot '${nameOrId}'`);
+  }
+
+  snapshotDelete(nameOrId: string): void {
+    const s = this.findSnapshot(nameOrId);
+    if (!s) throw new Error(`model: no snapshot ${nameOrId}`);
+    this.snaps.splice(this.snaps.indexOf(s), 1);
+  }
+
+  // ---- amend -------------------------------------------------------------
+
+  /**
+   * Narrowing refcounts is refused when some refcount does not fit. A cluster
+   * is referenced at most once by the active layer and once per snapshot, so
+   * widths that hold 1 + #snapshots always fit; narrower ones depend on sharing.
+   */
+  expectAmendRefcountBits(bits: number): Expectation {
+    if (!Number.isInteger(bits) || bits < 1 || bits > 64 || (bits & (bits - 1)) !== 0) {
+      return refuse(`refcount_bits=${bits} is not a power of two in 1..64`);
+    }
+    if (this.meta.compat === '0.10' && bits !== 16) return refuse('compat=0.10 requires refcount_bits=16');
+    const maxRef = 1 + this.snaps.length;
+    if (bits < 53 && 2 ** bits - 1 < maxRef) return either('refcounts may not fit the narrower width');
+    return OK;
+  }
+
+  amendRefcountBits(bits: number): void {
+    this.meta.refcountBits = bits;
+  }
+
+  expectAmendCompat(compat: Compat): Expectation {
+    if (compat === '1.1' || this.meta.compat === '0.10') return OK;
+    if (this.meta.refcountBits !== 16) return refuse('compat=0.10 requires refcount_bits=16');
+    if (this.meta.extendedL2) return refuse('v2 cannot express extended L2 entries');
+    if (this.meta.compressionType === 'zstd' && this.compressedEver) {
+      return either('zstd-compressed clusters may exist');
+    }
+    return OK;
+  }
+
+  /** Downgrade drops lazy refcounts and zstd; zero clusters are expanded, so allocation becomes unknown. */
+  amendCompat(compat: Compat): void {
+    if (compat === this.meta.compat) return;
+    this.meta.compat = compat;
+    if (compat === '0.10') {
+      this.meta.lazyRefcounts = false;
+      this.meta.compressionType = 'zlib';
+      this.active.allocUnknown = true;
+      for (const s of this.snaps) s.layer.allocUnknown = true;
+    }
+  }
+
+  expectAmendLazyRefcounts(on: boolean): Expectation {
+    if (on && this.meta.compat === '0.10') return refuse('lazy refcounts need compat=1.1');
+    return OK;
+  }
+
+  amendLazyRefcounts(on: boolean): void {
+    this.meta.lazyRefcounts = on;
+  }
+
+  // ---- resize ------------------------------------------------------------
+
+  /**
+   * Shrinking needs --shrink; v2 images with snapshots cannot be resized. Growing
+   * an image whose backing file would show through the new area needs zero
+   * clusters, which v2 lacks, so QEMU refuses it there.
+   */
+  expectResize(size: number, shrink: boolean): Expectation {
+    if (size <= 0 || size % SECTOR) return refuse('size not a positive multiple of 512');
+    if (size === this.size) return OK;
+    if (this.meta.compat === '0.10' && this.snaps.length > 0) return refuse("can't resize a v2 image with snapshots");
+    if (size < this.size && !shrink) return refuse('shrinking needs --shrink');
+    if (size > this.size && this.meta.compat === '0.10' && this.backing && this.backing.size > this.size) {
+      return refuse('v2 cannot zero the new area over a backing file');
+    }
+    return OK;
+  }
+
+  /**
+   * Grown area reads zeros (never the backing file); a shrink drops the tail.
+   *
+   * One exception, observed on QEMU 7.2 and allowed by its block layer's
+   * contract (truncate without BDRV_REQ_ZERO_WRITE leaves the new area
+   * unspecified): growing an image whose old size is not cluster aligned
+   * re-exposes whatever the old last cluster held past the old end (e.g. data
+   * cut off by an earlier shrink). QEMU zero-writes that head only when a
+   * backing file would otherwise show through. The model leaves those sectors
+   * unspecified instead of demanding zeros; see corpus/ for the QEMU repro.
+   */
+  resize(size: number): void {
+    const cs = this.meta.clusterSize;
+    const old = this.size;
+    if (size < old) {
+      this.active.truncate(size);
+      const lastCluster = Math.ceil(size / cs);
+      for (const c of this.active.maybeAllocated) if (c >= lastCluster) this.active.maybeAllocated.delete(c);
+      return;
+    }
+    if (size === old) return;
+    const backingShowsThrough = this.backing !== undefined && this.backing.size > old;
+    this.active.backingEnd = Math.min(this.active.backingEnd, this.active.sectorCount);
+    this.active.size = size;
+    const tailEnd = Math.min(size, Math.ceil(old / cs) * cs);
+    if (old % cs !== 0) {
+      if (backingShowsThrough) this.active.maybeAllocated.add(Math.floor(old / cs));
+      else for (let s = old / SECTOR; s < tailEnd / SECTOR; s++) this.active.undefinedSectors.add(s);
+    }
+  }
+}

@@ -1,0 +1,175 @@
+/** Thin, typed wrappers over qemu-img subcommands. Every call has a timeout (HangError). */
+import { QemuToolError } from './errors.js';
+import { DEFAULT_TIMEOUT_MS, QEMU_IMG, runTool, type ToolResult } from './run.js';
+
+export interface ImgCreateOptions {
+  format?: 'qcow2' | 'raw';
+  size: number;
+  clusterSize?: number;
+  refcountBits?: number;
+  compat?: '0.10' | '1.1';
+  lazyRefcounts?: boolean;
+  extendedL2?: boolean;
+  compressionType?: 'zlib' | 'zstd';
+  backingFile?: string;
+  backingFormat?: 'qcow2' | 'raw';
+}
+
+export interface QemuSnapshotInfo {
+  id: string;
+  name: string;
+  'vm-state-size': number;
+  'date-sec': number;
+  'date-nsec': number;
+  'vm-clock-sec': number;
+  'vm-clock-nsec': number;
+  icount?: number;
+}
+
+export interface QemuInfo {
+  'virtual-size': number;
+  'cluster-size'?: number;
+  format: string;
+  'actual-size'?: number;
+  'dirty-flag'?: boolean;
+  'backing-filename'?: string;
+  'backing-filename-format'?: string;
+  snapshots?: QemuSnapshotInfo[];
+  'format-specific'?: {
+    type: string;
+    data: {
+      compat: string;
+      'compression-type'?: string;
+      'lazy-refcounts'?: boolean;
+      'refcount-bits'?: number;
+      corrupt?: boolean;
+      'extended-l2'?: boolean;
+    };
+  };
+}
+
+export interface QemuCheck {
+  'image-end-offset'?: number;
+  'total-clusters'?: number;
+  'allocated-clusters'?: number;
+  'fragmented-clusters'?: number;
+  'compressed-clusters'?: number;
+  'check-errors': number;
+  corruptions?: number;
+  leaks?: number;
+  'corruptions-fixed'?: number;
+  'leaks-fixed'?: number;
+  filename?: string;
+  format?: string;
+}
+
+export interface CheckOutcome {
+  /** qemu-img check exit code: 0 clean, 1 check failed, 2 corruptions, 3 leaks, 63 unsupported. */
+  rc: number;
+  json?: QemuCheck;
+  stderr: string;
+}
+
+function must(r: ToolResult, what: string): ToolResult {
+  if (r.rc !== 0) throw new QemuToolError(`${what} failed (rc ${r.rc}): ${r.stderr.trim() || r.stdout.trim()}`, r.rc, r.stderr);
+  return r;
+}
+
+export function createOptionString(o: ImgCreateOptions): string {
+  const kv: string[] = [];
+  if (o.clusterSize !== undefined) kv.push(`cluster_size=${o.clusterSize}`);
+  if (o.refcountBits !== undefined) kv.push(`refcount_bits=${o.refcountBits}`);
+  if (o.compat !== undefined) kv.push(`compat=${o.compat}`);
+  if (o.lazyRefcounts !== undefined) kv.push(`lazy_refcounts=${o.lazyRefcounts ? 'on' : 'off'}`);
+  if (o.extendedL2 !== undefined) kv.push(`extended_l2=${o.extendedL2 ? 'on' : 'off'}`);
+  if (o.compressionType !== undefined) kv.push(`compression_type=${o.compressionType}`);
+  return kv.join(',');
+}
+
+export function createArgs(path: string, o: ImgCreateOptions): string[] {
+  const args = ['create', '-q', '-f', o.format ?? 'qcow2'];
+  const opts = (o.format ?? 'qcow2') === 'qcow2' ? createOptionString(o) : '';
+  if (opts) args.push('-o', opts);
+  if (o.backingFile) args.push('-b', o.backingFile, '-F', o.backingFormat ?? 'raw');
+  args.push(path, String(o.size));
+  return args;
+}
+
+export async function imgCreate(path: string, o: ImgCreateOptions, timeoutMs = DEFAULT_TIMEOUT_MS): Promise<void> {
+  must(await runTool(QEMU_IMG, createArgs(path, o), timeoutMs), 'qemu-img create');
+}
+
+export async function imgInfo(path: string, o: { format?: string; timeoutMs?: number } = {}): Promise<QemuInfo> {
+  const args = ['info', '--output=json', '-U'];
+  if (o.format) args.push('-f', o.format);
+  args.push(path);
+  const r = must(await runTool(QEMU_IMG, args, o.timeoutMs), 'qemu-img info');
+  try {
+    return JSON.parse(r.stdout) as QemuInfo;
+  } catch {
+    throw new QemuToolError(`qemu-img info printed no JSON: ${r.stdout.slice(0, 200)}`);
+  }
+}
+
+/** qemu-img check; returns the exit code and, when qemu-img printed it, the parsed JSON. */
+export async function imgCheck(
+  path: string,
+  o: { repair?: 'leaks' | 'all'; format?: string; timeoutMs?: number } = {},
+): Promise<CheckOutcome> {
+  const args = ['check', '--output=json', '-f', o.format ?? 'qcow2'];
+  if (o.repair) args.push('-r', o.repair);
+  args.push(path);
+  const r = await runTool(QEMU_IMG, args, o.timeoutMs);
+  let json: QemuCheck | undefined;
+  const start = r.stdout.indexOf('{');
+  if (start >= 0) {
+    try {
+      json = JSON.parse(r.stdout.slice(start)) as QemuCheck;
+    } catch {
+      json = undefined;
+    }
+  }
+  return { rc: r.rc, json, stderr: r.stderr };
+}
+
+/** qemu-img compare: rc 0 identical, 1 different, 2 error. */
+export async function imgCompare(
+  a: string,
+  b: string,
+  o: { formatA?: string; formatB?: string; strict?: boolean; timeoutMs?: number } = {},
+): Promise<ToolResult> {
+  const args = ['compare', '-U'];
+  if (o.formatA) args.push('-f', o.formatA);
+  if (o.formatB) args.push('-F', o.formatB);
+  if (o.strict) args.push('-s');
+  args.push(a, b);
+  return runTool(QEMU_IMG, args, o.timeoutMs);
+}
+
+/** Converts to raw; `snapshotId` reads an internal snapshot instead of the active layer. */
+export async function imgConvertToRaw(
+  src: string,
+  dst: string,
+  o: { format?: string; snapshotId?: string; timeoutMs?: number } = {},
+): Promise<void> {
+  const args = ['convert', '-U', '-f', o.format ?? 'qcow2', '-O', 'raw'];
+  if (o.snapshotId !== undefined) args.push('-l', `snapshot.id=${o.snapshotId}`);
+  args.push(src, dst);
+  must(await runTool(QEMU_IMG, args, o.timeoutMs), 'qemu-img convert');
+}
+
+/** qemu-img snapshot -c|-a|-d NAME; returns the result so callers can treat a refusal as data. */
+export async function imgSnapshot(path: string, flag: 'c' | 'a' | 'd', name: string, timeoutMs?: number): Promise<ToolResult> {
+  return runTool(QEMU_IMG, ['snapshot', `-${flag}`, name, path], timeoutMs);
+}
+
+export async function imgAmend(path: string, options: string, timeoutMs?: number): Promise<ToolResult> {
+  return runTool(QEMU_IMG, ['amend', '-f', 'qcow2', '-o', options, path], timeoutMs);
+}
+
+export async function imgResize(path: string, size: number, o: { shrink?: boolean; timeoutMs?: number } = {}): Promise<ToolResult> {
+  const args = ['resize', '-q', '-f', 'qcow2'];
+  if (o.shrink) args.push('--shrink');
+  args.push(path, String(size));
+  return runTool(QEMU_IMG, args, o.timeoutMs);
+}

@@ -1,0 +1,38 @@
+import { execa } from 'execa';
+import { HangError, QemuToolError } from './errors.js';
+
+export interface ToolResult {
+  rc: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Default per-call timeout: generous for 2 MiB clusters on a busy 2-core machine, short enough to flag hangs. */
+export const DEFAULT_TIMEOUT_MS = 30_000;
+
+export const QEMU_IMG = process.env.QEMU_IMG ?? 'qemu-img';
+export const QEMU_IO = process.env.QEMU_IO ?? 'qemu-io';
+
+/** Runs a tool with a timeout; never rejects on a non-zero exit, throws HangError on timeout. */
+export async function runTool(tool: string, args: string[], timeoutMs = DEFAULT_TIMEOUT_MS): Promise<ToolResult> {
+  const r = await execa(tool, args, {
+    reject: false,
+    timeout: timeoutMs,
+    killSignal: 'SIGKILL',
+    stdin: 'ignore',
+    encoding: 'utf8',
+    stripFinalNewline: false,
+    env: { LC_ALL: 'C' },
+  });
+  if (r.timedOut) throw new HangError(tool, args, timeoutMs);
+  if (r.exitCode === undefined) {
+    if (r.signal) return { rc: 128 + signalNumber(r.signal), stdout: String(r.stdout ?? ''), stderr: `killed by ${r.signal}\n${String(r.stderr ?? '')}` };
+    throw new QemuToolError(`${tool} could not run: ${r.message}`);
+  }
+  return { rc: r.exitCode, stdout: String(r.stdout ?? ''), stderr: String(r.stderr ?? '') };
+}
+
+function signalNumber(sig: string): number {
+  const table: Record<string, number> = { SIGABRT: 6, SIGSEGV: 11, SIGKILL: 9, SIGBUS: 7, SIGTERM: 15, SIGFPE: 8 };
+  return table[sig] ?? 1;
+}

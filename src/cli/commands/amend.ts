@@ -1,0 +1,55 @@
+import { all, has, last, parseArgs } from '../args.js';
+import type { CliContext } from '../context.js';
+import { CommandFailed, EXIT_OK, UsageError } from '../errors.js';
+import { openQcow2, parseFormat, reason } from '../open.js';
+import { parseBool, parseCompat, parseOptionList, parseRefcountBits, wantsOptionHelp } from '../options.js';
+
+export const AMEND_HELP = `Usage: qcow2-harness amend [-q] [-f fmt] -o options FILE
+
+Changes format options of an existing qcow2 image in place, as 'qemu-img amend'.
+Options: refcount_bits=1|2|4|8|16|32|64, compat=0.10|1.1, lazy_refcounts=on|off.
+A change that cannot be made (a refcount that does not fit a narrower width,
+something v2 cannot express) is refused and the image left as it was.
+`;
+
+const CREATE_ONLY = new Set(['cluster_size', 'extended_l2', 'compression_type', 'preallocation', 'encryption', 'data_file', 'data_file_raw']);
+
+export async function amendCommand(argv: string[], ctx: CliContext): Promise<number> {
+  const p = parseArgs(argv, { short: { f: true, o: true, q: false, p: false }, long: { force: false } }, 'amend');
+  if (has(p, 'help')) {
+    ctx.stdout(AMEND_HELP);
+    return EXIT_OK;
+  }
+  const texts = all(p, 'o');
+  if (wantsOptionHelp(texts)) {
+    ctx.stdout('Amend options for qcow2:\n  compat=<str>  lazy_refcounts=<bool (on/off)>  refcount_bits=<num>\n');
+    return EXIT_OK;
+  }
+  if (texts.length === 0) throw new UsageError('Must specify options (-o)', 'amend');
+  if (p.operands.length !== 1) throw new UsageError(p.operands.length ? `Unexpected argument: ${p.operands[1]}` : 'Expecting one image file name', 'amend');
+  const file = p.operands[0]!;
+  const o: { refcountBits?: number; compat?: '0.10' | '1.1'; lazyRefcounts?: boolean } = {};
+  for (const [k, v] of parseOptionList(texts)) {
+    if (k === 'refcount_bits') o.refcountBits = parseRefcountBits(v, file).valueOf();
+    else if (k === 'compat') o.compat = parseCompat(v, file);
+    else if (k === 'lazy_refcounts') o.lazyRefcounts = parseBool(k, v, file);
+    else if (CREATE_ONLY.has(k)) throw new CommandFailed(`Invalid parameter '${k}'; This option is only supported for image creation`);
+    else if (k === 'size' || k === 'backing_file' || k === 'backing_fmt') throw new CommandFailed(`Changing '${k}' with amend is not supported by qcow2-harness (use resize for the size)`);
+    else throw new CommandFailed(`Invalid parameter '${k}'`);
+  }
+  const img = openQcow2(ctx, file, { format: parseFormat(last(p, 'f'), 'amend') });
+  try {
+    const cur = img.info();
+    if (o.lazyRefcounts && (o.compat ?? cur.compat) === '0.10') {
+      throw new CommandFailed('Lazy refcounts only supported with compatibility level 1.1 and above (use compat=1.1 or greater)');
+    }
+    try {
+      img.amend(o);
+    } catch (e) {
+      throw new CommandFailed(reason(e));
+    }
+  } finally {
+    img.close();
+  }
+  return EXIT_OK;
+}

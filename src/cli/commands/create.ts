@@ -1,0 +1,96 @@
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { openImageFile, createQcow2File } from '../../qcow2/open-file.js';
+import type { BackingFormat, CreateOptions } from '../../qcow2/types.js';
+import { all, has, parseArgs } from '../args.js';
+import type { CliContext } from '../context.js';
+import { CommandFailed, EXIT_OK, UsageError } from '../errors.js';
+import { parseFormat, reason, resolvePath } from '../open.js';
+import { CREATE_OPTION_HELP, createOptionsFrom, formattingLine, parseOptionList, wantsOptionHelp } from '../options.js';
+import { parseImageSize } from '../sizes.js';
+
+export const CREATE_HELP = `Usage: qcow2-harness create [-q] [-f fmt] [-o options] [-b backing_file [-F backing_fmt]] [-u] FILE [SIZE]
+
+Creates a new image, as 'qemu-img create'.
+  -f fmt        qcow2 (the default here; qemu-img defaults to raw) or raw
+  -o options    comma-separated k=v: size, cluster_size, refcount_bits, compat,
+                lazy_refcounts, extended_l2, compression_type, backing_file,
+                backing_fmt, preallocation (off|metadata); '-o help' lists them
+  -b FILE       backing file (stored as given; relative names are relative to FILE's directory)
+  -F fmt        backing file format (qcow2 or raw); required with -b, as in qemu-img 7.2
+  -u            do not open the backing file (then SIZE is required)
+  -q            quiet: no "Formatting ..." line
+SIZE takes the suffixes k, M, G, T, P, E (powers of 1024) and may be omitted
+when a backing file gives it.
+`;
+
+export async function createCommand(argv: string[], ctx: CliContext): Promise<number> {
+  const p = parseArgs(argv, { short: { f: true, o: true, b: true, F: true, u: false, q: false } }, 'create');
+  if (has(p, 'help')) {
+    ctx.stdout(CREATE_HELP);
+    return EXIT_OK;
+  }
+  const fmt = parseFormat(all(p, 'f').at(-1), 'create') ?? 'qcow2';
+  const optionTexts = all(p, 'o');
+  if (wantsOptionHelp(optionTexts)) {
+    ctx.stdout(fmt === 'raw' ? 'Supported raw options:\n  size=<size>            - Virtual disk size\n' : CREATE_OPTION_HELP);
+    return EXIT_OK;
+  }
+  const [file, sizeText, extra] = p.operands;
+  if (file === undefined) throw new UsageError('Expecting image file name', 'create');
+  if (extra !== undefined) throw new UsageError(`Unexpected argument: ${extra}`, 'create');
+
+  const pairs = parseOptionList(optionTexts);
+  if (fmt === 'raw') {
+    for (const k of pairs.keys()) if (k !== 'size') throw new CommandFailed(`${file}: Invalid parameter '${k}'`);
+  }
+  const o = fmt === 'raw' ? { size: pairs.has('size') ? createOptionsFrom(new Map([['size', pairs.get('size')!]]), file).size : undefined } : createOptionsFrom(pairs, file);
+  const b = all(p, 'b').at(-1);
+  const bf = all(p, 'F').at(-1);
+  if (fmt === 'raw' && (b !== undefined || bf !== undefined)) throw new CommandFailed(`${file}: raw images have no backing file`);
+  const co = o as Partial<CreateOptions>;
+  if (b !== undefined) co.backingFile = b;
+  if (bf !== undefined) {
+    if (bf !== 'qcow2' && bf !== 'raw') throw new CommandFailed(`${file}: backing format '${bf}' is not supported (qcow2 or raw)`);
+    co.backingFormat = bf as BackingFormat;
+  }
+  if (sizeText !== undefined) {
+    if (co.size !== undefined) throw new CommandFailed(`${file}: The image size must be specified only once`);
+    co.size = parseImageSize(sizeText, 'create');
+  }
+  if (co.backingFile !== undefined) {
+    if (co.backingFormat === undefined) throw new CommandFailed(`${file}: Backing file specified without backing format`);
+    if (!has(p, 'u')) {
+      // As qemu-img: the backing file must open, and it gives the size when none was given.
+      const backingPath = path.resolve(path.dirname(resolvePath(ctx, file)), co.backingFile);
+      let backingSize: number;
+      try {
+        const dev = openImageFile(backingPath, { readOnly: true, format: co.backingFormat });
+        backingSize = dev.virtualSize;
+        dev.close();
+      } catch (e) {
+        throw new CommandFailed(`${file}: Could not open '${co.backingFile}': ${reason(e)}; Could not open backing image.`);
+      }
+      co.size ??= backingSize;
+    }
+  }
+  if (co.size === undefined) throw new CommandFailed(`${file}: Image creation needs a size parameter`);
+  const full = co as CreateOptions;
+  if (!has(p, 'q')) ctx.stdout(formattingLine(file, fmt, full) + '\n');
+  const abs = resolvePath(ctx, file);
+  try {
+    if (fmt === 'raw') {
+      const fd = fs.openSync(abs, 'w');
+      try {
+        fs.ftruncateSync(fd, full.size);
+      } finally {
+        fs.closeSync(fd);
+      }
+    } else {
+      createQcow2File(abs, full).close();
+    }
+  } catch (e) {
+    throw new CommandFailed(`${file}: ${reason(e)}`);
+  }
+  return EXIT_OK;
+}

@@ -1,0 +1,116 @@
+import * as fs from 'node:fs';
+import { has, last, parseArgs } from '../args.js';
+import type { CliContext } from '../context.js';
+import { EXIT_OK, UsageError } from '../errors.js';
+import { openReadable, parseFormat, resolvePath } from '../open.js';
+import { sizeToStr } from '../sizes.js';
+import { snapshotJson, snapshotTable } from '../snapshot-table.js';
+
+export const INFO_HELP = `Usage: qcow2-harness info [-f fmt] [--output human|json] [-U] FILE
+
+Shows an image's format, sizes, backing file, snapshots and qcow2 features,
+as 'qemu-img info' (the JSON output uses qemu-img's field names).
+  -f fmt          qcow2 or raw (probed when omitted)
+  --output FMT    human (default) or json
+  -U              accepted for qemu-img compatibility (images are opened read-only anyway)
+`;
+
+/** qemu's path_combine: a relative backing name is relative to the image's directory, as the image was named. */
+export function fullBackingFilename(imageName: string, backing: string): string {
+  if (backing.startsWith('/')) return backing;
+  const slash = imageName.lastIndexOf('/');
+  return slash < 0 ? backing : imageName.slice(0, slash + 1) + backing;
+}
+
+export function outputFormat(v: string | undefined, command: string): 'human' | 'json' {
+  if (v === undefined || v === 'human') return 'human';
+  if (v === 'json') return 'json';
+  throw new UsageError(`--output must be used with human or json as argument.`, command);
+}
+
+export async function infoCommand(argv: string[], ctx: CliContext): Promise<number> {
+  const p = parseArgs(argv, { short: { f: true, U: false }, long: { output: true, 'force-share': false } }, 'info');
+  if (has(p, 'help')) {
+    ctx.stdout(INFO_HELP);
+    return EXIT_OK;
+  }
+  const output = outputFormat(last(p, 'output'), 'info');
+  if (p.operands.length !== 1) throw new UsageError(p.operands.length ? `Unexpected argument: ${p.operands[1]}` : 'Expecting one image file name', 'info');
+  const file = p.operands[0]!;
+  const img = openReadable(ctx, file, { format: parseFormat(last(p, 'f'), 'info') });
+  try {
+    const actualSize = fs.statSync(resolvePath(ctx, file)).blocks * 512;
+    const j: Record<string, unknown> = {};
+    if (img.qcow2) {
+      const info = img.qcow2.info();
+      if (info.snapshots.length) j['snapshots'] = info.snapshots.map(snapshotJson);
+      if (info.backingFile !== undefined && info.backingFormat !== undefined) j['backing-filename-format'] = info.backingFormat;
+      j['virtual-size'] = info.virtualSize;
+      j['filename'] = file;
+      j['cluster-size'] = info.clusterSize;
+      j['format'] = 'qcow2';
+      j['actual-size'] = actualSize;
+      if (info.encrypted) j['encrypted'] = true;
+      const data: Record<string, unknown> = {
+        compat: info.compat,
+        'compression-type': info.compressionType,
+      };
+      if (info.version === 3) data['lazy-refcounts'] = info.lazyRefcounts;
+      if (info.bitmaps.length) data['bitmaps'] = info.bitmaps;
+      data['refcount-bits'] = info.refcountBits;
+      if (info.dataFile !== undefined) data['data-file'] = info.dataFile;
+      data['corrupt'] = info.corrupt;
+      data['extended-l2'] = info.extendedL2;
+      j['format-specific'] = { type: 'qcow2', data };
+      if (info.backingFile !== undefined) {
+        j['full-backing-filename'] = fullBackingFilename(file, info.backingFile);
+        j['backing-filename'] = info.backingFile;
+      }
+      j['dirty-flag'] = info.dirty;
+    } else {
+      j['virtual-size'] = img.device.virtualSize;
+      j['filename'] = file;
+      j['format'] = 'raw';
+      j['actual-size'] = actualSize;
+      j['dirty-flag'] = false;
+    }
+    if (output === 'json') {
+      ctx.stdout(JSON.stringify(j, null, 4) + '\n');
+      return EXIT_OK;
+    }
+    ctx.stdout(humanInfo(j, img.qcow2?.info().snapshots ?? []));
+    return EXIT_OK;
+  } finally {
+    img.device.close();
+  }
+}
+
+function humanInfo(j: Record<string, unknown>, snapshots: Parameters<typeof snapshotTable>[0]): string {
+  const vs = j['virtual-size'] as number;
+  let s = `image: ${j['filename']}\nfile format: ${j['format']}\n`;
+  s += `virtual size: ${sizeToStr(vs)} (${vs} bytes)\ndisk size: ${sizeToStr(j['actual-size'] as number)}\n`;
+  if (j['encrypted']) s += 'encrypted: yes\n';
+  if (j['cluster-size'] !== undefined) s += `cluster_size: ${j['cluster-size']}\n`;
+  if (j['backing-filename'] !== undefined) {
+    const full = j['full-backing-filename'];
+    s += `backing file: ${j['backing-filename']}${full !== j['backing-filename'] ? ` (actual path: ${full})` : ''}\n`;
+    if (j['backing-filename-format'] !== undefined) s += `backing file format: ${j['backing-filename-format']}\n`;
+  }
+  if (j['dirty-flag']) s += 'cleanly shut down: no\n';
+  if (snapshots.length) s += 'Snapshot list:\n' + snapshotTable(snapshots);
+  const fs = j['format-specific'] as { data: Record<string, unknown> } | undefined;
+  if (fs) {
+    s += 'Format specific information:\n';
+    for (const [k, v] of Object.entries(fs.data)) {
+      if (k === 'bitmaps') {
+        s += `    bitmaps:\n`;
+        for (const b of v as { name: string; granularity: number; flags: string[] }[]) {
+          s += `        [${b.name}]:\n            flags:\n${b.flags.map((f, i) => `                [${i}]: ${f}\n`).join('')}            name: ${b.name}\n            granularity: ${b.granularity}\n`;
+        }
+        continue;
+      }
+      s += `    ${k.replace(/-/g, ' ')}: ${v}\n`;
+    }
+  }
+  return s;
+}

@@ -1,0 +1,45 @@
+import * as fs from 'node:fs';
+import { all, has, last, parseArgs } from '../args.js';
+import type { CliContext } from '../context.js';
+import { EXIT_FAILURE, EXIT_OK, UsageError } from '../errors.js';
+import { IO_COMMANDS_HELP, runIoCommand } from '../io-commands.js';
+import { openWritable, parseFormat, reason } from '../open.js';
+
+export const IO_HELP = `Usage: qcow2-harness io [-f fmt] [-r] FILE -c 'CMD' [-c 'CMD' ...]
+
+Runs qemu-io commands against an image through this project's engine, in
+order, as 'qemu-io'. Without -c, commands are read from standard input, one
+per line. A failed command (an I/O error, a failed pattern verification, a
+bad argument) is reported and the next one still runs; the exit code is then
+1, as qemu-io's.
+  -f fmt    qcow2 or raw (probed when omitted)
+  -r        open read-only
+  -c CMD    a command to run (repeatable)
+  -n, -U, -t MODE, -d MODE   accepted for qemu-io compatibility, ignored
+
+${IO_COMMANDS_HELP}`;
+
+export async function ioCommand(argv: string[], ctx: CliContext): Promise<number> {
+  const p = parseArgs(argv, { short: { f: true, r: false, c: true, n: false, U: false, t: true, d: true } }, 'io');
+  if (has(p, 'help')) {
+    ctx.stdout(IO_HELP);
+    return EXIT_OK;
+  }
+  if (p.operands.length !== 1) throw new UsageError(p.operands.length ? `Unexpected argument: ${p.operands[1]}` : 'Expecting one image file name', 'io');
+  const file = p.operands[0]!;
+  let commands = all(p, 'c');
+  if (commands.length === 0) commands = fs.readFileSync(0, 'utf8').split('\n').filter((l) => l.trim() !== '' && !l.trimStart().startsWith('#'));
+  const dev = openWritable(ctx, file, { format: parseFormat(last(p, 'f'), 'io'), readOnly: has(p, 'r') });
+  let failed = false;
+  try {
+    for (const c of commands) if (!runIoCommand(dev, c, ctx)) failed = true;
+  } finally {
+    try {
+      dev.close();
+    } catch (e) {
+      ctx.stderr(`qcow2-harness: ${file}: close failed: ${reason(e)}\n`);
+      failed = true;
+    }
+  }
+  return failed ? EXIT_FAILURE : EXIT_OK;
+}

@@ -1,0 +1,48 @@
+import { has, last, parseArgs } from '../args.js';
+import type { CliContext } from '../context.js';
+import { CommandFailed, EXIT_OK, UsageError } from '../errors.js';
+import { openQcow2, parseFormat, reason } from '../open.js';
+import { parseImageSize } from '../sizes.js';
+
+export const RESIZE_HELP = `Usage: qcow2-harness resize [-q] [-f fmt] [--shrink] FILE [+|-]SIZE
+
+Changes the virtual size of a qcow2 image, as 'qemu-img resize'. A new area
+reads as zeros. Shrinking needs --shrink and drops the data past the new end.
+`;
+
+export async function resizeCommand(argv: string[], ctx: CliContext): Promise<number> {
+  // As qemu-img: take the size off the end first, so "-1G" is not read as an option.
+  const args = [...argv];
+  const sizeText = args.length && !args.includes('--help') && !args.includes('-h') ? args.pop()! : undefined;
+  const p = parseArgs(args, { short: { f: true, q: false, U: false }, long: { shrink: false, 'image-opts': false } }, 'resize');
+  if (has(p, 'help') || sizeText === undefined) {
+    if (sizeText === undefined && !has(p, 'help')) throw new UsageError('Expecting image file name and size', 'resize');
+    ctx.stdout(RESIZE_HELP);
+    return EXIT_OK;
+  }
+  if (p.operands.length !== 1) throw new UsageError(p.operands.length ? `Unexpected argument: ${p.operands[1]}` : 'Expecting image file name and size', 'resize');
+  const file = p.operands[0]!;
+  const rel = sizeText[0] === '+' || sizeText[0] === '-' ? sizeText[0] : '';
+  const amount = parseImageSize(rel ? sizeText.slice(1) : sizeText, 'resize');
+  const img = openQcow2(ctx, file, { format: parseFormat(last(p, 'f'), 'resize') });
+  try {
+    const cur = img.virtualSize;
+    const size = rel === '+' ? cur + amount : rel === '-' ? cur - amount : amount;
+    if (size <= 0) throw new CommandFailed('New image size must be positive');
+    if (size < cur && !has(p, 'shrink')) throw new CommandFailed('Use the --shrink option to perform a shrink operation.');
+    if (size < cur) {
+      ctx.stderr(
+        "qcow2-harness: warning: Shrinking an image will delete all data beyond the shrunken image's end. Before performing such an operation, make sure there is no important data there.\n",
+      );
+    }
+    try {
+      img.resize(size, { shrink: has(p, 'shrink') });
+    } catch (e) {
+      throw new CommandFailed(reason(e));
+    }
+  } finally {
+    img.close();
+  }
+  if (!has(p, 'q')) ctx.stdout('Image resized.\n');
+  return EXIT_OK;
+}

@@ -1,0 +1,47 @@
+import { has, last, parseArgs } from '../args.js';
+import type { CliContext } from '../context.js';
+import { CommandFailed, EXIT_OK, UsageError } from '../errors.js';
+import { openQcow2, parseFormat, reason } from '../open.js';
+import { snapshotTable } from '../snapshot-table.js';
+
+export const SNAPSHOT_HELP = `Usage: qcow2-harness snapshot [-q] [-f fmt] -c|-a|-d NAME FILE
+       qcow2-harness snapshot [-f fmt] -l FILE
+
+Internal snapshots, as 'qemu-img snapshot'.
+  -c NAME   create a snapshot of the active layer
+  -a NAME   apply (revert to) a snapshot, by name or id
+  -d NAME   delete a snapshot, by name or id
+  -l        list the snapshots
+`;
+
+export async function snapshotCommand(argv: string[], ctx: CliContext): Promise<number> {
+  const p = parseArgs(argv, { short: { f: true, c: true, a: true, d: true, l: false, q: false, U: false } }, 'snapshot');
+  if (has(p, 'help')) {
+    ctx.stdout(SNAPSHOT_HELP);
+    return EXIT_OK;
+  }
+  const actions = ['c', 'a', 'd', 'l'].filter((k) => has(p, k));
+  if (actions.length > 1 || (p.values.get(actions[0] ?? '')?.length ?? 0) > 1) throw new UsageError("Cannot mix '-l', '-a', '-c', '-d'", 'snapshot');
+  if (actions.length === 0) throw new UsageError('Expecting one of -c, -a, -d or -l', 'snapshot');
+  if (p.operands.length !== 1) throw new UsageError(p.operands.length ? `Unexpected argument: ${p.operands[1]}` : 'Expecting one image file name', 'snapshot');
+  const file = p.operands[0]!;
+  const action = actions[0]!;
+  const img = openQcow2(ctx, file, { format: parseFormat(last(p, 'f'), 'snapshot'), readOnly: action === 'l' });
+  try {
+    const name = last(p, action)!;
+    try {
+      if (action === 'l') {
+        const list = img.listSnapshots();
+        if (list.length) ctx.stdout('Snapshot list:\n' + snapshotTable(list));
+      } else if (action === 'c') img.createSnapshot(name);
+      else if (action === 'a') img.applySnapshot(name);
+      else img.deleteSnapshot(name);
+    } catch (e) {
+      const verb = { c: 'create', a: 'apply', d: 'delete', l: 'list' }[action];
+      throw new CommandFailed(`Could not ${verb} snapshot '${name}': ${reason(e)}`);
+    }
+  } finally {
+    img.close();
+  }
+  return EXIT_OK;
+}

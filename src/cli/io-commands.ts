@@ -1,0 +1,236 @@
+import { performance } from 'node:perf_hooks';
+import { SECTOR_SIZE } from '../qcow2/format/constants.js';
+import type { CliContext } from './context.js';
+import type { WritableDevice } from './open.js';
+import { reason } from './open.js';
+import { cvtstr, parseSize } from './sizes.js';
+
+/**
+ * qemu-io's command language (the subset this project needs): each command
+ * line is split on whitespace, parsed with qemu-io's options and messages, and
+ * run against a device. A command returns false when it failed, which makes
+ * the whole `io` invocation exit non-zero, as qemu-io does.
+ */
+
+export const IO_COMMANDS_HELP = `Commands (qemu-io syntax; OFF and LEN take k, M, G, T, P, E suffixes):
+  read [-v] [-q] [-P pattern [-s off] [-l len]] OFF LEN
+        reads; -P verifies every byte equals the pattern byte, -v hex-dumps
+  write [-q] [-P pattern | -z [-u]] [-c] OFF LEN
+        writes the pattern byte (default 0xcd); -z writes zeroes (-u: and may
+        unmap); -c writes compressed clusters (OFF and LEN cluster aligned,
+        LEN may end at the end of the image)
+  discard [-q] OFF LEN
+  flush
+`;
+
+const DEFAULT_WRITE_PATTERN = 0xcd;
+
+class CmdError extends Error {}
+
+/** getopt for one qemu-io command: flags and value options, then operands. */
+function getopt(args: string[], flags: string, withValue: string): { opts: Map<string, string>; rest: string[] } {
+  const opts = new Map<string, string>();
+  let i = 0;
+  for (; i < args.length; i++) {
+    const a = args[i]!;
+    if (a === '--') {
+      i++;
+      break;
+    }
+    if (!a.startsWith('-') || a.length < 2) break;
+    for (let j = 1; j < a.length; j++) {
+      const c = a[j]!;
+      if (withValue.includes(c)) {
+        const v = j + 1 < a.length ? a.slice(j + 1) : args[++i];
+        if (v === undefined) throw new CmdError(`option requires an argument -- '${c}'`);
+        opts.set(c, v);
+        break;
+      }
+      if (!flags.includes(c)) throw new CmdError(`invalid option -- '${c}'`);
+      opts.set(c, '');
+    }
+  }
+  return { opts, rest: args.slice(i) };
+}
+
+function cvtnum(text: string): number {
+  const v = parseSize(text);
+  if (v === null) throw new CmdError(`Parsing error: non-numeric argument, or extraneous/unrecognized suffix -- ${text}`);
+  return v;
+}
+
+/** qemu-io's parse_pattern: strtol base 0 (decimal, 0x hex, 0 octal), one byte. */
+function parsePattern(text: string): number {
+  let v = NaN;
+  if (/^[-+]?0[xX][0-9a-fA-F]+$/.test(text)) v = parseInt(text, 16);
+  else if (/^[-+]?0[0-7]*$/.test(text)) v = parseInt(text, 8);
+  else if (/^[-+]?[1-9]\d*$/.test(text)) v = parseInt(text, 10);
+  if (!(v >= 0 && v <= 255)) throw new CmdError(`${text} is not a valid pattern byte`);
+  return v;
+}
+
+function expectArgs(name: string, rest: string[], usage: string): [number, number] {
+  if (rest.length !== 2) {
+    throw new CmdError(
+      rest.length < 2 ? `bad argument count ${rest.length} to ${name}, expected at least 2 arguments\n${usage}` : `bad argument count ${rest.length} to ${name}, expected 2 arguments\n${usage}`,
+    );
+  }
+  return [cvtnum(rest[0]!), cvtnum(rest[1]!)];
+}
+
+function report(ctx: CliContext, verb: string, offset: number, count: number, seconds: number): void {
+  const t = Math.max(seconds, 1e-9);
+  ctx.stdout(`${verb} ${count}/${count} bytes at offset ${offset}\n`);
+  ctx.stdout(`${cvtstr(count)}, 1 ops; ${seconds.toFixed(2).padStart(5, '0')} sec (${cvtstr(count / t)}/sec and ${(1 / t).toFixed(4)} ops/sec)\n`);
+}
+
+/** qemu-io's dump_buffer: 16 bytes a line, hex then printable characters. */
+function hexdump(ctx: CliContext, buf: Uint8Array, offset: number): void {
+  let out = '';
+  for (let i = 0; i < buf.length; i += 16) {
+    const row = buf.subarray(i, Math.min(i + 16, buf.length));
+    let hex = '';
+    let chars = '';
+    for (const b of row) {
+      hex += b.toString(16).padStart(2, '0') + ' ';
+      chars += /[A-Za-z0-9]/.test(String.fromCharCode(b)) ? String.fromCharCode(b) : '.';
+    }
+    out += `${(offset + i).toString(16).padStart(8, '0')}:  ${hex} ${chars}\n`;
+  }
+  ctx.stdout(out);
+}
+
+const READ_USAGE = 'read [-abCqv] [-P pattern [-s off] [-l len]] off len -- reads a number of bytes at a specified offset';
+const WRITE_USAGE = 'write [-bcCfnquz] [-P pattern] off len -- writes a number of bytes at a specified offset';
+const DISCARD_USAGE = 'discard [-Cq] off len -- discards a number of bytes at a specified offset';
+
+function readCmd(dev: WritableDevice, args: string[], ctx: CliContext): boolean {
+  const { opts, rest } = getopt(args, 'vqCab', 'Psl');
+  const [offset, count] = expectArgs('read', rest, READ_USAGE);
+  const pattern = opts.has('P') ? parsePattern(opts.get('P')!) : undefined;
+  const pOff = opts.has('s') ? cvtnum(opts.get('s')!) : 0;
+  const pLen = opts.has('l') ? cvtnum(opts.get('l')!) : count - pOff;
+  if ((opts.has('s') || opts.has('l')) && pattern === undefined) throw new CmdError('pattern verification range exceeds end of read data');
+  if (pOff + pLen > count) throw new CmdError('pattern verification range exceeds end of read data');
+  const t0 = performance.now();
+  let buf: Uint8Array;
+  try {
+    buf = dev.read(offset, count);
+  } catch (e) {
+    ctx.stdout(`read failed: ${reason(e)}\n`);
+    return false;
+  }
+  const secs = (performance.now() - t0) / 1000;
+  let ok = true;
+  if (pattern !== undefined) {
+    for (let i = pOff; i < pOff + pLen; i++) {
+      if (buf[i] !== pattern) {
+        ctx.stdout(`Pattern verification failed at offset ${offset + pOff}, ${pLen} bytes\n`);
+        ok = false;
+        break;
+      }
+    }
+  }
+  if (opts.has('v')) hexdump(ctx, buf, offset);
+  if (!opts.has('q')) report(ctx, 'read', offset, count, secs);
+  return ok;
+}
+
+function writeCmd(dev: WritableDevice, args: string[], ctx: CliContext): boolean {
+  const { opts, rest } = getopt(args, 'bcCfnquz', 'Ps');
+  const [offset, count] = expectArgs('write', rest, WRITE_USAGE);
+  const zero = opts.has('z');
+  if (zero && opts.has('P')) throw new CmdError('Only one of -z, -P, and -s can be specified at the same time');
+  if (opts.has('u') && !zero) throw new CmdError('-u requires -z to be specified');
+  if (zero && opts.has('c')) throw new CmdError('-c and -z cannot be specified at the same time');
+  if (opts.has('c')) {
+    if (offset % SECTOR_SIZE) throw new CmdError(`${offset} is not a sector-aligned value for 'offset'`);
+    if (count % SECTOR_SIZE) throw new CmdError(`${count} is not a sector-aligned value for 'count'`);
+  }
+  const pattern = opts.has('P') ? parsePattern(opts.get('P')!) : DEFAULT_WRITE_PATTERN;
+  const t0 = performance.now();
+  try {
+    if (zero) dev.writeZeroes(offset, count, { unmap: opts.has('u') });
+    else if (opts.has('c')) writeCompressed(dev, offset, new Uint8Array(count).fill(pattern));
+    else dev.write(offset, new Uint8Array(count).fill(pattern));
+  } catch (e) {
+    ctx.stdout(`write failed: ${reason(e)}\n`);
+    return false;
+  }
+  if (!opts.has('q')) report(ctx, 'wrote', offset, count, (performance.now() - t0) / 1000);
+  return true;
+}
+
+/** Splits a compressed write into the whole clusters the engine takes, refusing misaligned ones as QEMU does. */
+function writeCompressed(dev: WritableDevice, offset: number, data: Uint8Array): void {
+  if (!dev.writeCompressed) throw Object.assign(new Error('Operation not supported'), { code: 'ENOTSUP' });
+  const cs = dev.clusterSize;
+  const end = offset + data.length;
+  if (offset % cs !== 0 || (end % cs !== 0 && end !== dev.virtualSize)) {
+    throw Object.assign(new Error('Invalid argument'), { code: 'EINVAL' });
+  }
+  for (let c = offset; c < end; c += cs) {
+    dev.writeCompressed(c, data.subarray(c - offset, Math.min(c + cs, end) - offset));
+  }
+}
+
+function discardCmd(dev: WritableDevice, args: string[], ctx: CliContext): boolean {
+  const { opts, rest } = getopt(args, 'Cq', '');
+  const [offset, count] = expectArgs('discard', rest, DISCARD_USAGE);
+  const t0 = performance.now();
+  try {
+    dev.discard(offset, count);
+  } catch (e) {
+    ctx.stdout(`discard failed: ${reason(e)}\n`);
+    return false;
+  }
+  if (!opts.has('q')) report(ctx, 'discard', offset, count, (performance.now() - t0) / 1000);
+  return true;
+}
+
+function flushCmd(dev: WritableDevice, args: string[], ctx: CliContext): boolean {
+  if (args.length) throw new CmdError(`bad argument count ${args.length} to flush, expected 0 arguments`);
+  try {
+    dev.flush();
+  } catch (e) {
+    ctx.stdout(`flush failed: ${reason(e)}\n`);
+    return false;
+  }
+  return true;
+}
+
+const COMMANDS: Record<string, (dev: WritableDevice, args: string[], ctx: CliContext) => boolean> = {
+  read: readCmd,
+  r: readCmd,
+  write: writeCmd,
+  w: writeCmd,
+  discard: discardCmd,
+  d: discardCmd,
+  flush: flushCmd,
+  f: flushCmd,
+};
+
+/** Runs one qemu-io command line; false when it failed (the message is already printed). */
+export function runIoCommand(dev: WritableDevice, line: string, ctx: CliContext): boolean {
+  const words = line.trim().split(/\s+/).filter((w) => w !== '');
+  if (words.length === 0) return true;
+  const [name, ...args] = words as [string, ...string[]];
+  const fn = COMMANDS[name];
+  if (!fn) {
+    ctx.stderr(`command "${name}" not found\n`);
+    return false;
+  }
+  try {
+    return fn(dev, args, ctx);
+  } catch (e) {
+    if (e instanceof CmdError) {
+      ctx.stderr(`${e.message}\n`);
+      return false;
+    }
+    if ((e as { code?: string }).code === 'EINVAL') {
+      ctx.stdout(`${name === 'w' ? 'write' : name} failed: Invalid argument\n`);
+      return false;
+    }
+    throw e;
+  }
+}

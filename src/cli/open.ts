@@ -1,0 +1,213 @@
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { Qcow2Error } from '../qcow2/errors.js';
+import { QCOW2_MAGIC } from '../qcow2/format/constants.js';
+import type { Qcow2Image } from '../qcow2/image.js';
+import { openImageFile, openQcow2File } from '../qcow2/open-file.js';
+import { FileStorage } from '../qcow2/storage/file.js';
+import type { GuestDevice } from '../qcow2/types.js';
+import type { CliContext } from './context.js';
+import { CommandFailed, describeQcow2Error, UsageError } from './errors.js';
+
+export type ImageFormat = 'qcow2' | 'raw';
+
+export function resolvePath(ctx: CliContext, p: string): string {
+  return path.resolve(ctx.cwd, p);
+}
+
+export function parseFormat(v: string | undefined, command: string): ImageFormat | undefined {
+  if (v === undefined) return undefined;
+  if (v === 'qcow2' || v === 'raw') return v;
+  throw new UsageError(`Unknown file format '${v}' (qcow2-harness knows qcow2 and raw)`, command);
+}
+
+/** strerror wording for the errno codes a user is likely to meet. */
+const STRERROR: Record<string, string> = {
+  ENOENT: 'No such file or directory',
+  EACCES: 'Permission denied',
+  EPERM: 'Operation not permitted',
+  EISDIR: 'Is a directory',
+  ENOTDIR: 'Not a directory',
+  ENOSPC: 'No space left on device',
+  EROFS: 'Read-only file system',
+  EIO: 'Input/output error',
+  EINVAL: 'Invalid argument',
+  ENOTSUP: 'Operation not supported',
+};
+
+/** One line saying why something failed, whatever was thrown. */
+export function reason(e: unknown): string {
+  if (e instanceof Qcow2Error) {
+    const code = (e as { code?: string }).code;
+    if (code && STRERROR[code]) return STRERROR[code]!;
+    return describeQcow2Error(e);
+  }
+  const code = (e as { code?: string } | null)?.code;
+  if (code && STRERROR[code]) return STRERROR[code]!;
+  if (e instanceof Error) return e.message;
+  return String(e);
+}
+
+/** Wraps an open failure in qemu-img's "Could not open 'X': why" form. */
+export function couldNotOpen(file: string, e: unknown): CommandFailed {
+  if (e instanceof CommandFailed) return e;
+  return new CommandFailed(`Could not open '${file}': ${reason(e)}`);
+}
+
+/** Reads the magic, as qemu probes: a file that does not start with it is raw. */
+export function probeFormat(file: string): ImageFormat {
+  const fd = fs.openSync(file, 'r');
+  try {
+    const buf = Buffer.alloc(4);
+    const n = fs.readSync(fd, buf, 0, 4, 0);
+    return n === 4 && buf.readUInt32BE(0) === QCOW2_MAGIC ? 'qcow2' : 'raw';
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+export interface ReadableImage {
+  format: ImageFormat;
+  device: GuestDevice;
+  qcow2?: Qcow2Image;
+}
+
+/** Opens any image read-only (for info, convert), with its backing chain. */
+export function openReadable(
+  ctx: CliContext,
+  file: string,
+  o: { format?: ImageFormat; snapshot?: string } = {},
+): ReadableImage {
+  try {
+    const format = o.format ?? probeFormat(resolvePath(ctx, file));
+    if (format === 'raw' && o.snapshot !== undefined) {
+      throw new CommandFailed(`Could not open '${file}': raw images have no snapshots`);
+    }
+    const dev = openImageFile(resolvePath(ctx, file), { readOnly: true, format, snapshot: o.snapshot });
+    return { format: dev.format, device: dev, qcow2: dev.qcow2 };
+  } catch (e) {
+    throw couldNotOpen(file, e);
+  }
+}
+
+/** Opens a qcow2 image for metadata commands (snapshot, amend, resize, check). */
+export function openQcow2(
+  ctx: CliContext,
+  file: string,
+  o: { format?: ImageFormat; readOnly?: boolean; repairDirty?: boolean } = {},
+): Qcow2Image {
+  try {
+    const format = o.format ?? probeFormat(resolvePath(ctx, file));
+    if (format !== 'qcow2') throw new CommandFailed(`'${file}' is a raw image; this command needs qcow2`);
+    return openQcow2File(resolvePath(ctx, file), { readOnly: o.readOnly ?? false, repairDirty: o.repairDirty });
+  } catch (e) {
+    throw couldNotOpen(file, e);
+  }
+}
+
+/** What `io` drives: the guest-visible operations qemu-io offers. */
+export interface WritableDevice extends GuestDevice {
+  readonly format: ImageFormat;
+  readonly clusterSize: number;
+  write(offset: number, data: Uint8Array): void;
+  writeCompressed?(offset: number, data: Uint8Array): void;
+  writeZeroes(offset: number, length: number, opts?: { unmap?: boolean }): void;
+  discard(offset: number, length: number): void;
+  flush(): void;
+}
+
+/** A raw file as a device, so `io` works on raw images too (as qemu-io does). */
+class RawDevice implements WritableDevice {
+  readonly format = 'raw' as const;
+  /** Raw files have no clusters; qemu reports none, 512 keeps alignment maths simple. */
+  readonly clusterSize = 512;
+  constructor(private readonly storage: FileStorage) {}
+  get virtualSize(): number {
+    return this.storage.size();
+  }
+  read(offset: number, length: number): Uint8Array {
+    this.bounds(offset, length);
+    return this.storage.read(offset, length);
+  }
+  readInto(offset: number, dst: Uint8Array): void {
+    this.bounds(offset, dst.length);
+    this.storage.readInto(offset, dst);
+  }
+  write(offset: number, data: Uint8Array): void {
+    this.bounds(offset, data.length);
+    this.storage.write(offset, data);
+  }
+  writeZeroes(offset: number, length: number): void {
+    this.bounds(offset, length);
+    const chunk = new Uint8Array(Math.min(length, 1 << 20));
+    for (let done = 0; done < length; done += chunk.length) {
+      this.storage.write(offset + done, chunk.subarray(0, Math.min(chunk.length, length - done)));
+    }
+  }
+  discard(offset: number, length: number): void {
+    // A hole punched in a raw file reads back as zeros; writing them is the portable equivalent.
+    this.writeZeroes(offset, length);
+  }
+  flush(): void {
+    this.storage.flush();
+  }
+  close(): void {
+    this.storage.close();
+  }
+  private bounds(offset: number, length: number): void {
+    if (offset + length > this.virtualSize) {
+      throw new CommandFailed('Input/output error');
+    }
+  }
+}
+
+/** The engine's image seen through the same interface as a raw file. */
+export class Qcow2Device implements WritableDevice {
+  readonly format = 'qcow2' as const;
+  constructor(readonly image: Qcow2Image) {}
+  get virtualSize(): number {
+    return this.image.virtualSize;
+  }
+  get clusterSize(): number {
+    return this.image.clusterSize;
+  }
+  read(offset: number, length: number): Uint8Array {
+    return this.image.read(offset, length);
+  }
+  readInto(offset: number, dst: Uint8Array): void {
+    this.image.readInto(offset, dst);
+  }
+  write(offset: number, data: Uint8Array): void {
+    this.image.write(offset, data);
+  }
+  writeCompressed(offset: number, data: Uint8Array): void {
+    this.image.writeCompressed(offset, data);
+  }
+  writeZeroes(offset: number, length: number, opts?: { unmap?: boolean }): void {
+    this.image.writeZeroes(offset, length, opts);
+  }
+  discard(offset: number, length: number): void {
+    this.image.discard(offset, length);
+  }
+  flush(): void {
+    this.image.flush();
+  }
+  close(): void {
+    this.image.close();
+  }
+}
+
+export function openWritable(
+  ctx: CliContext,
+  file: string,
+  o: { format?: ImageFormat; readOnly?: boolean },
+): WritableDevice {
+  try {
+    const abs = resolvePath(ctx, file);
+    const format = o.format ?? probeFormat(abs);
+    if (format === 'raw') return new RawDevice(FileStorage.open(abs, { readOnly: o.readOnly ?? false }));
+    return new Qcow2Device(openQcow2File(abs, { readOnly: o.readOnly ?? false }));
+  } catch (e) {
+    throw couldNotOpen(file, e);
+  }
+}

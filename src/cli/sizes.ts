@@ -1,0 +1,78 @@
+import { UsageError } from './errors.js';
+
+const UNIT_SHIFT: Record<string, number> = { B: 0, K: 10, M: 20, G: 30, T: 40, P: 50, E: 60 };
+
+/** Largest size qemu accepts on a command line (INT64_MAX, as a double). */
+const MAX_SIZE = 2 ** 63 - 1;
+
+/**
+ * Parses a size the way qemu-img and qemu-io do (qemu_strtosz): a decimal
+ * number, possibly with a fraction, or a hex integer, then an optional unit
+ * B, K, M, G, T, P or E (either case; powers of 1024). Returns null when the
+ * text is not a size, so callers can word the error as their QEMU tool does.
+ */
+export function parseSize(text: string, defaultUnit: keyof typeof UNIT_SHIFT = 'B'): number | null {
+  const m = /^\s*(?:(0[xX][0-9a-fA-F]+)|(\d+)(?:\.(\d*))?)\s*([bBkKmMgGtTpPeE])?$/.exec(text);
+  if (!m) return null;
+  const [, hex, int, frac, unitRaw] = m;
+  const unit = (unitRaw ?? defaultUnit).toUpperCase();
+  const mul = 2 ** UNIT_SHIFT[unit]!;
+  let value: number;
+  if (hex !== undefined) {
+    value = Number(BigInt(hex)) * mul;
+  } else {
+    // A fraction only makes sense with a unit that has room for it (1.5M, not 1.5).
+    if (frac !== undefined && frac.length > 0 && mul === 1) return null;
+    value = Number(int) * mul + Math.floor(Number(`0.${frac ?? '0'}`) * mul);
+  }
+  if (!Number.isFinite(value) || value > MAX_SIZE) return null;
+  return value;
+}
+
+/** A size for a qemu-img operand, with qemu-img's wording when it is not one. */
+export function parseImageSize(text: string, command: string): number {
+  const v = parseSize(text);
+  if (v === null) {
+    throw new UsageError(
+      'Invalid image size specified. You may use k, M, G, T, P or E suffixes for kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.',
+      command,
+    );
+  }
+  return v;
+}
+
+/** qemu's size_to_str: three significant digits and a binary unit ("1.5 MiB", "0 B"). */
+export function sizeToStr(bytes: number): string {
+  const suffixes = ['', 'Ki', 'Mi', 'Gi', 'Ti', 'Pi', 'Ei'];
+  // The unit switches at 1000 of the smaller one, so "1000 KiB" shows as "0.977 MiB".
+  let i = 0;
+  while (i < suffixes.length - 1 && bytes >= 1000 * 2 ** (10 * i)) i++;
+  const v = bytes / 2 ** (10 * i);
+  return `${formatG3(v)} ${suffixes[i]}B`;
+}
+
+/** printf("%0.3g") for the values sizeToStr and friends produce. */
+export function formatG3(v: number): string {
+  if (v === 0) return '0';
+  return String(Number(v.toPrecision(3)));
+}
+
+/** qemu-io's cvtstr: three decimals, dropped when they are all zero ("64 KiB", "1.500 MiB"). */
+export function cvtstr(value: number): string {
+  const units: [number, string][] = [
+    [2 ** 60, ' EiB'],
+    [2 ** 50, ' PiB'],
+    [2 ** 40, ' TiB'],
+    [2 ** 30, ' GiB'],
+    [2 ** 20, ' MiB'],
+    [2 ** 10, ' KiB'],
+  ];
+  for (const [div, suffix] of units) {
+    if (value >= div) return trimZeros((value / div).toFixed(3)) + suffix;
+  }
+  return trimZeros(value.toFixed(3)) + ' bytes';
+}
+
+function trimZeros(s: string): string {
+  return s.endsWith('.000') ? s.slice(0, -4) : s;
+}

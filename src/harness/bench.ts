@@ -1,0 +1,300 @@
+/**
+ * `qcow2-harness bench`: our CLI against qemu-img/qemu-io on the same inputs,
+ * in one run on one machine, reported as ratios ours/qemu. Both sides are
+ * timed as whole processes (startup included), the way a user runs them.
+ *
+ *   (a) convert -O raw of a fully written image (default 1 GiB, 64 KiB clusters)
+ *   (b) N random 4 KiB writes in one qemu-io / one `io` process (default 10,000)
+ *   (c) amend -o refcount_bits=W at 64 KiB and 2 MiB clusters
+ */
+import { randomBytes } from 'node:crypto';
+import { closeSync, copyFileSync, existsSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { execa } from 'execa';
+import { prng } from './mutate.js';
+
+const USAGE = `usage: qcow2-harness bench [--json] [--dir DIR] [--size BYTES] [--writes N]
+                           [--only convert,writes,amend] [--repeat N] [--keep]
+
+Times our CLI against qemu-img/qemu-io on the same images and prints ours/qemu ratios:
+  convert   convert -O raw of a fully written image (--size, default 1 GiB, 64 KiB clusters)
+  writes    --writes random 4 KiB writes (default 10000) in one qemu-io / one 'io' process
+  amend     amend -o refcount_bits=1 and =64 of a fully written image, 64 KiB and 2 MiB clusters
+
+  --json     one JSON document on stdout instead of the table
+  --dir      work directory (default: a new one under the system tmp dir, removed afterwards)
+  --repeat   time each command N times and keep the fastest (default 1)
+  --keep     keep the work directory
+Needs qemu-img and qemu-io on PATH and a built CLI (npm run build).
+`;
+
+export interface BenchResult {
+  name: string;
+  qemuSeconds: number;
+  oursSeconds: number;
+  ratio: number;
+  qemuCommand: string;
+  oursCommand: string;
+  /** Whether both sides produced the same result (bytes, or qemu-img check clean). */
+  verified: boolean;
+  note?: string;
+}
+
+interface Opts {
+  json: boolean;
+  dir?: string;
+  size: number;
+  writes: number;
+  only: Set<string>;
+  repeat: number;
+  keep: boolean;
+}
+
+const MiB = 1024 * 1024;
+
+function parseArgs(argv: string[]): Opts | string {
+  const o: Opts = { json: false, size: 1024 * MiB, writes: 10_000, only: new Set(['convert', 'writes', 'amend']), repeat: 1, keep: false };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    const val = (): string => {
+      const v = argv[++i];
+      if (v === undefined) throw new Error(`${a} needs a value`);
+      return v;
+    };
+    try {
+      if (a === '--json') o.json = true;
+      else if (a === '--keep') o.keep = true;
+      else if (a === '--dir') o.dir = val();
+      else if (a === '--size') o.size = parseBytes(val());
+      else if (a === '--writes') o.writes = positiveInt(val(), a);
+      else if (a === '--repeat') o.repeat = positiveInt(val(), a);
+      else if (a === '--only') {
+        o.only = new Set(val().split(','));
+        for (const x of o.only) if (!['convert', 'writes', 'amend'].includes(x)) return `unknown benchmark '${x}'`;
+      } else return `unknown argument '${a}'`;
+    } catch (e) {
+      return (e as Error).message;
+    }
+  }
+  if (o.size % (2 * MiB) !== 0) return '--size must be a multiple of 2 MiB';
+  return o;
+}
+
+function positiveInt(s: string, what: string): number {
+  const n = Number(s);
+  if (!Number.isSafeInteger(n) || n <= 0) throw new Error(`${what}: '${s}' is not a positive integer`);
+  return n;
+}
+
+function parseBytes(s: string): number {
+  const m = /^(\d+)([kKmMgG]?)$/.exec(s);
+  if (!m) throw new Error(`--size: '${s}' is not a size`);
+  const mul = { '': 1, k: 1024, m: MiB, g: 1024 * MiB }[m[2].toLowerCase() as '' | 'k' | 'm' | 'g'];
+  return Number(m[1]) * mul;
+}
+
+/** The built CLI next to this file (dist/harness/bench.js → dist/cli/main.js). */
+function cliPath(): string {
+  const here = dirname(fileURLToPath(import.meta.url));
+  const candidates = [resolve(here, '../cli/main.js'), resolve(here, '../../dist/cli/main.js')];
+  const found = candidates.find((p) => existsSync(p));
+  if (!found) throw new Error('built CLI not found (run npm run build)');
+  return found;
+}
+
+async function run(cmd: string, args: string[], input?: string): Promise<number> {
+  const t0 = performance.now();
+  const r = await execa(cmd, args, { reject: false, input, stdout: 'ignore', stderr: 'pipe', env: { LC_ALL: 'C' } });
+  const t = (performance.now() - t0) / 1000;
+  if (r.exitCode !== 0) throw new Error(`${cmd} ${args.slice(0, 6).join(' ')}… exited ${r.exitCode}: ${String(r.stderr).slice(0, 500)}`);
+  return t;
+}
+
+/** Fastest of `repeat` runs; `prepare` restores inputs before each run. */
+async function timeBest(repeat: number, prepare: () => void, cmd: string, args: string[]): Promise<number> {
+  let best = Infinity;
+  for (let i = 0; i < repeat; i++) {
+    prepare();
+    best = Math.min(best, await run(cmd, args));
+  }
+  return best;
+}
+
+function show(cmd: string, args: string[]): string {
+  const shown = args.length > 12 ? [...args.slice(0, 8), `… (${args.length} args)`] : args;
+  return [cmd, ...shown].join(' ');
+}
+
+/** A raw file of `size` bytes with no zero sector (a 1 MiB random block repeated). */
+function makeRaw(path: string, size: number): void {
+  const block = randomBytes(MiB);
+  const fd = openSync(path, 'w');
+  try {
+    for (let off = 0; off < size; off += MiB) writeSync(fd, block, 0, Math.min(MiB, size - off), off);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+async function same(a: string, b: string): Promise<boolean> {
+  const r = await execa('cmp', ['-s', a, b], { reject: false });
+  return r.exitCode === 0;
+}
+
+async function qemuCheckClean(p: string): Promise<boolean> {
+  const r = await execa('qemu-img', ['check', '-q', p], { reject: false });
+  return r.exitCode === 0;
+}
+
+async function benchConvert(o: Opts, dir: string, cli: string, raw: string): Promise<BenchResult> {
+  const src = join(dir, 'convert-src.qcow2');
+  await run('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', '-o', 'cluster_size=65536', raw, src]);
+  const qOut = join(dir, 'convert-qemu.raw');
+  const oOut = join(dir, 'convert-ours.raw');
+  const qArgs = ['convert', '-f', 'qcow2', '-O', 'raw', src, qOut];
+  const oArgs = [cli, 'convert', '-O', 'raw', src, oOut];
+  const clear = (p: string) => () => rmSync(p, { force: true });
+  const q = await timeBest(o.repeat, clear(qOut), 'qemu-img', qArgs);
+  const u = await timeBest(o.repeat, clear(oOut), process.execPath, oArgs);
+  const verified = await same(qOut, oOut);
+  rmSync(qOut, { force: true });
+  rmSync(oOut, { force: true });
+  rmSync(src, { force: true });
+  return {
+    name: `convert -O raw, ${o.size / MiB} MiB fully written, 64 KiB clusters`,
+    qemuSeconds: q,
+    oursSeconds: u,
+    ratio: u / q,
+    qemuCommand: show('qemu-img', qArgs),
+    oursCommand: show('node', oArgs),
+    verified,
+  };
+}
+
+async function benchWrites(o: Opts, dir: string, cli: string): Promise<BenchResult> {
+  const rand = prng(0x5eed);
+  const blocks = o.size / 4096;
+  const cmds: string[] = [];
+  for (let i = 0; i < o.writes; i++) {
+    const off = Math.floor(rand() * blocks) * 4096;
+    cmds.push(`write -P ${(i % 255) + 1} ${off} 4k`);
+  }
+  const args = cmds.flatMap((c) => ['-c', c]);
+  const qImg = join(dir, 'writes-qemu.qcow2');
+  const oImg = join(dir, 'writes-ours.qcow2');
+  const fresh = (p: string) => async (): Promise<void> => {
+    rmSync(p, { force: true });
+    await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', 'cluster_size=65536', p, String(o.size)]);
+  };
+  let q = Infinity;
+  let u = Infinity;
+  const qArgs = ['-f', 'qcow2', ...args, qImg];
+  const oArgs = [cli, 'io', oImg, ...args];
+  for (let i = 0; i < o.repeat; i++) {
+    await fresh(qImg)();
+    q = Math.min(q, await run('qemu-io', qArgs));
+    await fresh(oImg)();
+    u = Math.min(u, await run(process.execPath, oArgs));
+  }
+  const cmp = await execa('qemu-img', ['compare', '-q', qImg, oImg], { reject: false });
+  const verified = cmp.exitCode === 0 && (await qemuCheckClean(oImg));
+  return {
+    name: `${o.writes} random 4 KiB writes in one process, ${o.size / MiB} MiB image, 64 KiB clusters`,
+    qemuSeconds: q,
+    oursSeconds: u,
+    ratio: u / q,
+    qemuCommand: show('qemu-io', qArgs),
+    oursCommand: show('node', oArgs),
+    verified,
+  };
+}
+
+async function benchAmend(o: Opts, dir: string, cli: string, raw: string, clusterSize: number, bits: number): Promise<BenchResult> {
+  const base = join(dir, `amend-${clusterSize}.qcow2`);
+  if (!existsSync(base)) {
+    await run('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', '-o', `cluster_size=${clusterSize}`, raw, base]);
+  }
+  const qImg = join(dir, 'amend-qemu.qcow2');
+  const oImg = join(dir, 'amend-ours.qcow2');
+  const qArgs = ['amend', '-f', 'qcow2', '-o', `refcount_bits=${bits}`, qImg];
+  const oArgs = [cli, 'amend', '-o', `refcount_bits=${bits}`, oImg];
+  const q = await timeBest(o.repeat, () => copyFileSync(base, qImg), 'qemu-img', qArgs);
+  const u = await timeBest(o.repeat, () => copyFileSync(base, oImg), process.execPath, oArgs);
+  const verified = (await qemuCheckClean(oImg)) && (await execa('qemu-img', ['compare', '-q', qImg, oImg], { reject: false })).exitCode === 0;
+  return {
+    name: `amend -o refcount_bits=${bits} (from 16), ${o.size / MiB} MiB fully written, ${clusterSize / 1024} KiB clusters`,
+    qemuSeconds: q,
+    oursSeconds: u,
+    ratio: u / q,
+    qemuCommand: show('qemu-img', qArgs),
+    oursCommand: show('node', oArgs),
+    verified,
+  };
+}
+
+export async function benchCommand(argv: string[]): Promise<number> {
+  if (argv.includes('--help') || argv.includes('-h')) {
+    process.stdout.write(USAGE);
+    return 0;
+  }
+  const o = parseArgs(argv);
+  if (typeof o === 'string') {
+    process.stderr.write(`qcow2-harness bench: ${o}\n${USAGE}`);
+    return 1;
+  }
+  let cli: string;
+  try {
+    cli = cliPath();
+  } catch (e) {
+    process.stderr.write(`qcow2-harness bench: ${(e as Error).message}\n`);
+    return 1;
+  }
+  const dir = o.dir ?? mkdtempSync(join(tmpdir(), 'qcow2-bench-'));
+  const results: BenchResult[] = [];
+  const log = (s: string): void => {
+    if (!o.json) process.stderr.write(s);
+  };
+  try {
+    const raw = join(dir, 'full.raw');
+    if (o.only.has('convert') || o.only.has('amend')) makeRaw(raw, o.size);
+    if (o.only.has('convert')) {
+      log('convert…\n');
+      results.push(await benchConvert(o, dir, cli, raw));
+    }
+    if (o.only.has('writes')) {
+      log('random writes…\n');
+      results.push(await benchWrites(o, dir, cli));
+    }
+    if (o.only.has('amend')) {
+      for (const cs of [64 * 1024, 2 * MiB]) {
+        for (const bits of [1, 64]) {
+          log(`amend ${cs / 1024}k refcount_bits=${bits}…\n`);
+          results.push(await benchAmend(o, dir, cli, raw, cs, bits));
+        }
+      }
+    }
+  } catch (e) {
+    process.stderr.write(`qcow2-harness bench: ${(e as Error).message}\n`);
+    return 1;
+  } finally {
+    if (!o.keep && !o.dir) rmSync(dir, { recursive: true, force: true });
+  }
+  if (o.json) {
+    process.stdout.write(`${JSON.stringify({ machine: machine(), results }, null, 2)}\n`);
+  } else {
+    process.stdout.write(`${machine()}\n`);
+    for (const r of results) {
+      process.stdout.write(
+        `${r.name}\n  qemu ${r.qemuSeconds.toFixed(3)} s   ours ${r.oursSeconds.toFixed(3)} s   ratio ours/qemu ${r.ratio.toFixed(2)}` +
+          `${r.verified ? '' : '   (RESULTS DIFFER)'}\n  qemu: ${r.qemuCommand}\n  ours: ${r.oursCommand}\n`,
+      );
+    }
+  }
+  return results.every((r) => r.verified) ? 0 : 1;
+}
+
+function machine(): string {
+  return `node ${process.version}, ${process.platform}/${process.arch}`;
+}

@@ -2,8 +2,8 @@ import { UsageError } from './errors.js';
 
 const UNIT_SHIFT: Record<string, number> = { B: 0, K: 10, M: 20, G: 30, T: 40, P: 50, E: 60 };
 
-/** Largest size qemu accepts on a command line (INT64_MAX, as a double). */
-const MAX_SIZE = 2 ** 63 - 1;
+/** Sizes must stay below 2^63 (qemu's INT64_MAX is 2^63 - 1, which a double cannot hold). */
+const SIZE_LIMIT = 2 ** 63;
 
 /**
  * Parses a size the way qemu-img and qemu-io do (qemu_strtosz): a decimal
@@ -25,13 +25,17 @@ export function parseSize(text: string, defaultUnit: keyof typeof UNIT_SHIFT = '
     if (frac !== undefined && frac.length > 0 && mul === 1) return null;
     value = Number(int) * mul + Math.floor(Number(`0.${frac ?? '0'}`) * mul);
   }
-  if (!Number.isFinite(value) || value > MAX_SIZE) return null;
+  if (!Number.isFinite(value) || value >= SIZE_LIMIT) return null;
   return value;
 }
 
 /** A size for a qemu-img operand, with qemu-img's wording when it is not one. */
 export function parseImageSize(text: string, command: string): number {
   const v = parseSize(text);
+  if (v === null && parseSize(text.replace(/[eE]$/, 'P')) !== null) {
+    // Well formed but past INT64_MAX: qemu-img words this one differently.
+    throw new UsageError('Invalid image size specified. Must be between 0 and 9223372036854775807.', command);
+  }
   if (v === null) {
     throw new UsageError(
       'Invalid image size specified. You may use k, M, G, T, P or E suffixes for kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.',

@@ -1,6 +1,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { openImageFile, createQcow2File } from '../../qcow2/open-file.js';
+import { SECTOR_SIZE } from '../../qcow2/format/constants.js';
+import { createQcow2File, openImageFile } from '../../qcow2/open-file.js';
 import type { BackingFormat, CreateOptions } from '../../qcow2/types.js';
 import { all, has, parseArgs } from '../args.js';
 import type { CliContext } from '../context.js';
@@ -75,6 +76,9 @@ export async function createCommand(argv: string[], ctx: CliContext): Promise<nu
     }
   }
   if (co.size === undefined) throw new CommandFailed(`${file}: Image creation needs a size parameter`);
+  if (co.backingFile !== undefined && co.preallocation === 'metadata' && !co.extendedL2) {
+    throw new CommandFailed(`${file}: Backing file and preallocation can only be used at the same time if extended_l2 is on`);
+  }
   const full = co as CreateOptions;
   if (!has(p, 'q')) ctx.stdout(formattingLine(file, fmt, full) + '\n');
   const abs = resolvePath(ctx, file);
@@ -82,7 +86,8 @@ export async function createCommand(argv: string[], ctx: CliContext): Promise<nu
     if (fmt === 'raw') {
       const fd = fs.openSync(abs, 'w');
       try {
-        fs.ftruncateSync(fd, full.size);
+        // qemu-img rounds every new image up to whole sectors.
+        fs.ftruncateSync(fd, Math.ceil(full.size / SECTOR_SIZE) * SECTOR_SIZE);
       } finally {
         fs.closeSync(fd);
       }

@@ -1,0 +1,118 @@
+/**
+ * The installed command itself (dist/cli/main.js, spawned): help everywhere,
+ * one-line errors with the documented exit codes, never a stack trace.
+ */
+import { execaNode } from 'execa';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { QCOW2_MAGIC } from '../../src/qcow2/format/constants.js';
+import { ok, qemuImg, scratchDir } from './helpers.js';
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+const bin = path.join(root, 'dist/cli/main.js');
+const dir = scratchDir('bin');
+afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+function newestSource(d: string): number {
+  let t = 0;
+  for (const e of fs.readdirSync(d, { withFileTypes: true })) {
+    const p = path.join(d, e.name);
+    t = Math.max(t, e.isDirectory() ? newestSource(p) : fs.statSync(p).mtimeMs);
+  }
+  return t;
+}
+
+beforeAll(async () => {
+  // The bin runs compiled code; rebuild when a source is newer than it (setup.sh builds in CI).
+  if (!fs.existsSync(bin) || fs.statSync(bin).mtimeMs < newestSource(path.join(root, 'src'))) {
+    const { execa } = await import('execa');
+    await execa('npx', ['tsc', '-p', 'tsconfig.build.json'], { cwd: root });
+  }
+}, 300_000);
+
+async function run(args: string[]) {
+  const r = await execaNode(bin, args, { cwd: dir, reject: false, env: { LC_ALL: 'C' } });
+  return { rc: r.exitCode, stdout: String(r.stdout), stderr: String(r.stderr) };
+}
+
+function expectOneLineError(stderr: string): void {
+  expect(stderr).toMatch(/^qcow2-harness: /);
+  expect(stderr).not.toMatch(/^\s+at /m);
+}
+
+describe('the qcow2-harness command', () => {
+  it('has --help for itself and every command', async () => {
+    const top = await run(['--help']);
+    expect(top.rc).toBe(0);
+    for (const cmd of ['create', 'info', 'convert', 'check', 'io', 'snapshot', 'amend', 'resize', 'demo']) {
+      expect(top.stdout).toContain(`  ${cmd}`);
+      const r = await run([cmd, '--help']);
+      expect({ cmd, rc: r.rc, usage: r.stdout.startsWith('Usage: qcow2-harness ' + cmd) }).toEqual({ cmd, rc: 0, usage: true });
+    }
+  });
+
+  it('reports a missing file in one line, exit 1', async () => {
+    for (const cmd of [['info'], ['check'], ['convert', '-O', 'raw'], ['io', '-c', 'read 0 1'], ['snapshot', '-l'], ['amend', '-o', 'compat=1.1']]) {
+      const args = cmd[0] === 'convert' ? [...cmd, 'missing.qcow2', 'out.raw'] : cmd[0] === 'io' ? ['io', 'missing.qcow2', '-c', 'read 0 1'] : [...cmd, 'missing.qcow2'];
+      const r = await run(args);
+      expect(r.rc, args.join(' ')).toBe(1);
+      expect(r.stderr, args.join(' ')).toBe("qcow2-harness: Could not open 'missing.qcow2': No such file or directory\n");
+    }
+  });
+
+  it('usage errors name the problem and point at --help', async () => {
+    const r = await run(['create', '-Z', 'x.qcow2', '1M']);
+    expect(r.rc).toBe(1);
+    expect(r.stderr).toBe("qcow2-harness: invalid option -- 'Z'\nTry 'qcow2-harness create --help' for more information\n");
+    const u = await run(['frobnicate']);
+    expect(u.rc).toBe(1);
+    expectOneLineError(u.stderr);
+  });
+
+  it('answers a damaged image cleanly (info, check, convert)', async () => {
+    const f = path.join(dir, 'bad.qcow2');
+    ok(await qemuImg(['create', '-q', '-f', 'qcow2', f, '1M']), 'create');
+    const b = fs.readFileSync(f);
+    b.writeUInt32BE(QCOW2_MAGIC, 0);
+    b.writeUInt32BE(0x7fffffff, 20); // cluster_bits: nonsense
+    fs.writeFileSync(f, b);
+    for (const args of [['info', 'bad.qcow2'], ['check', 'bad.qcow2'], ['convert', '-O', 'raw', 'bad.qcow2', 'bad.raw']]) {
+      const r = await run(args);
+      expect(r.rc, args.join(' ')).toBe(1);
+      expectOneLineError(r.stderr);
+      expect(r.stderr.split('\n').length, r.stderr).toBe(2);
+    }
+    expect(fs.existsSync(path.join(dir, 'bad.raw'))).toBe(false);
+  });
+
+  it('refuses an unknown incompatible feature bit', async () => {
+    const f = path.join(dir, 'incompat.qcow2');
+    ok(await qemuImg(['create', '-q', '-f', 'qcow2', f, '1M']), 'create');
+    const b = fs.readFileSync(f);
+    b[79] = b[79]! | 0x80; // incompatible_features bit 7 (header offset 72, big endian)
+    fs.writeFileSync(f, b);
+    const q = await qemuImg(['info', f]);
+    const r = await run(['info', 'incompat.qcow2']);
+    expect(q.rc).toBe(1);
+    expect(r.rc).toBe(1);
+    expectOneLineError(r.stderr);
+  });
+
+  it('check exit codes: 0 clean, 63 raw', async () => {
+    ok(await qemuImg(['create', '-q', '-f', 'qcow2', path.join(dir, 'c.qcow2'), '1M']), 'create');
+    ok(await qemuImg(['create', '-q', '-f', 'raw', path.join(dir, 'c.raw'), '1M']), 'create');
+    expect((await run(['check', 'c.qcow2'])).rc).toBe(0);
+    const raw = await run(['check', 'c.raw']);
+    expect(raw.rc).toBe(63);
+    expect(raw.stderr).toBe('qcow2-harness: This image format does not support checks\n');
+  });
+
+  it('demo runs and passes', async () => {
+    const r = await run(['demo']);
+    expect(r.stderr).toBe('');
+    expect(r.stdout).toMatch(/RESULT: OK/);
+    expect(r.rc).toBe(0);
+  });
+});

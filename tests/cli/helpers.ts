@@ -1,0 +1,63 @@
+/**
+ * Shared pieces of the CLI integration tests: a scratch directory, our CLI run
+ * in-process (fast, no node start-up per call), and the real qemu-img/qemu-io.
+ */
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { bufferContext } from '../../src/cli/context.js';
+import { runCli } from '../../src/cli/run.js';
+import { QEMU_IMG, QEMU_IO, runTool, type ToolResult } from '../../src/qemu/index.js';
+
+export interface Ran {
+  rc: number;
+  stdout: string;
+  stderr: string;
+}
+
+export function scratchDir(tag: string): string {
+  return fs.mkdtempSync(path.join(os.tmpdir(), `qcow2-cli-${tag}-`));
+}
+
+/** Runs `qcow2-harness ARGV` in this process, with dir as the working directory. */
+export async function ours(dir: string, argv: string[]): Promise<Ran> {
+  const ctx = bufferContext(dir);
+  const rc = await runCli(argv, ctx);
+  return { rc, stdout: ctx.out, stderr: ctx.err };
+}
+
+/** Runs qemu-img (give absolute paths: backing names resolve against the image's directory anyway). */
+export async function qemuImg(args: string[]): Promise<ToolResult> {
+  return runTool(QEMU_IMG, args, 60_000);
+}
+
+export async function qemuIo(args: string[]): Promise<ToolResult> {
+  return runTool(QEMU_IO, args, 60_000);
+}
+
+/** Fails with the tool's own words when it did not exit 0. */
+export function ok<T extends { rc: number; stdout: string; stderr: string }>(r: T, what: string): T {
+  if (r.rc !== 0) throw new Error(`${what} exited ${r.rc}:\n${r.stdout}${r.stderr}`);
+  return r;
+}
+
+export function ioArgs(commands: readonly string[]): string[] {
+  return commands.flatMap((c) => ['-c', c]);
+}
+
+/** The first differing byte of two files, or -1 when they are identical. */
+export function firstDiff(a: string, b: string): number {
+  const x = fs.readFileSync(a);
+  const y = fs.readFileSync(b);
+  const n = Math.min(x.length, y.length);
+  for (let i = 0; i < n; i++) if (x[i] !== y[i]) return i;
+  return x.length === y.length ? -1 : n;
+}
+
+/** qemu-io/our io output without the timing lines, which differ run to run. */
+export function withoutTimings(s: string): string {
+  return s
+    .split('\n')
+    .filter((l) => !/ ops; .* sec /.test(l))
+    .join('\n');
+}

@@ -30,6 +30,8 @@ export interface OpenOptions {
   snapshot?: string;
   /** Repair a dirty image on a read-write open (default true, as QEMU does). */
   repairDirty?: boolean;
+  /** Open for check -r: a corrupt image may be opened read-write so it can be repaired. */
+  forRepair?: boolean;
 }
 
 /** Anything a guest can read: a qcow2 image, or a raw file used as a backing file. */

@@ -1,0 +1,188 @@
+/**
+ * qemu-img amend for the format options that change metadata: refcount
+ * width (a new refcount structure built in one linear pass, QEMU's
+ * qcow2_change_refcount_order), compat level (qcow2_downgrade with zero
+ * cluster expansion, and the upgrade) and lazy refcounts. A refusal leaves
+ * the image untouched: everything is checked before the first write.
+ */
+import { InvalidArgumentError, LimitError, UnsupportedFeatureError } from './errors.js';
+import { viewOf } from './format/bytes.js';
+import {
+  COMPAT_LAZY_REFCOUNTS,
+  HEADER_V3_LENGTH,
+  INCOMPAT_DIRTY,
+  L1_ENTRY_SIZE,
+  OFLAG_COPIED_HI,
+} from './format/constants.js';
+import { ClusterType, entryOffset, makeEntry } from './format/entries.js';
+import { defaultFeatureNames } from './format/extensions.js';
+import { getRefcount } from './format/refcount-block.js';
+import { installRefcountStructure } from './check.js';
+import type { Qcow2Image } from './image.js';
+import { maxRefcount } from './format/refcount-block.js';
+
+export interface AmendOptions {
+  refcountBits?: number;
+  compat?: '0.10' | '1.1';
+  lazyRefcounts?: boolean;
+}
+
+export function amendImage(img: Qcow2Image, o: AmendOptions): void {
+  const targetVersion = o.compat === undefined ? img.version : o.compat === '0.10' ? 2 : 3;
+  const order = o.refcountBits === undefined ? img.refcounts.order : Math.log2(o.refcountBits);
+  if (o.refcountBits !== undefined && (!Number.isInteger(order) || order < 0 || order > 6)) {
+    throw new InvalidArgumentError('Refcount width must be a power of two and may not exceed 64 bits');
+  }
+  if (targetVersion < 3 && order !== 4) {
+    throw new InvalidArgumentError('Different refcount widths than 16 bits require compatibility level 1.1 or above (use compat=1.1 or greater)');
+  }
+  const lazy = o.lazyRefcounts ?? (targetVersion < 3 ? false : img.lazyRefcounts);
+  if (lazy && targetVersion < 3) {
+    throw new InvalidArgumentError('Lazy refcounts only supported with compatibility level 1.1 and above (use compat=1.1 or greater)');
+  }
+  if (targetVersion < img.version) checkDowngradePossible(img);
+  if (order !== img.refcounts.order) checkRefcountsFit(img, order);
+
+  if (targetVersion > img.version) upgrade(img);
+  if (order !== img.refcounts.order) changeRefcountOrder(img, order);
+  if (targetVersion < img.version) downgrade(img);
+  if (lazy !== img.lazyRefcounts) setLazyRefcounts(img, lazy);
+  img.flush();
+}
+
+function checkDowngradePossible(img: Qcow2Image): void {
+  const other = img.header.incompatibleFeatures & ~INCOMPAT_DIRTY;
+  if (other) {
+    throw new UnsupportedFeatureError(`Cannot downgrade an image with incompatible features 0x${other.toString(16)} set`);
+  }
+}
+
+/** Every stored refcount, by cluster, up to the last nonzero one. */
+function storedRefcounts(img: Qcow2Image): { counts: Float64Array; size: number } {
+  const rt = img.refcounts;
+  const cs = img.clusterSize;
+  rt.flush();
+  const fileClusters = Math.ceil(img.storage.size() / cs);
+  const limit = Math.max(fileClusters, rt.allocatedEnd);
+  const counts = new Float64Array(limit);
+  let size = 0;
+  for (let bi = 0; bi < rt.table.length; bi++) {
+    const off = rt.table[bi];
+    if (off === 0) continue;
+    if (off % cs !== 0) throw new LimitError(`refcount block ${bi} is not cluster aligned; repair the image first`);
+    const block = rt.cache.get(off);
+    for (let i = 0; i < rt.entriesPerBlock; i++) {
+      const v = getRefcount(block.data, block.view, i, rt.order);
+      if (v === 0) continue;
+      const c = bi * rt.entriesPerBlock + i;
+      if (c >= limit) throw new LimitError(`cluster ${c} past the end of the file has refcount ${v}; repair the image first`);
+      counts[c] = v;
+      if (c + 1 > size) size = c + 1;
+    }
+  }
+  return { counts, size };
+}
+
+function checkRefcountsFit(img: Qcow2Image, order: number): void {
+  const max = maxRefcount(order);
+  const { counts, size } = storedRefcounts(img);
+  for (let c = 0; c < size; c++) {
+    if (counts[c] > max) {
+      throw new LimitError(
+        `Cannot decrease refcount entry width to ${2 ** order} bits: cluster at offset 0x${(c * img.clusterSize).toString(16)} has a refcount of ${counts[c]}`,
+      );
+    }
+  }
+}
+
+function changeRefcountOrder(img: Qcow2Image, order: number): void {
+  const cs = img.clusterSize;
+  const { counts, size } = storedRefcounts(img);
+  const oldTable = img.header.refcountTableOffset;
+  const oldTableClusters = img.header.refcountTableClusters;
+  const oldBlocks = img.refcounts.table.filter((off) => off !== 0);
+  const start = Math.max(size, Math.ceil(img.storage.size() / cs), img.refcounts.allocatedEnd);
+  installRefcountStructure(img, counts, size, order, start);
+  // The old structure was copied with its own references; release them in the new one.
+  for (const off of oldBlocks) img.refcounts.updateRange(off, cs, -1);
+  img.refcounts.updateRange(oldTable, oldTableClusters * cs, -1);
+  img.refcounts.flush();
+}
+
+function upgrade(img: Qcow2Image): void {
+  img.header.version = 3;
+  img.header.headerLength = HEADER_V3_LENGTH;
+  img.header.refcountOrder = 4;
+  img.ext.featureNames = defaultFeatureNames();
+  img.writeHeader();
+}
+
+function downgrade(img: Qcow2Image): void {
+  img.flush();
+  expandZeroClusters(img);
+  img.header.version = 2;
+  img.header.compatibleFeatures = 0n;
+  img.header.autoclearFeatures = 0n;
+  img.header.incompatibleFeatures = 0n;
+  delete img.ext.featureNames;
+  img.writeHeader();
+  img.flush();
+}
+
+/**
+ * v2 has no zero flag: zero clusters become unallocated (no backing file) or
+ * real clusters of zeros, in the active table and every snapshot's (QEMU:
+ * qcow2_expand_zero_clusters). A shared L2 table's new cluster gets one
+ * reference per table user.
+ */
+function expandZeroClusters(img: Qcow2Image): void {
+  const l1s: Uint8Array[] = [img.l1];
+  for (const sn of img.snapshots) {
+    if (sn.l1Size > 0) l1s.push(img.storage.read(sn.l1TableOffset, sn.l1Size * L1_ENTRY_SIZE));
+  }
+  const cs = img.clusterSize;
+  const layout = img.layout;
+  const done = new Set<number>();
+  const zeros = new Uint8Array(cs);
+  for (const l1 of l1s) {
+    const v = viewOf(l1);
+    for (let i = 0; i < l1.length / 8; i++) {
+      const l2Offset = entryOffset(v.getUint32(i * 8), v.getUint32(i * 8 + 4));
+      if (l2Offset === 0 || done.has(l2Offset)) continue;
+      done.add(l2Offset);
+      const l2Refs = img.refcounts.getAt(l2Offset);
+      for (let j = 0; j < layout.entries; j++) {
+        const t = img.l2Cache.get(l2Offset);
+        const e = layout.get(t, j);
+        const type = layout.type(e);
+        if (type !== ClusterType.ZeroPlain && type !== ClusterType.ZeroAlloc) continue;
+        if (type === ClusterType.ZeroPlain && !img.backingFile) {
+          layout.set(img.l2Cache.get(l2Offset), j, { hi: 0, lo: 0, zero: 0, alloc: 0 });
+          continue;
+        }
+        let host = layout.offset(e);
+        if (type === ClusterType.ZeroPlain) {
+          host = img.refcounts.allocClusters(1);
+          if (l2Refs > 1) img.refcounts.updateRange(host, cs, l2Refs - 1);
+        }
+        img.meta.check(host, cs, undefined);
+        img.storage.write(host, zeros);
+        const [hi, lo] = makeEntry(host, false);
+        const copied = img.refcounts.getAt(host) === 1 ? OFLAG_COPIED_HI : 0;
+        layout.set(img.l2Cache.get(l2Offset), j, { hi: (hi | copied) >>> 0, lo, zero: 0, alloc: 0 });
+      }
+    }
+  }
+  img.flush();
+}
+
+function setLazyRefcounts(img: Qcow2Image, on: boolean): void {
+  img.flush();
+  if (on) img.header.compatibleFeatures |= COMPAT_LAZY_REFCOUNTS;
+  else {
+    img.header.compatibleFeatures &= ~COMPAT_LAZY_REFCOUNTS;
+    img.header.incompatibleFeatures &= ~INCOMPAT_DIRTY;
+  }
+  img.writeHeader();
+  img.storage.flush();
+}

@@ -1,0 +1,80 @@
+/**
+ * Which host clusters hold live metadata, for the overlap check QEMU runs
+ * before every metadata write (qcow2_check_metadata_overlap, "cached" mode:
+ * header, L1, active L2, reftable, refblocks, snapshot table and snapshot
+ * L1 tables). Kept incrementally so the check is O(clusters written).
+ */
+import { OverlapError } from './errors.js';
+
+export const enum MetaKind {
+  Header = 1,
+  ActiveL1 = 2,
+  ActiveL2 = 3,
+  Reftable = 4,
+  Refblock = 5,
+  SnapshotTable = 6,
+  SnapshotL1 = 7,
+  /** Encryption header, bitmap directory: never rewritten by this engine. */
+  Other = 8,
+}
+
+const KIND_NAMES: Record<MetaKind, string> = {
+  [MetaKind.Header]: 'qcow2 header',
+  [MetaKind.ActiveL1]: 'active L1 table',
+  [MetaKind.ActiveL2]: 'active L2 table',
+  [MetaKind.Reftable]: 'refcount table',
+  [MetaKind.Refblock]: 'refcount block',
+  [MetaKind.SnapshotTable]: 'snapshot table',
+  [MetaKind.SnapshotL1]: 'inactive L1 table',
+  [MetaKind.Other]: 'metadata',
+};
+
+export function metaKindName(k: MetaKind): string {
+  return KIND_NAMES[k];
+}
+
+export class MetadataMap {
+  private readonly kinds = new Map<number, MetaKind>();
+
+  constructor(private readonly clusterBits: number) {}
+
+  private clusterRange(offset: number, bytes: number): [number, number] {
+    const cs = 2 ** this.clusterBits;
+    return [Math.floor(offset / cs), Math.ceil((offset + Math.max(bytes, 1)) / cs)];
+  }
+
+  add(offset: number, bytes: number, kind: MetaKind): void {
+    const [a, b] = this.clusterRange(offset, bytes);
+    for (let c = a; c < b; c++) this.kinds.set(c, kind);
+  }
+
+  remove(offset: number, bytes: number): void {
+    const [a, b] = this.clusterRange(offset, bytes);
+    for (let c = a; c < b; c++) this.kinds.delete(c);
+  }
+
+  kindAtCluster(clusterIndex: number): MetaKind | undefined {
+    return this.kinds.get(clusterIndex);
+  }
+
+  /**
+   * Refuses a write of `kind` (undefined for guest data) that would land on a
+   * cluster holding a different kind of metadata.
+   */
+  check(offset: number, bytes: number, kind: MetaKind | undefined): void {
+    const [a, b] = this.clusterRange(offset, bytes);
+    for (let c = a; c < b; c++) {
+      const k = this.kinds.get(c);
+      if (k !== undefined && k !== kind) {
+        const what = kind === undefined ? 'guest data' : metaKindName(kind);
+        throw new OverlapError(
+          `refusing to write ${what} at host offset ${offset}: it overlaps the ${metaKindName(k)} at cluster ${c}`,
+        );
+      }
+    }
+  }
+
+  clear(): void {
+    this.kinds.clear();
+  }
+}

@@ -1,0 +1,395 @@
+/**
+ * Host cluster reference counting (qcow2.txt "Host cluster management"):
+ * the in-memory refcount table, cached refcount blocks, cluster and byte
+ * allocation, and growth of the refcount table.
+ *
+ * Ordering rules (after block/qcow2-refcount.c): a new refcount block is
+ * written, describing itself where it can, before the table entry that
+ * points to it; a grown table is written in full, with refcounts for itself,
+ * before the header switches to it, and the old one is freed only after.
+ */
+import { TableCache, type CachedTable } from './cache.js';
+import { LimitError } from './errors.js';
+import { getU64, setU64, viewOf } from './format/bytes.js';
+import { MAX_HOST_OFFSET, MAX_REFTABLE_BYTES } from './format/constants.js';
+import { getRefcount, maxRefcount, refcountEntriesPerBlock, setRefcount } from './format/refcount-block.js';
+import { MetaKind, type MetadataMap } from './overlap.js';
+import type { BlockStorage } from './storage/types.js';
+
+export interface RefcountHost {
+  readonly storage: BlockStorage;
+  readonly clusterBits: number;
+  readonly meta: MetadataMap;
+  /** Writes metadata after the overlap check. */
+  writeMeta(offset: number, data: Uint8Array, kind: MetaKind): void;
+  /** A cluster's refcount reached zero: cached tables at it must go. */
+  clusterFreed(offset: number): void;
+  /** Points the header at a new refcount table. */
+  commitReftable(offset: number, clusters: number): void;
+  /** Marks the image corrupt (when writable) and throws. */
+  corruption(message: string): never;
+  /** Barrier between dependent writes (skipped with lazy refcounts). */
+  barrier(): void;
+}
+
+export class Refcounts {
+  readonly order: number;
+  readonly max: number;
+  readonly clusterSize: number;
+  readonly entriesPerBlock: number;
+  /** Refblock host offsets by block index; 0 = no block. */
+  table: number[];
+  tableOffset: number;
+  tableClusters: number;
+  readonly cache: TableCache;
+  /** Lowest cluster index that may be free. */
+  private freeHint = 0;
+  /** One past the highest cluster index handed out, which may not be on disk yet. */
+  private allocEnd = 0;
+  /** Byte-granular allocation point for compressed clusters (qcow2_alloc_bytes). */
+  private freeByteOffset = 0;
+  /** Refcount decrements that would have gone below zero (a damaged image); the cluster is left alone. */
+  underflows = 0;
+
+  constructor(
+    private readonly host: RefcountHost,
+    order: number,
+    tableOffset: number,
+    tableClusters: number,
+    cacheTables: number,
+  ) {
+    this.order = order;
+    this.max = maxRefcount(order);
+    this.clusterSize = 2 ** host.clusterBits;
+    this.entriesPerBlock = refcountEntriesPerBlock(host.clusterBits, order);
+    this.tableOffset = tableOffset;
+    this.tableClusters = tableClusters;
+    this.table = [];
+    this.cache = new TableCache(
+      Math.max(2, cacheTables),
+      (off) => host.storage.read(off, this.clusterSize),
+      (t) => host.writeMeta(t.offset, t.data, MetaKind.Refblock),
+    );
+    this.allocEnd = Math.ceil(host.storage.size() / this.clusterSize);
+  }
+
+  /** Reads and validates the refcount table (QEMU: qcow2_refcount_init + validation in qcow2_do_open). */
+  load(): void {
+    const bytes = this.tableClusters * this.clusterSize;
+    const buf = this.host.storage.read(this.tableOffset, bytes);
+    const v = viewOf(buf);
+    const n = bytes / 8;
+    const table = new Array<number>(n);
+    for (let i = 0; i < n; i++) {
+      // Kept raw: a misaligned or oversized entry is reported when used (as QEMU does) and by check.
+      table[i] = getU64(v, i * 8);
+    }
+    // Trailing zero entries are kept: they are part of the on-disk table.
+    this.table = table;
+    this.host.meta.add(this.tableOffset, bytes, MetaKind.Reftable);
+    for (const off of table) {
+      if (off !== 0 && off % this.clusterSize === 0) this.host.meta.add(off, this.clusterSize, MetaKind.Refblock);
+    }
+  }
+
+  private blockOf(clusterIndex: number): number {
+    return Math.floor(clusterIndex / this.entriesPerBlock);
+  }
+
+  private validBlockOffset(blockIndex: number): number {
+    const off = this.table[blockIndex];
+    if (off % this.clusterSize !== 0 || off >= MAX_HOST_OFFSET) {
+      this.host.corruption(`refblock offset ${off} is unaligned or too large (reftable index ${blockIndex})`);
+    }
+    if (off < this.clusterSize) {
+      this.host.corruption(`refblock at offset ${off} overlaps the image header (reftable index ${blockIndex})`);
+    }
+    return off;
+  }
+
+  private block(blockIndex: number): CachedTable | undefined {
+    if (blockIndex >= this.table.length || this.table[blockIndex] === 0) return undefined;
+    return this.cache.get(this.validBlockOffset(blockIndex));
+  }
+
+  get(clusterIndex: number): number {
+    const b = this.block(this.blockOf(clusterIndex));
+    if (!b) return 0;
+    return getRefcount(b.data, b.view, clusterIndex % this.entriesPerBlock, this.order);
+  }
+
+  getAt(offset: number): number {
+    return this.get(Math.floor(offset / this.clusterSize));
+  }
+
+  /** Adds delta to the refcount of every cluster overlapping [offset, offset+bytes). */
+  updateRange(offset: number, bytes: number, delta: number): void {
+    if (bytes <= 0) return;
+    const first = Math.floor(offset / this.clusterSize);
+    const last = Math.floor((offset + bytes - 1) / this.clusterSize);
+    for (let c = first; c <= last; c++) this.update(c, delta);
+  }
+
+  update(clusterIndex: number, delta: number): void {
+    const bi = this.blockOf(clusterIndex);
+    let b = this.block(bi);
+    if (!b) {
+      if (delta < 0) {
+        this.underflows++;
+        return;
+      }
+      this.ensureBlock(bi);
+      b = this.block(bi)!;
+    }
+    const idx = clusterIndex % this.entriesPerBlock;
+    const old = getRefcount(b.data, b.view, idx, this.order);
+    const now = old + delta;
+    if (now < 0) {
+      this.underflows++;
+      return;
+    }
+    if (now > this.max) {
+      throw new LimitError(`refcount of cluster ${clusterIndex} would exceed ${this.max} (refcount_bits=${2 ** this.order})`);
+    }
+    setRefcount(b.data, b.view, idx, this.order, now);
+    b.dirty = true;
+    if (now === 0) {
+      if (clusterIndex < this.freeHint) this.freeHint = clusterIndex;
+      const off = clusterIndex * this.clusterSize;
+      if (this.freeByteOffset !== 0 && Math.floor(this.freeByteOffset / this.clusterSize) === clusterIndex) {
+        this.freeByteOffset = 0;
+      }
+      this.host.clusterFreed(off);
+    }
+  }
+
+  private isFree(clusterIndex: number): boolean {
+    return this.get(clusterIndex) === 0 && this.host.meta.kindAtCluster(clusterIndex) === undefined;
+  }
+
+  /** First run of n free clusters at or after the hint (clusters past every refblock are free). */
+  private findFree(n: number): number {
+    let start = Math.max(this.freeHint, 1);
+    let run = 0;
+    let c = start;
+    for (;;) {
+      const bi = this.blockOf(c);
+      if (bi >= this.table.length || this.table[bi] === 0) {
+        // A missing block: its whole range is free (except metadata the map knows).
+        const end = (bi + 1) * this.entriesPerBlock;
+        for (; c < end; c++) {
+          if (this.host.meta.kindAtCluster(c) !== undefined) {
+            run = 0;
+            start = c + 1;
+            continue;
+          }
+          if (++run === n) return start;
+        }
+        continue;
+      }
+      if (this.isFree(c)) {
+        if (++run === n) return start;
+      } else {
+        run = 0;
+        start = c + 1;
+      }
+      c++;
+      if (c * this.clusterSize >= MAX_HOST_OFFSET) throw new LimitError('no free host clusters below 2^56');
+    }
+  }
+
+  /** Allocates n contiguous clusters with refcount 1; returns the host offset. */
+  allocClusters(n: number): number {
+    for (;;) {
+      const start = this.findFree(n);
+      // Making sure refblocks exist may itself take clusters from the candidate run.
+      for (let bi = this.blockOf(start); bi <= this.blockOf(start + n - 1); bi++) this.ensureBlock(bi);
+      let ok = true;
+      for (let c = start; c < start + n; c++) if (!this.isFree(c)) ok = false;
+      if (!ok) continue;
+      for (let c = start; c < start + n; c++) this.update(c, 1);
+      this.freeHint = start + n;
+      this.allocEnd = Math.max(this.allocEnd, start + n);
+      return start * this.clusterSize;
+    }
+  }
+
+  /**
+   * Allocates `bytes` (≤ one cluster) for compressed data, packing successive
+   * allocations into the same cluster as QEMU does; every cluster the range
+   * touches gets one reference.
+   */
+  allocBytes(bytes: number): number {
+    const cs = this.clusterSize;
+    let off = this.freeByteOffset;
+    if (off !== 0 && off % cs !== 0) {
+      const c = Math.floor(off / cs);
+      const fitsInCluster = (off % cs) + bytes <= cs;
+      const rc = this.get(c);
+      if (rc > 0 && rc < this.max) {
+        if (fitsInCluster) {
+          this.update(c, 1);
+          this.freeByteOffset = off + bytes;
+          return off;
+        }
+        // Spills into the next cluster: only if that one is free.
+        if (this.isFree(c + 1)) {
+          this.ensureBlock(this.blockOf(c + 1));
+          if (this.isFree(c + 1) && this.get(c) > 0) {
+            this.update(c, 1);
+            this.update(c + 1, 1);
+            this.allocEnd = Math.max(this.allocEnd, c + 2);
+            this.freeByteOffset = off + bytes;
+            return off;
+          }
+        }
+      }
+    }
+    off = this.allocClusters(Math.ceil(bytes / cs));
+    this.freeByteOffset = off + bytes;
+    return off;
+  }
+
+  /** Ends byte packing (e.g. after reopen or metadata rewrites). */
+  resetBytePacking(): void {
+    this.freeByteOffset = 0;
+  }
+
+  /** Makes sure the refcount block with index bi exists, allocating it. */
+  ensureBlock(bi: number): void {
+    for (;;) {
+      if (bi >= this.table.length) this.growTable(bi + 1);
+      if (this.table[bi] !== 0) return;
+      const candidate = this.findFree(1);
+      const cbi = this.blockOf(candidate);
+      if (cbi === bi) {
+        // Self-describing block: it holds its own refcount.
+        const data = new Uint8Array(this.clusterSize);
+        const off = candidate * this.clusterSize;
+        setRefcount(data, viewOf(data), candidate % this.entriesPerBlock, this.order, 1);
+        this.installBlock(bi, off, data);
+        return;
+      }
+      if (cbi >= this.table.length || this.table[cbi] === 0) {
+        this.ensureBlock(cbi);
+        continue;
+      }
+      const off = candidate * this.clusterSize;
+      this.update(candidate, 1);
+      this.installBlock(bi, off, new Uint8Array(this.clusterSize));
+      return;
+    }
+  }
+
+  private installBlock(bi: number, off: number, data: Uint8Array): void {
+    const c = off / this.clusterSize;
+    this.allocEnd = Math.max(this.allocEnd, c + 1);
+    if (c + 1 > this.freeHint && c === this.freeHint) this.freeHint = c + 1;
+    this.host.meta.add(off, this.clusterSize, MetaKind.Refblock);
+    // The block's own refcount (wherever it lives) must be durable before the table entry.
+    this.cache.flush();
+    this.host.writeMeta(off, data, MetaKind.Refblock);
+    this.cache.put(off, data, false);
+    this.host.barrier();
+    this.table[bi] = off;
+    this.writeTableEntry(bi);
+  }
+
+  private writeTableEntry(bi: number): void {
+    const entry = new Uint8Array(8);
+    setU64(viewOf(entry), 0, this.table[bi]);
+    this.host.writeMeta(this.tableOffset + bi * 8, entry, MetaKind.Reftable);
+  }
+
+  /**
+   * Moves the refcount table to a bigger one at the end of the allocated
+   * area, with fresh refcount blocks for whatever part of the new area no
+   * block covers yet (QEMU: qcow2_refcount_area).
+   */
+  private growTable(minEntries: number): void {
+    const cs = this.clusterSize;
+    const perTableCluster = cs / 8;
+    const start = Math.max(this.allocEnd, Math.ceil(this.host.storage.size() / cs), 1);
+    let tableClusters = Math.max(this.tableClusters, 1);
+    let newBlocks: number[] = [];
+    for (;;) {
+      const areaEnd = start + newBlocks.length + tableClusters; // exclusive
+      const entries = Math.max(minEntries, this.blockOf(areaEnd - 1) + 1, this.table.length);
+      // Grow by half again so repeated growth stays amortised.
+      const wanted = Math.max(Math.ceil(entries / perTableCluster), Math.ceil((this.tableClusters * 3) / 2));
+      const blocks: number[] = [];
+      for (let bi = this.blockOf(start); bi <= this.blockOf(areaEnd - 1); bi++) {
+        if (bi >= this.table.length || this.table[bi] === 0) blocks.push(bi);
+      }
+      if (wanted === tableClusters && blocks.length === newBlocks.length) break;
+      tableClusters = Math.max(wanted, tableClusters);
+      newBlocks = blocks;
+    }
+    if (tableClusters * cs > MAX_REFTABLE_BYTES) {
+      throw new LimitError(`refcount table would exceed ${MAX_REFTABLE_BYTES} bytes`);
+    }
+    const blocksStart = start;
+    const tableStart = start + newBlocks.length;
+    const areaEnd = tableStart + tableClusters;
+    const newTable = this.table.slice();
+    while (newTable.length < tableClusters * perTableCluster) newTable.push(0);
+    // Build the new blocks in memory, then account every cluster of the area.
+    const fresh = new Map<number, Uint8Array>();
+    newBlocks.forEach((bi, i) => {
+      const off = (blocksStart + i) * cs;
+      newTable[bi] = off;
+      fresh.set(bi, new Uint8Array(cs));
+    });
+    for (let c = blocksStart; c < areaEnd; c++) {
+      const bi = this.blockOf(c);
+      const f = fresh.get(bi);
+      if (f) {
+        setRefcount(f, viewOf(f), c % this.entriesPerBlock, this.order, 1);
+      } else {
+        const b = this.cache.get(this.validBlockOffset(bi));
+        setRefcount(b.data, b.view, c % this.entriesPerBlock, this.order, 1);
+        b.dirty = true;
+      }
+    }
+    this.cache.flush();
+    for (const [bi, data] of fresh) {
+      this.host.meta.add(newTable[bi], cs, MetaKind.Refblock);
+      this.host.writeMeta(newTable[bi], data, MetaKind.Refblock);
+      this.cache.put(newTable[bi], data, false);
+    }
+    const tableBytes = new Uint8Array(tableClusters * cs);
+    const tv = viewOf(tableBytes);
+    newTable.forEach((off, i) => setU64(tv, i * 8, off));
+    this.host.meta.add(tableStart * cs, tableClusters * cs, MetaKind.Reftable);
+    this.host.writeMeta(tableStart * cs, tableBytes, MetaKind.Reftable);
+    this.host.barrier();
+    const oldOffset = this.tableOffset;
+    const oldClusters = this.tableClusters;
+    this.table = newTable;
+    this.tableOffset = tableStart * cs;
+    this.tableClusters = tableClusters;
+    this.allocEnd = Math.max(this.allocEnd, areaEnd);
+    this.host.commitReftable(this.tableOffset, tableClusters);
+    this.host.meta.remove(oldOffset, oldClusters * cs);
+    if (oldClusters > 0) this.updateRange(oldOffset, oldClusters * cs, -1);
+  }
+
+  flush(): void {
+    this.cache.flush();
+  }
+
+  /** One past the highest cluster known to be in use or handed out. */
+  get allocatedEnd(): number {
+    return this.allocEnd;
+  }
+
+  noteAllocatedEnd(clusterEnd: number): void {
+    this.allocEnd = Math.max(this.allocEnd, clusterEnd);
+  }
+
+  /** The host offset a refcount-table entry names, for check (undefined: entry is 0). */
+  rawTableEntry(bi: number): number {
+    return this.table[bi];
+  }
+}
+

@@ -1,0 +1,49 @@
+/**
+ * Virtual size changes (QEMU: qcow2_co_truncate). Growing enlarges the L1
+ * table as needed; with a backing file that reaches into the new area, the
+ * new area is zeroed so the backing data stays hidden. Shrinking drops every
+ * cluster past the new end and the L2 tables wholly past it; the L1 table
+ * keeps its size, as QEMU's does.
+ */
+import { InvalidArgumentError, UnsupportedFeatureError } from './errors.js';
+import { alignUp } from './format/bytes.js';
+import { SECTOR_SIZE } from './format/constants.js';
+import type { Qcow2Image } from './image.js';
+import { maxVirtualSize } from './validate.js';
+
+export function resizeImage(img: Qcow2Image, size: number, shrink: boolean): void {
+  if (!Number.isInteger(size) || size < 0) throw new InvalidArgumentError(`invalid size ${size}`);
+  if (size % SECTOR_SIZE !== 0) throw new InvalidArgumentError(`The new size must be a multiple of ${SECTOR_SIZE}`);
+  if (size > maxVirtualSize(img.clusterBits, img.layout.extended)) {
+    throw new InvalidArgumentError("The image size is too large for file format 'qcow2' (try using a larger cluster size)");
+  }
+  const old = img.virtualSize;
+  if (size === old) return;
+  if (size < old) {
+    if (!shrink) throw new InvalidArgumentError('Use the --shrink option to perform a shrink operation.');
+    shrinkTo(img, size);
+    return;
+  }
+  const needed = Math.ceil(size / img.bytesPerL1Entry);
+  if (needed > img.l1Entries) img.resizeL1(needed);
+  const backingReaches = img.backing !== null && img.backing.virtualSize > old;
+  if (backingReaches && img.version < 3) {
+    throw new UnsupportedFeatureError('Failed to zero out new clusters: a version 2 image cannot hide its backing file');
+  }
+  img.header.size = size;
+  img.writeHeader();
+  if (backingReaches) img.writeZeroes(old, size - old);
+  img.flush();
+}
+
+function shrinkTo(img: Qcow2Image, size: number): void {
+  const cs = img.clusterSize;
+  const firstDropped = alignUp(size, cs) / cs;
+  const clusters = Math.ceil(img.virtualSize / cs);
+  for (let vc = firstDropped; vc < clusters; vc++) img.dropCluster(vc);
+  const firstL1 = Math.ceil(size / img.bytesPerL1Entry);
+  for (let i = firstL1; i < img.l1Entries; i++) img.dropL2Table(i);
+  img.header.size = size;
+  img.writeHeader();
+  img.flush();
+}

@@ -1,0 +1,209 @@
+/**
+ * Internal snapshots (qcow2.txt "Snapshots"; QEMU block/qcow2-snapshot.c):
+ * a snapshot is a copy of the active L1 table plus one more reference on
+ * every L2 table and data cluster it reaches. OFLAG_COPIED is recomputed
+ * from the refcounts after every change, so it stays exact.
+ */
+import { InvalidArgumentError, SnapshotError } from './errors.js';
+import { viewOf } from './format/bytes.js';
+import { L1_ENTRY_SIZE, MAX_SNAPSHOTS, OFLAG_COPIED_HI } from './format/constants.js';
+import { ClusterType, decodeCompressed, entryOffset } from './format/entries.js';
+import { encodeSnapshotTable, type SnapshotEntry } from './format/snapshot-table.js';
+import type { Qcow2Image } from './image.js';
+import { MetaKind } from './overlap.js';
+
+export function findSnapshot(img: Qcow2Image, nameOrId: string): number {
+  // QEMU looks the argument up as an id first, then as a name.
+  let i = img.snapshots.findIndex((s) => s.id === nameOrId);
+  if (i < 0) i = img.snapshots.findIndex((s) => s.name === nameOrId);
+  if (i < 0) throw new SnapshotError(`snapshot '${nameOrId}' not found`);
+  return i;
+}
+
+function nextSnapshotId(img: Qcow2Image): string {
+  let max = 0;
+  for (const s of img.snapshots) {
+    const n = Number.parseInt(s.id, 10);
+    if (Number.isFinite(n) && n > max) max = n;
+  }
+  return String(max + 1);
+}
+
+/**
+ * Adds `addend` (+1, -1 or 0) to the refcount of every L2 table and data
+ * cluster reached from l1 (QEMU: qcow2_update_snapshot_refcount), then sets
+ * OFLAG_COPIED on the L2 entries (and, for the active table, L1 entries)
+ * exactly where the refcount is 1.
+ */
+export function updateTreeRefcounts(img: Qcow2Image, l1: Uint8Array, addend: number, active: boolean): void {
+  const v = viewOf(l1);
+  const cs = img.clusterSize;
+  const layout = img.layout;
+  const n = l1.length / L1_ENTRY_SIZE;
+  for (let i = 0; i < n; i++) {
+    const hi = v.getUint32(i * 8);
+    const lo = v.getUint32(i * 8 + 4);
+    const l2Offset = entryOffset(hi, lo);
+    if (l2Offset === 0) continue;
+    if (l2Offset % cs !== 0) img.corruption(`L2 table offset ${l2Offset} unaligned (L1 index ${i})`);
+    const table = img.l2Cache.get(l2Offset);
+    for (let j = 0; j < layout.entries; j++) {
+      const e = layout.get(table, j);
+      const type = layout.type(e);
+      if (type === ClusterType.Compressed) {
+        if (addend !== 0) {
+          const c = decodeCompressed(e.hi, e.lo, img.clusterBits);
+          img.refcounts.updateRange(c.offset, c.size, addend);
+        }
+        continue;
+      }
+      if (type !== ClusterType.Normal && type !== ClusterType.ZeroAlloc) continue;
+      const off = layout.offset(e);
+      if (off % cs !== 0) continue;
+      if (addend !== 0) img.refcounts.updateRange(off, cs, addend);
+      const rc = img.refcounts.getAt(off);
+      const want = rc === 1 ? (e.hi | OFLAG_COPIED_HI) >>> 0 : (e.hi & ~OFLAG_COPIED_HI) >>> 0;
+      // A table about to be freed needs no flag updates.
+      if (want !== e.hi) {
+        const t = img.l2Cache.peek(l2Offset) ?? img.l2Cache.get(l2Offset);
+        layout.set(t, j, { ...e, hi: want });
+      }
+    }
+    if (addend !== 0) img.refcounts.updateRange(l2Offset, cs, addend);
+    const rc = img.refcounts.getAt(l2Offset);
+    const want = rc === 1 ? (hi | OFLAG_COPIED_HI) >>> 0 : (hi & ~OFLAG_COPIED_HI) >>> 0;
+    if (want !== hi) v.setUint32(i * 8, want);
+  }
+}
+
+/** Writes the snapshot table to new clusters, points the header at it and frees the old one. */
+export function writeSnapshotTable(img: Qcow2Image, entries: SnapshotEntry[]): void {
+  const h = img.header;
+  const oldOffset = h.snapshotsOffset;
+  const oldSize = h.nbSnapshots > 0 ? encodeSnapshotTable(img.snapshots).length : 0;
+  const bytes = encodeSnapshotTable(entries);
+  let offset = 0;
+  if (entries.length > 0) {
+    offset = img.refcounts.allocClusters(Math.ceil(bytes.length / img.clusterSize));
+    img.meta.add(offset, bytes.length, MetaKind.SnapshotTable);
+    img.flush();
+    img.writeMeta(offset, bytes, MetaKind.SnapshotTable);
+    img.storage.flush();
+  }
+  h.snapshotsOffset = offset;
+  h.nbSnapshots = entries.length;
+  img.writeHeader();
+  img.storage.flush();
+  img.snapshots = entries;
+  if (oldOffset !== 0 && oldSize > 0) {
+    img.meta.remove(oldOffset, oldSize);
+    img.refcounts.updateRange(oldOffset, oldSize, -1);
+  }
+}
+
+function writeActiveL1(img: Qcow2Image): void {
+  if (img.l1.length === 0) return;
+  img.writeMeta(img.header.l1TableOffset, img.l1, MetaKind.ActiveL1);
+}
+
+export function createSnapshot(img: Qcow2Image, name: string): void {
+  if (name.length === 0) throw new InvalidArgumentError('snapshot name must not be empty');
+  if (img.snapshots.length >= MAX_SNAPSHOTS) throw new SnapshotError('too many snapshots');
+  img.flush();
+  const l1Bytes = img.l1.length;
+  let l1Offset = 0;
+  if (l1Bytes > 0) {
+    l1Offset = img.refcounts.allocClusters(Math.ceil(l1Bytes / img.clusterSize));
+    img.meta.add(l1Offset, l1Bytes, MetaKind.SnapshotL1);
+    img.flush();
+    img.writeMeta(l1Offset, img.l1, MetaKind.SnapshotL1);
+  }
+  updateTreeRefcounts(img, img.l1, 1, true);
+  img.flush();
+  writeActiveL1(img);
+  const now = Date.now();
+  const entry: SnapshotEntry = {
+    l1TableOffset: l1Offset,
+    l1Size: l1Bytes / L1_ENTRY_SIZE,
+    id: nextSnapshotId(img),
+    name,
+    dateSec: Math.floor(now / 1000),
+    dateNsec: (now % 1000) * 1_000_000,
+    vmClockNsec: 0,
+    vmStateSize: 0,
+    vmStateSizeLarge: 0,
+    diskSize: img.virtualSize,
+    icount: 0n,
+    extraUnknown: new Uint8Array(0),
+  };
+  writeSnapshotTable(img, [...img.snapshots, entry]);
+  img.flush();
+}
+
+function readSnapshotL1(img: Qcow2Image, sn: SnapshotEntry): Uint8Array {
+  return sn.l1Size > 0 ? img.storage.read(sn.l1TableOffset, sn.l1Size * L1_ENTRY_SIZE) : new Uint8Array(0);
+}
+
+export function applySnapshot(img: Qcow2Image, nameOrId: string): void {
+  const sn = img.snapshots[findSnapshot(img, nameOrId)];
+  img.flush();
+  const snL1 = readSnapshotL1(img, sn);
+  const diskSize = sn.diskSize ?? img.virtualSize;
+  const needed = Math.max(sn.l1Size, Math.ceil(diskSize / img.bytesPerL1Entry));
+  if (needed > img.l1Entries) img.resizeL1(needed);
+  // The snapshot's tree gains the active reference before the old active tree loses it.
+  updateTreeRefcounts(img, snL1, 1, false);
+  img.flush();
+  const oldL1 = img.l1.slice();
+  const fresh = new Uint8Array(img.l1.length);
+  fresh.set(snL1.subarray(0, fresh.length));
+  img.l1.set(fresh);
+  writeActiveL1(img);
+  img.storage.flush();
+  for (let i = 0; i < oldL1.length / 8; i++) {
+    const off = entryOffset(viewOf(oldL1).getUint32(i * 8), viewOf(oldL1).getUint32(i * 8 + 4));
+    if (off !== 0) img.meta.remove(off, img.clusterSize);
+  }
+  updateTreeRefcounts(img, oldL1, -1, false);
+  img.registerActiveL2s();
+  updateTreeRefcounts(img, img.l1, 0, true);
+  img.flush();
+  writeActiveL1(img);
+  if (diskSize !== img.virtualSize) {
+    img.header.size = diskSize;
+    img.writeHeader();
+  }
+  img.flush();
+}
+
+export function deleteSnapshot(img: Qcow2Image, nameOrId: string): void {
+  const idx = findSnapshot(img, nameOrId);
+  const sn = img.snapshots[idx];
+  img.flush();
+  const snL1 = readSnapshotL1(img, sn);
+  writeSnapshotTable(img, img.snapshots.filter((_, i) => i !== idx));
+  updateTreeRefcounts(img, snL1, -1, false);
+  if (sn.l1Size > 0) {
+    img.meta.remove(sn.l1TableOffset, sn.l1Size * L1_ENTRY_SIZE);
+    img.refcounts.updateRange(sn.l1TableOffset, sn.l1Size * L1_ENTRY_SIZE, -1);
+  }
+  updateTreeRefcounts(img, img.l1, 0, true);
+  img.flush();
+  writeActiveL1(img);
+  img.flush();
+}
+
+/** Exposes a snapshot read-only in place of the active layer (qemu-img convert -l / open with snapshot). */
+export function viewSnapshot(img: Qcow2Image, nameOrId: string): void {
+  const sn = img.snapshots[findSnapshot(img, nameOrId)];
+  img.readOnly = true;
+  img.viewingSnapshot = sn.name;
+  const l1 = readSnapshotL1(img, sn);
+  const size = sn.diskSize ?? img.virtualSize;
+  const needed = Math.ceil(size / img.bytesPerL1Entry);
+  const padded = new Uint8Array(Math.max(needed, sn.l1Size) * L1_ENTRY_SIZE);
+  padded.set(l1);
+  img.l1 = padded;
+  img.l1View = viewOf(padded);
+  img.header = { ...img.header, size };
+}

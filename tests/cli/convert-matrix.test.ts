@@ -143,8 +143,8 @@ const compressed: CompressedCase[] = [
   { name: 'zstd, 4 KiB clusters, refcount 64', opts: 'cluster_size=4096,compression_type=zstd,refcount_bits=64', size: 2 * MiB },
   { name: 'zlib, compat 0.10, 8 KiB clusters', opts: 'cluster_size=8192,compat=0.10', size: 2 * MiB },
   { name: 'zstd, extended L2, 32 KiB clusters', opts: 'cluster_size=32768,extended_l2=on,compression_type=zstd', size: 3 * MiB },
-  { name: 'zlib, 2 MiB clusters', opts: 'cluster_size=2097152', size: 7 * MiB },
-  { name: 'zstd, 1 MiB clusters', opts: 'cluster_size=1048576,compression_type=zstd', size: 5 * MiB },
+  { name: 'zlib, 2 MiB clusters', opts: 'cluster_size=2097152', size: 17 * MiB },
+  { name: 'zstd, 1 MiB clusters', opts: 'cluster_size=1048576,compression_type=zstd', size: 9 * MiB },
 ];
 
 describe('convert -O raw matches qemu-img on images compressed by qemu-img convert -c', () => {

@@ -69,9 +69,10 @@ export function checkHuman(r: CheckResult): string {
     }
     if (r.checkErrors) s += `\n${r.checkErrors} internal errors have occurred during the check.\n`;
   }
+  // As qemu-img: fragmentation and compression are shares of the allocated clusters.
   if (r.totalClusters && r.allocatedClusters) {
     s += `${r.allocatedClusters}/${r.totalClusters} = ${pct(r.allocatedClusters, r.totalClusters)}% allocated, ` +
-      `${pct(r.fragmentedClusters, r.totalClusters)}% fragmented, ${pct(r.compressedClusters, r.totalClusters)}% compressed clusters\n`;
+      `${pct(r.fragmentedClusters, r.allocatedClusters)}% fragmented, ${pct(r.compressedClusters, r.allocatedClusters)}% compressed clusters\n`;
   }
   if (r.imageEndOffset) s += `Image end offset: ${r.imageEndOffset}\n`;
   return s;

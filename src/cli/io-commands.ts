@@ -25,10 +25,23 @@ export const IO_COMMANDS_HELP = `Commands (qemu-io syntax; OFF and LEN take k, M
 
 const DEFAULT_WRITE_PATTERN = 0xcd;
 
-class CmdError extends Error {}
+/**
+ * A command refused before doing anything. qemu-io prints some of these on
+ * stderr (getopt's complaints, argument counts) and most on stdout, sometimes
+ * followed by the command's usage line on stdout; we keep its choices.
+ */
+class CmdError extends Error {
+  constructor(
+    message: string,
+    readonly stream: 'stdout' | 'stderr' = 'stdout',
+    readonly usage?: string,
+  ) {
+    super(message);
+  }
+}
 
 /** getopt for one qemu-io command: flags and value options, then operands. */
-function getopt(args: string[], flags: string, withValue: string): { opts: Map<string, string>; rest: string[] } {
+function getopt(name: string, usage: string, args: string[], flags: string, withValue: string): { opts: Map<string, string>; rest: string[] } {
   const opts = new Map<string, string>();
   let i = 0;
   for (; i < args.length; i++) {
@@ -42,11 +55,11 @@ function getopt(args: string[], flags: string, withValue: string): { opts: Map<s
       const c = a[j]!;
       if (withValue.includes(c)) {
         const v = j + 1 < a.length ? a.slice(j + 1) : args[++i];
-        if (v === undefined) throw new CmdError(`option requires an argument -- '${c}'`);
+        if (v === undefined) throw new CmdError(`${name}: option requires an argument -- '${c}'`, 'stderr', usage);
         opts.set(c, v);
         break;
       }
-      if (!flags.includes(c)) throw new CmdError(`invalid option -- '${c}'`);
+      if (!flags.includes(c)) throw new CmdError(`${name}: invalid option -- '${c}'`, 'stderr', usage);
       opts.set(c, '');
     }
   }
@@ -69,12 +82,10 @@ function parsePattern(text: string): number {
   return v;
 }
 
-function expectArgs(name: string, rest: string[], usage: string): [number, number] {
-  if (rest.length !== 2) {
-    throw new CmdError(
-      rest.length < 2 ? `bad argument count ${rest.length} to ${name}, expected at least 2 arguments\n${usage}` : `bad argument count ${rest.length} to ${name}, expected 2 arguments\n${usage}`,
-    );
-  }
+/** Exactly OFF LEN after the options: fewer is an argument-count error, more prints the usage. */
+function expectArgs(name: string, rest: string[], usage: string, optionWords: number): [number, number] {
+  if (rest.length + optionWords < 2) throw new CmdError(`bad argument count ${rest.length + optionWords} to ${name}, expected at least 2 arguments`, 'stderr');
+  if (rest.length !== 2) throw new CmdError('', 'stdout', usage);
   return [cvtnum(rest[0]!), cvtnum(rest[1]!)];
 }
 
@@ -105,12 +116,12 @@ const WRITE_USAGE = 'write [-bcCfnquz] [-P pattern] off len -- writes a number o
 const DISCARD_USAGE = 'discard [-Cq] off len -- discards a number of bytes at a specified offset';
 
 function readCmd(dev: WritableDevice, args: string[], ctx: CliContext): boolean {
-  const { opts, rest } = getopt(args, 'vqCab', 'Psl');
-  const [offset, count] = expectArgs('read', rest, READ_USAGE);
+  const { opts, rest } = getopt('read', READ_USAGE, args, 'vqCab', 'Psl');
+  const [offset, count] = expectArgs('read', rest, READ_USAGE, args.length - rest.length);
   const pattern = opts.has('P') ? parsePattern(opts.get('P')!) : undefined;
   const pOff = opts.has('s') ? cvtnum(opts.get('s')!) : 0;
   const pLen = opts.has('l') ? cvtnum(opts.get('l')!) : count - pOff;
-  if ((opts.has('s') || opts.has('l')) && pattern === undefined) throw new CmdError('pattern verification range exceeds end of read data');
+  if ((opts.has('s') || opts.has('l')) && pattern === undefined) throw new CmdError('', 'stdout', READ_USAGE);
   if (pOff + pLen > count) throw new CmdError('pattern verification range exceeds end of read data');
   const t0 = performance.now();
   let buf: Uint8Array;
@@ -137,12 +148,11 @@ function readCmd(dev: WritableDevice, args: string[], ctx: CliContext): boolean 
 }
 
 function writeCmd(dev: WritableDevice, args: string[], ctx: CliContext): boolean {
-  const { opts, rest } = getopt(args, 'bcCfnquz', 'Ps');
-  const [offset, count] = expectArgs('write', rest, WRITE_USAGE);
+  const { opts, rest } = getopt('write', WRITE_USAGE, args, 'bcCfnpquz', 'Ps');
+  const [offset, count] = expectArgs('write', rest, WRITE_USAGE, args.length - rest.length);
   const zero = opts.has('z');
   if (zero && opts.has('P')) throw new CmdError('Only one of -z, -P, and -s can be specified at the same time');
   if (opts.has('u') && !zero) throw new CmdError('-u requires -z to be specified');
-  if (zero && opts.has('c')) throw new CmdError('-c and -z cannot be specified at the same time');
   if (opts.has('c')) {
     if (offset % SECTOR_SIZE) throw new CmdError(`${offset} is not a sector-aligned value for 'offset'`);
     if (count % SECTOR_SIZE) throw new CmdError(`${count} is not a sector-aligned value for 'count'`);
@@ -151,6 +161,7 @@ function writeCmd(dev: WritableDevice, args: string[], ctx: CliContext): boolean
   const t0 = performance.now();
   try {
     if (zero) dev.writeZeroes(offset, count, { unmap: opts.has('u') });
+    // qemu-io takes -z -c together; zeroes need no compression, so -c changes nothing there.
     else if (opts.has('c')) writeCompressed(dev, offset, new Uint8Array(count).fill(pattern));
     else dev.write(offset, new Uint8Array(count).fill(pattern));
   } catch (e) {
@@ -175,8 +186,8 @@ function writeCompressed(dev: WritableDevice, offset: number, data: Uint8Array):
 }
 
 function discardCmd(dev: WritableDevice, args: string[], ctx: CliContext): boolean {
-  const { opts, rest } = getopt(args, 'Cq', '');
-  const [offset, count] = expectArgs('discard', rest, DISCARD_USAGE);
+  const { opts, rest } = getopt('discard', DISCARD_USAGE, args, 'Cq', '');
+  const [offset, count] = expectArgs('discard', rest, DISCARD_USAGE, args.length - rest.length);
   const t0 = performance.now();
   try {
     dev.discard(offset, count);
@@ -189,7 +200,7 @@ function discardCmd(dev: WritableDevice, args: string[], ctx: CliContext): boole
 }
 
 function flushCmd(dev: WritableDevice, args: string[], ctx: CliContext): boolean {
-  if (args.length) throw new CmdError(`bad argument count ${args.length} to flush, expected 0 arguments`);
+  if (args.length) throw new CmdError(`bad argument count ${args.length} to flush, expected 0 arguments`, 'stderr');
   try {
     dev.flush();
   } catch (e) {
@@ -224,7 +235,8 @@ export function runIoCommand(dev: WritableDevice, line: string, ctx: CliContext)
     return fn(dev, args, ctx);
   } catch (e) {
     if (e instanceof CmdError) {
-      ctx.stderr(`${e.message}\n`);
+      if (e.message) (e.stream === 'stderr' ? ctx.stderr : ctx.stdout)(`${e.message}\n`);
+      if (e.usage) ctx.stdout(`${e.usage}\n`);
       return false;
     }
     if ((e as { code?: string }).code === 'EINVAL') {

@@ -67,7 +67,7 @@ let seq = 0;
 async function makeBacking(kind: 'qcow2' | 'raw', size: number): Promise<string> {
   const base = path.join(dir, `base${++seq}.${kind}`);
   ok(await qemuImg(['create', '-q', '-f', kind, base, String(size)]), 'create base');
-  ok(await qemuIo(['-f', kind, ...ioArgs([`write -P 0xa5 0 ${size}`, `write -P 0x5a ${size / 3} 12345`]), base]), 'fill base');
+  ok(await qemuIo(['-f', kind, ...ioArgs([`write -P 0xa5 0 ${size}`, `write -P 0x5a ${Math.floor(size / 3)} 12345`]), base]), 'fill base');
   return base;
 }
 
@@ -90,7 +90,13 @@ describe('qemu-io scripts through our io agree with qemu-io', () => {
       ok(await qemuImg([...create, byQemu, String(size)]), 'qemu-img create');
       ok(await ours(dir, [...create, path.basename(byUs), String(size)]), 'our create');
 
-      const shape = { clusterSize: c.cs, size, extendedL2: c.extL2, compressed: c.compressed };
+      const shape = {
+        clusterSize: c.cs,
+        size,
+        extendedL2: c.extL2,
+        compressed: c.compressed,
+        discardKeepsData: c.backing !== undefined && c.opts.includes('compat=0.10'),
+      };
       const script = [...standardScript(shape), ...verifyingReads(shape)];
       const q = await qemuIo(['-f', 'qcow2', ...ioArgs(script), reference]);
       ok(q, 'qemu-io');
@@ -123,7 +129,27 @@ describe('failures are reported as qemu-io reports them', () => {
     const ref = path.join(dir, 'fail-ref.qcow2');
     const mine = path.join(dir, 'fail-ours.qcow2');
     for (const f of [ref, mine]) ok(await qemuImg(['create', '-q', '-f', 'qcow2', f, '1M']), 'create');
-    const script = ['write -P 0x42 0 4k', 'read -P 0x43 0 4k', 'read -P 0x42 -s 512 -l 1024 0 4k', 'read -v 0 32', 'write -P 0x100 0 1', 'write -u 0 512', 'read 0'];
+    const script = [
+      'write -P 0x42 0 4k',
+      'read -P 0x43 0 4k',
+      'read -P 0x42 -s 512 -l 1024 0 4k',
+      'read -P 0x43 -s 512 -l 1024 0 4k',
+      'read -v 0 32',
+      'write -P 0x100 0 1',
+      'write -u 0 512',
+      'read 0',
+      'read -1 1',
+      'read 0 1 2',
+      'read -s 1 0 10',
+      'read -P 1 -s 8 -l 8 0 10',
+      'read x 1',
+      'write -z -P 1 0 1',
+      'write -c 1 512',
+      'flush 1',
+      'discard 0',
+      'bogus 1',
+      'write -z -c 0 512',
+    ];
     const q = await qemuIo(['-f', 'qcow2', ...ioArgs(script), ref]);
     const r = await ours(dir, ['io', '-f', 'qcow2', path.basename(mine), ...ioArgs(script)]);
     expect(withoutTimings(r.stdout)).toBe(withoutTimings(q.stdout));

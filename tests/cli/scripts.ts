@@ -11,6 +11,8 @@ export interface ScriptShape {
   extendedL2?: boolean;
   /** Add a compressed write (qemu-io write -c) on a fresh cluster. */
   compressed?: boolean;
+  /** A v2 image over a backing file: a discard there leaves the data (DESIGN.md). */
+  discardKeepsData?: boolean;
 }
 
 /** Room for every place the script touches; at least 1 MiB so small clusters span many L2 tables. */
@@ -68,7 +70,7 @@ export function verifyingReads(s: ScriptShape): string[] {
     `read -P 0x22 ${cs / 2} ${cs / 2}`,
     `read -P 0 ${c(5)} ${c(2)}`,
     `read -P 0 ${c(8)} ${cs}`,
-    `read -P 0 ${c(11)} ${cs}`,
+    s.discardKeepsData ? `read -P 0x55 ${c(11)} ${cs}` : `read -P 0 ${c(11)} ${cs}`,
     `read -P 0x66 ${c(12)} 512`,
     `read -P 0x78 ${s.size - cs} ${cs}`,
   ];

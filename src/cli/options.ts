@@ -185,13 +185,14 @@ export function createOptionsFrom(
 }
 
 /** The "Formatting ..." line qemu-img create prints, in its key order. */
-export function formattingLine(file: string, fmt: string, o: CreateOptions): string {
+export function formattingLine(file: string, fmt: string, o: CreateOptions, compatAsGiven?: string): string {
   if (fmt === 'raw') return `Formatting '${file}', fmt=raw size=${o.size}`;
   // qemu-img's order, which follows its option table, not the alphabet.
   const parts = [`cluster_size=${o.clusterSize ?? 65536}`, `extended_l2=${o.extendedL2 ? 'on' : 'off'}`];
   if (o.preallocation !== undefined) parts.push(`preallocation=${o.preallocation}`);
   parts.push(`compression_type=${o.compressionType ?? 'zlib'}`, `size=${o.size}`);
-  if (o.compat === '0.10') parts.push('compat=0.10');
+  // qemu-img echoes compat only when given, and as it was spelled (v3, 1.1, ...).
+  if (compatAsGiven !== undefined) parts.push(`compat=${compatAsGiven}`);
   if (o.backingFile !== undefined) parts.push(`backing_file=${o.backingFile}`);
   if (o.backingFormat !== undefined) parts.push(`backing_fmt=${o.backingFormat}`);
   parts.push(`lazy_refcounts=${o.lazyRefcounts ? 'on' : 'off'}`, `refcount_bits=${o.refcountBits ?? 16}`);

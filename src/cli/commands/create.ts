@@ -7,6 +7,7 @@ import { all, has, parseArgs } from '../args.js';
 import type { CliContext } from '../context.js';
 import { CommandFailed, EXIT_OK, UsageError } from '../errors.js';
 import { parseFormat, reason, resolvePath } from '../open.js';
+import { fullBackingFilename } from './info.js';
 import { CREATE_OPTION_HELP, createOptionsFrom, formattingLine, parseOptionList, wantsOptionHelp } from '../options.js';
 import { parseImageSize } from '../sizes.js';
 
@@ -60,17 +61,25 @@ export async function createCommand(argv: string[], ctx: CliContext): Promise<nu
     co.size = parseImageSize(sizeText, 'create');
   }
   if (co.backingFile !== undefined) {
-    if (co.backingFormat === undefined) throw new CommandFailed(`${file}: Backing file specified without backing format`);
-    if (!has(p, 'u')) {
-      // As qemu-img: the backing file must open, and it gives the size when none was given.
+    if (has(p, 'u')) {
+      if (co.backingFormat === undefined) throw new CommandFailed(`${file}: Backing file specified without backing format`);
+    } else {
+      // As qemu-img: the backing file must open (and it gives the size when
+      // none was given); only then is a missing -F reported, with the format
+      // it would have guessed.
       const backingPath = path.resolve(path.dirname(resolvePath(ctx, file)), co.backingFile);
       let backingSize: number;
+      let probed: string;
       try {
         const dev = openImageFile(backingPath, { readOnly: true, format: co.backingFormat });
         backingSize = dev.virtualSize;
+        probed = dev.format;
         dev.close();
       } catch (e) {
-        throw new CommandFailed(`${file}: Could not open '${co.backingFile}': ${reason(e)}; Could not open backing image.`);
+        throw new CommandFailed(`${file}: Could not open '${fullBackingFilename(file, co.backingFile)}': ${reason(e)}; Could not open backing image.`);
+      }
+      if (co.backingFormat === undefined) {
+        throw new CommandFailed(`${file}: Backing file specified without backing format; Detected format of ${probed}.`);
       }
       co.size ??= backingSize;
     }
@@ -80,7 +89,7 @@ export async function createCommand(argv: string[], ctx: CliContext): Promise<nu
     throw new CommandFailed(`${file}: Backing file and preallocation can only be used at the same time if extended_l2 is on`);
   }
   const full = co as CreateOptions;
-  if (!has(p, 'q')) ctx.stdout(formattingLine(file, fmt, full) + '\n');
+  if (!has(p, 'q')) ctx.stdout(formattingLine(file, fmt, full, pairs.get('compat')) + '\n');
   const abs = resolvePath(ctx, file);
   try {
     if (fmt === 'raw') {

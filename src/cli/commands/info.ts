@@ -59,8 +59,11 @@ export async function infoCommand(argv: string[], ctx: CliContext): Promise<numb
       if (info.bitmaps.length) data['bitmaps'] = info.bitmaps;
       data['refcount-bits'] = info.refcountBits;
       if (info.dataFile !== undefined) data['data-file'] = info.dataFile;
-      data['corrupt'] = info.corrupt;
-      data['extended-l2'] = info.extendedL2;
+      // v2 headers have no feature bits, so qemu-img leaves these out for compat 0.10.
+      if (info.version === 3) {
+        data['corrupt'] = info.corrupt;
+        data['extended-l2'] = info.extendedL2;
+      }
       j['format-specific'] = { type: 'qcow2', data };
       if (info.backingFile !== undefined) {
         j['full-backing-filename'] = fullBackingFilename(file, info.backingFile);

@@ -35,8 +35,14 @@ export async function snapshotCommand(argv: string[], ctx: CliContext): Promise<
         if (list.length) ctx.stdout('Snapshot list:\n' + snapshotTable(list));
       } else if (action === 'c') img.createSnapshot(name);
       else if (action === 'a') img.applySnapshot(name);
-      else img.deleteSnapshot(name);
+      else {
+        // qemu-img snapshot -d looks a snapshot up by name only (-a takes an id too).
+        const target = img.listSnapshots().find((x) => x.name === name);
+        if (!target) throw new CommandFailed(`Could not delete snapshot '${name}': snapshot not found`);
+        img.deleteSnapshot(target.id);
+      }
     } catch (e) {
+      if (e instanceof CommandFailed) throw e;
       const verb = { c: 'create', a: 'apply', d: 'delete', l: 'list' }[action];
       throw new CommandFailed(`Could not ${verb} snapshot '${name}': ${reason(e)}`);
     }

@@ -33,7 +33,7 @@ beforeAll(async () => {
 }, 300_000);
 
 async function run(args: string[]) {
-  const r = await execaNode(bin, args, { cwd: dir, reject: false, env: { LC_ALL: 'C' } });
+  const r = await execaNode(bin, args, { cwd: dir, reject: false, stripFinalNewline: false, env: { LC_ALL: 'C' } });
   return { rc: r.exitCode, stdout: String(r.stdout), stderr: String(r.stderr) };
 }
 

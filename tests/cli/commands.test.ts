@@ -328,3 +328,55 @@ describe('resize', () => {
     expect(r.stderr).toBe('qcow2-harness: Use the --shrink option to perform a shrink operation.\n');
   });
 });
+
+describe('convert -O qcow2', () => {
+  const variants: [string, string[]][] = [
+    ['defaults', []],
+    ['4 KiB clusters, refcount 1', ['-o', 'cluster_size=4096,refcount_bits=1']],
+    ['compressed, zlib', ['-c']],
+    ['compressed, zstd, 16 KiB clusters, extended L2', ['-c', '-o', 'compression_type=zstd,cluster_size=16k,extended_l2=on']],
+    ['compat 0.10, compressed', ['-c', '-o', 'compat=0.10,cluster_size=8k']],
+  ];
+  for (const [what, args] of variants) {
+    it(what, async () => {
+      const src = await written('cluster_size=4096', '3M');
+      ok(await qemuIo(['-f', 'qcow2', ...ioArgs(['write -P 0x61 1M 700k', 'write -P 0x62 2M 5']), src]), 'qemu-io');
+      const dst = fresh();
+      const r = await ours(dir, ['convert', '-O', 'qcow2', ...args, src, dst]);
+      expect({ rc: r.rc, stderr: r.stderr }).toEqual({ rc: 0, stderr: '' });
+      await expectClean(dst);
+      await expectIdentical(src, dst);
+      const check = await imgCheck(dst);
+      if (args.includes('-c')) expect(check.json?.['compressed-clusters'] ?? 0).toBeGreaterThan(0);
+      else expect(check.json?.['compressed-clusters'] ?? 0).toBe(0);
+    });
+  }
+
+  it('from a snapshot, through a backing chain', async () => {
+    const base = await written();
+    const top = fresh();
+    ok(await qemuImg(['create', '-q', '-f', 'qcow2', '-b', path.basename(base), '-F', 'qcow2', top]), 'create');
+    ok(await qemuIo(['-f', 'qcow2', '-c', 'write -P 0x70 4k 4k', top]), 'qemu-io');
+    ok(await qemuImg(['snapshot', '-c', 'snap', top]), 'snapshot');
+    ok(await qemuIo(['-f', 'qcow2', '-c', 'write -P 0x71 0 64k', top]), 'qemu-io');
+    const mine = fresh();
+    const theirs = fresh();
+    expect((await ours(dir, ['convert', '-l', 'snapshot.name=snap', '-O', 'qcow2', top, mine])).rc).toBe(0);
+    ok(await qemuImg(['convert', '-l', 'snapshot.name=snap', '-O', 'qcow2', top, theirs]), 'qemu-img convert');
+    await expectClean(mine);
+    await expectIdentical(mine, theirs);
+  });
+});
+
+describe('io on a raw file', () => {
+  it('does what qemu-io does', async () => {
+    const a = fresh('raw');
+    const b = fresh('raw');
+    for (const f of [a, b]) ok(await qemuImg(['create', '-q', '-f', 'raw', f, '1M']), 'create');
+    const script = ['write -P 0x12 1000 5000', 'write -z 2k 1k', 'discard 512k 64k', 'read -P 0x12 3k 3000', 'write 1M 1', 'flush'];
+    const q = await qemuIo(['-f', 'raw', ...ioArgs(script), a]);
+    const r = await ours(dir, ['io', '-f', 'raw', b, ...ioArgs(script)]);
+    expect(r.rc).toBe(q.rc);
+    expect(fs.readFileSync(b).equals(fs.readFileSync(a))).toBe(true);
+  });
+});

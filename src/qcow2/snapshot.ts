@@ -4,7 +4,7 @@
  * every L2 table and data cluster it reaches. OFLAG_COPIED is recomputed
  * from the refcounts after every change, so it stays exact.
  */
-import { InvalidArgumentError, SnapshotError } from './errors.js';
+import { InvalidArgumentError, LimitError, SnapshotError } from './errors.js';
 import { viewOf } from './format/bytes.js';
 import { L1_ENTRY_SIZE, MAX_SNAPSHOTS, OFLAG_COPIED_HI } from './format/constants.js';
 import { ClusterType, decodeCompressed, entryOffset } from './format/entries.js';
@@ -76,6 +76,46 @@ export function updateTreeRefcounts(img: Qcow2Image, l1: Uint8Array, addend: num
   }
 }
 
+/**
+ * Refuses, before anything is written, a tree reference that would push a
+ * refcount past the width's maximum (QEMU fails half-way and leaks there).
+ */
+function assertTreeReferenceFits(img: Qcow2Image, l1: Uint8Array): void {
+  const max = img.refcounts.max;
+  if (max >= Number.MAX_SAFE_INTEGER) return;
+  const cs = img.clusterSize;
+  const extra = new Map<number, number>();
+  const add = (offset: number, bytes: number) => {
+    for (let c = Math.floor(offset / cs); c <= Math.floor((offset + bytes - 1) / cs); c++) extra.set(c, (extra.get(c) ?? 0) + 1);
+  };
+  const v = viewOf(l1);
+  const layout = img.layout;
+  for (let i = 0; i < l1.length / L1_ENTRY_SIZE; i++) {
+    const l2Offset = entryOffset(v.getUint32(i * 8), v.getUint32(i * 8 + 4));
+    if (l2Offset === 0 || l2Offset % cs !== 0) continue;
+    add(l2Offset, cs);
+    const table = img.l2Cache.get(l2Offset);
+    for (let j = 0; j < layout.entries; j++) {
+      const e = layout.get(table, j);
+      const type = layout.type(e);
+      if (type === ClusterType.Compressed) {
+        const c = decodeCompressed(e.hi, e.lo, img.clusterBits);
+        add(c.offset, c.size);
+      } else if ((type === ClusterType.Normal || type === ClusterType.ZeroAlloc) && layout.offset(e) % cs === 0) {
+        add(layout.offset(e), cs);
+      }
+    }
+  }
+  for (const [c, n] of extra) {
+    const rc = img.refcounts.get(c);
+    if (rc + n > max) {
+      throw new LimitError(
+        `cluster ${c} would need refcount ${rc + n}, more than refcount_bits=${2 ** img.refcounts.order} holds; amend refcount_bits first`,
+      );
+    }
+  }
+}
+
 /** Writes the snapshot table to new clusters, points the header at it and frees the old one. */
 export function writeSnapshotTable(img: Qcow2Image, entries: SnapshotEntry[]): void {
   const h = img.header;
@@ -110,6 +150,7 @@ export function createSnapshot(img: Qcow2Image, name: string): void {
   if (name.length === 0) throw new InvalidArgumentError('snapshot name must not be empty');
   if (img.snapshots.length >= MAX_SNAPSHOTS) throw new SnapshotError('too many snapshots');
   img.flush();
+  assertTreeReferenceFits(img, img.l1);
   const l1Bytes = img.l1.length;
   let l1Offset = 0;
   if (l1Bytes > 0) {
@@ -148,6 +189,7 @@ export function applySnapshot(img: Qcow2Image, nameOrId: string): void {
   const sn = img.snapshots[findSnapshot(img, nameOrId)];
   img.flush();
   const snL1 = readSnapshotL1(img, sn);
+  assertTreeReferenceFits(img, snL1);
   const diskSize = sn.diskSize ?? img.virtualSize;
   const needed = Math.max(sn.l1Size, Math.ceil(diskSize / img.bytesPerL1Entry));
   if (needed > img.l1Entries) img.resizeL1(needed);

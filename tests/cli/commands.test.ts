@@ -229,6 +229,27 @@ describe('check', () => {
   });
 });
 
+describe('check on a dirty lazy-refcounts image (left by a crash)', () => {
+  it('same report as qemu-img; -r all repairs it as qemu-img does', async () => {
+    const a = fresh();
+    ok(await qemuImg(['create', '-q', '-f', 'qcow2', '-o', 'lazy_refcounts=on,cluster_size=4096', a, '1M']), 'create');
+    await qemuIo(['-f', 'qcow2', ...ioArgs(['write -P 1 0 64k', 'write -P 2 200k 4k', 'flush', 'write -P 3 300k 8k', 'abort']), a]);
+    expect((await imgInfo(a))['dirty-flag']).toBe(true);
+    const b = await copy(a);
+    const q = await qemuImg(['check', '--output=json', a]);
+    const r = await ours(dir, ['check', '--output=json', b]);
+    expect(r.rc).toBe(q.rc);
+    expect({ ...JSON.parse(r.stdout), filename: a }).toEqual(JSON.parse(q.stdout));
+    expect(r.stderr).toBe(q.stderr);
+    const qr = await qemuImg(['check', '-r', 'all', '--output=json', a]);
+    const rr = await ours(dir, ['check', '-r', 'all', '--output=json', b]);
+    expect(rr.rc).toBe(qr.rc);
+    expect({ ...JSON.parse(rr.stdout), filename: a }).toEqual(JSON.parse(qr.stdout));
+    await expectClean(b);
+    await expectIdentical(a, b);
+  });
+});
+
 describe('snapshot', () => {
   it('create, list, apply, delete as qemu-img does', async () => {
     const a = await written();

@@ -55,32 +55,38 @@ function forEachDataChunk(src: ReadableImage, sink: (offset: number, data: Uint8
   const buf = new Uint8Array(CHUNK);
   let off = 0;
   while (off < size) {
-    let len = Math.min(CHUNK - (off % CHUNK), size - off);
+    // Whole zero runs are skipped in one step however long they are, so a
+    // sparse image of petabytes converts in time proportional to its data.
+    let dataEnd = size;
     if (src.qcow2) {
-      const st = src.qcow2.blockStatus(off, len);
-      if (st.length > 0 && st.length < len) len = st.length;
-      if (st.zero && st.length > 0) {
-        off += len;
+      const st = src.qcow2.blockStatus(off, size - off);
+      if (st.length <= 0) throw new Error(`block status made no progress at offset ${off}`);
+      if (st.zero) {
+        off += st.length;
         continue;
       }
+      dataEnd = off + st.length;
     }
-    const view = buf.subarray(0, len);
-    src.device.readInto(off, view);
-    // Data ranges may still hold zeros; skip them per granule so the output stays sparse.
-    let pos = 0;
-    while (pos < len) {
-      const firstLen = Math.min(granularity - ((off + pos) % granularity), len - pos);
-      const zero = isZero(view.subarray(pos, pos + firstLen));
-      let end = pos + firstLen;
-      while (end < len) {
-        const g = Math.min(granularity, len - end);
-        if (isZero(view.subarray(end, end + g)) !== zero) break;
-        end += g;
+    while (off < dataEnd) {
+      const len = Math.min(CHUNK - (off % CHUNK), dataEnd - off);
+      const view = buf.subarray(0, len);
+      src.device.readInto(off, view);
+      // Data ranges may still hold zeros; skip them per granule so the output stays sparse.
+      let pos = 0;
+      while (pos < len) {
+        const firstLen = Math.min(granularity - ((off + pos) % granularity), len - pos);
+        const zero = isZero(view.subarray(pos, pos + firstLen));
+        let end = pos + firstLen;
+        while (end < len) {
+          const g = Math.min(granularity, len - end);
+          if (isZero(view.subarray(end, end + g)) !== zero) break;
+          end += g;
+        }
+        if (!zero) sink(off + pos, view.subarray(pos, end));
+        pos = end;
       }
-      if (!zero) sink(off + pos, view.subarray(pos, end));
-      pos = end;
+      off += len;
     }
-    off += len;
   }
 }
 

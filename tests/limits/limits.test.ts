@@ -60,14 +60,14 @@ beforeAll(async () => {
     caseTimeoutMs: 60_000,
     vmemMB: 3072,
     rssLimitMB: RSS_LIMIT_MB,
-    restartRssMB: RSS_LIMIT_MB,
+    restartRssMB: 0, // a fresh child per case, so each peak RSS is that case's own
   });
 }, 300_000);
 
 describe('qemu-img limits on this machine', () => {
   // One probe per limit: the bisection itself lives in the figures above, not in every run.
+  // 512-byte clusters are left out here: qemu-img needs ~10 s to create that one (the bisection covered it).
   test.each([
-    [9, false],
     [16, false],
     [21, false],
     [16, true],
@@ -92,6 +92,7 @@ describe.each(CASES)('$id: create, scattered writes, read back, check', (c) => {
     expect(d.report.ok).toBe(true);
     expect(d.report.virtualSize).toBe(c.size);
     expect(d.report.check).toEqual({ corruptions: 0, leaks: 0, checkErrors: 0 });
+    console.info(`${c.id}: ${c.writes.length} writes, peak RSS ${d.maxRssMB.toFixed(1)} MB, ${d.ms.toFixed(0)} ms`);
     expect(d.maxRssMB, `peak RSS ${d.maxRssMB.toFixed(1)} MB`).toBeLessThan(RSS_LIMIT_MB);
   });
 
@@ -102,7 +103,8 @@ describe.each(CASES)('$id: create, scattered writes, read back, check', (c) => {
     const info = await execa('qemu-img', ['info', '--output=json', c.path]);
     // JSON.parse of a size up to 2^61 is exact: every limit is a power of two.
     expect(JSON.parse(info.stdout)['virtual-size']).toBe(c.size);
-    const cmds = c.writes.flatMap((w) => ['-c', `read -P ${w.byte} ${w.offset} 4096`]);
+    // Offsets above 2^53 must be printed through BigInt: String(2 ** 60) is "1152921504606847000".
+    const cmds = c.writes.flatMap((w) => ['-c', `read -P ${w.byte} ${BigInt(w.offset)} 4096`]);
     const io = await execa('qemu-io', ['-r', '-f', 'qcow2', ...cmds, c.path], { reject: false });
     expect(io.stdout, io.stderr).not.toMatch(/Pattern verification failed|failed/);
     expect(io.exitCode).toBe(0);
@@ -125,7 +127,6 @@ describe('one byte more is refused, as qemu-img refuses it', () => {
   });
 
   test.each([
-    [9, false],
     [16, false],
     [21, false],
   ])('CLI, cluster_bits %i: exact decimal max + 1 refused, max accepted', async (bits) => {

@@ -94,12 +94,12 @@ export function openReadable(
 export function openQcow2(
   ctx: CliContext,
   file: string,
-  o: { format?: ImageFormat; readOnly?: boolean; repairDirty?: boolean } = {},
+  o: { format?: ImageFormat; readOnly?: boolean; repairDirty?: boolean; forCheck?: boolean } = {},
 ): Qcow2Image {
   try {
     const format = o.format ?? probeFormat(resolvePath(ctx, file));
     if (format !== 'qcow2') throw new CommandFailed(`'${file}' is a raw image; this command needs qcow2`);
-    return openQcow2File(resolvePath(ctx, file), { readOnly: o.readOnly ?? false, repairDirty: o.repairDirty });
+    return openQcow2File(resolvePath(ctx, file), { readOnly: o.readOnly ?? false, repairDirty: o.repairDirty, forCheck: o.forCheck });
   } catch (e) {
     throw couldNotOpen(file, e);
   }

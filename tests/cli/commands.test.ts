@@ -169,6 +169,19 @@ describe('info', () => {
   });
 });
 
+describe('info on an image with persistent bitmaps', () => {
+  it('lists them as qemu-img does (json and human)', async () => {
+    const f = fresh();
+    ok(await qemuImg(['create', '-q', '-f', 'qcow2', f, '1M']), 'create');
+    ok(await qemuImg(['bitmap', '--add', f, 'b0']), 'bitmap --add');
+    ok(await qemuImg(['bitmap', '--add', '-g', '128k', '--disable', f, 'b1']), 'bitmap --add');
+    const q = ok(await qemuImg(['info', '--output=json', f]), 'qemu-img info');
+    const r = await ours(dir, ['info', '--output=json', f]);
+    expect(JSON.parse(r.stdout)).toEqual(JSON.parse(q.stdout));
+    expect((await ours(dir, ['info', f])).stdout).toBe(ok(await qemuImg(['info', f]), 'qemu-img info').stdout);
+  });
+});
+
 describe('check', () => {
   it('same JSON, human report and exit code as qemu-img check on clean images', async () => {
     for (const f of [await written(), await written('cluster_size=512,refcount_bits=1', '2M'), await written('cluster_size=1024,compat=0.10', '2M')]) {

@@ -107,7 +107,7 @@ export async function checkCommand(argv: string[], ctx: CliContext): Promise<num
     return EXIT_CHECK_UNSUPPORTED;
   }
   // Like qemu-img check (BDRV_O_CHECK): no dirty-bit repair on open, the check does that job.
-  const img = openQcow2(ctx, file, { format, readOnly: repair === 'none', repairDirty: false });
+  const img = openQcow2(ctx, file, { format, readOnly: repair === 'none', repairDirty: false, forCheck: true });
   try {
     let result: CheckResult;
     try {

@@ -107,9 +107,11 @@ function humanInfo(j: Record<string, unknown>, snapshots: Parameters<typeof snap
     for (const [k, v] of Object.entries(fs.data)) {
       if (k === 'bitmaps') {
         s += `    bitmaps:\n`;
-        for (const b of v as { name: string; granularity: number; flags: string[] }[]) {
-          s += `        [${b.name}]:\n            flags:\n${b.flags.map((f, i) => `                [${i}]: ${f}\n`).join('')}            name: ${b.name}\n            granularity: ${b.granularity}\n`;
-        }
+        (v as { name: string; granularity: number; flags: string[] }[]).forEach((b, i) => {
+          s += `        [${i}]:\n            flags:\n`;
+          b.flags.forEach((f, j) => (s += `                [${j}]: ${f}\n`));
+          s += `            name: ${b.name}\n            granularity: ${b.granularity}\n`;
+        });
         continue;
       }
       s += `    ${k.replace(/-/g, ' ')}: ${v}\n`;

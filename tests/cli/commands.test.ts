@@ -325,6 +325,30 @@ describe('amend', () => {
     }
   });
 
+  it('refuses a narrower refcount that cannot hold a count, and downgrades v2 cannot express, image untouched', async () => {
+    const snap = await written();
+    ok(await qemuImg(['snapshot', '-c', 'a', snap]), 'snapshot');
+    ok(await qemuImg(['snapshot', '-c', 'b', snap]), 'snapshot');
+    const ext = fresh();
+    ok(await qemuImg(['create', '-q', '-f', 'qcow2', '-o', 'extended_l2=on', ext, '1M']), 'create');
+    const rc8 = fresh();
+    ok(await qemuImg(['create', '-q', '-f', 'qcow2', '-o', 'refcount_bits=8', rc8, '1M']), 'create');
+    for (const [f, o] of [
+      [snap, 'refcount_bits=1'],
+      [ext, 'compat=0.10'],
+      [rc8, 'compat=0.10'],
+    ] as const) {
+      const mine = await copy(f);
+      const before = fs.readFileSync(mine);
+      const q = await qemuImg(['amend', '-o', o, f]);
+      const r = await ours(dir, ['amend', '-o', o, mine]);
+      expect(q.rc, `${o}: qemu-img`).toBe(1);
+      expect(r.rc, `${o}: ours`).toBe(1);
+      expect(r.stderr).toMatch(/^qcow2-harness: [^\n]+\n$/);
+      expect(fs.readFileSync(mine).equals(before), `${o}: image untouched`).toBe(true);
+    }
+  });
+
   it('refuses what qemu-img refuses, image untouched', async () => {
     const a = await written('compat=0.10');
     const before = fs.readFileSync(a);

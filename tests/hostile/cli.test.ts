@@ -27,18 +27,19 @@ const ALLOWED: Record<string, number[]> = {
 const dir = mkdtempSync(join(tmpdir(), 'qcow2-hostile-cli-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-/** The first two mutations of each kind, plus the header ones most likely to trip size handling. */
+/** The first mutation of each kind, plus the header ones most likely to trip size handling. */
 function sample(ms: Mutation[]): Mutation[] {
   const perKind = new Map<string, number>();
   const keep = new Set(['header:size=u64-max', 'header:l1Size=u32-max', 'header:clusterBits=63', 'header:nbSnapshots=u32-max', 'header:incompatibleFeatures=unknown-bit5']);
   return ms.filter((m) => {
     const n = perKind.get(m.kind) ?? 0;
     perKind.set(m.kind, n + 1);
-    return n < 2 || keep.has(m.name);
+    return n < 1 || keep.has(m.name);
   });
 }
 
-const recipes = HOSTILE_RECIPES.filter((r) => ['v3-64k-compressed-snaps', 'v3-64k-backing'].includes(r.name));
+// One seed image with snapshots and compressed clusters: each case costs three node start-ups.
+const recipes = HOSTILE_RECIPES.filter((r) => r.name === 'v3-64k-compressed-snaps');
 const cases: { image: string; m: Mutation; path: string }[] = [];
 for (const r of recipes) {
   const seed = await r.build(dir);
@@ -57,9 +58,9 @@ async function runBin(args: string[]): Promise<{ rc: number | undefined; stderr:
 describe('CLI on hostile images', () => {
   test('the CLI is built (npm run build)', () => expect(existsSync(BIN), BIN).toBe(true));
 
-  test.each(cases.map((c) => [`${c.image} ${c.m.name}`, c] as const))('%s', async (_, c) => {
+  test.concurrent.each(cases.map((c) => [`${c.image} ${c.m.name}`, c] as const))('%s', async (_, c) => {
     if (!existsSync(BIN)) throw new Error(`${BIN} missing: run npm run build`);
-    const out = join(dir, 'out.raw');
+    const out = `${c.path}.raw`;
     const runs = {
       info: await runBin(['info', c.path]),
       convert: await runBin(['convert', '-O', 'raw', c.path, out]),

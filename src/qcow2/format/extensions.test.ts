@@ -190,9 +190,21 @@ describe('known extensions round trip', () => {
 });
 
 describe('malformed extension lists', () => {
-  it('no end marker before the end of the area', () => {
+  it('no end marker: the list ends with the area, as QEMU reads it (qemu-img info accepts such an image)', () => {
     const buf = new Uint8Array(record(0x12345678, [1, 2, 3]));
-    expect(() => decodeExtensions(buf, 0)).toThrow(InvalidImageError);
+    expect(decodeExtensions(buf, 0).unknown).toEqual([{ type: 0x12345678, data: new Uint8Array([1, 2, 3]) }]);
+    // The same shape in a real image: an unknown extension running exactly to the end of cluster 0.
+    const file = qemuImage('noend.qcow2', ['-o', 'cluster_size=4096']);
+    const h = decodeHeader(file);
+    const end = endOfList(file, h.headerLength) - 8;
+    const v = new DataView(file.buffer);
+    v.setUint32(end, 0x11223344);
+    v.setUint32(end + 4, 4096 - end - 8);
+    const f = path.join(dir, 'noend2.qcow2');
+    fs.writeFileSync(f, file);
+    execFileSync('qemu-img', ['info', f], { stdio: 'ignore' });
+    const ext = decodeExtensions(file.subarray(0, 4096), h.headerLength);
+    expect(ext.unknown.map((u) => [u.type, u.data.length])).toEqual([[0x11223344, 4096 - end - 8]]);
   });
   it('length running past the area', () => {
     const buf = new Uint8Array(64);
@@ -200,10 +212,20 @@ describe('malformed extension lists', () => {
     new DataView(buf.buffer).setUint32(4, 1000);
     expect(() => decodeExtensions(buf, 0)).toThrow(InvalidImageError);
   });
-  it('a known extension twice', () => {
+  it('a known extension twice: the later one wins, as in QEMU (qemu-img info accepts it)', () => {
     const buf = new Uint8Array(128);
-    buf.set([...record(0xe2792aca, [114, 97, 119]), ...record(0xe2792aca, [114, 97, 119])]);
-    expect(() => decodeExtensions(buf, 0)).toThrow(InvalidImageError);
+    buf.set([...record(0xe2792aca, [114, 97, 119]), ...record(0xe2792aca, [...new TextEncoder().encode('qcow2')])]);
+    expect(decodeExtensions(buf, 0).backingFormat).toBe('qcow2');
+    const file = qemuImage('twice.qcow2', ['-o', 'cluster_size=4096']);
+    const h = decodeHeader(file);
+    const list = file.slice(h.headerLength, endOfList(file, h.headerLength));
+    const twice = [...record(0xe2792aca, [114, 97, 119]), ...record(0xe2792aca, [...new TextEncoder().encode('qcow2')])];
+    file.set(twice, h.headerLength);
+    file.set(list, h.headerLength + twice.length);
+    const f = path.join(dir, 'twice2.qcow2');
+    fs.writeFileSync(f, file);
+    execFileSync('qemu-img', ['info', f], { stdio: 'ignore' });
+    expect(decodeExtensions(file.subarray(0, 4096), h.headerLength).backingFormat).toBe('qcow2');
   });
   it('bitmaps and crypto extensions shorter than their structures', () => {
     const a = new Uint8Array(64);

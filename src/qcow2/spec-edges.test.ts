@@ -132,7 +132,7 @@ function l2Offset(file: string, i: number): number {
 }
 
 describe('v2 image with the zero flag written by hand', () => {
-  it('qemu refuses to read such clusters (corrupt); we must not return the stale data', () => {
+  it('qemu refuses to read such clusters (EIO, "Zero cluster entry found in pre-v3 image"); so must we', () => {
     const f = p('v2zero.qcow2');
     qemuImg('create', '-q', '-f', 'qcow2', '-o', 'compat=0.10', f, '1M');
     qemuIo(f, ['write -P 0xab 0 64k', 'write -P 0xcd 64k 64k']);

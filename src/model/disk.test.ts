@@ -128,6 +128,7 @@ describe('DiskModel snapshots', () => {
     expect(stamps(m, 0, 512)).toEqual([0]);
     m.snapshotApply('2');
     expect(stamps(m, 0, 512)).toEqual([5]);
+    expect(m.expectSnapshotDelete('1').verdict).toBe('either');
     m.snapshotDelete('1');
     m.snapshotCreate('c');
     expect(m.snapshots.map((s) => s.id)).toEqual(['2', '3']);

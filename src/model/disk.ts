@@ -155,8 +155,15 @@ export class DiskModel {
     return this.snaps.find((s) => s.id === nameOrId) ?? this.snaps.find((s) => s.name === nameOrId);
   }
 
-  /** QEMU accepts duplicate snapshot names (ids stay unique), so create always succeeds. */
+  /**
+   * QEMU accepts duplicate snapshot names (ids stay unique). A snapshot adds one
+   * reference to every cluster the active layer uses, so with narrow refcounts
+   * it is refused (EINVAL) once a refcount would overflow, which depends on
+   * allocation: "either" as soon as the width cannot hold 2 + #snapshots.
+   */
   expectSnapshotCreate(_name: string): Expectation {
+    const bits = this.meta.refcountBits;
+    if (bits < 53 && 2 ** bits - 1 < 2 + this.snaps.length) return either('a refcount may overflow the refcount width');
     return OK;
   }
 
@@ -177,12 +184,19 @@ export class DiskModel {
     this.active = s.layer.clone();
   }
 
+  /**
+   * qemu-img snapshot -d looks snapshots up by name only (first match), unlike
+   * -a which tries the id first; an API that also accepts ids is not wrong, so
+   * deleting by id is "either".
+   */
   expectSnapshotDelete(nameOrId: string): Expectation {
-    return this.findSnapshot(nameOrId) ? OK : refuse(`no snapshot '${nameOrId}'`);
+    if (this.snaps.some((s) => s.name === nameOrId)) return OK;
+    if (this.snaps.some((s) => s.id === nameOrId)) return either('qemu-img snapshot -d finds snapshots by name only');
+    return refuse(`no snapshot '${nameOrId}'`);
   }
 
   snapshotDelete(nameOrId: string): void {
-    const s = this.findSnapshot(nameOrId);
+    const s = this.snaps.find((x) => x.name === nameOrId) ?? this.snaps.find((x) => x.id === nameOrId);
     if (!s) throw new Error(`model: no snapshot ${nameOrId}`);
     this.snaps.splice(this.snaps.indexOf(s), 1);
   }

@@ -1,0 +1,159 @@
+/**
+ * Runs one trace on a target against the model: ops (resolved from seeds, or
+ * given concretely when replaying), per-op verdicts, reads of the touched
+ * ranges after every op or batch, and the end-of-run oracles.
+ */
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { DiskModel } from '../model/disk.js';
+import { HangError } from '../qemu/errors.js';
+import { applyOp, expectOp } from './apply-model.js';
+import { resolveOp, type OpSeed } from './arbitraries.js';
+import { toModelConfig, type TraceConfig } from './config.js';
+import { makeData } from './data.js';
+import { endOracles, type Failure } from './oracles.js';
+import { carriesData, formatOp, isRangeOp, type Op } from './ops.js';
+import type { StampedOp, Target } from './targets/types.js';
+import { describeMismatch, mergeRanges, verifyRange } from './verify.js';
+
+/** Longest qemu-io batch: bounds the command line and keeps failures attributable. */
+const MAX_BATCH = 64;
+
+export interface RunOutcome {
+  config: TraceConfig;
+  /** Concrete ops executed (up to and including the failing one). */
+  ops: Op[];
+  failure?: Failure;
+  qemuImgChecks: number;
+  /** Working directory holding image.qcow2 (kept only when `keepDir`). */
+  dir: string;
+}
+
+export interface RunOptions {
+  keepDir?: boolean;
+  tmpRoot?: string;
+  /** Skip the end oracles (used while shrinking op-level failures? never by default). */
+  skipEndOracles?: boolean;
+}
+
+type Source = { seeds: OpSeed[] } | { ops: Op[] };
+
+export async function runTrace(target: Target, config: TraceConfig, source: Source, o: RunOptions = {}): Promise<RunOutcome> {
+  const root = o.tmpRoot ?? os.tmpdir();
+  fs.mkdirSync(root, { recursive: true });
+  const dir = fs.mkdtempSync(path.join(root, 'qh-'));
+  const out: RunOutcome = { config, ops: [], qemuImgChecks: 0, dir };
+  try {
+    out.failure = await execute(target, config, source, dir, out, o);
+  } catch (e) {
+    out.failure = toFailure(e, out.ops.length);
+  } finally {
+    await target.close().catch(() => undefined);
+    if (!o.keepDir) fs.rmSync(dir, { recursive: true, force: true });
+  }
+  return out;
+}
+
+function toFailure(e: unknown, opIndex: number): Failure {
+  if (e instanceof HangError) return { oracle: 'hang', message: e.message, opIndex };
+  const err = e as Error;
+  return { oracle: 'exception', message: `${err?.name ?? 'Error'}: ${err?.message ?? String(e)}`, opIndex };
+}
+
+async function execute(
+  target: Target,
+  config: TraceConfig,
+  source: Source,
+  dir: string,
+  out: RunOutcome,
+  o: RunOptions,
+): Promise<Failure | undefined> {
+  const model = new DiskModel(toModelConfig(config));
+  await target.setup(config, dir);
+  let batch: StampedOp[] = [];
+  let tolerateLeaks: string | undefined;
+  let pendingWhole = false;
+
+  const runBatch = async (ops: StampedOp[]): Promise<Failure | undefined> => {
+    if (ops.length === 0) return undefined;
+    let outcomes;
+    try {
+      outcomes = await target.run(ops);
+    } catch (e) {
+      return toFailure(e, ops[0]!.index);
+    }
+    const sizeBefore = model.size;
+    let wholeDisk = false;
+    const ranges: [number, number][] = [];
+    for (let i = 0; i < ops.length; i++) {
+      const { op, index } = ops[i]!;
+      const outcome = outcomes[i]!;
+      const exp = expectOp(model, op);
+      const text = formatOp(op);
+      if (exp.verdict === 'ok' && !outcome.ok) {
+        return { oracle: 'op', opIndex: index, message: `op #${index} '${text}' failed: ${outcome.error}` };
+      }
+      if (exp.verdict === 'refuse' && outcome.ok) {
+        return { oracle: 'op', opIndex: index, message: `op #${index} '${text}' succeeded but must be refused (${exp.reason})` };
+      }
+      if (outcome.ok) applyOp(model, op, index);
+      else if (op.kind === 'snapshot' && op.action === 'create' && target.knownBugs?.has('leak-after-refused-snapshot')) {
+        tolerateLeaks = 'known QEMU bug: a refused snapshot create leaks a cluster';
+      }
+      if (isRangeOp(op)) ranges.push([op.off, op.len]);
+      else if (op.kind !== 'flush') wholeDisk = true;
+    }
+    const last = ops[ops.length - 1]!.index;
+    pendingWhole ||= wholeDisk || model.size !== sizeBefore;
+    if (target.verifyAfter === 'batch' && !ops.some((x) => target.batchable(x.op))) return undefined;
+    const check: [number, number][] = pendingWhole ? [[0, model.size]] : mergeRanges(ranges);
+    pendingWhole = false;
+    for (const [off, len0] of check) {
+      const len = Math.min(len0, model.size - off);
+      if (len <= 0) continue;
+      const bytes = await target.read(off, len);
+      const m = verifyRange(model, model.active, off, bytes);
+      if (m) return { oracle: 'read', opIndex: last, message: describeMismatch(`after op #${last}`, m) };
+    }
+    return undefined;
+  };
+
+  const flushBatch = async () => {
+    const b = batch;
+    batch = [];
+    return runBatch(b);
+  };
+
+  const items: (OpSeed | Op)[] = 'seeds' in source ? source.seeds : source.ops;
+  for (const item of items) {
+    const op = 'seeds' in source ? resolveOp(item as OpSeed, model, target) : (item as Op);
+    if (!op) continue;
+    out.ops.push(op);
+    const index = out.ops.length;
+    const stamped: StampedOp = { op, index };
+    if (carriesData(op)) stamped.data = makeData(index, op.off, op.len);
+    if (target.batchable(op)) {
+      batch.push(stamped);
+      if (batch.length >= MAX_BATCH) {
+        const f = await flushBatch();
+        if (f) return trim(out, f);
+      }
+      continue;
+    }
+    const f = (await flushBatch()) ?? (await runBatch([stamped]));
+    if (f) return trim(out, f);
+  }
+  const f = await flushBatch();
+  if (f) return trim(out, f);
+  if (o.skipEndOracles) return undefined;
+  const end = await endOracles(target, model, config, dir, { tolerateLeaks });
+  out.qemuImgChecks += end.qemuImgChecks;
+  return end.failure;
+}
+
+/** A failure ends the trace at the op that revealed it. */
+function trim(out: RunOutcome, f: Failure): Failure {
+  if (f.opIndex !== undefined && f.opIndex > 0) out.ops.length = Math.min(out.ops.length, f.opIndex);
+  return f;
+}

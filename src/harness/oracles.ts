@@ -1,0 +1,138 @@
+/**
+ * End-of-run oracles (DESIGN.md "Oracles"): the whole disk and every snapshot
+ * against the model, then qemu-img check, qemu-img compare against the model
+ * as a sparse raw file, and qemu-img info, run in parallel; finally our own
+ * check against qemu-img's verdict and counts when the target offers one.
+ */
+import * as path from 'node:path';
+import type { DiskModel } from '../model/disk.js';
+import { imgCheck, imgCompare, imgInfo, type CheckOutcome, type QemuInfo } from '../qemu/index.js';
+import type { CheckResult } from '../qcow2/types.js';
+import type { TraceConfig } from './config.js';
+import { writeModelRaw } from './fixture.js';
+import type { Target } from './targets/types.js';
+import { describeMismatch, verifyRange } from './verify.js';
+
+export type OracleName = 'op' | 'read' | 'snapshot-read' | 'check' | 'compare' | 'info' | 'own-check' | 'hang' | 'exception';
+
+export interface Failure {
+  oracle: OracleName;
+  message: string;
+  /** 1-based number of the op after which it was detected (0 = at setup, undefined = at the end). */
+  opIndex?: number;
+}
+
+export interface EndResult {
+  failure?: Failure;
+  qemuImgChecks: number;
+}
+
+export interface EndOptions {
+  /** Why leaks (not corruptions) are tolerated in this run (a known bug of the target). */
+  tolerateLeaks?: string;
+}
+
+export async function endOracles(
+  target: Target,
+  model: DiskModel,
+  config: TraceConfig,
+  dir: string,
+  o: EndOptions = {},
+): Promise<EndResult> {
+  await target.sync();
+  const image = target.imagePath();
+  const snaps = model.snapshots.map((s) => ({ ...s, layer: model.snapshotLayer(s.id)! }));
+  // Everything that only reads the image runs at once: each is a process for the qemu target.
+  const [active, snapBytes, check, info] = await Promise.all([
+    target.read(0, model.size),
+    Promise.all(snaps.map((s) => target.readSnapshot(s.id, s.layer.size))),
+    imgCheck(image),
+    imgInfo(image, { format: 'qcow2' }),
+  ]);
+  const m = verifyRange(model, model.active, 0, active);
+  if (m) return { failure: { oracle: 'read', message: describeMismatch('whole disk at the end', m) }, qemuImgChecks: 1 };
+  for (let i = 0; i < snaps.length; i++) {
+    const s = snaps[i]!;
+    const sm = verifyRange(model, s.layer, 0, snapBytes[i]!);
+    if (sm) {
+      return {
+        failure: { oracle: 'snapshot-read', message: describeMismatch(`snapshot id ${s.id} ('${s.name}')`, sm) },
+        qemuImgChecks: 1,
+      };
+    }
+  }
+  const modelRaw = path.join(dir, 'model.raw');
+  writeModelRaw(modelRaw, model, model.active, active);
+  const cmp = await imgCompare(image, modelRaw, { formatA: 'qcow2', formatB: 'raw' });
+
+  const checkProblem = judgeCheck(check, o.tolerateLeaks !== undefined);
+  if (checkProblem) return { failure: { oracle: 'check', message: checkProblem }, qemuImgChecks: 1 };
+  if (cmp.rc !== 0) {
+    return {
+      failure: { oracle: 'compare', message: `qemu-img compare with the model (rc ${cmp.rc}): ${(cmp.stdout + cmp.stderr).trim()}` },
+      qemuImgChecks: 1,
+    };
+  }
+  const infoProblem = judgeInfo(info, model, config);
+  if (infoProblem) return { failure: { oracle: 'info', message: infoProblem }, qemuImgChecks: 1 };
+
+  if (target.ownCheck) {
+    const own = await target.ownCheck();
+    const ownProblem = judgeOwnCheck(own, check);
+    if (ownProblem) return { failure: { oracle: 'own-check', message: ownProblem }, qemuImgChecks: 1 };
+  }
+  return { qemuImgChecks: 1 };
+}
+
+export function judgeCheck(c: CheckOutcome, tolerateLeaks = false): string | undefined {
+  const j = c.json;
+  const leaksOnly = c.rc === 3 && j !== undefined && (j.corruptions ?? 0) === 0 && j['check-errors'] === 0;
+  if (tolerateLeaks && leaksOnly) return undefined;
+  if (c.rc !== 0 || !j || j['check-errors'] !== 0 || (j.corruptions ?? 0) > 0 || (j.leaks ?? 0) > 0) {
+    const counts = j ? `corruptions=${j.corruptions ?? 0} leaks=${j.leaks ?? 0} check-errors=${j['check-errors']}` : 'no JSON';
+    const detail = c.stderr.split('\n').filter(Boolean).slice(0, 4).join(' | ');
+    return `qemu-img check rc ${c.rc}: ${counts}${detail ? `: ${detail}` : ''}`;
+  }
+  return undefined;
+}
+
+export function judgeInfo(info: QemuInfo, model: DiskModel, config: TraceConfig): string | undefined {
+  const d = info['format-specific']?.data;
+  const problems: string[] = [];
+  const want = (what: string, got: unknown, exp: unknown) => {
+    if (got !== exp) problems.push(`${what} is ${JSON.stringify(got)}, model says ${JSON.stringify(exp)}`);
+  };
+  want('virtual-size', info['virtual-size'], model.size);
+  want('cluster-size', info['cluster-size'], config.clusterSize);
+  want('dirty-flag', info['dirty-flag'] ?? false, false);
+  want('compat', d?.compat, model.meta.compat);
+  want('refcount-bits', d?.['refcount-bits'], model.meta.refcountBits);
+  want('lazy-refcounts', d?.['lazy-refcounts'] ?? false, model.meta.lazyRefcounts);
+  want('corrupt', d?.corrupt ?? false, false);
+  if (model.meta.compat === '1.1') {
+    want('extended-l2', d?.['extended-l2'] ?? false, model.meta.extendedL2);
+    want('compression-type', d?.['compression-type'] ?? 'zlib', model.meta.compressionType);
+  }
+  const snaps = (info.snapshots ?? []).map((s) => `${s.id}:${s.name}`).join(',');
+  want('snapshots', snaps, model.snapshots.map((s) => `${s.id}:${s.name}`).join(','));
+  want('backing file', info['backing-filename'] !== undefined, config.backing !== undefined);
+  return problems.length ? `qemu-img info: ${problems.join('; ')}` : undefined;
+}
+
+/** Our check must reach qemu-img's verdict with the same counts. */
+export function judgeOwnCheck(own: CheckResult, q: CheckOutcome): string | undefined {
+  const j = q.json;
+  if (!j) return undefined;
+  const pairs: [string, number, number][] = [
+    ['corruptions', own.corruptions, j.corruptions ?? 0],
+    ['leaks', own.leaks, j.leaks ?? 0],
+    ['check-errors', own.checkErrors, j['check-errors']],
+    ['image-end-offset', own.imageEndOffset, j['image-end-offset'] ?? own.imageEndOffset],
+    ['total-clusters', own.totalClusters, j['total-clusters'] ?? own.totalClusters],
+    ['allocated-clusters', own.allocatedClusters, j['allocated-clusters'] ?? 0],
+    ['fragmented-clusters', own.fragmentedClusters, j['fragmented-clusters'] ?? 0],
+    ['compressed-clusters', own.compressedClusters, j['compressed-clusters'] ?? 0],
+  ];
+  const diff = pairs.filter(([, a, b]) => a !== b).map(([k, a, b]) => `${k} ours ${a} qemu-img ${b}`);
+  return diff.length ? `our check disagrees with qemu-img check: ${diff.join('; ')}` : undefined;
+}

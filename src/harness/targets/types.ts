@@ -1,0 +1,66 @@
+/**
+ * An implementation under test. The executor (src/harness/execute.ts) drives
+ * it op by op, or batch by batch for targets that can run several ops in one
+ * process (qemu-io), and reads the guest view back for the oracles.
+ */
+import type { CheckResult } from '../../qcow2/types.js';
+import type { TraceConfig } from '../config.js';
+import type { Op, OpKind } from '../ops.js';
+
+export type OpOutcome = { ok: true } | { ok: false; error: string };
+
+export interface StampedOp {
+  op: Op;
+  /** The op's 1-based number in the trace: the stamp of its data. */
+  index: number;
+  /** Guest data of a write (sector-unique). */
+  data?: Uint8Array;
+}
+
+/**
+ * Known bugs of an implementation that the oracles tolerate (each documented
+ * by a corpus entry that keeps reproducing it), so campaigns look past them.
+ */
+export type KnownBug =
+  /** QEMU 7.2: a snapshot create refused for refcount overflow leaks a cluster (corpus: qemu-snapshot-refused-leak). */
+  'leak-after-refused-snapshot'
+  /**
+   * QEMU 7.2: amend refcount_bits is quadratic in refcount block entries
+   * (32K clusters, 1 bit: ~9 s; 1M clusters: many minutes); the arbitraries
+   * avoid widths whose blocks exceed 64K entries (corpus: qemu-slow-refcount-amend).
+   */
+  | 'slow-refcount-amend';
+
+export interface Target {
+  readonly name: string;
+  readonly knownBugs?: ReadonlySet<KnownBug>;
+  /** Op kinds this target implements; seeds of other kinds are skipped. */
+  readonly capabilities: ReadonlySet<OpKind>;
+  /**
+   * 'op': read back after every op (cheap in process). 'batch': read back
+   * after each batch of guest I/O only; a metadata op's effect on the guest
+   * view is checked at the next batch or at the end (each read-back costs a
+   * qemu-img process).
+   */
+  readonly verifyAfter: 'op' | 'batch';
+  /** Whether `op` may share a batch with its neighbours (then it runs in one process with them). */
+  batchable(op: Op): boolean;
+  /** Creates the image (and the backing file) in `dir`. */
+  setup(config: TraceConfig, dir: string): Promise<void>;
+  /** Runs ops in order; returns one outcome per op. Throws HangError on a timeout. */
+  run(ops: StampedOp[]): Promise<OpOutcome[]>;
+  /** Reads the active guest view (call after run; may be served from a cached dump). */
+  read(off: number, len: number): Promise<Uint8Array>;
+  /**
+   * Reads a snapshot's guest view without applying it, as far as the target
+   * can (QEMU exposes only the first min(snapshot, active) bytes).
+   * Returns the bytes and how many of them are meaningful.
+   */
+  readSnapshot(id: string, snapshotSize: number): Promise<Uint8Array>;
+  /** Makes the image file at imagePath() current (ts: dumps memory to the file). */
+  sync(): Promise<void>;
+  imagePath(): string;
+  /** Our engine's own check of the image, for the "our check agrees" oracle (ts only). */
+  ownCheck?(): Promise<CheckResult>;
+  close(): Promise<void>;
+}

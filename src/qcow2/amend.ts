@@ -18,6 +18,7 @@ import { ClusterType, entryOffset, makeEntry } from './format/entries.js';
 import { defaultFeatureNames } from './format/extensions.js';
 import { getRefcount } from './format/refcount-block.js';
 import { installRefcountStructure } from './check.js';
+import { snapshotL1Problem } from './snapshot-table-io.js';
 import type { Qcow2Image } from './image.js';
 import { maxRefcount } from './format/refcount-block.js';
 
@@ -138,7 +139,7 @@ function downgrade(img: Qcow2Image): void {
 function expandZeroClusters(img: Qcow2Image): void {
   const l1s: Uint8Array[] = [img.l1];
   for (const sn of img.snapshots) {
-    if (sn.l1Size > 0) l1s.push(img.storage.read(sn.l1TableOffset, sn.l1Size * L1_ENTRY_SIZE));
+    if (sn.l1Size > 0 && !snapshotL1Problem(img, sn)) l1s.push(img.storage.read(sn.l1TableOffset, sn.l1Size * L1_ENTRY_SIZE));
   }
   const cs = img.clusterSize;
   const layout = img.layout;

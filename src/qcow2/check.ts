@@ -15,9 +15,9 @@ import {
   MAX_L1_BYTES,
   OFLAG_COPIED_HI,
 } from './format/constants.js';
-import { ClusterType, decodeCompressed, entryOffset, isCopied } from './format/entries.js';
+import { ClusterType, decodeCompressed, entryOffset, isCopied, l1ReservedBits, l2ReservedBits } from './format/entries.js';
 import { decodeBitmapDirectory } from './format/bitmaps.js';
-import { snapshotTableSize } from './format/snapshot-table.js';
+import { snapshotL1Problem } from './snapshot-table-io.js';
 import type { Qcow2Image } from './image.js';
 import { ALL_SUBCLUSTERS, type L2Entry } from './l2.js';
 import { MetaKind } from './overlap.js';
@@ -49,17 +49,14 @@ function emptyResult(): CheckResult {
   };
 }
 
-/** qemu-img check: one pass with the requested repair, then a plain pass if anything was fixed. */
+/**
+ * One check pass with the requested repair (bdrv_check). qemu-img's second,
+ * read-only pass after a repair is the caller's (the CLI does it).
+ */
 export function checkImage(img: Qcow2Image, repair: RepairMode): CheckResult {
   const fix = repair === 'all' ? FIX_LEAKS | FIX_ERRORS : repair === 'leaks' ? FIX_LEAKS : 0;
   if (fix && img.readOnly) throw new ReadOnlyError('repairing needs the image open read-write');
-  const first = checkPass(img, fix);
-  if (!fix || (first.corruptionsFixed === 0 && first.leaksFixed === 0)) return first;
-  const second = checkPass(img, 0);
-  second.corruptionsFixed = first.corruptionsFixed;
-  second.leaksFixed = first.leaksFixed;
-  second.messages = [...first.messages, ...second.messages];
-  return second;
+  return checkPass(img, fix);
 }
 
 /** One bdrv_check pass (qcow2_co_check_locked). */
@@ -73,6 +70,7 @@ export function checkPass(img: Qcow2Image, fix: number): CheckResult {
   const state = { rebuild: false };
   let counts = calculate(img, res, fix, nbClusters, state);
   const pre = { ...res, messages: [...res.messages] };
+  nbClusters = Math.max(nbClusters, counts.size);
   let highest = compare(img, res, 0, state, counts, nbClusters);
   if (state.rebuild && fix & FIX_ERRORS) {
     const old = { ...res };
@@ -84,6 +82,7 @@ export function checkPass(img: Qcow2Image, fix: number): CheckResult {
     nbClusters = Math.ceil(img.storage.size() / cs);
     const scratch = emptyResult();
     counts = calculate(img, scratch, 0, nbClusters, state);
+    nbClusters = Math.max(nbClusters, counts.size);
     let freshLeaks = 0;
     if (fix & FIX_LEAKS) {
       const leakRes = emptyResult();
@@ -123,6 +122,10 @@ function markCleanAndConsistent(img: Qcow2Image): void {
 
 // ------------------------------------------------------------------ walking references
 
+function hex64(hi: number, lo: number): string {
+  return hi === 0 ? (lo >>> 0).toString(16) : (hi >>> 0).toString(16) + (lo >>> 0).toString(16).padStart(8, '0');
+}
+
 function inc(img: Qcow2Image, res: CheckResult, c: Counts, offset: number, size: number): void {
   if (size <= 0) return;
   const cs = img.clusterSize;
@@ -158,8 +161,20 @@ function calculate(img: Qcow2Image, res: CheckResult, fix: number, nbClusters: n
   const c: Counts = { table: new Float64Array(Math.max(nbClusters, 1)), size: nbClusters };
   inc(img, res, c, 0, cs);
   checkL1(img, res, c, h.l1TableOffset, h.l1Size, true, fix);
-  for (const sn of img.snapshots) checkL1(img, res, c, sn.l1TableOffset, sn.l1Size, false, fix);
-  if (h.nbSnapshots > 0) inc(img, res, c, h.snapshotsOffset, snapshotTableSize(img.snapshots));
+  if (img.snapshotTableIncompleteAt !== undefined) {
+    res.messages.push(`ERROR snapshot table entry ${img.snapshotTableIncompleteAt} is incomplete`);
+    res.corruptions++;
+  }
+  for (const sn of img.snapshots) {
+    const problem = snapshotL1Problem(img, sn);
+    if (problem) {
+      res.messages.push(`ERROR snapshot ${sn.id} (${sn.name}) ${problem}`);
+      res.corruptions++;
+      continue;
+    }
+    checkL1(img, res, c, sn.l1TableOffset, sn.l1Size, false, fix);
+  }
+  if (h.nbSnapshots > 0) inc(img, res, c, h.snapshotsOffset, img.snapshotTableBytes);
   inc(img, res, c, h.refcountTableOffset, h.refcountTableClusters * cs);
   if (img.ext.cryptoHeader && img.ext.cryptoHeader.length > 0) {
     inc(img, res, c, img.ext.cryptoHeader.offset, img.ext.cryptoHeader.length);
@@ -210,6 +225,10 @@ function checkL1(img: Qcow2Image, res: CheckResult, c: Counts, l1Offset: number,
     const hi = v.getUint32(i * 8);
     const lo = v.getUint32(i * 8 + 4);
     if (hi === 0 && lo === 0) continue;
+    if (l1ReservedBits(hi, lo)) {
+      res.messages.push(`ERROR found L1 entry with reserved bits set: ${hex64(hi, lo)}`);
+      res.corruptions++;
+    }
     const l2Offset = entryOffset(hi, lo);
     inc(img, res, c, l2Offset, img.clusterSize);
     if (l2Offset % img.clusterSize !== 0) {
@@ -241,6 +260,10 @@ function checkL2(img: Qcow2Image, res: CheckResult, c: Counts, l2Offset: number,
       alloc: layout.extended ? tv.getUint32(p + 12) : 0,
     };
     const type = layout.type(e);
+    if (type !== ClusterType.Compressed && l2ReservedBits(e.hi, e.lo)) {
+      res.messages.push(`ERROR found l2 entry with reserved bits set: ${hex64(e.hi, e.lo)}`);
+      res.corruptions++;
+    }
     if (type === ClusterType.Compressed) {
       if (isCopied(e.hi)) {
         res.messages.push(`ERROR: coffset=0x${decodeCompressed(e.hi, e.lo & ~0, img.clusterBits).offset.toString(16)}: copied flag must never be set for compressed clusters`);
@@ -286,9 +309,9 @@ function checkRefblocks(img: Qcow2Image, res: CheckResult, c: Counts, nbClusters
   const cs = img.clusterSize;
   const rt = img.refcounts;
   for (let i = 0; i < rt.table.length; i++) {
-    const raw = rt.table[i];
+    const raw = rt.rawTable[i] ?? rt.table[i];
     if (raw === 0) continue;
-    const offset = raw - (raw % 512);
+    const offset = rt.table[i];
     if (raw % 512 !== 0) {
       res.messages.push(`ERROR refcount table entry ${i} has reserved bits set`);
       res.corruptions++;
@@ -326,7 +349,7 @@ function storedRefcount(img: Qcow2Image, cluster: number): number | undefined {
   if (bi >= rt.table.length) return 0;
   const off = rt.table[bi];
   if (off === 0) return 0;
-  if (off % img.clusterSize !== 0 || off < img.clusterSize) return undefined;
+  if (off % img.clusterSize !== 0) return undefined;
   return rt.get(cluster);
 }
 

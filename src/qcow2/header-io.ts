@@ -30,8 +30,8 @@ export function readFirstCluster(storage: BlockStorage): FirstCluster {
   const first = storage.read(0, cs);
   const header = decodeHeader(first);
   const extEnd = header.backingFileOffset !== 0 && header.backingFileOffset <= cs ? header.backingFileOffset : cs;
-  if (header.headerLength > extEnd) throw new InvalidImageError('header extensions start past the backing file name');
-  const ext = decodeExtensions(first.subarray(0, extEnd), header.headerLength);
+  // Extensions live between the header and the backing file name (none if the name comes first).
+  const ext = header.headerLength < extEnd ? decodeExtensions(first.subarray(0, extEnd), header.headerLength) : { unknown: [] };
   let backingFile: string | undefined;
   if (header.backingFileOffset !== 0) {
     const end = header.backingFileOffset + header.backingFileSize;

@@ -55,7 +55,7 @@ import type {
   SnapshotInfo,
   CreateOptions,
 } from './types.js';
-import { validateHeader } from './validate.js';
+import { validateFeatureExtensions, validateHeader } from './validate.js';
 import { createLayout } from './create.js';
 import { loadSnapshots, snapshotInfos } from './snapshot-table-io.js';
 import { applySnapshot, createSnapshot, deleteSnapshot, viewSnapshot } from './snapshot.js';
@@ -88,6 +88,9 @@ export class Qcow2Image implements GuestDevice, RefcountHost {
   backing: GuestDevice | null = null;
   readOnly: boolean;
   snapshots: SnapshotEntry[] = [];
+  /** Index of the first snapshot table entry that runs past the end of the file (check reports it). */
+  snapshotTableIncompleteAt: number | undefined;
+  snapshotTableBytes = 0;
   /** Name of the snapshot exposed instead of the active layer (read-only opens). */
   viewingSnapshot: string | undefined;
   private dirtyMarked = false;
@@ -100,7 +103,8 @@ export class Qcow2Image implements GuestDevice, RefcountHost {
     this.openOptions = opts;
     this.readOnly = opts.readOnly ?? storage.readOnly;
     const fc = readFirstCluster(storage);
-    validateHeader(fc.header, fc.ext.featureNames);
+    validateHeader(fc.header, fc.ext.featureNames, opts.forCheck ?? false);
+    validateFeatureExtensions(fc.header, fc.ext);
     this.header = fc.header;
     this.ext = fc.ext;
     this.backingFile = fc.backingFile;
@@ -129,7 +133,7 @@ export class Qcow2Image implements GuestDevice, RefcountHost {
 
   private load(): void {
     const h = this.header;
-    if (h.incompatibleFeatures & INCOMPAT_CORRUPT && !this.readOnly && !this.openOptions.forRepair) {
+    if (h.incompatibleFeatures & INCOMPAT_CORRUPT && !this.readOnly && !this.openOptions.forCheck) {
       throw new CorruptImageError('image is marked corrupt; open it read-only, or repair it with check -r all');
     }
     this.meta.add(0, this.clusterSize, MetaKind.Header);
@@ -144,10 +148,14 @@ export class Qcow2Image implements GuestDevice, RefcountHost {
     this.refcounts = new Refcounts(this, h.refcountOrder, h.refcountTableOffset, h.refcountTableClusters, refTables);
     this.refcounts.load();
     this.registerActiveL2s();
-    if (h.snapshotsOffset !== 0 && h.nbSnapshots > 0) {
-      this.snapshots = loadSnapshots(this);
+    if (h.nbSnapshots > 0) {
+      const loaded = loadSnapshots(this, this.openOptions.forCheck ?? false);
+      this.snapshots = loaded.entries;
+      this.snapshotTableIncompleteAt = loaded.incompleteAt;
+      this.snapshotTableBytes = loaded.bytes;
     }
-    if (this.backingFile !== undefined && this.openOptions.openBacking) {
+    // check never needs the backing chain (qemu-img check opens with BDRV_O_NO_BACKING).
+    if (this.backingFile !== undefined && this.openOptions.openBacking && !this.openOptions.forCheck) {
       const fmt = this.ext.backingFormat;
       this.backing = this.openOptions.openBacking(this.backingFile, fmt === 'raw' || fmt === 'qcow2' ? fmt : undefined);
     }
@@ -187,7 +195,7 @@ export class Qcow2Image implements GuestDevice, RefcountHost {
       rewrite = true;
     }
     if (rewrite) this.writeHeader();
-    if (h.incompatibleFeatures & INCOMPAT_DIRTY && (this.openOptions.repairDirty ?? true)) {
+    if (h.incompatibleFeatures & INCOMPAT_DIRTY && !this.openOptions.forCheck && (this.openOptions.repairDirty ?? true)) {
       this.repairDirty();
     }
   }
@@ -478,6 +486,7 @@ export class Qcow2Image implements GuestDevice, RefcountHost {
       dst.set(this.decompressed(e).subarray(inOff, inOff + dst.length));
       return;
     }
+    this.refuseV2ZeroCluster(type, vc);
     if (!this.layout.extended) {
       switch (type) {
         case ClusterType.Unallocated:
@@ -505,6 +514,13 @@ export class Qcow2Image implements GuestDevice, RefcountHost {
       else if (st === 'zero') part.fill(0);
       else this.readBacking(guestBase + pos, part);
       done += n;
+    }
+  }
+
+  /** v2 has no zero clusters; QEMU signals corruption on one ("Zero cluster entry found in pre-v3 image"). */
+  private refuseV2ZeroCluster(type: ClusterType, vc: number): void {
+    if (this.version < 3 && (type === ClusterType.ZeroPlain || type === ClusterType.ZeroAlloc)) {
+      this.corruption(`zero cluster entry found in pre-v3 image (guest cluster ${vc})`);
     }
   }
 
@@ -564,6 +580,7 @@ export class Qcow2Image implements GuestDevice, RefcountHost {
     const type = this.layout.type(e);
     const end = (vc + 1) * cs;
     if (type === ClusterType.Compressed) return { until: end, zero: false, allocated: true };
+    this.refuseV2ZeroCluster(type, vc);
     if (!this.layout.extended) {
       if (type === ClusterType.Unallocated) return { until: end, ...this.unallocatedStatus(pos) };
       if (type === ClusterType.Normal) return { until: end, zero: false, allocated: true };
@@ -735,8 +752,10 @@ export class Qcow2Image implements GuestDevice, RefcountHost {
     this.beforeChange();
     const unit = this.subclusterSize;
     const end = offset + length;
+    // v2 cannot express zero clusters: without a backing file QEMU discards instead, with one it writes zeros.
+    const asData = this.version < 3 && this.backingFile !== undefined;
     for (const [a, b] of splitAligned(offset, end, unit)) {
-      if (this.version < 3) {
+      if (asData) {
         this.writeZeroData(a, b);
       } else if (a % unit === 0 && (b % unit === 0 || b === this.virtualSize)) {
         this.zeroize(a, b, opts.unmap ?? false);
@@ -781,7 +800,10 @@ export class Qcow2Image implements GuestDevice, RefcountHost {
       const vc = Math.floor(pos / cs);
       const clusterEnd = (vc + 1) * cs;
       const wholeCluster = pos === vc * cs && (b >= clusterEnd || b === this.virtualSize);
-      if (wholeCluster || !this.layout.extended) {
+      if (this.version < 3) {
+        this.discardCluster(vc);
+        pos = Math.min(clusterEnd, b);
+      } else if (wholeCluster || !this.layout.extended) {
         this.zeroCluster(vc, unmap);
         pos = Math.min(clusterEnd, b);
       } else {

@@ -24,6 +24,7 @@ export class L2Layout {
     readonly clusterSize: number,
     readonly extended: boolean,
   ) {
+    // v2 images take bit 0 as the zero flag too (QEMU's qcow2_get_cluster_type); reading one is refused.
     this.entrySize = extended ? 16 : 8;
     this.entries = clusterSize / this.entrySize;
   }

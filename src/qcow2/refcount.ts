@@ -37,8 +37,10 @@ export class Refcounts {
   readonly max: number;
   readonly clusterSize: number;
   readonly entriesPerBlock: number;
-  /** Refblock host offsets by block index; 0 = no block. */
+  /** Refblock host offsets by block index (reserved bits 0..8 masked off, as QEMU does); 0 = no block. */
   table: number[];
+  /** The table entries as stored, reserved bits included (check reports them). */
+  rawTable: number[] = [];
   tableOffset: number;
   tableClusters: number;
   readonly cache: TableCache;
@@ -80,10 +82,12 @@ export class Refcounts {
     const v = viewOf(buf);
     const n = bytes / 8;
     const table = new Array<number>(n);
+    const raw = new Array<number>(n);
     for (let i = 0; i < n; i++) {
-      // Kept raw: a misaligned or oversized entry is reported when used (as QEMU does) and by check.
-      table[i] = getU64(v, i * 8);
+      raw[i] = getU64(v, i * 8);
+      table[i] = raw[i] - (raw[i] % 512);
     }
+    this.rawTable = raw;
     // Trailing zero entries are kept: they are part of the on-disk table.
     this.table = table;
     this.host.meta.add(this.tableOffset, bytes, MetaKind.Reftable);
@@ -98,11 +102,10 @@ export class Refcounts {
 
   private validBlockOffset(blockIndex: number): number {
     const off = this.table[blockIndex];
-    if (off % this.clusterSize !== 0 || off >= MAX_HOST_OFFSET) {
-      this.host.corruption(`refblock offset ${off} is unaligned or too large (reftable index ${blockIndex})`);
-    }
-    if (off < this.clusterSize) {
-      this.host.corruption(`refblock at offset ${off} overlaps the image header (reftable index ${blockIndex})`);
+    // As QEMU: only misalignment is caught here; a block past the end reads as zeros and
+    // a write to one overlapping other metadata is refused by the overlap check.
+    if (off % this.clusterSize !== 0) {
+      this.host.corruption(`refblock offset ${off} unaligned (reftable index ${blockIndex})`);
     }
     return off;
   }

@@ -18,11 +18,30 @@ import type { Qcow2Image } from './image.js';
 import { MetaKind } from './overlap.js';
 import type { SnapshotInfo } from './types.js';
 
-export function loadSnapshots(img: Qcow2Image): SnapshotEntry[] {
+export interface LoadedSnapshots {
+  entries: SnapshotEntry[];
+  /** Set when the table ends before nb_snapshots entries (check reports it). */
+  incompleteAt?: number;
+  /** Bytes of the table that were read. */
+  bytes: number;
+}
+
+/**
+ * Reads the table entry by entry. An entry running past the end of the file
+ * makes the table incomplete: an error on a normal open, a finding for check
+ * (QEMU: qcow2_do_read_snapshots in repair mode).
+ */
+export function loadSnapshots(img: Qcow2Image, lenient: boolean): LoadedSnapshots {
   const h = img.header;
   const out: SnapshotEntry[] = [];
+  const fileSize = img.storage.size();
   let pos = h.snapshotsOffset;
   for (let i = 0; i < h.nbSnapshots; i++) {
+    const incomplete = () => {
+      if (!lenient) throw new InvalidImageError(`snapshot table entry ${i} is incomplete`);
+      return { entries: out, incompleteAt: i, bytes: pos - h.snapshotsOffset };
+    };
+    if (pos + SNAPSHOT_HEADER_SIZE > fileSize) return register(img, incomplete());
     const head = img.storage.read(pos, SNAPSHOT_HEADER_SIZE);
     const v = viewOf(head);
     const idSize = v.getUint16(12);
@@ -33,17 +52,29 @@ export function loadSnapshots(img: Qcow2Image): SnapshotEntry[] {
     }
     const len = SNAPSHOT_HEADER_SIZE + extraSize + idSize + nameSize;
     if (pos + len - h.snapshotsOffset > MAX_SNAPSHOTS_BYTES) throw new InvalidImageError('snapshot table is too large');
+    if (pos + len > fileSize) return register(img, incomplete());
     const [e] = decodeSnapshotTable(img.storage.read(pos, len), 1);
-    if (e.l1Size > MAX_L1_BYTES / L1_ENTRY_SIZE) throw new InvalidImageError(`snapshot ${i} L1 table is too large`);
-    if (e.l1Size > 0 && (e.l1TableOffset % img.clusterSize !== 0 || e.l1TableOffset === 0 || e.l1TableOffset >= MAX_HOST_OFFSET)) {
-      throw new InvalidImageError(`snapshot ${i} L1 table offset ${e.l1TableOffset} is invalid`);
-    }
     out.push(e);
     pos += Math.ceil(len / 8) * 8;
   }
-  img.meta.add(h.snapshotsOffset, pos - h.snapshotsOffset, MetaKind.SnapshotTable);
-  for (const e of out) if (e.l1Size > 0) img.meta.add(e.l1TableOffset, e.l1Size * L1_ENTRY_SIZE, MetaKind.SnapshotL1);
-  return out;
+  return register(img, { entries: out, bytes: pos - h.snapshotsOffset });
+}
+
+function register(img: Qcow2Image, l: LoadedSnapshots): LoadedSnapshots {
+  if (l.bytes > 0) img.meta.add(img.header.snapshotsOffset, l.bytes, MetaKind.SnapshotTable);
+  for (const e of l.entries) if (snapshotL1Problem(img, e) === undefined && e.l1Size > 0) img.meta.add(e.l1TableOffset, e.l1Size * L1_ENTRY_SIZE, MetaKind.SnapshotL1);
+  return l;
+}
+
+/** Why a snapshot's L1 table cannot be used, in QEMU's check wording, or undefined. */
+export function snapshotL1Problem(img: Qcow2Image, e: SnapshotEntry): string | undefined {
+  if (e.l1TableOffset % img.clusterSize !== 0 || e.l1TableOffset >= MAX_HOST_OFFSET) {
+    return `l1_offset=${'0x' + e.l1TableOffset.toString(16)}: L1 table is not cluster aligned; snapshot table entry corrupted`;
+  }
+  if (e.l1Size > MAX_L1_BYTES / L1_ENTRY_SIZE) {
+    return `l1_size=${'0x' + e.l1Size.toString(16)}: L1 table is too large; snapshot table entry corrupted`;
+  }
+  return undefined;
 }
 
 export function snapshotInfos(entries: SnapshotEntry[]): SnapshotInfo[] {

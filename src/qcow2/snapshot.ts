@@ -4,7 +4,8 @@
  * every L2 table and data cluster it reaches. OFLAG_COPIED is recomputed
  * from the refcounts after every change, so it stays exact.
  */
-import { InvalidArgumentError, LimitError, SnapshotError } from './errors.js';
+import { CorruptImageError, InvalidArgumentError, LimitError, SnapshotError } from './errors.js';
+import { snapshotL1Problem } from './snapshot-table-io.js';
 import { viewOf } from './format/bytes.js';
 import { L1_ENTRY_SIZE, MAX_SNAPSHOTS, OFLAG_COPIED_HI } from './format/constants.js';
 import { ClusterType, decodeCompressed, entryOffset } from './format/entries.js';
@@ -120,7 +121,7 @@ function assertTreeReferenceFits(img: Qcow2Image, l1: Uint8Array): void {
 export function writeSnapshotTable(img: Qcow2Image, entries: SnapshotEntry[]): void {
   const h = img.header;
   const oldOffset = h.snapshotsOffset;
-  const oldSize = h.nbSnapshots > 0 ? encodeSnapshotTable(img.snapshots).length : 0;
+  const oldSize = h.nbSnapshots > 0 ? img.snapshotTableBytes : 0;
   const bytes = encodeSnapshotTable(entries);
   let offset = 0;
   if (entries.length > 0) {
@@ -135,6 +136,8 @@ export function writeSnapshotTable(img: Qcow2Image, entries: SnapshotEntry[]): v
   img.writeHeader();
   img.storage.flush();
   img.snapshots = entries;
+  img.snapshotTableBytes = bytes.length;
+  img.snapshotTableIncompleteAt = undefined;
   if (oldOffset !== 0 && oldSize > 0) {
     img.meta.remove(oldOffset, oldSize);
     img.refcounts.updateRange(oldOffset, oldSize, -1);
@@ -182,6 +185,8 @@ export function createSnapshot(img: Qcow2Image, name: string): void {
 }
 
 function readSnapshotL1(img: Qcow2Image, sn: SnapshotEntry): Uint8Array {
+  const problem = snapshotL1Problem(img, sn);
+  if (problem) throw new CorruptImageError(`snapshot ${sn.id} (${sn.name}): ${problem}`);
   return sn.l1Size > 0 ? img.storage.read(sn.l1TableOffset, sn.l1Size * L1_ENTRY_SIZE) : new Uint8Array(0);
 }
 

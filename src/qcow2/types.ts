@@ -30,8 +30,12 @@ export interface OpenOptions {
   snapshot?: string;
   /** Repair a dirty image on a read-write open (default true, as QEMU does). */
   repairDirty?: boolean;
-  /** Open for check -r: a corrupt image may be opened read-write so it can be repaired. */
-  forRepair?: boolean;
+  /**
+   * Opened by check (QEMU's BDRV_O_CHECK): a corrupt image may be opened
+   * read-write to be repaired, a missing refcount table is tolerated, and a
+   * dirty image is not repaired on open (check does it).
+   */
+  forCheck?: boolean;
 }
 
 /** Anything a guest can read: a qcow2 image, or a raw file used as a backing file. */

@@ -5,6 +5,9 @@
  */
 import { InvalidImageError, UnsupportedFeatureError } from './errors.js';
 import {
+  AUTOCLEAR_BITMAPS,
+  AUTOCLEAR_DATA_FILE_RAW,
+  INCOMPAT_DATA_FILE,
   COMPRESSION_ZLIB,
   COMPRESSION_ZSTD,
   INCOMPAT_COMPRESSION,
@@ -21,7 +24,7 @@ import {
   SNAPSHOT_HEADER_SIZE,
   L1_ENTRY_SIZE,
 } from './format/constants.js';
-import type { FeatureName } from './format/extensions.js';
+import type { FeatureName, HeaderExtensions } from './format/extensions.js';
 import type { Qcow2Header } from './format/header.js';
 
 /** Guest bytes one L1 entry maps. */
@@ -42,7 +45,6 @@ export function maxVirtualSize(clusterBits: number, extendedL2: boolean): number
 function checkTable(what: string, offset: number, entries: number, entrySize: number, clusterSize: number): void {
   if (entries === 0) return;
   if (offset % clusterSize !== 0) throw new InvalidImageError(`${what} offset ${offset} is not cluster aligned`);
-  if (offset === 0) throw new InvalidImageError(`${what} offset is 0 (it would overlap the header)`);
   if (offset + entries * entrySize > MAX_HOST_OFFSET) {
     throw new InvalidImageError(`${what} at offset ${offset} with ${entries} entries lies beyond the largest host offset`);
   }
@@ -60,7 +62,7 @@ export function unknownFeatureNames(bits: bigint, known: bigint, type: number, t
   return names.join(', ');
 }
 
-export function validateHeader(h: Qcow2Header, featureNames: FeatureName[] | undefined): void {
+export function validateHeader(h: Qcow2Header, featureNames: FeatureName[] | undefined, forCheck = false): void {
   if (h.clusterBits < MIN_CLUSTER_BITS || h.clusterBits > MAX_CLUSTER_BITS) {
     throw new InvalidImageError(`unsupported cluster size: 2^${h.clusterBits} (must be 2^9 to 2^21)`);
   }
@@ -103,11 +105,34 @@ export function validateHeader(h: Qcow2Header, featureNames: FeatureName[] | und
     throw new InvalidImageError(`L1 table with ${h.l1Size} entries is too small for a ${h.size}-byte image`);
   }
   checkTable('active L1 table', h.l1TableOffset, h.l1Size, L1_ENTRY_SIZE, cs);
-  if (h.refcountTableClusters === 0) throw new InvalidImageError('image does not contain a refcount table');
+  if (h.refcountTableClusters === 0 && !forCheck) throw new InvalidImageError('image does not contain a refcount table');
   if (h.refcountTableClusters > MAX_REFTABLE_BYTES / cs) {
     throw new InvalidImageError(`refcount table too large (${h.refcountTableClusters} clusters)`);
   }
   checkTable('refcount table', h.refcountTableOffset, h.refcountTableClusters * cs, 1, cs);
   if (h.nbSnapshots > MAX_SNAPSHOTS) throw new InvalidImageError(`too many snapshots (${h.nbSnapshots})`);
   checkTable('snapshot table', h.snapshotsOffset, h.nbSnapshots, SNAPSHOT_HEADER_SIZE, cs);
+}
+
+/** Bitmap directory limits QEMU enforces on open (qcow2-bitmap.c). */
+const MAX_BITMAPS = 65535;
+const MAX_BITMAP_DIRECTORY_SIZE = 1024 * MAX_BITMAPS;
+
+/** Checks that depend on header extensions (QEMU: qcow2_read_extensions and qcow2_do_open). */
+export function validateFeatureExtensions(h: Qcow2Header, ext: HeaderExtensions): void {
+  if (h.autoclearFeatures & AUTOCLEAR_DATA_FILE_RAW && !(h.incompatibleFeatures & INCOMPAT_DATA_FILE)) {
+    throw new InvalidImageError('data-file-raw requires a data file');
+  }
+  const b = ext.bitmaps;
+  if (b && h.autoclearFeatures & AUTOCLEAR_BITMAPS) {
+    if (b.reserved !== 0) throw new InvalidImageError('bitmaps_ext: reserved field is not zero');
+    if (b.nbBitmaps > MAX_BITMAPS) throw new InvalidImageError(`bitmaps_ext: image has ${b.nbBitmaps} bitmaps, more than ${MAX_BITMAPS}`);
+    if (b.nbBitmaps === 0) throw new InvalidImageError('bitmaps_ext: found bitmaps extension with zero bitmaps');
+    if (b.bitmapDirectorySize > MAX_BITMAP_DIRECTORY_SIZE) {
+      throw new InvalidImageError(
+        `bitmaps_ext: bitmap directory size (${b.bitmapDirectorySize}) exceeds the maximum supported size (${MAX_BITMAP_DIRECTORY_SIZE})`,
+      );
+    }
+    if (b.bitmapDirectoryOffset % 2 ** h.clusterBits !== 0) throw new InvalidImageError('bitmaps_ext: invalid bitmap directory offset');
+  }
 }

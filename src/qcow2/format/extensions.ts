@@ -58,26 +58,18 @@ export function decodeExtensions(buf: Uint8Array, start: number): HeaderExtensio
   const out: HeaderExtensions = { unknown: [] };
   const v = viewOf(buf);
   let pos = start;
-  const seen = new Set<number>();
-  for (;;) {
-    if (pos + 8 > buf.length) {
-      throw new InvalidImageError('header extension list runs past the end of the first cluster');
-    }
+  // As QEMU reads them: the list may end at the end of the area without an end
+  // marker, and a repeated known extension replaces the earlier one.
+  while (pos + 8 <= buf.length) {
     const type = v.getUint32(pos);
     const len = v.getUint32(pos + 4);
     pos += 8;
     if (type === EXT_END) break;
     if (len > buf.length - pos) {
-      throw new InvalidImageError(
-        `header extension 0x${type.toString(16)} of ${len} bytes runs past the end of the first cluster`,
-      );
+      throw new InvalidImageError(`header extension 0x${type.toString(16)} of ${len} bytes is too large`);
     }
     const data = buf.slice(pos, pos + len);
     pos += alignUp(len, 8);
-    if (seen.has(type) && type !== EXT_END && isKnown(type)) {
-      throw new InvalidImageError(`header extension 0x${type.toString(16)} appears twice`);
-    }
-    seen.add(type);
     switch (type) {
       case EXT_BACKING_FORMAT:
         out.backingFormat = decodeString(data);
@@ -99,16 +91,6 @@ export function decodeExtensions(buf: Uint8Array, start: number): HeaderExtensio
     }
   }
   return out;
-}
-
-function isKnown(type: number): boolean {
-  return (
-    type === EXT_BACKING_FORMAT ||
-    type === EXT_FEATURE_TABLE ||
-    type === EXT_BITMAPS ||
-    type === EXT_CRYPTO_HEADER ||
-    type === EXT_DATA_FILE
-  );
 }
 
 export function encodeExtensions(ext: HeaderExtensions): Uint8Array {

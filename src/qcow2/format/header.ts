@@ -83,9 +83,6 @@ export function decodeHeader(buf: Uint8Array): Qcow2Header {
     if (h.headerLength < HEADER_V3_MIN_LENGTH) {
       throw new InvalidImageError(`qcow2 header length ${h.headerLength} is below the v3 minimum of 104`);
     }
-    if (h.headerLength % 8 !== 0) {
-      throw new InvalidImageError(`qcow2 header length ${h.headerLength} is not a multiple of 8`);
-    }
     if (buf.length < h.headerLength) {
       throw new InvalidImageError(`file too short for its header length ${h.headerLength}`);
     }

@@ -45,6 +45,11 @@ export class FileStorage implements BlockStorage {
   }
 
   readInto(offset: number, dst: Uint8Array): void {
+    if (offset >= this.length) {
+      // Past the end (even far past, as a hostile pointer may be): zeros, like a sparse read.
+      dst.fill(0);
+      return;
+    }
     checkOffset(offset);
     let done = 0;
     const want = Math.min(dst.length, Math.max(0, this.length - offset));

@@ -6,6 +6,7 @@
  * table, the refcount table and blocks, the encryption header and bitmaps,
  * then compare with the stored refcounts.
  */
+import type { CachedTable } from './cache.js';
 import { ReadOnlyError } from './errors.js';
 import { getU64, viewOf } from './format/bytes.js';
 import {
@@ -349,7 +350,8 @@ function storedRefcount(img: Qcow2Image, cluster: number): number | undefined {
   if (bi >= rt.table.length) return 0;
   const off = rt.table[bi];
   if (off === 0) return 0;
-  if (off % img.clusterSize !== 0) return undefined;
+  // Offsets with bit 63 set are negative to QEMU's block layer: the read fails.
+  if (off % img.clusterSize !== 0 || off >= 2 ** 63) return undefined;
   return rt.get(cluster);
 }
 
@@ -393,8 +395,9 @@ function checkOflagCopied(img: Qcow2Image, res: CheckResult, fix: number): void 
   const layout = img.layout;
   for (let i = 0; i < img.l1Entries; i++) {
     const l2Offset = img.l2OffsetAt(i);
-    if (l2Offset === 0 || l2Offset % cs !== 0) continue;
-    const rc = storedRefcount(img, l2Offset / cs);
+    if (l2Offset === 0) continue;
+    const aligned = l2Offset % cs === 0;
+    const rc = storedRefcount(img, Math.floor(l2Offset / cs));
     if (rc === undefined) continue;
     const l1Copied = img.l1CopiedAt(i);
     if ((rc === 1) !== l1Copied) {
@@ -410,7 +413,13 @@ function checkOflagCopied(img: Qcow2Image, res: CheckResult, fix: number): void 
         res.corruptions++;
       }
     }
-    const table = img.l2Cache.get(l2Offset);
+    // A misaligned table is read where it points (QEMU does) but only reported, never repaired.
+    let table: CachedTable;
+    if (aligned) table = img.l2Cache.get(l2Offset);
+    else {
+      const data = readL2(img, l2Offset);
+      table = { offset: l2Offset, data, view: viewOf(data), dirty: false };
+    }
     for (let j = 0; j < layout.entries; j++) {
       const e = layout.get(table, j);
       const type = layout.type(e);
@@ -421,7 +430,7 @@ function checkOflagCopied(img: Qcow2Image, res: CheckResult, fix: number): void 
       if (drc === undefined) continue;
       if ((drc === 1) !== isCopied(e.hi)) {
         const entry = (e.hi * 2 ** 32 + e.lo).toString(16);
-        if (fix & FIX_ERRORS) {
+        if (fix & FIX_ERRORS && aligned) {
           res.messages.push(`Repairing OFLAG_COPIED data cluster: l2_entry=${entry} refcount=${drc}`);
           layout.set(table, j, { ...e, hi: drc === 1 ? (e.hi | OFLAG_COPIED_HI) >>> 0 : (e.hi & ~OFLAG_COPIED_HI) >>> 0 });
           res.corruptionsFixed++;

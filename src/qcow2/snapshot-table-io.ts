@@ -39,7 +39,8 @@ export function loadSnapshots(img: Qcow2Image, lenient: boolean): LoadedSnapshot
   for (let i = 0; i < h.nbSnapshots; i++) {
     const incomplete = () => {
       if (!lenient) throw new InvalidImageError(`snapshot table entry ${i} is incomplete`);
-      return { entries: out, incompleteAt: i, bytes: pos - h.snapshotsOffset };
+      // QEMU still counts the entry's fixed header as part of the table.
+      return { entries: out, incompleteAt: i, bytes: pos + SNAPSHOT_HEADER_SIZE - h.snapshotsOffset };
     };
     if (pos + SNAPSHOT_HEADER_SIZE > fileSize) return register(img, incomplete());
     const head = img.storage.read(pos, SNAPSHOT_HEADER_SIZE);

@@ -26,6 +26,10 @@ export interface RunOutcome {
   ops: Op[];
   failure?: Failure;
   qemuImgChecks: number;
+  /** The model after the run (the expected guest view at the failing point). */
+  model?: DiskModel;
+  /** 1-based numbers of ops the target refused. */
+  refused: Set<number>;
   /** Working directory holding image.qcow2 (kept only when `keepDir`). */
   dir: string;
 }
@@ -43,7 +47,7 @@ export async function runTrace(target: Target, config: TraceConfig, source: Sour
   const root = o.tmpRoot ?? os.tmpdir();
   fs.mkdirSync(root, { recursive: true });
   const dir = fs.mkdtempSync(path.join(root, 'qh-'));
-  const out: RunOutcome = { config, ops: [], qemuImgChecks: 0, dir };
+  const out: RunOutcome = { config, ops: [], qemuImgChecks: 0, dir, refused: new Set() };
   try {
     out.failure = await execute(target, config, source, dir, out, o);
   } catch (e) {
@@ -70,6 +74,7 @@ async function execute(
   o: RunOptions,
 ): Promise<Failure | undefined> {
   const model = new DiskModel(toModelConfig(config));
+  out.model = model;
   await target.setup(config, dir);
   let batch: StampedOp[] = [];
   let tolerateLeaks: string | undefined;
@@ -97,9 +102,13 @@ async function execute(
       if (exp.verdict === 'refuse' && outcome.ok) {
         return { oracle: 'op', opIndex: index, message: `op #${index} '${text}' succeeded but must be refused (${exp.reason})` };
       }
-      if (outcome.ok) applyOp(model, op, index);
-      else if (op.kind === 'snapshot' && op.action === 'create' && target.knownBugs?.has('leak-after-refused-snapshot')) {
-        tolerateLeaks = 'known QEMU bug: a refused snapshot create leaks a cluster';
+      if (outcome.ok) {
+        applyOp(model, op, index);
+      } else {
+        out.refused.add(index);
+        if (op.kind === 'snapshot' && op.action === 'create' && target.knownBugs?.has('leak-after-refused-snapshot')) {
+          tolerateLeaks = 'known QEMU bug: a refused snapshot create leaks a cluster';
+        }
       }
       if (isRangeOp(op)) ranges.push([op.off, op.len]);
       else if (op.kind !== 'flush') wholeDisk = true;

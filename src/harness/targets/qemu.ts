@@ -17,13 +17,19 @@ const IO_KINDS = new Set(['write', 'write-compressed', 'write-zeroes', 'discard'
 export class QemuTarget implements Target {
   readonly name = 'qemu';
   readonly capabilities = new Set(ALL_OP_KINDS.filter((k) => k !== 'crash'));
-  readonly knownBugs = new Set<KnownBug>(['leak-after-refused-snapshot', 'slow-refcount-amend']);
+  /** Known QEMU bugs the oracles look past; `strict` (corpus replay of those bugs) disables that. */
+  readonly knownBugs: ReadonlySet<KnownBug>;
   readonly verifyAfter = 'batch';
   private dir = '';
   private image = '';
   private dumpValid = false;
 
-  constructor(private readonly timeoutMs?: number) {}
+  constructor(
+    private readonly timeoutMs?: number,
+    o: { strict?: boolean } = {},
+  ) {
+    this.knownBugs = new Set<KnownBug>(o.strict ? [] : ['leak-after-refused-snapshot', 'slow-refcount-amend']);
+  }
 
   batchable(op: Op): boolean {
     return IO_KINDS.has(op.kind);

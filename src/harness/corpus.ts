@@ -1,0 +1,151 @@
+/**
+ * The regression corpus: corpus/<id>/{trace.json, image.qcow2, repro.sh}.
+ * An entry is written in a temporary directory and renamed into place, so a
+ * reader never sees half an entry; the id hashes the target, the oracle and
+ * the minimal trace, so the same failure found twice is one entry.
+ */
+import { createHash } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { configProblems, type TraceConfig } from './config.js';
+import type { OracleName } from './oracles.js';
+import { formatOp, parseOp, type Op } from './ops.js';
+
+export const TRACE_FORMAT_VERSION = 1;
+
+/** What replay expects of an entry documenting a bug outside this project. */
+export interface ExternalExpectation {
+  /** Who owns the bug, e.g. "qemu 7.2". */
+  project: string;
+  description: string;
+  /** The replay must still fail with this oracle... */
+  oracle: OracleName;
+  /** ...and a message containing this text. */
+  messageIncludes: string;
+}
+
+export interface TraceFile {
+  formatVersion: number;
+  id: string;
+  target: string;
+  config: TraceConfig;
+  ops: string[];
+  seed?: number;
+  path?: string;
+  oracle: OracleName;
+  message: string;
+  opIndex?: number;
+  /** oracle + message with numbers blanked: the same bug seen through different traces. */
+  signature?: string;
+  /** Present when the entry documents a bug outside this project. */
+  external?: ExternalExpectation;
+}
+
+/** A failure's shape regardless of sizes and offsets, so one bug found via many traces is saved once. */
+export function failureSignature(target: string, oracle: string, message: string): string {
+  const shape = message
+    .replace(/'[^']*'/g, "'…'")
+    .replace(/0x[0-9a-f]+/gi, '#')
+    .replace(/\d+/g, '#');
+  return `${target} ${oracle} ${shape}`;
+}
+
+/** Signatures of the entries already in a corpus, mapped to their ids. */
+export function corpusSignatures(corpusDir: string): Map<string, string> {
+  const out = new Map<string, string>();
+  for (const dir of listEntries(corpusDir)) {
+    try {
+      const t = JSON.parse(fs.readFileSync(path.join(dir, 'trace.json'), 'utf8')) as TraceFile;
+      out.set(t.signature ?? failureSignature(t.target, t.oracle, t.message), t.id);
+    } catch {
+      // a broken entry is reported by replay, not here
+    }
+  }
+  return out;
+}
+
+export function entryId(target: string, oracle: string, config: TraceConfig, ops: Op[]): string {
+  const h = createHash('sha256');
+  h.update(`${target}\n${oracle}\n${JSON.stringify(config)}\n${ops.map(formatOp).join('\n')}`);
+  return h.digest('hex').slice(0, 12);
+}
+
+export interface NewEntry {
+  target: string;
+  config: TraceConfig;
+  ops: Op[];
+  seed?: number;
+  path?: string;
+  oracle: OracleName;
+  message: string;
+  opIndex?: number;
+  external?: ExternalExpectation;
+  /** The image at the failing point, copied in as image.qcow2 (with its backing file, if any). */
+  imageFile?: string;
+  backingFile?: string;
+  repro: string;
+  /** Override the id (named entries written by hand, e.g. external bugs). */
+  id?: string;
+}
+
+/** Writes an entry atomically; returns its id and whether it already existed. */
+export function writeEntry(corpusDir: string, e: NewEntry): { id: string; dir: string; duplicate: boolean } {
+  const id = e.id ?? entryId(e.target, e.oracle, e.config, e.ops);
+  const dir = path.join(corpusDir, id);
+  if (fs.existsSync(dir)) return { id, dir, duplicate: true };
+  fs.mkdirSync(corpusDir, { recursive: true });
+  const tmp = fs.mkdtempSync(path.join(corpusDir, `.tmp-${id}-`));
+  try {
+    const trace: TraceFile = {
+      formatVersion: TRACE_FORMAT_VERSION,
+      id,
+      target: e.target,
+      config: e.config,
+      ops: e.ops.map(formatOp),
+      seed: e.seed,
+      path: e.path,
+      oracle: e.oracle,
+      message: e.message,
+      opIndex: e.opIndex,
+      signature: failureSignature(e.target, e.oracle, e.message),
+      external: e.external,
+    };
+    fs.writeFileSync(path.join(tmp, 'trace.json'), JSON.stringify(trace, null, 2) + '\n');
+    if (e.imageFile && fs.existsSync(e.imageFile)) fs.copyFileSync(e.imageFile, path.join(tmp, 'image.qcow2'));
+    if (e.backingFile && fs.existsSync(e.backingFile)) fs.copyFileSync(e.backingFile, path.join(tmp, path.basename(e.backingFile)));
+    fs.writeFileSync(path.join(tmp, 'repro.sh'), e.repro, { mode: 0o755 });
+    try {
+      fs.renameSync(tmp, dir);
+    } catch (err) {
+      // Another worker renamed the same id first: it is the same failure.
+      if (fs.existsSync(dir)) return { id, dir, duplicate: true };
+      throw err;
+    }
+  } finally {
+    fs.rmSync(tmp, { recursive: true, force: true });
+  }
+  return { id, dir, duplicate: false };
+}
+
+export class CorpusFormatError extends Error {}
+
+export function readEntry(dir: string): TraceFile & { ops: string[]; parsedOps: Op[] } {
+  const file = path.join(dir, 'trace.json');
+  const t = JSON.parse(fs.readFileSync(file, 'utf8')) as TraceFile;
+  if (t.formatVersion !== TRACE_FORMAT_VERSION) {
+    throw new CorpusFormatError(`${file}: format version ${t.formatVersion}, expected ${TRACE_FORMAT_VERSION}`);
+  }
+  const problems = configProblems(t.config);
+  if (problems.length) throw new CorpusFormatError(`${file}: bad config: ${problems.join('; ')}`);
+  return { ...t, parsedOps: t.ops.map(parseOp) };
+}
+
+/** Every entry directory under a corpus directory (skipping temporaries). */
+export function listEntries(corpusDir: string): string[] {
+  if (!fs.existsSync(corpusDir)) return [];
+  return fs
+    .readdirSync(corpusDir, { withFileTypes: true })
+    .filter((d) => d.isDirectory() && !d.name.startsWith('.') && fs.existsSync(path.join(corpusDir, d.name, 'trace.json')))
+    .map((d) => path.join(corpusDir, d.name))
+    .sort();
+}

@@ -1,0 +1,99 @@
+/**
+ * Re-shrinking a saved trace (e.g. after a fix changed what it takes to fail):
+ * greedy delta debugging over concrete ops and the config, keeping a change
+ * whenever the trace still fails with the same oracle.
+ */
+import { SECTOR } from '../model/layer.js';
+import type { TraceConfig } from './config.js';
+import { runTrace } from './execute.js';
+import type { Failure, OracleName } from './oracles.js';
+import type { Op } from './ops.js';
+import { makeTarget } from './targets/index.js';
+
+export interface MinimizeResult {
+  config: TraceConfig;
+  ops: Op[];
+  failure?: Failure;
+  attempts: number;
+}
+
+export async function minimizeTrace(
+  targetName: string,
+  config: TraceConfig,
+  ops: Op[],
+  oracle: OracleName,
+  o: { messageIncludes?: string; maxAttempts?: number; strict?: boolean; tmpRoot?: string } = {},
+): Promise<MinimizeResult> {
+  let attempts = 0;
+  const max = o.maxAttempts ?? 500;
+  const fails = async (c: TraceConfig, xs: Op[]): Promise<Failure | undefined> => {
+    attempts++;
+    const r = await runTrace(makeTarget(targetName, { strict: o.strict }), c, { ops: xs }, { tmpRoot: o.tmpRoot });
+    const f = r.failure;
+    if (f && f.oracle === oracle && (!o.messageIncludes || f.message.includes(o.messageIncludes))) return f;
+    return undefined;
+  };
+  let best = { config, ops, failure: await fails(config, ops) };
+  if (!best.failure) return { ...best, attempts };
+
+  let progress = true;
+  while (progress && attempts < max) {
+    progress = false;
+    // 1. drop ops, last first (later ops depend on earlier ones less often)
+    for (let i = best.ops.length - 1; i >= 0 && attempts < max; i--) {
+      const xs = best.ops.filter((_, j) => j !== i);
+      const f = await fails(best.config, xs);
+      if (f) {
+        best = { config: best.config, ops: xs, failure: f };
+        progress = true;
+      }
+    }
+    // 2. shrink ranges and sizes
+    for (let i = 0; i < best.ops.length && attempts < max; i++) {
+      for (const cand of smallerOps(best.ops[i]!)) {
+        const xs = best.ops.slice();
+        xs[i] = cand;
+        const f = await fails(best.config, xs);
+        if (f) {
+          best = { config: best.config, ops: xs, failure: f };
+          progress = true;
+          break;
+        }
+      }
+    }
+    // 3. simplify the config
+    for (const c of simplerConfigs(best.config)) {
+      if (attempts >= max) break;
+      const f = await fails(c, best.ops);
+      if (f) {
+        best = { config: c, ops: best.ops, failure: f };
+        progress = true;
+      }
+    }
+  }
+  return { ...best, attempts };
+}
+
+function smallerOps(op: Op): Op[] {
+  if ('len' in op && op.len > SECTOR) {
+    const half = Math.max(SECTOR, Math.floor(op.len / 2 / SECTOR) * SECTOR);
+    return [
+      { ...op, len: half },
+      { ...op, off: op.off + op.len - half, len: half },
+    ];
+  }
+  return [];
+}
+
+function simplerConfigs(c: TraceConfig): TraceConfig[] {
+  const out: TraceConfig[] = [];
+  if (c.backing) {
+    const { backing: _drop, ...rest } = c;
+    out.push(rest);
+  }
+  if (c.lazyRefcounts) out.push({ ...c, lazyRefcounts: false });
+  if (c.compressionType !== 'zlib') out.push({ ...c, compressionType: 'zlib' });
+  if (c.extendedL2) out.push({ ...c, extendedL2: false });
+  if (c.refcountBits !== 16) out.push({ ...c, refcountBits: 16 });
+  return out;
+}

@@ -1,0 +1,40 @@
+/**
+ * Replaying corpus entries. An entry of ours is a regression test: it passes
+ * when the trace now runs clean. An entry documenting a bug outside this
+ * project (trace.json "external") passes while the bug still shows exactly as
+ * documented, so a change in that behaviour is noticed.
+ */
+import { readEntry, type TraceFile } from './corpus.js';
+import { runTrace } from './execute.js';
+import type { Failure } from './oracles.js';
+import { makeTarget } from './targets/index.js';
+
+export interface ReplayResult {
+  id: string;
+  dir: string;
+  target: string;
+  passed: boolean;
+  /** What the entry expects, in words. */
+  expected: string;
+  failure?: Failure;
+  entry: TraceFile;
+}
+
+export async function replayEntry(dir: string, o: { target?: string; tmpRoot?: string } = {}): Promise<ReplayResult> {
+  const entry = readEntry(dir);
+  const targetName = o.target ?? entry.target;
+  // Known-bug tolerances are off: an external entry must see its bug.
+  const target = makeTarget(targetName, { strict: true });
+  const r = await runTrace(target, entry.config, { ops: entry.parsedOps }, { tmpRoot: o.tmpRoot });
+  const ext = entry.external;
+  let passed: boolean;
+  let expected: string;
+  if (ext) {
+    expected = `${ext.project} bug still present: ${ext.oracle} failure mentioning "${ext.messageIncludes}"`;
+    passed = r.failure !== undefined && r.failure.oracle === ext.oracle && r.failure.message.includes(ext.messageIncludes);
+  } else {
+    expected = 'runs clean (regression test)';
+    passed = r.failure === undefined;
+  }
+  return { id: entry.id, dir, target: targetName, passed, expected, failure: r.failure, entry };
+}

@@ -1,0 +1,149 @@
+/**
+ * repro.sh: the minimal trace as a plain shell session over qemu-img and
+ * qemu-io, so a QEMU developer can reproduce without this project. Data is a
+ * per-op byte pattern instead of the harness's sector-unique data (qemu-io's
+ * `-P`), and the expected guest view is built the same way in a raw file.
+ * The script exits non-zero while the failure is present.
+ */
+import type { DiskModel } from '../model/disk.js';
+import { ANY, SECTOR, type Layer } from '../model/layer.js';
+import { createOptionString } from '../qemu/img.js';
+import { backingFileName, type TraceConfig } from './config.js';
+import { BACKING_STAMP_BASE } from './data.js';
+import type { OracleName } from './oracles.js';
+import type { Op } from './ops.js';
+
+/** qemu-io pattern byte standing in for a stamp (never 0, so data never reads as zeros). */
+export function patternOf(stamp: number): number {
+  const k = stamp >= BACKING_STAMP_BASE ? 200 + ((stamp - BACKING_STAMP_BASE) % 55) : stamp % 199;
+  return k === 0 ? 199 : k;
+}
+
+const hex = (n: number) => `0x${n.toString(16).padStart(2, '0')}`;
+const q = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
+
+/** qemu-io -c commands writing a layer's content with patterns. */
+function layerCommands(model: DiskModel, layer: Layer): string[] {
+  const out: string[] = [];
+  const n = layer.size / SECTOR;
+  let s = 0;
+  while (s < n) {
+    const stamp = model.stampAt(layer, s);
+    let e = s + 1;
+    while (e < n && model.stampAt(layer, e) === stamp) e++;
+    if (stamp !== 0 && stamp !== ANY) out.push(`write -q -P ${hex(patternOf(stamp))} ${s * SECTOR} ${(e - s) * SECTOR}`);
+    s = e;
+  }
+  return out;
+}
+
+function ioCommand(op: Op, index: number): string {
+  switch (op.kind) {
+    case 'write':
+      return `write -q -P ${hex(patternOf(index))} ${op.off} ${op.len}`;
+    case 'write-compressed':
+      return `write -q -c -P ${hex(patternOf(index))} ${op.off} ${op.len}`;
+    case 'write-zeroes':
+      return `write -q -z ${op.unmap ? '-u ' : ''}${op.off} ${op.len}`;
+    case 'discard':
+      return `discard -q ${op.off} ${op.len}`;
+    default:
+      return 'flush';
+  }
+}
+
+export interface ReproInput {
+  /** Target that found the failure; for ours, the script also replays through our CLI when it is installed. */
+  target?: string;
+  config: TraceConfig;
+  ops: Op[];
+  /** The model after the ops the target accepted (its expected guest view). */
+  model: DiskModel;
+  /** Indices (1-based) of ops the target refused; the script lets them fail. */
+  refused: Set<number>;
+  oracle: OracleName;
+  message: string;
+  timeoutSec?: number;
+}
+
+export function reproScript(r: ReproInput): string {
+  const c = r.config;
+  const L: string[] = [];
+  const T = r.timeoutSec ?? 60;
+  L.push('#!/bin/sh');
+  L.push(`# Reproduces with qemu-img/qemu-io only: ${r.oracle}: ${r.message.replace(/\n/g, ' ')}`);
+  L.push('# Exits 1 while the problem is present, 0 once it is gone. Needs qemu-utils.');
+  L.push('set -u');
+  L.push('here=$(cd "$(dirname "$0")" && pwd)');
+  L.push('w=$(mktemp -d); trap \'rm -rf "$w"\' EXIT; cd "$w"');
+  L.push('bug() { echo "BUG: $*"; exit 1; }');
+  L.push(`run() { timeout ${T} "$@"; rc=$?; [ $rc -eq 124 ] && bug "hang: $*"; return $rc; }`);
+  L.push('');
+  L.push('# The image our target left behind, checked as it is (ts-target findings show here).');
+  L.push('if [ -f "$here/image.qcow2" ]; then');
+  L.push('  cp "$here/image.qcow2" saved.qcow2');
+  L.push('  run qemu-img check -q -f qcow2 saved.qcow2 >/dev/null 2>&1; rc=$?');
+  L.push('  [ $rc -ne 0 ] && [ $rc -ne 124 ] && bug "saved image.qcow2 fails qemu-img check (rc $rc)"');
+  L.push('fi');
+  if (r.target && r.target !== 'qemu') {
+    L.push(`# Found on target ${r.target}: with qcow2-harness installed, replay it there too.`);
+    L.push('if command -v qcow2-harness >/dev/null 2>&1; then');
+    L.push(`  qcow2-harness replay "$here" || bug "replay on ${r.target} still fails"`);
+    L.push('fi');
+  }
+  L.push('');
+  L.push(`# The same ops through QEMU${r.target && r.target !== 'qemu' ? ' (the reference: for a finding against another target this part shows what QEMU does)' : ''}.`);
+  if (c.backing) {
+    const b = c.backing;
+    L.push(`qemu-img create -q -f raw backing.src ${b.size}`);
+    const cmds = b.writes.map(([off, len], i) => `-c ${q(`write -q -P ${hex(patternOf(BACKING_STAMP_BASE + i))} ${off} ${len}`)}`);
+    if (cmds.length) L.push(`qemu-io -f raw ${cmds.join(' ')} backing.src`);
+    if (b.format === 'raw') L.push(`mv backing.src ${backingFileName(b)}`);
+    else L.push(`qemu-img convert -f raw -O qcow2 -o cluster_size=${b.clusterSize ?? 65536} backing.src ${backingFileName(b)}`);
+  }
+  const opts = createOptionString(c);
+  const back = c.backing ? ` -b ${backingFileName(c.backing)} -F ${c.backing.format}` : '';
+  L.push(`qemu-img create -q -f qcow2 -o ${opts}${back} image.qcow2 ${c.size}`);
+  let batch: string[] = [];
+  let batchRefused = false;
+  const flush = () => {
+    if (!batch.length) return;
+    const tail = batchRefused ? ' # some of these fail, as they must' : ' || bug "qemu-io failed"';
+    L.push(`run qemu-io -f qcow2 ${batch.map((x) => `-c ${q(x)}`).join(' ')} image.qcow2${tail}`);
+    batch = [];
+    batchRefused = false;
+  };
+  r.ops.forEach((op, i) => {
+    const index = i + 1;
+    const refused = r.refused.has(index);
+    if (['write', 'write-compressed', 'write-zeroes', 'discard', 'flush'].includes(op.kind)) {
+      batch.push(ioCommand(op, index));
+      batchRefused ||= refused;
+      return;
+    }
+    flush();
+    let cmd: string | undefined;
+    if (op.kind === 'snapshot') cmd = `qemu-img snapshot -${op.action[0]} ${q(op.name)} image.qcow2`;
+    else if (op.kind === 'amend') {
+      const v = op.key === 'lazy_refcounts' ? (op.value ? 'on' : 'off') : String(op.value);
+      cmd = `qemu-img amend -f qcow2 -o ${op.key}=${v} image.qcow2`;
+    } else if (op.kind === 'resize') cmd = `qemu-img resize -q -f qcow2 ${op.shrink ? '--shrink ' : ''}image.qcow2 ${op.size}`;
+    if (!cmd) return;
+    L.push(refused ? `run ${cmd} 2>/dev/null && bug "op ${index} must be refused"` : `run ${cmd} || bug "op ${index} failed: ${cmd}"`);
+  });
+  flush();
+  L.push('');
+  L.push('run qemu-img check -f qcow2 image.qcow2 || bug "qemu-img check reports problems"');
+  L.push('# Expected guest view, built in a raw file.');
+  L.push(`qemu-img create -q -f raw expected.raw ${r.model.size}`);
+  const exp = layerCommands(r.model, r.model.active);
+  for (let i = 0; i < exp.length; i += 200) {
+    L.push(`qemu-io -f raw ${exp.slice(i, i + 200).map((x) => `-c ${q(x)}`).join(' ')} expected.raw`);
+  }
+  L.push('run qemu-img compare -f qcow2 -F raw image.qcow2 expected.raw || bug "guest view differs from the expected one"');
+  L.push(`size=$(qemu-img info --output=json image.qcow2 | sed -n 's/.*"virtual-size": \\([0-9]*\\).*/\\1/p')`);
+  L.push(`[ "$size" = "${r.model.size}" ] || bug "virtual size $size, expected ${r.model.size}"`);
+  L.push('echo "no problem found"');
+  L.push('exit 0');
+  return L.join('\n') + '\n';
+}

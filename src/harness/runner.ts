@@ -1,0 +1,209 @@
+/**
+ * Fuzzing campaigns: fast-check generates (config, op seeds), runs them on a
+ * target, shrinks a failure to a minimal one, and the minimal trace is run
+ * once more to leave its image behind for the corpus.
+ *
+ * A campaign is a sequence of chunks; chunk k has its own seed derived from
+ * the campaign seed, so the same seed gives the same runs, and `--shard i/n`
+ * takes the chunks k with k % n == i (a deterministic split).
+ */
+import fc from 'fast-check';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { configArb, opSeedsArb, type OpSeed } from './arbitraries.js';
+import { backingFileName, type TraceConfig } from './config.js';
+import { corpusSignatures, failureSignature, writeEntry } from './corpus.js';
+import { runTrace, type RunOutcome } from './execute.js';
+import type { OracleName } from './oracles.js';
+import { formatOp } from './ops.js';
+import { reproScript } from './repro.js';
+import { makeTarget } from './targets/index.js';
+
+export interface CampaignOptions {
+  target: string;
+  seed: number;
+  /** Stop after this many generated runs (shrink runs not counted)... */
+  runs?: number;
+  /** ...or after this many seconds (a chunk in progress finishes). */
+  timeSec?: number;
+  shard?: { index: number; count: number };
+  /** Concurrent chunks in this process (useful for subprocess-bound targets). */
+  concurrency?: number;
+  corpusDir?: string;
+  maxOps: number;
+  runsPerChunk?: number;
+  tmpRoot?: string;
+  onProgress?: (s: CampaignStats) => void;
+}
+
+export interface FailureReport {
+  target: string;
+  seed: number;
+  path: string;
+  oracle: OracleName;
+  message: string;
+  config: TraceConfig;
+  ops: string[];
+  corpusId?: string;
+  duplicate?: boolean;
+}
+
+export interface CampaignStats {
+  runs: number;
+  shrinkRuns: number;
+  ops: number;
+  qemuImgChecks: number;
+  failures: FailureReport[];
+  elapsedSeconds: number;
+  corpus: string[];
+}
+
+const DEFAULT_RUNS_PER_CHUNK = 25;
+
+/** Chunk k's fast-check seed: a fixed mix of the campaign seed and k. */
+export function chunkSeed(seed: number, k: number): number {
+  let x = (Math.imul(seed | 0, 0x9e3779b1) ^ Math.imul(k + 1, 0x85ebca6b)) >>> 0;
+  x ^= x >>> 15;
+  x = Math.imul(x, 0x2c1b3c6d) >>> 0;
+  x ^= x >>> 12;
+  return x | 0;
+}
+
+export function traceProperty(
+  target: string,
+  maxOps: number,
+  onRun: (r: RunOutcome) => void,
+  tmpRoot?: string,
+): fc.IAsyncProperty<[TraceConfig, OpSeed[]]> {
+  return fc.asyncProperty(configArb, opSeedsArb(maxOps), async (config, seeds) => {
+    const r = await runTrace(makeTarget(target), config, { seeds }, { tmpRoot });
+    onRun(r);
+    return r.failure === undefined;
+  });
+}
+
+export async function runCampaign(o: CampaignOptions): Promise<CampaignStats> {
+  const t0 = Date.now();
+  const stats: CampaignStats = { runs: 0, shrinkRuns: 0, ops: 0, qemuImgChecks: 0, failures: [], elapsedSeconds: 0, corpus: [] };
+  const perChunk = o.runsPerChunk ?? DEFAULT_RUNS_PER_CHUNK;
+  const shard = o.shard ?? { index: 0, count: 1 };
+  const tmpRoot = o.tmpRoot ?? path.join(os.tmpdir(), `qcow2-harness-${process.pid}`);
+  const deadline = o.timeSec !== undefined ? t0 + o.timeSec * 1000 : Number.POSITIVE_INFINITY;
+  const maxRuns = o.runs ?? (o.timeSec !== undefined ? Number.POSITIVE_INFINITY : 100);
+  const known = o.corpusDir ? corpusSignatures(o.corpusDir) : new Map<string, string>();
+  let nextChunk = shard.index;
+  let planned = 0;
+
+  const worker = async () => {
+    while (Date.now() < deadline && planned < maxRuns) {
+      const k = nextChunk;
+      nextChunk += shard.count;
+      const numRuns = Math.min(perChunk, maxRuns - planned);
+      planned += numRuns;
+      const seed = chunkSeed(o.seed, k);
+      let shrinking = false;
+      let last: RunOutcome | undefined;
+      let generated = 0;
+      const prop = traceProperty(
+        o.target,
+        o.maxOps,
+        (r) => {
+          if (shrinking) stats.shrinkRuns++;
+          else {
+            stats.runs++;
+            generated++;
+          }
+          stats.ops += r.ops.length;
+          stats.qemuImgChecks += r.qemuImgChecks;
+          if (r.failure) {
+            shrinking = true;
+            last = r;
+          }
+          stats.elapsedSeconds = (Date.now() - t0) / 1000;
+          o.onProgress?.(stats);
+        },
+        tmpRoot,
+      );
+      // A chunk stops generating at the deadline; shrinking a found failure always completes.
+      const details = await fc.check(prop, {
+        seed,
+        numRuns,
+        interruptAfterTimeLimit: Number.isFinite(deadline) ? Math.max(1, deadline - Date.now()) : undefined,
+        markInterruptAsFailure: false,
+      });
+      planned -= numRuns - generated;
+      if (details.failed && details.counterexample && last) {
+        const [config, seeds] = details.counterexample;
+        stats.failures.push(await saveFailure(o, config, seeds, seed, details.counterexamplePath ?? '', tmpRoot, stats, known));
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.max(1, o.concurrency ?? 1) }, worker));
+  fs.rmSync(tmpRoot, { recursive: true, force: true });
+  stats.elapsedSeconds = (Date.now() - t0) / 1000;
+  return stats;
+}
+
+/** Re-runs the minimal counterexample, keeping its directory, and saves it to the corpus. */
+async function saveFailure(
+  o: CampaignOptions,
+  config: TraceConfig,
+  seeds: OpSeed[],
+  seed: number,
+  fcPath: string,
+  tmpRoot: string,
+  stats: CampaignStats,
+  known: Map<string, string>,
+): Promise<FailureReport> {
+  const r = await runTrace(makeTarget(o.target), config, { seeds }, { keepDir: true, tmpRoot });
+  try {
+    const failure = r.failure ?? { oracle: 'exception' as const, message: 'failure did not reproduce on a re-run (flaky)' };
+    const report: FailureReport = {
+      target: o.target,
+      seed,
+      path: fcPath,
+      oracle: failure.oracle,
+      message: failure.message,
+      config,
+      ops: r.ops.map(formatOp),
+    };
+    const sig = failureSignature(o.target, failure.oracle, failure.message);
+    const seen = known.get(sig);
+    if (seen) {
+      report.corpusId = seen;
+      report.duplicate = true;
+    } else if (o.corpusDir && r.model) {
+      const e = writeEntry(o.corpusDir, {
+        target: o.target,
+        config,
+        ops: r.ops,
+        seed,
+        path: fcPath,
+        oracle: failure.oracle,
+        message: failure.message,
+        opIndex: failure.opIndex,
+        imageFile: path.join(r.dir, 'image.qcow2'),
+        backingFile: config.backing ? path.join(r.dir, backingFileName(config.backing)) : undefined,
+        repro: reproScript({ target: o.target, config, ops: r.ops, model: r.model, refused: r.refused, oracle: failure.oracle, message: failure.message }),
+      });
+      report.corpusId = e.id;
+      report.duplicate = e.duplicate;
+      known.set(sig, e.id);
+      if (!stats.corpus.includes(e.id)) stats.corpus.push(e.id);
+    }
+    return report;
+  } finally {
+    fs.rmSync(r.dir, { recursive: true, force: true });
+  }
+}
+
+/** A failure as text: what a failing property prints. */
+export function formatFailure(f: FailureReport): string {
+  return [
+    `${f.oracle}: ${f.message}`,
+    `  target ${f.target}, seed ${f.seed}, path "${f.path}"${f.corpusId ? `, corpus ${f.corpusId}${f.duplicate ? ' (already known)' : ''}` : ''}`,
+    `  config ${JSON.stringify(f.config)}`,
+    ...f.ops.map((x, i) => `  ${String(i + 1).padStart(3)}: ${x}`),
+  ].join('\n');
+}

@@ -51,6 +51,12 @@ describe('the qcow2-harness command', () => {
       const r = await run([cmd, '--help']);
       expect({ cmd, rc: r.rc, usage: r.stdout.startsWith('Usage: qcow2-harness ' + cmd) }).toEqual({ cmd, rc: 0, usage: true });
     }
+    // The harness's commands word their own help; they must still answer it.
+    for (const cmd of ['fuzz', 'replay', 'minimize', 'bench']) {
+      expect(top.stdout).toContain(`  ${cmd}`);
+      const r = await run([cmd, '--help']);
+      expect({ cmd, rc: r.rc, said: r.stdout.includes(cmd) }).toEqual({ cmd, rc: 0, said: true });
+    }
   });
 
   it('reports a missing file in one line, exit 1', async () => {

@@ -35,6 +35,8 @@ export interface TraceFile {
   oracle: OracleName;
   message: string;
   opIndex?: number;
+  /** Per-call timeout for external tools during replay (hang entries keep it short). */
+  timeoutMs?: number;
   /** oracle + message with numbers blanked: the same bug seen through different traces. */
   signature?: string;
   /** Present when the entry documents a bug outside this project. */
@@ -114,6 +116,7 @@ export function writeEntry(corpusDir: string, e: NewEntry): { id: string; dir: s
     if (e.imageFile && fs.existsSync(e.imageFile)) fs.copyFileSync(e.imageFile, path.join(tmp, 'image.qcow2'));
     if (e.backingFile && fs.existsSync(e.backingFile)) fs.copyFileSync(e.backingFile, path.join(tmp, path.basename(e.backingFile)));
     fs.writeFileSync(path.join(tmp, 'repro.sh'), e.repro, { mode: 0o755 });
+    fs.chmodSync(tmp, 0o755); // mkdtemp makes it private; corpus entries are for everyone
     try {
       fs.renameSync(tmp, dir);
     } catch (err) {

@@ -73,7 +73,9 @@ async function execute(
   out: RunOutcome,
   o: RunOptions,
 ): Promise<Failure | undefined> {
-  const model = new DiskModel(toModelConfig(config));
+  const model = new DiskModel(toModelConfig(config), {
+    regrowTail: target.knownBugs?.has('stale-tail-after-regrow') ? 'unspecified' : 'zeros',
+  });
   out.model = model;
   await target.setup(config, dir);
   let batch: StampedOp[] = [];

@@ -24,7 +24,7 @@ export async function replayEntry(dir: string, o: { target?: string; tmpRoot?: s
   const entry = readEntry(dir);
   const targetName = o.target ?? entry.target;
   // Known-bug tolerances are off: an external entry must see its bug.
-  const target = makeTarget(targetName, { strict: true });
+  const target = makeTarget(targetName, { strict: true, timeoutMs: entry.timeoutMs });
   const r = await runTrace(target, entry.config, { ops: entry.parsedOps }, { tmpRoot: o.tmpRoot });
   const ext = entry.external;
   let passed: boolean;

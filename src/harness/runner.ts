@@ -91,15 +91,20 @@ export async function runCampaign(o: CampaignOptions): Promise<CampaignStats> {
   const tmpRoot = o.tmpRoot ?? path.join(os.tmpdir(), `qcow2-harness-${process.pid}`);
   const deadline = o.timeSec !== undefined ? t0 + o.timeSec * 1000 : Number.POSITIVE_INFINITY;
   const maxRuns = o.runs ?? (o.timeSec !== undefined ? Number.POSITIVE_INFINITY : 100);
+  if (o.runs === undefined && o.timeSec === undefined) o = { ...o, runs: maxRuns };
   const known = o.corpusDir ? corpusSignatures(o.corpusDir) : new Map<string, string>();
   let nextChunk = shard.index;
   let planned = 0;
 
+  // With a run budget the campaign is a fixed list of chunks, and a shard takes
+  // every n-th of them: the shards of a campaign together run exactly its runs.
+  const totalChunks = o.runs !== undefined ? Math.ceil(o.runs / perChunk) : Number.POSITIVE_INFINITY;
+
   const worker = async () => {
-    while (Date.now() < deadline && planned < maxRuns) {
+    while (Date.now() < deadline && planned < maxRuns && nextChunk < totalChunks) {
       const k = nextChunk;
       nextChunk += shard.count;
-      const numRuns = Math.min(perChunk, maxRuns - planned);
+      const numRuns = o.runs !== undefined ? Math.min(perChunk, o.runs - k * perChunk) : perChunk;
       planned += numRuns;
       const seed = chunkSeed(o.seed, k);
       let shrinking = false;

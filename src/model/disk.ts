@@ -26,7 +26,14 @@ export class DiskModel {
   /** Once a compressed cluster may exist anywhere, a zstd -> v2 downgrade may be refused. */
   private compressedEver = false;
 
-  constructor(cfg: ImageConfig) {
+  /**
+   * regrowTail 'unspecified' mirrors QEMU 7.2 (see resize()); 'zeros' holds an
+   * implementation to DESIGN.md's table (grown area reads zeros, always).
+   */
+  constructor(
+    cfg: ImageConfig,
+    private readonly opts: { regrowTail?: 'zeros' | 'unspecified' } = {},
+  ) {
     if (cfg.size % SECTOR !== 0) throw new Error(`model size ${cfg.size} is not a multiple of ${SECTOR}`);
     this.backing = cfg.backing;
     const backingEnd = cfg.backing ? Math.min(cfg.size, cfg.backing.size) / SECTOR : 0;
@@ -279,8 +286,9 @@ export class DiskModel {
    * unspecified): growing an image whose old size is not cluster aligned
    * re-exposes whatever the old last cluster held past the old end (e.g. data
    * cut off by an earlier shrink). QEMU zero-writes that head only when a
-   * backing file would otherwise show through. The model leaves those sectors
-   * unspecified instead of demanding zeros; see corpus/ for the QEMU repro.
+   * backing file would otherwise show through. With regrowTail 'unspecified'
+   * the model leaves those sectors open instead of demanding zeros (for QEMU;
+   * corpus/qemu-stale-tail-after-regrow documents it).
    */
   resize(size: number): void {
     const cs = this.meta.clusterSize;
@@ -296,7 +304,7 @@ export class DiskModel {
     this.active.backingEnd = Math.min(this.active.backingEnd, this.active.sectorCount);
     this.active.size = size;
     const tailEnd = Math.min(size, Math.ceil(old / cs) * cs);
-    if (old % cs !== 0) {
+    if (old % cs !== 0 && this.opts.regrowTail === 'unspecified') {
       if (backingShowsThrough) this.active.maybeAllocated.add(Math.floor(old / cs));
       else for (let s = old / SECTOR; s < tailEnd / SECTOR; s++) this.active.undefinedSectors.add(s);
     }

@@ -29,7 +29,13 @@ export type KnownBug =
    * (32K clusters, 1 bit: ~9 s; 1M clusters: many minutes); the arbitraries
    * avoid widths whose blocks exceed 64K entries (corpus: qemu-slow-refcount-amend).
    */
-  | 'slow-refcount-amend';
+  | 'slow-refcount-amend'
+  /**
+   * QEMU 7.2: growing an image whose size is not cluster aligned re-exposes old
+   * data past the old end in its last cluster (e.g. cut off by a shrink); the
+   * model leaves those sectors unspecified (corpus: qemu-stale-tail-after-regrow).
+   */
+  | 'stale-tail-after-regrow';
 
 export interface Target {
   readonly name: string;

@@ -91,7 +91,7 @@ function forEachDataChunk(src: ReadableImage, sink: (offset: number, data: Uint8
 }
 
 export async function convertCommand(argv: string[], ctx: CliContext): Promise<number> {
-  const p = parseArgs(argv, { short: { f: true, O: true, o: true, c: false, l: true, q: false, p: false, U: false, n: false } }, 'convert');
+  const p = parseArgs(argv, { short: { f: true, O: true, o: true, c: false, l: true, q: false, p: false, U: false } }, 'convert');
   if (has(p, 'help')) {
     ctx.stdout(CONVERT_HELP);
     return EXIT_OK;

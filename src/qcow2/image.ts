@@ -17,7 +17,9 @@ import {
   UnsupportedFeatureError,
 } from './errors.js';
 import { alignDown, alignUp, viewOf } from './format/bytes.js';
+import { BITMAP_FLAG_AUTO, BITMAP_FLAG_IN_USE, decodeBitmapDirectory } from './format/bitmaps.js';
 import {
+  AUTOCLEAR_BITMAPS,
   AUTOCLEAR_KNOWN,
   COMPAT_LAZY_REFCOUNTS,
   COMPRESSION_ZSTD,
@@ -952,7 +954,7 @@ export class Qcow2Image implements GuestDevice, RefcountHost {
 
   info(): ImageInfo {
     const h = this.header;
-    const bitmaps: ImageInfo['bitmaps'] = [];
+    const bitmaps = this.bitmapInfos();
     return {
       virtualSize: h.size,
       clusterSize: this.clusterSize,
@@ -972,6 +974,18 @@ export class Qcow2Image implements GuestDevice, RefcountHost {
       snapshots: snapshotInfos(this.snapshots),
       bitmaps,
     };
+  }
+
+  /** Persistent bitmaps as qemu-img info lists them (only while the bitmaps autoclear bit vouches for them). */
+  private bitmapInfos(): ImageInfo['bitmaps'] {
+    const b = this.ext.bitmaps;
+    if (!b || !(this.header.autoclearFeatures & AUTOCLEAR_BITMAPS) || b.nbBitmaps === 0) return [];
+    const dir = decodeBitmapDirectory(this.storage.read(b.bitmapDirectoryOffset, b.bitmapDirectorySize), b.nbBitmaps);
+    return dir.map((d) => ({
+      name: d.name,
+      granularity: 2 ** d.granularityBits,
+      flags: [...(d.flags & BITMAP_FLAG_IN_USE ? ['in-use'] : []), ...(d.flags & BITMAP_FLAG_AUTO ? ['auto'] : [])],
+    }));
   }
 
   // ---------------------------------------------------------------- metadata operations

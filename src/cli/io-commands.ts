@@ -2,8 +2,15 @@ import { performance } from 'node:perf_hooks';
 import { SECTOR_SIZE } from '../qcow2/format/constants.js';
 import type { CliContext } from './context.js';
 import type { WritableDevice } from './open.js';
-import { reason } from './open.js';
+import { Qcow2Device, reason } from './open.js';
+import { parseBool, parseCompat, parseOptionList, parseRefcountBits } from './options.js';
 import { cvtstr, parseSize } from './sizes.js';
+
+/** The open image a command works on; `reopen` swaps it for a fresh open of the same file. */
+export interface IoSession {
+  dev: WritableDevice;
+  reopen(): void;
+}
 
 /**
  * qemu-io's command language (the subset this project needs): each command
@@ -21,6 +28,10 @@ export const IO_COMMANDS_HELP = `Commands (qemu-io syntax; OFF and LEN take k, M
         LEN may end at the end of the image)
   discard [-q] OFF LEN
   flush
+Beyond qemu-io, the harness's op text form (qcow2 only), so a trace replays
+through this command as it reads:
+  snapshot -c|-a|-d NAME      amend KEY=VALUE[,KEY=VALUE]      reopen
+  resize [--shrink] SIZE
 `;
 
 const DEFAULT_WRITE_PATTERN = 0xcd;
@@ -210,7 +221,69 @@ function flushCmd(dev: WritableDevice, args: string[], ctx: CliContext): boolean
   return true;
 }
 
-const COMMANDS: Record<string, (dev: WritableDevice, args: string[], ctx: CliContext) => boolean> = {
+function qcow2Of(dev: WritableDevice, name: string) {
+  if (!(dev instanceof Qcow2Device)) throw new CmdError(`${name} needs a qcow2 image`);
+  return dev.image;
+}
+
+/** Runs an engine call; a refusal prints "<name> failed: why" as qemu-io words failures. */
+function attempt(name: string, ctx: CliContext, f: () => void): boolean {
+  try {
+    f();
+    return true;
+  } catch (e) {
+    ctx.stdout(`${name} failed: ${reason(e)}\n`);
+    return false;
+  }
+}
+
+function snapshotCmd(dev: WritableDevice, args: string[], ctx: CliContext): boolean {
+  const img = qcow2Of(dev, 'snapshot');
+  const action = ({ '-c': 'create', '-a': 'apply', '-d': 'delete' } as const)[args[0] as '-c' | '-a' | '-d'];
+  if (!action || args.length !== 2) throw new CmdError('usage: snapshot -c|-a|-d NAME', 'stderr');
+  const name = args[1]!;
+  return attempt('snapshot', ctx, () => {
+    if (action === 'create') img.createSnapshot(name);
+    else if (action === 'apply') img.applySnapshot(name);
+    else img.deleteSnapshot(name);
+  });
+}
+
+function amendCmd(dev: WritableDevice, args: string[], ctx: CliContext): boolean {
+  const img = qcow2Of(dev, 'amend');
+  if (args.length !== 1) throw new CmdError('usage: amend KEY=VALUE[,KEY=VALUE]', 'stderr');
+  const o: { refcountBits?: number; compat?: '0.10' | '1.1'; lazyRefcounts?: boolean } = {};
+  try {
+    for (const [k, v] of parseOptionList(args)) {
+      if (k === 'refcount_bits') o.refcountBits = parseRefcountBits(v, 'amend');
+      else if (k === 'compat') o.compat = parseCompat(v, 'amend');
+      else if (k === 'lazy_refcounts') o.lazyRefcounts = parseBool(k, v, 'amend');
+      else throw new Error(`Invalid parameter '${k}'`);
+    }
+  } catch (e) {
+    throw new CmdError((e as Error).message);
+  }
+  return attempt('amend', ctx, () => img.amend(o));
+}
+
+function resizeCmd(dev: WritableDevice, args: string[], ctx: CliContext): boolean {
+  const img = qcow2Of(dev, 'resize');
+  const shrink = args[0] === '--shrink';
+  const rest = shrink ? args.slice(1) : args;
+  if (rest.length !== 1) throw new CmdError('usage: resize [--shrink] SIZE', 'stderr');
+  const size = cvtnum(rest[0]!);
+  return attempt('resize', ctx, () => {
+    if (size < img.virtualSize && !shrink) throw new Error('Use the --shrink option to perform a shrink operation.');
+    img.resize(size, { shrink });
+  });
+}
+
+type IoCommand = (dev: WritableDevice, args: string[], ctx: CliContext) => boolean;
+
+const COMMANDS: Record<string, IoCommand> = {
+  snapshot: snapshotCmd,
+  amend: amendCmd,
+  resize: resizeCmd,
   read: readCmd,
   r: readCmd,
   write: writeCmd,
@@ -222,10 +295,18 @@ const COMMANDS: Record<string, (dev: WritableDevice, args: string[], ctx: CliCon
 };
 
 /** Runs one qemu-io command line; false when it failed (the message is already printed). */
-export function runIoCommand(dev: WritableDevice, line: string, ctx: CliContext): boolean {
+export function runIoCommand(session: IoSession, line: string, ctx: CliContext): boolean {
   const words = line.trim().split(/\s+/).filter((w) => w !== '');
   if (words.length === 0) return true;
   const [name, ...args] = words as [string, ...string[]];
+  if (name === 'reopen') {
+    if (args.length) {
+      ctx.stderr(`bad argument count ${args.length} to reopen, expected 0 arguments\n`);
+      return false;
+    }
+    return attempt('reopen', ctx, () => session.reopen());
+  }
+  const dev = session.dev;
   const fn = COMMANDS[name];
   if (!fn) {
     ctx.stderr(`command "${name}" not found\n`);

@@ -171,3 +171,50 @@ describe('failures are reported as qemu-io reports them', () => {
     expect((await imgCheck(mine)).rc).toBe(0);
   });
 });
+
+describe("io runs the harness's op text form beyond qemu-io", () => {
+  it('snapshot, amend, resize, reopen: the same image as the same steps through qemu-io and qemu-img', async () => {
+    const ref = path.join(dir, 'ops-ref.qcow2');
+    const mine = path.join(dir, 'ops-ours.qcow2');
+    for (const f of [ref, mine]) ok(await qemuImg(['create', '-q', '-f', 'qcow2', '-o', 'cluster_size=4096', f, '1M']), 'create');
+    // Each step: our io line, and the same step for QEMU's tools.
+    const steps: [string, string[]][] = [
+      ['write -P 0x21 0 20k', ['io', 'write -P 0x21 0 20k']],
+      ['snapshot -c s1', ['img', 'snapshot', '-c', 's1']],
+      ['write -P 0x22 8k 8k', ['io', 'write -P 0x22 8k 8k']],
+      ['amend refcount_bits=4', ['img', 'amend', '-o', 'refcount_bits=4']],
+      ['reopen', ['none']],
+      ['resize 2M', ['img', 'resize', '-q', '@', '2M']],
+      ['write -P 0x23 1536k 4k', ['io', 'write -P 0x23 1536k 4k']],
+      ['snapshot -c s2', ['img', 'snapshot', '-c', 's2']],
+      ['snapshot -a s1', ['img', 'snapshot', '-a', 's1']],
+      ['amend lazy_refcounts=on,compat=1.1', ['img', 'amend', '-o', 'lazy_refcounts=on,compat=1.1']],
+      ['snapshot -d s2', ['img', 'snapshot', '-d', 's2']],
+      ['resize --shrink 512k', ['img', 'resize', '-q', '--shrink', '@', '512k']],
+    ];
+    for (const [, q] of steps) {
+      if (q[0] === 'io') ok(await qemuIo(['-f', 'qcow2', '-c', q[1]!, ref]), q[1]!);
+      // '@' marks where qemu-img wants the file name (resize takes it before the size).
+      else if (q[0] === 'img') ok(await qemuImg(q.includes('@') ? q.slice(1).map((w) => (w === '@' ? ref : w)) : [...q.slice(1), ref]), q.join(' '));
+    }
+    const r = await ours(dir, ['io', '-f', 'qcow2', path.basename(mine), ...ioArgs(steps.map(([line]) => line))]);
+    expect({ rc: r.rc, stderr: r.stderr, failed: r.stdout.split('\n').filter((l) => / failed: /.test(l)) }).toEqual({ rc: 0, stderr: '', failed: [] });
+    const check = await imgCheck(mine);
+    expect({ rc: check.rc, stderr: check.stderr }).toEqual({ rc: 0, stderr: '' });
+    const cmp = await imgCompare(mine, ref, { formatA: 'qcow2', formatB: 'qcow2' });
+    expect(`${cmp.rc} ${cmp.stdout.trim()}`).toBe('0 Images are identical.');
+    const a = await imgInfo(mine);
+    const b = await imgInfo(ref);
+    expect(infoShape(a)).toEqual(infoShape(b));
+    expect((a.snapshots ?? []).map((s) => [s.id, s.name])).toEqual((b.snapshots ?? []).map((s) => [s.id, s.name]));
+  });
+
+  it('refusals are failed commands (exit 1), and the image stays clean', async () => {
+    const mine = path.join(dir, 'ops-refuse.qcow2');
+    ok(await qemuImg(['create', '-q', '-f', 'qcow2', '-o', 'compat=0.10', mine, '1M']), 'create');
+    const r = await ours(dir, ['io', '-f', 'qcow2', path.basename(mine), '-c', 'snapshot -a nope', '-c', 'amend refcount_bits=8', '-c', 'resize 1k', '-c', 'write -P 1 0 4k']);
+    expect(r.rc).toBe(1);
+    expect(r.stdout.split('\n').filter((l) => / failed: /.test(l)).map((l) => l.split(':')[0])).toEqual(['snapshot failed', 'amend failed', 'resize failed']);
+    expect((await imgCheck(mine)).rc).toBe(0);
+  });
+});

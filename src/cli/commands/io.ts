@@ -2,7 +2,7 @@ import * as fs from 'node:fs';
 import { all, has, last, parseArgs } from '../args.js';
 import type { CliContext } from '../context.js';
 import { EXIT_FAILURE, EXIT_OK, UsageError } from '../errors.js';
-import { IO_COMMANDS_HELP, runIoCommand } from '../io-commands.js';
+import { IO_COMMANDS_HELP, runIoCommand, type IoSession } from '../io-commands.js';
 import { openWritable, parseFormat, reason } from '../open.js';
 
 export const IO_HELP = `Usage: qcow2-harness io [-f fmt] [-r] FILE -c 'CMD' [-c 'CMD' ...]
@@ -29,13 +29,21 @@ export async function ioCommand(argv: string[], ctx: CliContext): Promise<number
   const file = p.operands[0]!;
   let commands = all(p, 'c');
   if (commands.length === 0) commands = fs.readFileSync(0, 'utf8').split('\n').filter((l) => l.trim() !== '' && !l.trimStart().startsWith('#'));
-  const dev = openWritable(ctx, file, { format: parseFormat(last(p, 'f'), 'io'), readOnly: has(p, 'r') });
+  const how = { format: parseFormat(last(p, 'f'), 'io'), readOnly: has(p, 'r') };
+  const session: IoSession = {
+    dev: openWritable(ctx, file, how),
+    reopen() {
+      // Close first: the new open must see exactly what the old one left on disk.
+      this.dev.close();
+      this.dev = openWritable(ctx, file, how);
+    },
+  };
   let failed = false;
   try {
-    for (const c of commands) if (!runIoCommand(dev, c, ctx)) failed = true;
+    for (const c of commands) if (!runIoCommand(session, c, ctx)) failed = true;
   } finally {
     try {
-      dev.close();
+      session.dev.close();
     } catch (e) {
       ctx.stderr(`qcow2-harness: ${file}: close failed: ${reason(e)}\n`);
       failed = true;

@@ -18,6 +18,7 @@ import { ClusterType, entryOffset, makeEntry } from './format/entries.js';
 import { defaultFeatureNames } from './format/extensions.js';
 import { getRefcount } from './format/refcount-block.js';
 import { installRefcountStructure } from './check.js';
+import { FEATURE_TABLE_MIN_CLUSTER } from './create.js';
 import { snapshotL1Problem } from './snapshot-table-io.js';
 import type { Qcow2Image } from './image.js';
 import { maxRefcount } from './format/refcount-block.js';
@@ -114,7 +115,7 @@ function upgrade(img: Qcow2Image): void {
   img.header.version = 3;
   img.header.headerLength = HEADER_V3_LENGTH;
   img.header.refcountOrder = 4;
-  img.ext.featureNames = defaultFeatureNames();
+  if (img.clusterSize >= FEATURE_TABLE_MIN_CLUSTER) img.ext.featureNames = defaultFeatureNames();
   img.writeHeader();
 }
 

@@ -28,6 +28,9 @@ import type { BlockStorage } from './storage/types.js';
 import type { CreateOptions } from './types.js';
 import { maxVirtualSize } from './validate.js';
 
+/** QEMU 7.2 writes the feature name table only into images with clusters of at least 8 KiB. */
+export const FEATURE_TABLE_MIN_CLUSTER = 8192;
+
 export interface ResolvedCreateOptions {
   size: number;
   clusterBits: number;
@@ -114,7 +117,7 @@ export function createLayout(storage: BlockStorage, o: CreateOptions): ResolvedC
   };
   const ext: HeaderExtensions = { unknown: [] };
   if (o.backingFormat !== undefined) ext.backingFormat = o.backingFormat;
-  if (r.version === 3) ext.featureNames = defaultFeatureNames();
+  if (r.version === 3 && cs >= FEATURE_TABLE_MIN_CLUSTER) ext.featureNames = defaultFeatureNames();
   const first = encodeFirstCluster({ header, ext, backingFile: o.backingFile }, cs);
   storage.truncate(0);
   storage.write(0, first);

@@ -19,6 +19,9 @@ export function resizeImage(img: Qcow2Image, size: number, shrink: boolean): voi
   }
   const old = img.virtualSize;
   if (size === old) return;
+  if (img.version < 3 && img.snapshots.length > 0) {
+    throw new UnsupportedFeatureError("Can't resize a v2 image which has snapshots");
+  }
   if (size < old) {
     if (!shrink) throw new InvalidArgumentError('Use the --shrink option to perform a shrink operation.');
     shrinkTo(img, size);

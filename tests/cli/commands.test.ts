@@ -157,6 +157,31 @@ describe('info', () => {
     }
   });
 
+  it('--backing-chain: raw ← qcow2 ← qcow2, json and human', async () => {
+    const base = fresh('raw');
+    const mid = fresh();
+    const top = fresh();
+    ok(await qemuImg(['create', '-q', '-f', 'raw', base, '1M']), 'create');
+    ok(await qemuImg(['create', '-q', '-f', 'qcow2', '-o', 'compat=0.10', '-b', path.basename(base), '-F', 'raw', mid]), 'create');
+    ok(await qemuImg(['create', '-q', '-f', 'qcow2', '-b', path.basename(mid), '-F', 'qcow2', top]), 'create');
+    for (const [f, cwdName] of [
+      [top, top],
+      [top, path.basename(top)],
+    ] as const) {
+      const q = ok(await qemuImg(['info', '--backing-chain', '--output=json', f]), 'qemu-img info');
+      const r = await ours(dir, ['info', '--backing-chain', '--output=json', cwdName]);
+      expect(r.rc).toBe(0);
+      const mine = JSON.parse(r.stdout) as Record<string, unknown>[];
+      // Run from the image's directory, our names are relative where qemu-img's (run elsewhere) are absolute.
+      const abs = (x: unknown) => (typeof x === 'string' && !x.startsWith('/') ? path.join(dir, x) : x);
+      const norm = (list: Record<string, unknown>[]) =>
+        list.map((i) => ({ ...i, filename: abs(i['filename']), 'full-backing-filename': abs(i['full-backing-filename']) }));
+      expect(norm(mine)).toEqual(norm(JSON.parse(q.stdout)));
+    }
+    const qh = ok(await qemuImg(['info', '--backing-chain', top]), 'qemu-img info');
+    expect((await ours(dir, ['info', '--backing-chain', top])).stdout).toBe(qh.stdout);
+  });
+
   it('agrees on a compat 0.10 image and on a raw file', async () => {
     const v2 = await written('compat=0.10');
     const raw = fresh('raw');

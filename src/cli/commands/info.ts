@@ -1,17 +1,18 @@
 import * as fs from 'node:fs';
 import { has, last, parseArgs } from '../args.js';
 import type { CliContext } from '../context.js';
-import { EXIT_OK, UsageError } from '../errors.js';
-import { openReadable, parseFormat, resolvePath } from '../open.js';
+import { CommandFailed, EXIT_OK, UsageError } from '../errors.js';
+import { openReadable, parseFormat, resolvePath, type ImageFormat } from '../open.js';
 import { sizeToStr } from '../sizes.js';
 import { snapshotJson, snapshotTable } from '../snapshot-table.js';
 
-export const INFO_HELP = `Usage: qcow2-harness info [-f fmt] [--output human|json] [-U] FILE
+export const INFO_HELP = `Usage: qcow2-harness info [-f fmt] [--output human|json] [--backing-chain] [-U] FILE
 
 Shows an image's format, sizes, backing file, snapshots and qcow2 features,
 as 'qemu-img info' (the JSON output uses qemu-img's field names).
   -f fmt          qcow2 or raw (probed when omitted)
   --output FMT    human (default) or json
+  --backing-chain the image and every image under it (JSON: an array)
   -U              accepted for qemu-img compatibility (images are opened read-only anyway)
 `;
 
@@ -28,64 +29,90 @@ export function outputFormat(v: string | undefined, command: string): 'human' | 
   throw new UsageError(`--output must be used with human or json as argument.`, command);
 }
 
+interface Described {
+  json: Record<string, unknown>;
+  snapshots: Parameters<typeof snapshotTable>[0];
+  /** The next image down the chain, named as qemu names it, and its format. */
+  next?: { file: string; format?: ImageFormat };
+}
+
+/** One image's qemu-img info fields (in qemu-img's key order). */
+function describe(ctx: CliContext, file: string, format: ImageFormat | undefined): Described {
+  const img = openReadable(ctx, file, { format });
+  try {
+    const actualSize = fs.statSync(resolvePath(ctx, file)).blocks * 512;
+    const j: Record<string, unknown> = {};
+    if (!img.qcow2) {
+      j['virtual-size'] = img.device.virtualSize;
+      j['filename'] = file;
+      j['format'] = 'raw';
+      j['actual-size'] = actualSize;
+      j['dirty-flag'] = false;
+      return { json: j, snapshots: [] };
+    }
+    const info = img.qcow2.info();
+    if (info.snapshots.length) j['snapshots'] = info.snapshots.map(snapshotJson);
+    if (info.backingFile !== undefined && info.backingFormat !== undefined) j['backing-filename-format'] = info.backingFormat;
+    j['virtual-size'] = info.virtualSize;
+    j['filename'] = file;
+    j['cluster-size'] = info.clusterSize;
+    j['format'] = 'qcow2';
+    j['actual-size'] = actualSize;
+    if (info.encrypted) j['encrypted'] = true;
+    const data: Record<string, unknown> = {
+      compat: info.compat,
+      'compression-type': info.compressionType,
+    };
+    if (info.version === 3) data['lazy-refcounts'] = info.lazyRefcounts;
+    if (info.bitmaps.length) data['bitmaps'] = info.bitmaps;
+    data['refcount-bits'] = info.refcountBits;
+    if (info.dataFile !== undefined) data['data-file'] = info.dataFile;
+    // v2 headers have no feature bits, so qemu-img leaves these out for compat 0.10.
+    if (info.version === 3) {
+      data['corrupt'] = info.corrupt;
+      data['extended-l2'] = info.extendedL2;
+    }
+    j['format-specific'] = { type: 'qcow2', data };
+    let next: Described['next'];
+    if (info.backingFile !== undefined) {
+      const full = fullBackingFilename(file, info.backingFile);
+      j['full-backing-filename'] = full;
+      j['backing-filename'] = info.backingFile;
+      const bf = info.backingFormat;
+      next = { file: full, format: bf === 'qcow2' || bf === 'raw' ? bf : undefined };
+    }
+    j['dirty-flag'] = info.dirty;
+    return { json: j, snapshots: info.snapshots, next };
+  } finally {
+    img.device.close();
+  }
+}
+
+/** qemu's limit on backing chain depth; a longer chain is a loop or a hostile image. */
+const MAX_CHAIN = 64;
+
 export async function infoCommand(argv: string[], ctx: CliContext): Promise<number> {
-  const p = parseArgs(argv, { short: { f: true, U: false }, long: { output: true, 'force-share': false } }, 'info');
+  const p = parseArgs(argv, { short: { f: true, U: false }, long: { output: true, 'force-share': false, 'backing-chain': false } }, 'info');
   if (has(p, 'help')) {
     ctx.stdout(INFO_HELP);
     return EXIT_OK;
   }
   const output = outputFormat(last(p, 'output'), 'info');
   if (p.operands.length !== 1) throw new UsageError(p.operands.length ? `Unexpected argument: ${p.operands[1]}` : 'Expecting one image file name', 'info');
-  const file = p.operands[0]!;
-  const img = openReadable(ctx, file, { format: parseFormat(last(p, 'f'), 'info') });
-  try {
-    const actualSize = fs.statSync(resolvePath(ctx, file)).blocks * 512;
-    const j: Record<string, unknown> = {};
-    if (img.qcow2) {
-      const info = img.qcow2.info();
-      if (info.snapshots.length) j['snapshots'] = info.snapshots.map(snapshotJson);
-      if (info.backingFile !== undefined && info.backingFormat !== undefined) j['backing-filename-format'] = info.backingFormat;
-      j['virtual-size'] = info.virtualSize;
-      j['filename'] = file;
-      j['cluster-size'] = info.clusterSize;
-      j['format'] = 'qcow2';
-      j['actual-size'] = actualSize;
-      if (info.encrypted) j['encrypted'] = true;
-      const data: Record<string, unknown> = {
-        compat: info.compat,
-        'compression-type': info.compressionType,
-      };
-      if (info.version === 3) data['lazy-refcounts'] = info.lazyRefcounts;
-      if (info.bitmaps.length) data['bitmaps'] = info.bitmaps;
-      data['refcount-bits'] = info.refcountBits;
-      if (info.dataFile !== undefined) data['data-file'] = info.dataFile;
-      // v2 headers have no feature bits, so qemu-img leaves these out for compat 0.10.
-      if (info.version === 3) {
-        data['corrupt'] = info.corrupt;
-        data['extended-l2'] = info.extendedL2;
-      }
-      j['format-specific'] = { type: 'qcow2', data };
-      if (info.backingFile !== undefined) {
-        j['full-backing-filename'] = fullBackingFilename(file, info.backingFile);
-        j['backing-filename'] = info.backingFile;
-      }
-      j['dirty-flag'] = info.dirty;
-    } else {
-      j['virtual-size'] = img.device.virtualSize;
-      j['filename'] = file;
-      j['format'] = 'raw';
-      j['actual-size'] = actualSize;
-      j['dirty-flag'] = false;
+  const chain: Described[] = [describe(ctx, p.operands[0]!, parseFormat(last(p, 'f'), 'info'))];
+  if (has(p, 'backing-chain')) {
+    for (let next = chain[0]!.next; next; next = chain[chain.length - 1]!.next) {
+      if (chain.length >= MAX_CHAIN) throw new CommandFailed(`Backing chain is deeper than ${MAX_CHAIN} images (a loop?)`);
+      chain.push(describe(ctx, next.file, next.format));
     }
-    if (output === 'json') {
-      ctx.stdout(JSON.stringify(j, null, 4) + '\n');
-      return EXIT_OK;
-    }
-    ctx.stdout(humanInfo(j, img.qcow2?.info().snapshots ?? []));
-    return EXIT_OK;
-  } finally {
-    img.device.close();
   }
+  if (output === 'json') {
+    const value = has(p, 'backing-chain') ? chain.map((d) => d.json) : chain[0]!.json;
+    ctx.stdout(JSON.stringify(value, null, 4) + '\n');
+  } else {
+    ctx.stdout(chain.map((d) => humanInfo(d.json, d.snapshots)).join('\n'));
+  }
+  return EXIT_OK;
 }
 
 function humanInfo(j: Record<string, unknown>, snapshots: Parameters<typeof snapshotTable>[0]): string {

@@ -30,6 +30,7 @@ export interface AmendOptions {
 }
 
 export function amendImage(img: Qcow2Image, o: AmendOptions): void {
+  img.flush();
   const targetVersion = o.compat === undefined ? img.version : o.compat === '0.10' ? 2 : 3;
   const order = o.refcountBits === undefined ? img.refcounts.order : Math.log2(o.refcountBits);
   if (o.refcountBits !== undefined && (!Number.isInteger(order) || order < 0 || order > 6)) {

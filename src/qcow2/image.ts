@@ -96,6 +96,8 @@ export class Qcow2Image implements GuestDevice, RefcountHost {
   /** Name of the snapshot exposed instead of the active layer (read-only opens). */
   viewingSnapshot: string | undefined;
   private dirtyMarked = false;
+  /** Guest data written since the last storage flush (an L2 table pointing at it must wait). */
+  private unsyncedData = false;
   private closed = false;
   private lastDecompressed: { offset: number; data: Uint8Array } | undefined;
   private readonly openOptions: OpenOptions;
@@ -290,7 +292,7 @@ export class Qcow2Image implements GuestDevice, RefcountHost {
   }
 
   barrier(): void {
-    if (!this.lazyRefcounts) this.storage.flush();
+    this.storage.flush();
   }
 
   // ---------------------------------------------------------------- header writes
@@ -363,14 +365,26 @@ export class Qcow2Image implements GuestDevice, RefcountHost {
     this.setL1Entry(l1i, off);
     if (old !== 0) {
       this.meta.remove(old, this.clusterSize);
-      this.refcounts.updateRange(old, this.clusterSize, -1);
+      this.refcounts.freeLater(old, this.clusterSize);
     }
     return { table, index };
   }
 
+  /**
+   * Writes an L2 table after what it depends on is durable: the refcount
+   * blocks counting its clusters and the guest data it points to (QEMU:
+   * cache dependency plus depends_on_flush).
+   */
   private writeBackL2(t: CachedTable): void {
-    // A refcount block reaches the file before any L2 table that depends on it.
-    this.refcounts.flush();
+    let barrier = this.unsyncedData;
+    if (this.refcounts.cache.hasDirty()) {
+      this.refcounts.flush();
+      barrier = true;
+    }
+    if (barrier) {
+      this.storage.flush();
+      this.unsyncedData = false;
+    }
     this.writeMeta(t.offset, t.data, MetaKind.ActiveL2);
   }
 
@@ -419,10 +433,10 @@ export class Qcow2Image implements GuestDevice, RefcountHost {
     const type = this.layout.type(e);
     if (type === ClusterType.Compressed) {
       const c = decodeCompressed(e.hi, e.lo, this.clusterBits);
-      this.refcounts.updateRange(c.offset, c.size, -1);
+      this.refcounts.freeLater(c.offset, c.size);
     } else if (type === ClusterType.Normal || type === ClusterType.ZeroAlloc) {
       const off = this.layout.offset(e);
-      if (off % this.clusterSize === 0) this.refcounts.updateRange(off, this.clusterSize, -1);
+      if (off % this.clusterSize === 0) this.refcounts.freeLater(off, this.clusterSize);
     }
   }
 
@@ -621,6 +635,7 @@ export class Qcow2Image implements GuestDevice, RefcountHost {
   private writeData(host: number, data: Uint8Array): void {
     this.meta.check(host, data.length, undefined);
     this.storage.write(host, data);
+    this.unsyncedData = true;
   }
 
   private writeInCluster(vc: number, inOff: number, data: Uint8Array): void {
@@ -925,11 +940,20 @@ export class Qcow2Image implements GuestDevice, RefcountHost {
 
   // ---------------------------------------------------------------- flush / close
 
+  /**
+   * Makes everything durable in dependency order: refcount increments and
+   * data, then L2 tables, then the frees those L2 updates allowed.
+   */
   flush(): void {
     if (this.closed || this.readOnly) return;
     this.l2Cache.flush();
     this.refcounts.flush();
     this.storage.flush();
+    this.unsyncedData = false;
+    if (this.refcounts.applyDeferredFrees()) {
+      this.refcounts.flush();
+      this.storage.flush();
+    }
   }
 
   close(): void {
@@ -1034,8 +1058,7 @@ export class Qcow2Image implements GuestDevice, RefcountHost {
 
   /** Drops cached state after a metadata operation rewrote tables under the caches. */
   resetCaches(): void {
-    this.l2Cache.flush();
-    this.refcounts.flush();
+    this.flush();
     this.l2Cache.clear();
     this.refcounts.cache.clear();
     this.lastDecompressed = undefined;

@@ -28,7 +28,7 @@ export interface RefcountHost {
   commitReftable(offset: number, clusters: number): void;
   /** Marks the image corrupt (when writable) and throws. */
   corruption(message: string): never;
-  /** Barrier between dependent writes (skipped with lazy refcounts). */
+  /** Barrier between dependent writes: everything written before is durable after. */
   barrier(): void;
 }
 
@@ -50,6 +50,7 @@ export class Refcounts {
   private allocEnd = 0;
   /** Byte-granular allocation point for compressed clusters (qcow2_alloc_bytes). */
   private freeByteOffset = 0;
+  private deferredFrees: [number, number][] = [];
   /** Refcount decrements that would have gone below zero (a damaged image); the cluster is left alone. */
   underflows = 0;
 
@@ -379,6 +380,28 @@ export class Refcounts {
 
   flush(): void {
     this.cache.flush();
+  }
+
+  /**
+   * Frees a range once the L2/L1 change that dropped its last reference is
+   * durable: a decrement must never reach the file before the table update
+   * it follows (QEMU orders the caches the same way, refcount after L2).
+   */
+  freeLater(offset: number, bytes: number): void {
+    this.deferredFrees.push([offset, bytes]);
+  }
+
+  /** Applies deferred frees; true when there were any. */
+  applyDeferredFrees(): boolean {
+    if (this.deferredFrees.length === 0) return false;
+    const frees = this.deferredFrees;
+    this.deferredFrees = [];
+    for (const [off, bytes] of frees) this.updateRange(off, bytes, -1);
+    return true;
+  }
+
+  get hasDeferredFrees(): boolean {
+    return this.deferredFrees.length > 0;
   }
 
   /** One past the highest cluster known to be in use or handed out. */

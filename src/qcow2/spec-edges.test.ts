@@ -67,7 +67,16 @@ function qemuCompare(a: string, b: string, fa = 'qcow2', fb = 'qcow2'): string {
 /** Allocation map without host offsets: what the guest-visible status is, range by range. */
 function qemuMap(file: string): string {
   const j = JSON.parse(qemuImg('map', '--output=json', file)) as { start: number; length: number; depth: number; zero: boolean; data: boolean }[];
-  return j.map((e) => `${e.start}+${e.length} depth=${e.depth} zero=${e.zero} data=${e.data}`).join('\n');
+  // qemu-img splits extents where host offsets are not contiguous; host placement is not
+  // guest-visible, so neighbours with the same status are merged.
+  const merged: typeof j = [];
+  for (const e of j) {
+    const last = merged[merged.length - 1];
+    if (last && last.start + last.length === e.start && last.depth === e.depth && last.zero === e.zero && last.data === e.data) {
+      last.length += e.length;
+    } else merged.push({ ...e });
+  }
+  return merged.map((e) => `${e.start}+${e.length} depth=${e.depth} zero=${e.zero} data=${e.data}`).join('\n');
 }
 
 function firstDiff(a: Uint8Array, b: Uint8Array): number {

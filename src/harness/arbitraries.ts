@@ -16,6 +16,8 @@ const KiB = 1024;
 const MiB = 1024 * KiB;
 /** Keep runs fast: virtual sizes stay at or below this. */
 export const MAX_VIRTUAL_SIZE = 64 * MiB;
+/** Sizes chosen to straddle an L2 table or refcount block span only when the span is at most this. */
+const MAX_STRADDLE_SPAN = 16 * MiB;
 /** Data-carrying writes stay at or below this many clusters (and bytes). */
 const MAX_WRITE_CLUSTERS = 4;
 const MAX_WRITE_BYTES = 8 * MiB;
@@ -93,9 +95,11 @@ function resolveConfig(s: ConfigSeed): TraceConfig {
   const compat = s.v3 ? '1.1' : '0.10';
   const extendedL2 = s.v3 && s.extl2 && cs >= 16 * KiB;
   const refcountBits = s.v3 ? s.refcountBits : 16;
-  let clusters = s.clusters;
-  if (s.sizeMode === 1) clusters = Math.ceil(l2Span(cs, extendedL2) / cs) + s.clusters - 20;
-  if (s.sizeMode === 2) clusters = Math.ceil(refblockSpan(cs, refcountBits) / cs) + s.clusters - 20;
+  // Big images cost time in every oracle; keep the straddling sizes only where
+  // the span they straddle is small, and few clusters when clusters are big.
+  let clusters = cs >= 256 * KiB ? 1 + (s.clusters % 8) : s.clusters;
+  const span = s.sizeMode === 1 ? l2Span(cs, extendedL2) : s.sizeMode === 2 ? refblockSpan(cs, refcountBits) : 0;
+  if (span > 0 && span <= MAX_STRADDLE_SPAN) clusters = Math.ceil(span / cs) + s.clusters - 20;
   clusters = Math.max(1, Math.min(clusters, Math.floor(MAX_VIRTUAL_SIZE / cs)));
   const extra = (s.extraSectors % (cs / SECTOR)) * SECTOR;
   let size = clusters * cs + extra;

@@ -164,7 +164,8 @@ export async function fuzzCommand(argv: string[]): Promise<number> {
         runs,
         timeSec: time,
         shard,
-        concurrency: jobs,
+        // Two traces in flight per process: one runs engine ops while the other waits on qemu-img.
+        concurrency: Math.max(2, jobs),
         corpusDir,
         maxOps,
         onProgress: (s) => {

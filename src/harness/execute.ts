@@ -118,7 +118,7 @@ async function execute(
     const last = ops[ops.length - 1]!.index;
     pendingWhole ||= wholeDisk || model.size !== sizeBefore;
     if (target.verifyAfter === 'batch' && !ops.some((x) => target.batchable(x.op))) return undefined;
-    const check: [number, number][] = pendingWhole ? [[0, model.size]] : mergeRanges(ranges);
+    const check: [number, number][] = pendingWhole ? wholeDiskRanges(model) : mergeRanges(ranges);
     pendingWhole = false;
     for (const [off, len0] of check) {
       const len = Math.min(len0, model.size - off);
@@ -161,6 +161,28 @@ async function execute(
   const end = await endOracles(target, model, config, dir, { tolerateLeaks });
   out.qemuImgChecks += end.qemuImgChecks;
   return end.failure;
+}
+
+/** Above this size a mid-run "whole disk" check reads only where content can be (the end reads everything). */
+const FULL_READ_LIMIT = 4 * 1024 * 1024;
+
+/**
+ * The ranges a mid-run whole-disk check reads: everything on small disks; on
+ * big ones every sector the model holds content for (data, explicit zeros over
+ * a backing file, backing content), plus the first and last clusters.
+ */
+function wholeDiskRanges(model: DiskModel): [number, number][] {
+  const size = model.size;
+  if (size <= FULL_READ_LIMIT) return [[0, size]];
+  const cs = model.meta.clusterSize;
+  const ranges: [number, number][] = [
+    [0, Math.min(size, 2 * cs)],
+    [Math.max(0, size - 2 * cs), Math.min(size, 2 * cs)],
+  ];
+  const sectors = [...model.active.sectors.keys()];
+  if (model.backing) for (const s of model.backing.sectors.keys()) if (s < model.active.backingEnd) sectors.push(s);
+  for (const s of sectors) ranges.push([s * 512, 512]);
+  return mergeRanges(ranges).map(([o, l]) => [o, Math.min(l, size - o)] as [number, number]).filter(([, l]) => l > 0);
 }
 
 /** A failure ends the trace at the op that revealed it. */

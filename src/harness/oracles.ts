@@ -42,12 +42,19 @@ export async function endOracles(
   await target.sync();
   const image = target.imagePath();
   const snaps = model.snapshots.map((s) => ({ ...s, layer: model.snapshotLayer(s.id)! }));
+  const modelRaw = path.join(dir, 'model.raw');
+  // Unspecified sectors are filled from what the target shows, so the model file
+  // can be written up front (and compare run alongside) only when there are none.
+  const early = model.active.undefinedSectors.size === 0;
+  if (early) writeModelRaw(modelRaw, model, model.active);
+  const compare = () => imgCompare(image, modelRaw, { formatA: 'qcow2', formatB: 'raw' });
   // Everything that only reads the image runs at once: each is a process for the qemu target.
-  const [active, snapBytes, check, info] = await Promise.all([
+  const [active, snapBytes, check, info, earlyCmp] = await Promise.all([
     target.read(0, model.size),
     Promise.all(snaps.map((s) => target.readSnapshot(s.id, s.layer.size))),
     imgCheck(image),
     imgInfo(image, { format: 'qcow2' }),
+    early ? compare() : Promise.resolve(undefined),
   ]);
   const m = verifyRange(model, model.active, 0, active);
   if (m) return { failure: { oracle: 'read', message: describeMismatch('whole disk at the end', m) }, qemuImgChecks: 1 };
@@ -61,9 +68,8 @@ export async function endOracles(
       };
     }
   }
-  const modelRaw = path.join(dir, 'model.raw');
-  writeModelRaw(modelRaw, model, model.active, active);
-  const cmp = await imgCompare(image, modelRaw, { formatA: 'qcow2', formatB: 'raw' });
+  if (!early) writeModelRaw(modelRaw, model, model.active, active);
+  const cmp = earlyCmp ?? (await compare());
 
   const checkProblem = judgeCheck(check, o.tolerateLeaks !== undefined);
   if (checkProblem) return { failure: { oracle: 'check', message: checkProblem }, qemuImgChecks: 1 };

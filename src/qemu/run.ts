@@ -1,5 +1,6 @@
 import { execa } from 'execa';
 import { HangError, QemuToolError } from './errors.js';
+import { shellPool } from './shell.js';
 
 export interface ToolResult {
   rc: number;
@@ -13,8 +14,18 @@ export const DEFAULT_TIMEOUT_MS = 30_000;
 export const QEMU_IMG = process.env.QEMU_IMG ?? 'qemu-img';
 export const QEMU_IO = process.env.QEMU_IO ?? 'qemu-io';
 
+/** Set QH_DIRECT_SPAWN=1 to spawn every tool from Node instead of through the shell pool. */
+const DIRECT = process.env.QH_DIRECT_SPAWN === '1';
+
 /** Runs a tool with a timeout; never rejects on a non-zero exit, throws HangError on timeout. */
 export async function runTool(tool: string, args: string[], timeoutMs = DEFAULT_TIMEOUT_MS): Promise<ToolResult> {
+  if (DIRECT) return runDirect(tool, args, timeoutMs);
+  const [r] = await shellPool.run([{ tool, args, timeoutMs }]);
+  if (r!.timedOut) throw new HangError(tool, args, timeoutMs);
+  return { rc: r!.rc, stdout: r!.stdout, stderr: r!.stderr };
+}
+
+async function runDirect(tool: string, args: string[], timeoutMs: number): Promise<ToolResult> {
   const r = await execa(tool, args, {
     reject: false,
     timeout: timeoutMs,

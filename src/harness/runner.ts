@@ -140,7 +140,7 @@ export async function runCampaign(o: CampaignOptions): Promise<CampaignStats> {
       planned -= numRuns - generated;
       if (details.failed && details.counterexample && last) {
         const [config, seeds] = details.counterexample;
-        stats.failures.push(await saveFailure(o, config, seeds, seed, details.counterexamplePath ?? '', tmpRoot, stats, known));
+        stats.failures.push(await saveFailure(o, config, seeds, seed, details.counterexamplePath ?? '', tmpRoot, stats, known, last));
       }
     }
   };
@@ -160,10 +160,17 @@ async function saveFailure(
   tmpRoot: string,
   stats: CampaignStats,
   known: Map<string, string>,
+  shrunk: RunOutcome,
 ): Promise<FailureReport> {
   const r = await runTrace(makeTarget(o.target), config, { seeds }, { keepDir: true, tmpRoot });
   try {
-    const failure = r.failure ?? { oracle: 'exception' as const, message: 'failure did not reproduce on a re-run (flaky)' };
+    // A failure that does not come back on a re-run is reported, never saved:
+    // the corpus holds only what replays.
+    const flaky = r.failure === undefined;
+    const failure = r.failure ?? {
+      ...shrunk.failure!,
+      message: `${shrunk.failure!.message} [did not reproduce on a re-run: flaky]`,
+    };
     const report: FailureReport = {
       target: o.target,
       seed,
@@ -171,14 +178,14 @@ async function saveFailure(
       oracle: failure.oracle,
       message: failure.message,
       config,
-      ops: r.ops.map(formatOp),
+      ops: (flaky ? shrunk.ops : r.ops).map(formatOp),
     };
     const sig = failureSignature(o.target, failure.oracle, failure.message);
     const seen = known.get(sig);
     if (seen) {
       report.corpusId = seen;
       report.duplicate = true;
-    } else if (o.corpusDir && r.model) {
+    } else if (o.corpusDir && r.model && !flaky) {
       const e = writeEntry(o.corpusDir, {
         target: o.target,
         config,

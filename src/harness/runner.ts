@@ -47,6 +47,8 @@ export interface FailureReport {
   ops: string[];
   corpusId?: string;
   duplicate?: boolean;
+  /** Seconds into the campaign when the failure was found (before shrinking). */
+  foundAfterSeconds?: number;
 }
 
 export interface CampaignStats {
@@ -108,6 +110,7 @@ export async function runCampaign(o: CampaignOptions): Promise<CampaignStats> {
       planned += numRuns;
       const seed = chunkSeed(o.seed, k);
       let shrinking = false;
+      let foundAt = 0;
       let last: RunOutcome | undefined;
       let generated = 0;
       const prop = traceProperty(
@@ -121,6 +124,7 @@ export async function runCampaign(o: CampaignOptions): Promise<CampaignStats> {
           }
           stats.ops += r.ops.length;
           stats.qemuImgChecks += r.qemuImgChecks;
+          if (r.failure && !shrinking) foundAt = (Date.now() - t0) / 1000;
           if (r.failure) {
             shrinking = true;
             last = r;
@@ -140,7 +144,9 @@ export async function runCampaign(o: CampaignOptions): Promise<CampaignStats> {
       planned -= numRuns - generated;
       if (details.failed && details.counterexample && last) {
         const [config, seeds] = details.counterexample;
-        stats.failures.push(await saveFailure(o, config, seeds, seed, details.counterexamplePath ?? '', tmpRoot, stats, known, last));
+        const report = await saveFailure(o, config, seeds, seed, details.counterexamplePath ?? '', tmpRoot, stats, known, last);
+        report.foundAfterSeconds = Math.round(foundAt * 10) / 10;
+        stats.failures.push(report);
       }
     }
   };

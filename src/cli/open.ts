@@ -32,6 +32,11 @@ const STRERROR: Record<string, string> = {
   EROFS: 'Read-only file system',
   EIO: 'Input/output error',
   EINVAL: 'Invalid argument',
+  ENAMETOOLONG: 'File name too long',
+  EFBIG: 'File too large',
+  EEXIST: 'File exists',
+  ELOOP: 'Too many levels of symbolic links',
+  EMFILE: 'Too many open files',
   ENOTSUP: 'Operation not supported',
 };
 

@@ -4,6 +4,7 @@
  * exit code) and leave an image qemu-img finds clean and equal to what
  * qemu-img's own command leaves.
  */
+import { execa } from 'execa';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -448,6 +449,26 @@ describe('convert -O qcow2', () => {
     ok(await qemuImg(['convert', '-l', 'snapshot.name=snap', '-O', 'qcow2', top, theirs]), 'qemu-img convert');
     await expectClean(mine);
     await expectIdentical(mine, theirs);
+  });
+});
+
+describe('convert never replaces what is not a regular file', () => {
+  it('refuses a symlink or a fifo as the destination and leaves it alone', async () => {
+    const src = await written();
+    const target = fresh('raw');
+    fs.writeFileSync(target, 'keep me');
+    const link = fresh('raw');
+    fs.symlinkSync(target, link);
+    const r = await ours(dir, ['convert', '-O', 'raw', src, link]);
+    expect(r.rc).toBe(1);
+    expect(r.stderr).toMatch(/^qcow2-harness: .+ is not a regular file.*\n$/);
+    expect(fs.lstatSync(link).isSymbolicLink()).toBe(true);
+    expect(fs.readFileSync(target, 'utf8')).toBe('keep me');
+    const fifo = fresh('fifo');
+    await execa('mkfifo', [fifo]);
+    const f = await ours(dir, ['convert', '-O', 'qcow2', src, fifo]);
+    expect(f.rc).toBe(1);
+    expect(fs.lstatSync(fifo).isFIFO()).toBe(true);
   });
 });
 

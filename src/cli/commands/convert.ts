@@ -17,7 +17,9 @@ Copies an image's guest-visible content into a new image, as 'qemu-img convert'.
   -l SNAPSHOT   read a snapshot instead of the active layer:
                 snapshot.name=NAME, snapshot.id=ID, or NAME/ID alone
 The output is written to DST.tmp and renamed onto DST once complete, so DST
-is never seen half-written. Zero ranges are skipped (the output stays sparse).
+is never seen half-written; DST must therefore be a regular file or not exist
+(never a device, pipe or symlink). Zero ranges are skipped (the output stays
+sparse).
 `;
 
 /** Bytes copied per step: large enough to amortise per-call costs, small enough to stay cache friendly. */
@@ -121,6 +123,16 @@ export async function convertCommand(argv: string[], ctx: CliContext): Promise<n
   });
   const dst = resolvePath(ctx, dstName);
   const tmp = `${dst}.tmp`;
+  // The output is a new regular file renamed into place: renaming over a
+  // device, a pipe or a symlink would replace that node itself, so refuse.
+  for (const p of [dst, tmp]) {
+    const st = fs.lstatSync(p, { throwIfNoEntry: false });
+    if (st && !st.isFile()) {
+      src.device.close();
+      throw new CommandFailed(`'${p === dst ? dstName : `${dstName}.tmp`}' exists and is not a regular file; convert only writes new regular files`);
+    }
+  }
+  fs.rmSync(tmp, { force: true }); // a leftover of an interrupted run
   try {
     const size = src.device.virtualSize;
     if (outFmt === 'raw') {

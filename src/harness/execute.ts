@@ -37,7 +37,7 @@ export interface RunOutcome {
 export interface RunOptions {
   keepDir?: boolean;
   tmpRoot?: string;
-  /** Skip the end oracles (used while shrinking op-level failures? never by default). */
+  /** Skip the end-of-run oracles (per-op verdicts and reads only). */
   skipEndOracles?: boolean;
 }
 

@@ -1,7 +1,7 @@
 /** Files every target shares: the backing file, and the model written out as a sparse raw image. */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { imgConvertToRaw, runTool, QEMU_IMG } from '../qemu/index.js';
+import { runTool, QEMU_IMG } from '../qemu/index.js';
 import { QemuToolError } from '../qemu/errors.js';
 import type { DiskModel } from '../model/disk.js';
 import { ANY, SECTOR } from '../model/layer.js';
@@ -80,4 +80,3 @@ export function readFileRange(file: string, off: number, len: number): Uint8Arra
   return out;
 }
 
-export { imgConvertToRaw };

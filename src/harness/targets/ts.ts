@@ -12,7 +12,7 @@ import { MemoryStorage } from '../../qcow2/storage/memory.js';
 import type { CheckResult, OpenOptions } from '../../qcow2/types.js';
 import type { TraceConfig } from '../config.js';
 import { createBacking } from '../fixture.js';
-import { ALL_OP_KINDS, type Op, type OpKind } from '../ops.js';
+import type { Op, OpKind } from '../ops.js';
 import type { OpOutcome, StampedOp, Target } from './types.js';
 
 export class TsTarget implements Target {
@@ -183,7 +183,6 @@ export function tsCapabilities(): ReadonlySet<OpKind> {
       if (!missing) caps.add(kind);
     }
   }
-  void ALL_OP_KINDS;
   probed = caps;
   return caps;
 }

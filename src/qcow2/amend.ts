@@ -36,6 +36,9 @@ export function amendImage(img: Qcow2Image, o: AmendOptions): void {
   if (o.refcountBits !== undefined && (!Number.isInteger(order) || order < 0 || order > 6)) {
     throw new InvalidArgumentError('Refcount width must be a power of two and may not exceed 64 bits');
   }
+  if (targetVersion < img.version && order !== 4) {
+    throw new InvalidArgumentError('compat=0.10 requires refcount_bits=16');
+  }
   if (targetVersion < 3 && order !== 4) {
     throw new InvalidArgumentError('Different refcount widths than 16 bits require compatibility level 1.1 or above (use compat=1.1 or greater)');
   }

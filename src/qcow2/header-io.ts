@@ -3,11 +3,11 @@
  * backing file name, laid out as QEMU lays them out (qcow2_update_header):
  * header, extensions, end marker, then the backing file name.
  */
-import { InvalidImageError, LimitError } from './errors.js';
+import { InvalidImageError, LimitError, UnsupportedFeatureError } from './errors.js';
 import { alignUp, decodeString, encodeString, viewOf } from './format/bytes.js';
 import { HEADER_PROBE_SIZE, decodeHeader, encodeHeader, type Qcow2Header } from './format/header.js';
 import { decodeExtensions, encodeExtensions, type HeaderExtensions } from './format/extensions.js';
-import { HEADER_V2_LENGTH, MAX_CLUSTER_BITS, MIN_CLUSTER_BITS } from './format/constants.js';
+import { HEADER_V2_LENGTH, MAX_CLUSTER_BITS, MIN_CLUSTER_BITS, QCOW2_MAGIC } from './format/constants.js';
 import type { BlockStorage } from './storage/types.js';
 
 export interface FirstCluster {
@@ -22,8 +22,11 @@ export function readFirstCluster(storage: BlockStorage): FirstCluster {
   const probe = storage.read(0, HEADER_PROBE_SIZE);
   const clusterBits = viewOf(probe).getUint32(20);
   if (clusterBits < MIN_CLUSTER_BITS || clusterBits > MAX_CLUSTER_BITS) {
-    // Let decodeHeader reject a bad magic/version first, for the clearer message.
-    decodeHeader(probe.subarray(0, HEADER_V2_LENGTH));
+    // A bad magic or version is the clearer message; check those first.
+    const v = viewOf(probe);
+    if (v.getUint32(0) !== QCOW2_MAGIC) throw new InvalidImageError('not a qcow2 image (bad magic)');
+    const version = v.getUint32(4);
+    if (version !== 2 && version !== 3) throw new UnsupportedFeatureError(`unsupported qcow2 version ${version}`);
     throw new InvalidImageError(`unsupported cluster size: 2^${clusterBits} (must be 2^9 to 2^21)`);
   }
   const cs = 2 ** clusterBits;

@@ -9,7 +9,9 @@ import { InvalidArgumentError, LimitError, UnsupportedFeatureError } from './err
 import { viewOf } from './format/bytes.js';
 import {
   COMPAT_LAZY_REFCOUNTS,
+  COMPRESSION_ZLIB,
   HEADER_V3_LENGTH,
+  INCOMPAT_COMPRESSION,
   INCOMPAT_DIRTY,
   L1_ENTRY_SIZE,
   OFLAG_COPIED_HI,
@@ -57,10 +59,33 @@ export function amendImage(img: Qcow2Image, o: AmendOptions): void {
 }
 
 function checkDowngradePossible(img: Qcow2Image): void {
-  const other = img.header.incompatibleFeatures & ~INCOMPAT_DIRTY;
+  const other = img.header.incompatibleFeatures & ~(INCOMPAT_DIRTY | INCOMPAT_COMPRESSION);
   if (other) {
     throw new UnsupportedFeatureError(`Cannot downgrade an image with incompatible features 0x${other.toString(16)} set`);
   }
+  // zstd can be given up only while no cluster is compressed with it (QEMU then switches to zlib).
+  if (img.header.incompatibleFeatures & INCOMPAT_COMPRESSION && hasCompressedClusters(img)) {
+    throw new UnsupportedFeatureError('Cannot downgrade an image with zstd compression type and existing compressed clusters');
+  }
+}
+
+function hasCompressedClusters(img: Qcow2Image): boolean {
+  const l1s: Uint8Array[] = [img.l1];
+  for (const sn of img.snapshots) {
+    if (sn.l1Size > 0 && !snapshotL1Problem(img, sn)) l1s.push(img.storage.read(sn.l1TableOffset, sn.l1Size * L1_ENTRY_SIZE));
+  }
+  for (const l1 of l1s) {
+    const v = viewOf(l1);
+    for (let i = 0; i < l1.length / 8; i++) {
+      const l2Offset = entryOffset(v.getUint32(i * 8), v.getUint32(i * 8 + 4));
+      if (l2Offset === 0 || l2Offset % img.clusterSize !== 0) continue;
+      const t = img.l2Cache.get(l2Offset);
+      for (let j = 0; j < img.layout.entries; j++) {
+        if (img.layout.type(img.layout.get(t, j)) === ClusterType.Compressed) return true;
+      }
+    }
+  }
+  return false;
 }
 
 /** Every stored refcount, by cluster, up to the last nonzero one. */
@@ -130,6 +155,7 @@ function downgrade(img: Qcow2Image): void {
   img.header.compatibleFeatures = 0n;
   img.header.autoclearFeatures = 0n;
   img.header.incompatibleFeatures = 0n;
+  img.header.compressionType = COMPRESSION_ZLIB;
   delete img.ext.featureNames;
   img.writeHeader();
   img.flush();

@@ -1,7 +1,9 @@
 /**
  * Virtual size changes (QEMU: qcow2_co_truncate). Growing enlarges the L1
  * table as needed; with a backing file that reaches into the new area, the
- * new area is zeroed so the backing data stays hidden. Shrinking drops every
+ * new area is zeroed so the backing data stays hidden, and the rest of the
+ * old last cluster is always zeroed so that nothing from before a shrink
+ * reappears. Shrinking drops every
  * cluster past the new end and the L2 tables wholly past it; the L1 table
  * keeps its size, as QEMU's does.
  */
@@ -35,7 +37,14 @@ export function resizeImage(img: Qcow2Image, size: number, shrink: boolean): voi
   }
   img.header.size = size;
   img.writeHeader();
-  if (backingReaches) img.writeZeroes(old, size - old);
+  if (backingReaches) {
+    img.writeZeroes(old, size - old);
+  } else {
+    // The last old cluster may hold bytes past the old end (left by a shrink); the
+    // new area must read as zeros. QEMU 7.2 exposes them (see corpus/qemu-stale-tail-after-regrow).
+    const tailEnd = Math.min(size, alignUp(old, img.clusterSize));
+    if (tailEnd > old) img.writeZeroes(old, tailEnd - old);
+  }
   img.flush();
 }
 

@@ -9,7 +9,7 @@
  * bare imports (zstd-napi) resolve from the project.
  */
 import { spawn } from 'node:child_process';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -36,6 +36,8 @@ export function bundle(entry: string): Promise<string> {
         output: { file, format: 'esm', sourcemap: 'inline' },
         logLevel: 'warn',
       });
+      // Per-process bundles would otherwise pile up in the cache directory.
+      process.once('exit', () => rmSync(file, { force: true }));
       return file;
     })();
     bundles.set(entry, p);

@@ -9,7 +9,7 @@
  * bare imports (zstd-napi) resolve from the project.
  */
 import { spawn } from 'node:child_process';
-import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, renameSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -27,17 +27,18 @@ export function bundle(entry: string): Promise<string> {
       const { build } = await import('rolldown');
       const outDir = join(ROOT, 'node_modules', '.cache', 'qcow2-harness-tests');
       mkdirSync(outDir, { recursive: true });
-      const file = join(outDir, `${entry.replace(/[^a-z0-9]+/gi, '-')}-${process.pid}.mjs`);
+      // One file per entry, replaced atomically: concurrent test workers bundle the same source.
+      const file = join(outDir, `${entry.replace(/[^a-z0-9]+/gi, '-')}.mjs`);
+      const tmp = `${file}.${process.pid}.tmp.mjs`;
       await build({
         input: join(ROOT, entry),
         platform: 'node',
         external: [/^node:/, 'zstd-napi', 'execa'],
         resolve: { extensionAlias: { '.js': ['.ts', '.js'] } },
-        output: { file, format: 'esm', sourcemap: 'inline' },
+        output: { file: tmp, format: 'esm', sourcemap: 'inline' },
         logLevel: 'warn',
       });
-      // Per-process bundles would otherwise pile up in the cache directory.
-      process.once('exit', () => rmSync(file, { force: true }));
+      renameSync(tmp, file);
       return file;
     })();
     bundles.set(entry, p);

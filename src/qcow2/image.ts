@@ -44,7 +44,8 @@ import type { Qcow2Header } from './format/header.js';
 import type { SnapshotEntry } from './format/snapshot-table.js';
 import { encodeFirstCluster, readFirstCluster } from './header-io.js';
 import { ALL_SUBCLUSTERS, L2Layout, UNALLOCATED_ENTRY, sameEntry, subclusterMask, type L2Entry } from './l2.js';
-import { MetaKind, MetadataMap } from './overlap.js';
+import { MetaKind, MetadataMap, metaKindName } from './overlap.js';
+import { OverlapError } from './errors.js';
 import { Refcounts, type RefcountHost } from './refcount.js';
 import type { BlockStorage } from './storage/types.js';
 import type {
@@ -57,7 +58,7 @@ import type {
   SnapshotInfo,
   CreateOptions,
 } from './types.js';
-import { validateFeatureExtensions, validateHeader } from './validate.js';
+import { validateBitmapDirectory, validateFeatureExtensions, validateHeader } from './validate.js';
 import { createLayout } from './create.js';
 import { loadSnapshots, snapshotInfos } from './snapshot-table-io.js';
 import { applySnapshot, createSnapshot, deleteSnapshot, viewSnapshot } from './snapshot.js';
@@ -151,18 +152,22 @@ export class Qcow2Image implements GuestDevice, RefcountHost {
     const refTables = Math.max(4, Math.floor(this.cacheBudget('refcount') / this.clusterSize));
     this.refcounts = new Refcounts(this, h.refcountOrder, h.refcountTableOffset, h.refcountTableClusters, refTables);
     this.refcounts.load();
-    this.registerActiveL2s();
     if (h.nbSnapshots > 0) {
       const loaded = loadSnapshots(this, this.openOptions.forCheck ?? false);
       this.snapshots = loaded.entries;
       this.snapshotTableIncompleteAt = loaded.incompleteAt;
       this.snapshotTableBytes = loaded.bytes;
     }
+    this.registerActiveL2s();
     // check never needs the backing chain (qemu-img check opens with BDRV_O_NO_BACKING).
     if (this.backingFile !== undefined && this.openOptions.openBacking && !this.openOptions.forCheck) {
       const fmt = this.ext.backingFormat;
-      this.backing = this.openOptions.openBacking(this.backingFile, fmt === 'raw' || fmt === 'qcow2' ? fmt : undefined);
+      if (fmt !== undefined && fmt !== 'raw' && fmt !== 'qcow2') {
+        throw new UnsupportedFeatureError(`backing file format '${fmt}' is not supported (only qcow2 and raw)`);
+      }
+      this.backing = this.openOptions.openBacking(this.backingFile, fmt);
     }
+    this.validateBitmaps();
     if (!this.readOnly) this.prepareReadWrite();
     if (this.openOptions.snapshot !== undefined) this.viewSnapshot(this.openOptions.snapshot);
   }
@@ -260,8 +265,18 @@ export class Qcow2Image implements GuestDevice, RefcountHost {
 
   writeMeta(offset: number, data: Uint8Array, kind: MetaKind): void {
     this.assertWritable();
-    this.meta.check(offset, data.length, kind);
+    this.overlapCheck(offset, data.length, kind);
     this.storage.write(offset, data);
+  }
+
+  /** QEMU's pre-write overlap check: a hit marks the image corrupt and refuses the write. */
+  private overlapCheck(offset: number, bytes: number, kind: MetaKind | undefined): void {
+    try {
+      this.meta.check(offset, bytes, kind);
+    } catch (e) {
+      if (e instanceof OverlapError) this.corruption(e.message);
+      throw e;
+    }
   }
 
   clusterFreed(offset: number): void {
@@ -354,10 +369,16 @@ export class Qcow2Image implements GuestDevice, RefcountHost {
     const l1i = Math.floor(vc / this.layout.entries);
     const index = vc % this.layout.entries;
     const old = this.l2TableOffsetFor(l1i);
-    if (old !== 0 && this.l1CopiedAt(l1i)) return { table: this.l2Cache.get(old), index };
+    if (old !== 0 && this.l1CopiedAt(l1i)) {
+      const k = this.meta.kindAtCluster(old / this.clusterSize);
+      if (k !== MetaKind.ActiveL2) {
+        this.corruption(`L2 table at offset ${old} (L1 index ${l1i}) overlaps the ${k === undefined ? 'free space' : metaKindName(k)}`);
+      }
+      return { table: this.l2Cache.get(old), index };
+    }
     const data = old !== 0 ? this.l2Cache.get(old).data.slice() : new Uint8Array(this.clusterSize);
     const off = this.refcounts.allocClusters(1);
-    this.meta.add(off, this.clusterSize, MetaKind.ActiveL2);
+    this.meta.claim(off, this.clusterSize, MetaKind.ActiveL2);
     const table = this.l2Cache.put(off, data, true);
     this.writeBackL2(table);
     table.dirty = false;
@@ -406,7 +427,7 @@ export class Qcow2Image implements GuestDevice, RefcountHost {
     let newOffset = 0;
     if (newEntries > 0) {
       newOffset = this.refcounts.allocClusters(Math.ceil(bytes / this.clusterSize));
-      this.meta.add(newOffset, bytes, MetaKind.ActiveL1);
+      this.meta.claim(newOffset, bytes, MetaKind.ActiveL1);
       this.refcounts.flush();
       this.writeMeta(newOffset, padToCluster(table, this.clusterSize), MetaKind.ActiveL1);
       this.storage.flush();
@@ -633,7 +654,7 @@ export class Qcow2Image implements GuestDevice, RefcountHost {
   }
 
   private writeData(host: number, data: Uint8Array): void {
-    this.meta.check(host, data.length, undefined);
+    this.overlapCheck(host, data.length, undefined);
     this.storage.write(host, data);
     this.unsyncedData = true;
   }
@@ -998,6 +1019,14 @@ export class Qcow2Image implements GuestDevice, RefcountHost {
       snapshots: snapshotInfos(this.snapshots),
       bitmaps,
     };
+  }
+
+  /** QEMU refuses to open an image whose bitmap directory it cannot trust; so do we. */
+  private validateBitmaps(): void {
+    const b = this.ext.bitmaps;
+    if (!b || !(this.header.autoclearFeatures & AUTOCLEAR_BITMAPS) || b.nbBitmaps === 0) return;
+    const dir = decodeBitmapDirectory(this.storage.read(b.bitmapDirectoryOffset, b.bitmapDirectorySize), b.nbBitmaps);
+    validateBitmapDirectory(this.header, dir);
   }
 
   /** Persistent bitmaps as qemu-img info lists them (only while the bitmaps autoclear bit vouches for them). */

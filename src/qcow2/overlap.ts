@@ -43,7 +43,25 @@ export class MetadataMap {
     return [Math.floor(offset / cs), Math.ceil((offset + Math.max(bytes, 1)) / cs)];
   }
 
-  add(offset: number, bytes: number, kind: MetaKind): void {
+  /**
+   * Records metadata. A cluster already holding another kind keeps it (the
+   * first claim wins, in the order the image is loaded: header, L1, refcount
+   * structures, snapshots, L2 tables), so a later write of the second kind
+   * there is refused as an overlap. Returns false on such a conflict.
+   */
+  add(offset: number, bytes: number, kind: MetaKind): boolean {
+    const [a, b] = this.clusterRange(offset, bytes);
+    let clean = true;
+    for (let c = a; c < b; c++) {
+      const k = this.kinds.get(c);
+      if (k === undefined) this.kinds.set(c, kind);
+      else if (k !== kind) clean = false;
+    }
+    return clean;
+  }
+
+  /** Replaces whatever is recorded (for clusters this engine just allocated). */
+  claim(offset: number, bytes: number, kind: MetaKind): void {
     const [a, b] = this.clusterRange(offset, bytes);
     for (let c = a; c < b; c++) this.kinds.set(c, kind);
   }

@@ -289,7 +289,7 @@ export class Refcounts {
     const c = off / this.clusterSize;
     this.allocEnd = Math.max(this.allocEnd, c + 1);
     if (c + 1 > this.freeHint && c === this.freeHint) this.freeHint = c + 1;
-    this.host.meta.add(off, this.clusterSize, MetaKind.Refblock);
+    this.host.meta.claim(off, this.clusterSize, MetaKind.Refblock);
     // The block's own refcount (wherever it lives) must be durable before the table entry.
     this.cache.flush();
     this.host.writeMeta(off, data, MetaKind.Refblock);
@@ -357,14 +357,14 @@ export class Refcounts {
     }
     this.cache.flush();
     for (const [bi, data] of fresh) {
-      this.host.meta.add(newTable[bi], cs, MetaKind.Refblock);
+      this.host.meta.claim(newTable[bi], cs, MetaKind.Refblock);
       this.host.writeMeta(newTable[bi], data, MetaKind.Refblock);
       this.cache.put(newTable[bi], data, false);
     }
     const tableBytes = new Uint8Array(tableClusters * cs);
     const tv = viewOf(tableBytes);
     newTable.forEach((off, i) => setU64(tv, i * 8, off));
-    this.host.meta.add(tableStart * cs, tableClusters * cs, MetaKind.Reftable);
+    this.host.meta.claim(tableStart * cs, tableClusters * cs, MetaKind.Reftable);
     this.host.writeMeta(tableStart * cs, tableBytes, MetaKind.Reftable);
     this.host.barrier();
     const oldOffset = this.tableOffset;

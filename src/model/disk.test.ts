@@ -170,6 +170,9 @@ describe('DiskModel amend and resize', () => {
     expect(v2.expectResize(2 * base.size, false).verdict).toBe('refuse');
     const v2b = new DiskModel({ ...base, compat: '0.10', backing: backing(2 * base.size) });
     expect(v2b.expectResize(2 * base.size, false).verdict).toBe('refuse');
+    const v2u = new DiskModel({ ...base, size: base.size - 512, compat: '0.10', backing: backing(2 * base.size) });
+    expect(v2u.expectResize(base.size, false).verdict).toBe('ok'); // only the old last cluster's tail
+    expect(v2u.expectResize(base.size + 512, false).verdict).toBe('refuse');
     const v2s = new DiskModel({ ...base, compat: '0.10', backing: backing(base.size / 2) });
     expect(v2s.expectResize(2 * base.size, false).verdict).toBe('ok');
   });

@@ -264,15 +264,18 @@ export class DiskModel {
 
   /**
    * Shrinking needs --shrink; v2 images with snapshots cannot be resized. Growing
-   * an image whose backing file would show through the new area needs zero
-   * clusters, which v2 lacks, so QEMU refuses it there.
+   * an image whose backing file would show through the new area past the old
+   * last cluster needs zero clusters, which v2 lacks, so QEMU refuses it there.
    */
   expectResize(size: number, shrink: boolean): Expectation {
     if (size <= 0 || size % SECTOR) return refuse('size not a positive multiple of 512');
     if (size === this.size) return OK;
     if (this.meta.compat === '0.10' && this.snaps.length > 0) return refuse("can't resize a v2 image with snapshots");
     if (size < this.size && !shrink) return refuse('shrinking needs --shrink');
-    if (size > this.size && this.meta.compat === '0.10' && this.backing && this.backing.size > this.size) {
+    // QEMU zero-writes the head of the new area up to the next cluster boundary
+    // with plain data, and the clusters past it with zero clusters, which v2 lacks.
+    const zeroClustersFrom = Math.ceil(this.size / this.meta.clusterSize) * this.meta.clusterSize;
+    if (this.meta.compat === '0.10' && this.backing && this.backing.size > this.size && size > zeroClustersFrom) {
       return refuse('v2 cannot zero the new area over a backing file');
     }
     return OK;

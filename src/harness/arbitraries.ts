@@ -71,7 +71,11 @@ const configSeedArb: fc.Arbitrary<ConfigSeed> = fc.record({
   lazy: fc.boolean(),
   extl2: fc.oneof({ weight: 3, arbitrary: fc.constant(false) }, { weight: 1, arbitrary: fc.constant(true) }),
   zstd: fc.oneof({ weight: 3, arbitrary: fc.constant(false) }, { weight: 1, arbitrary: fc.constant(true) }),
-  sizeMode: fc.oneof({ weight: 4, arbitrary: fc.constant(0) }, { weight: 1, arbitrary: fc.constantFrom(1, 2) }),
+  sizeMode: fc.oneof(
+    { weight: 3, arbitrary: fc.constant(0) },
+    { weight: 2, arbitrary: fc.constant(1) },
+    { weight: 1, arbitrary: fc.constant(2) },
+  ),
   clusters: fc.integer({ min: 1, max: 40 }),
   extraSectors: fc.oneof({ weight: 2, arbitrary: fc.constant(0) }, { weight: 1, arbitrary: fc.integer({ min: 1, max: 4095 }) }),
   backing: fc.option(
@@ -320,9 +324,19 @@ function resolveRange(seed: OpSeed, model: DiskModel, cap: number): { off: numbe
 function resolveResize(seed: OpSeed, model: DiskModel): Op {
   const size = model.size;
   const cs = model.meta.clusterSize;
+  const grow = seed.count % 2 === 1;
+  // Sizes right at an L2 table span or refcount block span (± a sector), so that
+  // shrinking drops whole L2 tables and growing adds L1 entries.
+  const span = seed.anchor === 'refblock' ? refblockSpan(cs, model.meta.refcountBits) : l2Span(cs, model.meta.extendedL2);
+  if (seed.anchor === 'l2' || seed.anchor === 'refblock' || (seed.anchor === 'cluster' && size > span)) {
+    const k = grow ? Math.floor(size / span) + 1 : Math.floor((size - 1) / span);
+    const target = k * span + seed.delta * SECTOR;
+    if (target >= SECTOR && target <= MAX_VIRTUAL_SIZE && target !== size && grow === target > size) {
+      return { kind: 'resize', size: target, shrink: !grow && (seed.flag || seed.lenDelta !== 1) };
+    }
+  }
   const amounts = [SECTOR, cs, cs + SECTOR, cs - SECTOR, 3 * cs, Math.floor(size / 2 / SECTOR) * SECTOR];
   const amount = Math.max(SECTOR, amounts[seed.pick % amounts.length]! + seed.delta * SECTOR);
-  const grow = seed.count % 2 === 1;
   if (grow) return { kind: 'resize', size: Math.min(MAX_VIRTUAL_SIZE + cs, size + amount), shrink: false };
   const target = Math.max(SECTOR, size - amount);
   // Mostly pass --shrink; sometimes leave it out, which must be refused.

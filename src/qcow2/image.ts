@@ -269,6 +269,15 @@ export class Qcow2Image implements GuestDevice, RefcountHost {
     this.storage.write(offset, data);
   }
 
+  claimNew(offset: number, bytes: number, kind: MetaKind): void {
+    try {
+      this.meta.claim(offset, bytes, kind);
+    } catch (e) {
+      if (e instanceof OverlapError) this.corruption(e.message);
+      throw e;
+    }
+  }
+
   /** QEMU's pre-write overlap check: a hit marks the image corrupt and refuses the write. */
   private overlapCheck(offset: number, bytes: number, kind: MetaKind | undefined): void {
     try {
@@ -378,7 +387,7 @@ export class Qcow2Image implements GuestDevice, RefcountHost {
     }
     const data = old !== 0 ? this.l2Cache.get(old).data.slice() : new Uint8Array(this.clusterSize);
     const off = this.refcounts.allocClusters(1);
-    this.meta.claim(off, this.clusterSize, MetaKind.ActiveL2);
+    this.claimNew(off, this.clusterSize, MetaKind.ActiveL2);
     const table = this.l2Cache.put(off, data, true);
     this.writeBackL2(table);
     table.dirty = false;
@@ -427,7 +436,7 @@ export class Qcow2Image implements GuestDevice, RefcountHost {
     let newOffset = 0;
     if (newEntries > 0) {
       newOffset = this.refcounts.allocClusters(Math.ceil(bytes / this.clusterSize));
-      this.meta.claim(newOffset, bytes, MetaKind.ActiveL1);
+      this.claimNew(newOffset, bytes, MetaKind.ActiveL1);
       this.refcounts.flush();
       this.writeMeta(newOffset, padToCluster(table, this.clusterSize), MetaKind.ActiveL1);
       this.storage.flush();

@@ -60,8 +60,14 @@ export class MetadataMap {
     return clean;
   }
 
-  /** Replaces whatever is recorded (for clusters this engine just allocated). */
+  /**
+   * Records metadata just placed in freshly allocated clusters. On a damaged
+   * image the allocator may hand out a cluster whose refcount wrongly reads
+   * zero; if that cluster holds metadata, this refuses (as QEMU's overlap
+   * check refuses the write).
+   */
   claim(offset: number, bytes: number, kind: MetaKind): void {
+    this.check(offset, bytes, undefined);
     const [a, b] = this.clusterRange(offset, bytes);
     for (let c = a; c < b; c++) this.kinds.set(c, kind);
   }

@@ -26,6 +26,8 @@ export interface RefcountHost {
   clusterFreed(offset: number): void;
   /** Points the header at a new refcount table. */
   commitReftable(offset: number, clusters: number): void;
+  /** Records metadata placed in fresh clusters; an overlap marks the image corrupt and throws. */
+  claimNew(offset: number, bytes: number, kind: MetaKind): void;
   /** Marks the image corrupt (when writable) and throws. */
   corruption(message: string): never;
   /** Barrier between dependent writes: everything written before is durable after. */
@@ -167,8 +169,13 @@ export class Refcounts {
     }
   }
 
+  /**
+   * Free means refcount zero, nothing else: on a damaged image that can name a
+   * cluster holding metadata, and the overlap check then refuses the write
+   * and marks the image corrupt, as QEMU does.
+   */
   private isFree(clusterIndex: number): boolean {
-    return this.get(clusterIndex) === 0 && this.host.meta.kindAtCluster(clusterIndex) === undefined;
+    return this.get(clusterIndex) === 0;
   }
 
   /** First run of n free clusters at or after the hint (clusters past every refblock are free). */
@@ -179,16 +186,11 @@ export class Refcounts {
     for (;;) {
       const bi = this.blockOf(c);
       if (bi >= this.table.length || this.table[bi] === 0) {
-        // A missing block: its whole range is free (except metadata the map knows).
+        // A missing block: its whole range is free.
         const end = (bi + 1) * this.entriesPerBlock;
-        for (; c < end; c++) {
-          if (this.host.meta.kindAtCluster(c) !== undefined) {
-            run = 0;
-            start = c + 1;
-            continue;
-          }
-          if (++run === n) return start;
-        }
+        if (end - start >= n) return start;
+        run = end - start;
+        c = end;
         continue;
       }
       if (this.isFree(c)) {
@@ -289,7 +291,7 @@ export class Refcounts {
     const c = off / this.clusterSize;
     this.allocEnd = Math.max(this.allocEnd, c + 1);
     if (c + 1 > this.freeHint && c === this.freeHint) this.freeHint = c + 1;
-    this.host.meta.claim(off, this.clusterSize, MetaKind.Refblock);
+    this.host.claimNew(off, this.clusterSize, MetaKind.Refblock);
     // The block's own refcount (wherever it lives) must be durable before the table entry.
     this.cache.flush();
     this.host.writeMeta(off, data, MetaKind.Refblock);
@@ -357,14 +359,14 @@ export class Refcounts {
     }
     this.cache.flush();
     for (const [bi, data] of fresh) {
-      this.host.meta.claim(newTable[bi], cs, MetaKind.Refblock);
+      this.host.claimNew(newTable[bi], cs, MetaKind.Refblock);
       this.host.writeMeta(newTable[bi], data, MetaKind.Refblock);
       this.cache.put(newTable[bi], data, false);
     }
     const tableBytes = new Uint8Array(tableClusters * cs);
     const tv = viewOf(tableBytes);
     newTable.forEach((off, i) => setU64(tv, i * 8, off));
-    this.host.meta.claim(tableStart * cs, tableClusters * cs, MetaKind.Reftable);
+    this.host.claimNew(tableStart * cs, tableClusters * cs, MetaKind.Reftable);
     this.host.writeMeta(tableStart * cs, tableBytes, MetaKind.Reftable);
     this.host.barrier();
     const oldOffset = this.tableOffset;

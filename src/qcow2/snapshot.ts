@@ -126,7 +126,7 @@ export function writeSnapshotTable(img: Qcow2Image, entries: SnapshotEntry[]): v
   let offset = 0;
   if (entries.length > 0) {
     offset = img.refcounts.allocClusters(Math.ceil(bytes.length / img.clusterSize));
-    img.meta.claim(offset, bytes.length, MetaKind.SnapshotTable);
+    img.claimNew(offset, bytes.length, MetaKind.SnapshotTable);
     img.flush();
     img.writeMeta(offset, bytes, MetaKind.SnapshotTable);
     img.storage.flush();
@@ -158,7 +158,7 @@ export function createSnapshot(img: Qcow2Image, name: string): void {
   let l1Offset = 0;
   if (l1Bytes > 0) {
     l1Offset = img.refcounts.allocClusters(Math.ceil(l1Bytes / img.clusterSize));
-    img.meta.claim(l1Offset, l1Bytes, MetaKind.SnapshotL1);
+    img.claimNew(l1Offset, l1Bytes, MetaKind.SnapshotL1);
     img.flush();
     img.writeMeta(l1Offset, img.l1, MetaKind.SnapshotL1);
   }

@@ -16,6 +16,8 @@ export const enum MetaKind {
   SnapshotL1 = 7,
   /** Encryption header, bitmap directory: never rewritten by this engine. */
   Other = 8,
+  /** Claimed by two kinds of metadata on a damaged image: every write there is refused. */
+  Conflict = 9,
 }
 
 const KIND_NAMES: Record<MetaKind, string> = {
@@ -27,6 +29,7 @@ const KIND_NAMES: Record<MetaKind, string> = {
   [MetaKind.SnapshotTable]: 'snapshot table',
   [MetaKind.SnapshotL1]: 'inactive L1 table',
   [MetaKind.Other]: 'metadata',
+  [MetaKind.Conflict]: 'metadata claimed by two tables',
 };
 
 export function metaKindName(k: MetaKind): string {
@@ -44,20 +47,17 @@ export class MetadataMap {
   }
 
   /**
-   * Records metadata. A cluster already holding another kind keeps it (the
-   * first claim wins, in the order the image is loaded: header, L1, refcount
-   * structures, snapshots, L2 tables), so a later write of the second kind
-   * there is refused as an overlap. Returns false on such a conflict.
+   * Records metadata found in the image. A cluster two kinds of metadata
+   * claim (a damaged image) becomes a conflict that no write may touch, as
+   * QEMU's overlap check refuses a write of either table there.
    */
-  add(offset: number, bytes: number, kind: MetaKind): boolean {
+  add(offset: number, bytes: number, kind: MetaKind): void {
     const [a, b] = this.clusterRange(offset, bytes);
-    let clean = true;
     for (let c = a; c < b; c++) {
       const k = this.kinds.get(c);
       if (k === undefined) this.kinds.set(c, kind);
-      else if (k !== kind) clean = false;
+      else if (k !== kind) this.kinds.set(c, MetaKind.Conflict);
     }
-    return clean;
   }
 
   /**

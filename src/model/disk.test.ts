@@ -155,6 +155,13 @@ describe('DiskModel amend and resize', () => {
     expect(m.expectAmendRefcountBits(8).verdict).toBe('refuse');
     const x = new DiskModel({ ...base, clusterSize: 16384, extendedL2: true });
     expect(x.expectAmendCompat('0.10').verdict).toBe('refuse');
+    const c = new DiskModel(base);
+    c.writeCompressed(0, 4096, 1); // compressed clusters share host clusters: refcounts > 1 without snapshots
+    expect(c.expectAmendRefcountBits(1).verdict).toBe('either');
+    const d = new DiskModel(base);
+    d.snapshotCreate('a');
+    d.resize(2 * base.size);
+    expect(d.expectAmendCompat('0.10').verdict).toBe('refuse'); // a snapshot of another size
     const z = new DiskModel({ ...base, compressionType: 'zstd' });
     expect(z.expectAmendCompat('0.10').verdict).toBe('ok');
     z.writeCompressed(0, 4096, 1);
@@ -168,6 +175,7 @@ describe('DiskModel amend and resize', () => {
     const v2 = new DiskModel({ ...base, compat: '0.10' });
     v2.snapshotCreate('a');
     expect(v2.expectResize(2 * base.size, false).verdict).toBe('refuse');
+    expect(v2.expectResize(base.size, true).verdict).toBe('refuse'); // even to the same size
     const v2b = new DiskModel({ ...base, compat: '0.10', backing: backing(2 * base.size) });
     expect(v2b.expectResize(2 * base.size, false).verdict).toBe('refuse');
     const v2u = new DiskModel({ ...base, size: base.size - 512, compat: '0.10', backing: backing(2 * base.size) });

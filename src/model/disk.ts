@@ -166,11 +166,11 @@ export class DiskModel {
    * QEMU accepts duplicate snapshot names (ids stay unique). A snapshot adds one
    * reference to every cluster the active layer uses, so with narrow refcounts
    * it is refused (EINVAL) once a refcount would overflow, which depends on
-   * allocation: "either" as soon as the width cannot hold 2 + #snapshots.
+   * allocation: "either" as soon as the width may not hold the new maximum.
    */
   expectSnapshotCreate(_name: string): Expectation {
     const bits = this.meta.refcountBits;
-    if (bits < 53 && 2 ** bits - 1 < 2 + this.snaps.length) return either('a refcount may overflow the refcount width');
+    if (bits < 53 && 2 ** bits - 1 < this.maxRefcount(1)) return either('a refcount may overflow the refcount width');
     return OK;
   }
 
@@ -208,20 +208,28 @@ export class DiskModel {
     this.snaps.splice(this.snaps.indexOf(s), 1);
   }
 
+  /**
+   * An upper bound on any refcount (with `extraSnapshots` more snapshots): one
+   * reference from the active layer and one per snapshot, times the number of
+   * compressed clusters that can share one host cluster (QEMU packs them).
+   */
+  private maxRefcount(extraSnapshots: number): number {
+    const perHost = this.compressedEver ? this.meta.clusterSize / SECTOR : 1;
+    return (1 + this.snaps.length + extraSnapshots) * perHost;
+  }
+
   // ---- amend -------------------------------------------------------------
 
   /**
-   * Narrowing refcounts is refused when some refcount does not fit. A cluster
-   * is referenced at most once by the active layer and once per snapshot, so
-   * widths that hold 1 + #snapshots always fit; narrower ones depend on sharing.
+   * Narrowing refcounts is refused when some refcount does not fit; widths that
+   * hold maxRefcount() always fit, narrower ones depend on sharing.
    */
   expectAmendRefcountBits(bits: number): Expectation {
     if (!Number.isInteger(bits) || bits < 1 || bits > 64 || (bits & (bits - 1)) !== 0) {
       return refuse(`refcount_bits=${bits} is not a power of two in 1..64`);
     }
     if (this.meta.compat === '0.10' && bits !== 16) return refuse('compat=0.10 requires refcount_bits=16');
-    const maxRef = 1 + this.snaps.length;
-    if (bits < 53 && 2 ** bits - 1 < maxRef) return either('refcounts may not fit the narrower width');
+    if (bits < 53 && 2 ** bits - 1 < this.maxRefcount(0)) return either('refcounts may not fit the narrower width');
     return OK;
   }
 
@@ -233,6 +241,8 @@ export class DiskModel {
     if (compat === '1.1' || this.meta.compat === '0.10') return OK;
     if (this.meta.refcountBits !== 16) return refuse('compat=0.10 requires refcount_bits=16');
     if (this.meta.extendedL2) return refuse('v2 cannot express extended L2 entries');
+    // A v2 snapshot has no virtual size of its own: every snapshot must match the image.
+    if (this.snaps.some((x) => x.layer.size !== this.size)) return refuse('internal snapshots of another size prevent downgrade');
     if (this.meta.compressionType === 'zstd' && this.compressedEver) {
       return either('zstd-compressed clusters may exist');
     }
@@ -269,8 +279,9 @@ export class DiskModel {
    */
   expectResize(size: number, shrink: boolean): Expectation {
     if (size <= 0 || size % SECTOR) return refuse('size not a positive multiple of 512');
-    if (size === this.size) return OK;
+    // QEMU checks this before comparing sizes: even a same-size resize is refused.
     if (this.meta.compat === '0.10' && this.snaps.length > 0) return refuse("can't resize a v2 image with snapshots");
+    if (size === this.size) return OK;
     if (size < this.size && !shrink) return refuse('shrinking needs --shrink');
     // QEMU zero-writes the head of the new area up to the next cluster boundary
     // with plain data, and the clusters past it with zero clusters, which v2 lacks.

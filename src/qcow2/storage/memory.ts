@@ -1,4 +1,7 @@
-import { InvalidArgumentError, ReadOnlyError } from '../errors.js';
+import { InvalidArgumentError, ReadOnlyError, StorageIoError } from '../errors.js';
+
+/** Capacity of an in-memory image. */
+export const MEMORY_STORAGE_LIMIT = 512 * 1024 * 1024;
 import type { BlockStorage } from './types.js';
 
 /** A growable in-memory byte store; the fuzzing target runs on it. */
@@ -29,6 +32,11 @@ export class MemoryStorage implements BlockStorage {
   }
 
   readInto(offset: number, dst: Uint8Array): void {
+    if (offset >= this.len) {
+      // Past the end, however far (a hostile pointer may be): zeros, like a sparse file.
+      dst.fill(0);
+      return;
+    }
     checkRange(offset, dst.length);
     const end = Math.min(this.len, offset + dst.length);
     if (end > offset) dst.set(this.buf.subarray(offset, end), 0);
@@ -71,8 +79,9 @@ function checkRange(offset: number, length: number): void {
   if (!Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(offset + length)) {
     throw new InvalidArgumentError(`storage offset ${offset} is out of range`);
   }
-  // Memory storage backs in-process fuzzing; refuse sizes no test can mean.
-  if (offset + length > 2 ** 33) {
-    throw new InvalidArgumentError(`memory storage cannot hold ${offset + length} bytes`);
+  // Memory storage backs in-process fuzzing: it is a small disk, and a full disk is an
+  // I/O error (ENOSPC) the engine must survive, not an allocation failure.
+  if (offset + length > MEMORY_STORAGE_LIMIT) {
+    throw new StorageIoError(`no space left in memory storage (${offset + length} bytes needed, limit ${MEMORY_STORAGE_LIMIT})`, 'ENOSPC');
   }
 }

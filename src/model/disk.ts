@@ -214,7 +214,8 @@ export class DiskModel {
    * compressed clusters that can share one host cluster (QEMU packs them).
    */
   private maxRefcount(extraSnapshots: number): number {
-    const perHost = this.compressedEver ? this.meta.clusterSize / SECTOR : 1;
+    // Compressed clusters are packed at byte granularity: a byte each is a safe bound.
+    const perHost = this.compressedEver ? this.meta.clusterSize : 1;
     return (1 + this.snaps.length + extraSnapshots) * perHost;
   }
 

@@ -1,0 +1,30 @@
+#!/bin/sh
+# Reproduces with qemu-img/qemu-io only: op: op #3 'amend compat=0.10' failed: qemu-img: Internal snapshots prevent downgrade of image
+# Exits 1 while the problem is present, 0 once it is gone. Needs qemu-utils.
+set -u
+here=$(cd "$(dirname "$0")" && pwd)
+w=$(mktemp -d); trap 'rm -rf "$w"' EXIT; cd "$w"
+bug() { echo "BUG: $*"; exit 1; }
+run() { timeout 60 "$@"; rc=$?; [ $rc -eq 124 ] && bug "hang: $*"; return $rc; }
+
+# The image our target left behind, checked as it is (ts-target findings show here).
+if [ -f "$here/image.qcow2" ]; then
+  cp "$here/image.qcow2" saved.qcow2
+  run qemu-img check -q -f qcow2 saved.qcow2 >/dev/null 2>&1; rc=$?
+  [ $rc -ne 0 ] && [ $rc -ne 124 ] && bug "saved image.qcow2 fails qemu-img check (rc $rc)"
+fi
+
+# The same ops through QEMU.
+qemu-img create -q -f qcow2 -o cluster_size=512,refcount_bits=16,compat=1.1,lazy_refcounts=off,extended_l2=off,compression_type=zlib image.qcow2 512
+run qemu-img snapshot -c 's0' image.qcow2 || bug "op 1 failed: qemu-img snapshot -c 's0' image.qcow2"
+run qemu-img resize -q -f qcow2 image.qcow2 1024 || bug "op 2 failed: qemu-img resize -q -f qcow2 image.qcow2 1024"
+run qemu-img amend -f qcow2 -o compat=0.10 image.qcow2 || bug "op 3 failed: qemu-img amend -f qcow2 -o compat=0.10 image.qcow2"
+
+run qemu-img check -f qcow2 image.qcow2 || bug "qemu-img check reports problems"
+# Expected guest view, built in a raw file.
+qemu-img create -q -f raw expected.raw 1024
+run qemu-img compare -f qcow2 -F raw image.qcow2 expected.raw || bug "guest view differs from the expected one"
+size=$(qemu-img info --output=json image.qcow2 | sed -n 's/.*"virtual-size": \([0-9]*\).*/\1/p')
+[ "$size" = "1024" ] || bug "virtual size $size, expected 1024"
+echo "no problem found"
+exit 0

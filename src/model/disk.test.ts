@@ -143,6 +143,10 @@ describe('DiskModel amend and resize', () => {
     m.snapshotCreate('a');
     expect(m.expectAmendRefcountBits(1).verdict).toBe('either');
     expect(m.expectAmendRefcountBits(2).verdict).toBe('ok');
+    m.amendRefcountBits(2);
+    m.snapshotCreate('b');
+    expect(m.expectSnapshotApply('a').verdict).toBe('either'); // 3 references + 1 while applying
+    m.amendRefcountBits(16);
     expect(m.expectAmendRefcountBits(3).verdict).toBe('refuse');
     m.amendRefcountBits(8);
     expect(m.expectAmendCompat('0.10').verdict).toBe('refuse');

@@ -12,26 +12,40 @@ const SIZE_LIMIT = 2 ** 63;
  * text is not a size, so callers can word the error as their QEMU tool does.
  */
 export function parseSize(text: string, defaultUnit: keyof typeof UNIT_SHIFT = 'B'): number | null {
+  const big = parseSizeBig(text, defaultUnit);
+  if (big === null) return null;
+  const value = Number(big);
+  // Above 2^53 not every integer is a double: refuse rather than silently round.
+  return BigInt(value) === big ? value : null;
+}
+
+/** parseSize in exact integer arithmetic (sizes and offsets may exceed 2^53). */
+export function parseSizeBig(text: string, defaultUnit: keyof typeof UNIT_SHIFT = 'B'): bigint | null {
   const m = /^\s*(?:(0[xX][0-9a-fA-F]+)|(\d+)(?:\.(\d*))?)\s*([bBkKmMgGtTpPeE])?$/.exec(text);
   if (!m) return null;
   const [, hex, int, frac, unitRaw] = m;
   const unit = (unitRaw ?? defaultUnit).toUpperCase();
-  const mul = 2 ** UNIT_SHIFT[unit]!;
-  let value: number;
+  const mul = 1n << BigInt(UNIT_SHIFT[unit]!);
+  let value: bigint;
   if (hex !== undefined) {
-    value = Number(BigInt(hex)) * mul;
+    value = BigInt(hex) * mul;
   } else {
     // A fraction only makes sense with a unit that has room for it (1.5M, not 1.5).
-    if (frac !== undefined && frac.length > 0 && mul === 1) return null;
-    value = Number(int) * mul + Math.floor(Number(`0.${frac ?? '0'}`) * mul);
+    if (frac !== undefined && frac.length > 0 && mul === 1n) return null;
+    const f = frac ?? '';
+    value = BigInt(int!) * mul + (f.length > 0 ? (BigInt(f) * mul) / 10n ** BigInt(f.length) : 0n);
   }
-  if (!Number.isFinite(value) || value >= SIZE_LIMIT) return null;
+  if (value >= BigInt(SIZE_LIMIT)) return null;
   return value;
 }
 
 /** A size for a qemu-img operand, with qemu-img's wording when it is not one. */
 export function parseImageSize(text: string, command: string): number {
-  const v = parseSize(text);
+  // qemu rounds image sizes up to whole sectors; where a size is not exact as a
+  // double (above 2^53) that rounding is done here, exactly, and keeps it exact.
+  const big = parseSizeBig(text);
+  let v: number | null = null;
+  if (big !== null) v = BigInt(Number(big)) === big ? Number(big) : Number(((big + 511n) / 512n) * 512n);
   if (v === null && parseSize(text.replace(/[eE]$/, 'P')) !== null) {
     // Well formed but past INT64_MAX: qemu-img words this one differently.
     throw new UsageError('Invalid image size specified. Must be between 0 and 9223372036854775807.', command);

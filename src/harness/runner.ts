@@ -88,7 +88,10 @@ export function traceProperty(
 export async function runCampaign(o: CampaignOptions): Promise<CampaignStats> {
   const t0 = Date.now();
   const stats: CampaignStats = { runs: 0, shrinkRuns: 0, ops: 0, qemuImgChecks: 0, failures: [], elapsedSeconds: 0, corpus: [] };
-  const perChunk = o.runsPerChunk ?? DEFAULT_RUNS_PER_CHUNK;
+  // Small run budgets get small chunks so shards and workers all get some; the
+  // chunk size depends only on the budget, so a seed names the same runs however split.
+  const perChunk =
+    o.runsPerChunk ?? (o.runs !== undefined ? Math.max(1, Math.min(DEFAULT_RUNS_PER_CHUNK, Math.ceil(o.runs / 8))) : DEFAULT_RUNS_PER_CHUNK);
   const shard = o.shard ?? { index: 0, count: 1 };
   const tmpRoot = o.tmpRoot ?? path.join(os.tmpdir(), `qcow2-harness-${process.pid}`);
   const deadline = o.timeSec !== undefined ? t0 + o.timeSec * 1000 : Number.POSITIVE_INFINITY;

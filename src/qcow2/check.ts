@@ -181,7 +181,7 @@ function calculate(img: Qcow2Image, res: CheckResult, fix: number, nbClusters: n
     inc(img, res, c, img.ext.cryptoHeader.offset, img.ext.cryptoHeader.length);
   }
   countBitmaps(img, res, c);
-  checkRefblocks(img, res, c, nbClusters, state);
+  checkRefblocks(img, res, c, nbClusters, state, fix);
   return c;
 }
 
@@ -245,8 +245,24 @@ function readL2(img: Qcow2Image, offset: number): Uint8Array {
   return cached ? cached.data : img.storage.read(offset, img.clusterSize);
 }
 
+/** Overwrites the standard part of one L2 entry in place (repair); false when that would hit other metadata. */
+function rewriteL2Entry(img: Qcow2Image, l2Offset: number, index: number, lo: number): boolean {
+  const at = l2Offset + index * img.layout.entrySize;
+  const bytes = new Uint8Array(8);
+  viewOf(bytes).setUint32(4, lo);
+  const cached = l2Offset % img.clusterSize === 0 ? img.l2Cache.peek(l2Offset) : undefined;
+  try {
+    img.meta.check(at, 8, MetaKind.ActiveL2);
+  } catch {
+    return false;
+  }
+  img.storage.write(at, bytes);
+  img.storage.flush();
+  if (cached) cached.data.set(bytes, index * img.layout.entrySize);
+  return true;
+}
+
 function checkL2(img: Qcow2Image, res: CheckResult, c: Counts, l2Offset: number, active: boolean, fix: number): void {
-  void fix;
   const cs = img.clusterSize;
   const table = readL2(img, l2Offset);
   const tv = viewOf(table);
@@ -287,11 +303,20 @@ function checkL2(img: Qcow2Image, res: CheckResult, c: Counts, l2Offset: number,
       if (offset % cs !== 0) {
         res.corruptions++;
         const containsData = layout.extended ? (e.alloc & ALL_SUBCLUSTERS) !== 0 : type === ClusterType.Normal;
-        res.messages.push(
-          containsData
-            ? `ERROR offset=${offset.toString(16)}: Data cluster is not properly aligned; L2 entry corrupted.`
-            : `ERROR offset=${offset.toString(16)}: Preallocated cluster is not properly aligned; L2 entry corrupted.`,
-        );
+        if (!containsData) {
+          const repair = (fix & FIX_ERRORS) !== 0;
+          res.messages.push(
+            `${repair ? 'Repairing' : 'ERROR'} offset=${offset.toString(16)}: Preallocated cluster is not properly aligned; L2 entry corrupted.`,
+          );
+          // Nothing is lost by making it a plain zero cluster (QEMU repairs it so).
+          if (repair && rewriteL2Entry(img, l2Offset, i, layout.extended ? 0 : 1)) {
+            res.corruptions--;
+            res.corruptionsFixed++;
+            continue;
+          }
+        } else {
+          res.messages.push(`ERROR offset=${offset.toString(16)}: Data cluster is not properly aligned; L2 entry corrupted.`);
+        }
       }
       if (active) {
         res.allocatedClusters++;
@@ -306,7 +331,7 @@ function checkL2(img: Qcow2Image, res: CheckResult, c: Counts, l2Offset: number,
   }
 }
 
-function checkRefblocks(img: Qcow2Image, res: CheckResult, c: Counts, nbClusters: number, state: { rebuild: boolean }): void {
+function checkRefblocks(img: Qcow2Image, res: CheckResult, c: Counts, nbClusters: number, state: { rebuild: boolean }, fix: number): void {
   const cs = img.clusterSize;
   const rt = img.refcounts;
   for (let i = 0; i < rt.table.length; i++) {
@@ -327,9 +352,22 @@ function checkRefblocks(img: Qcow2Image, res: CheckResult, c: Counts, nbClusters
     }
     const cluster = offset / cs;
     if (cluster >= nbClusters) {
-      res.messages.push(`ERROR refcount block ${i} is outside image`);
       res.corruptions++;
-      state.rebuild = true;
+      if (fix & FIX_ERRORS) {
+        res.messages.push(`Repairing refcount block ${i} is outside image`);
+        // QEMU grows the file to take the block in; it then counts as an allocated, zeroed block.
+        try {
+          img.storage.truncate(offset + cs);
+          res.corruptions--;
+          res.corruptionsFixed++;
+          inc(img, res, c, offset, cs);
+        } catch (e) {
+          res.messages.push(`ERROR could not resize image: ${(e as Error).message}`);
+          state.rebuild = true;
+        }
+      } else {
+        res.messages.push(`ERROR refcount block ${i} is outside image`);
+      }
       continue;
     }
     inc(img, res, c, offset, cs);

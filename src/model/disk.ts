@@ -298,6 +298,18 @@ export class DiskModel {
     if (this.meta.compat === '0.10' && this.backing && this.backing.size > this.size && size > zeroClustersFrom) {
       return refuse('v2 cannot zero the new area over a backing file');
     }
+    // With subclusters QEMU zeroes from the next subcluster boundary, which may
+    // fall inside a compressed last cluster: that part cannot be zeroed (ENOTSUP).
+    if (
+      size > this.size &&
+      this.meta.extendedL2 &&
+      this.backing &&
+      this.backing.size > this.size &&
+      this.size % this.meta.clusterSize !== 0 &&
+      this.compressedEver
+    ) {
+      return either('zeroing part of a compressed cluster with extended L2');
+    }
     return OK;
   }
 

@@ -59,6 +59,12 @@ export function amendImage(img: Qcow2Image, o: AmendOptions): void {
 }
 
 function checkDowngradePossible(img: Qcow2Image): void {
+  // v2 snapshots cannot record a disk size of their own, nor a VM state above 4 GiB.
+  for (const sn of img.snapshots) {
+    if ((sn.vmStateSizeLarge ?? sn.vmStateSize) > 0xffffffff || (sn.diskSize ?? img.virtualSize) !== img.virtualSize) {
+      throw new UnsupportedFeatureError('Internal snapshots prevent downgrade of image');
+    }
+  }
   const other = img.header.incompatibleFeatures & ~(INCOMPAT_DIRTY | INCOMPAT_COMPRESSION);
   if (other) {
     throw new UnsupportedFeatureError(`Cannot downgrade an image with incompatible features 0x${other.toString(16)} set`);
@@ -193,9 +199,15 @@ function expandZeroClusters(img: Qcow2Image): void {
           continue;
         }
         let host = layout.offset(e);
-        if (type === ClusterType.ZeroPlain) {
+        // A zero-allocated cluster someone else also references (a snapshot's
+        // normal entry) must not be zeroed in place: it gets a cluster of its own.
+        // (QEMU 7.2 zeroes it in place: corpus/qemu-downgrade-zeroes-snapshot-data.)
+        const shared = type === ClusterType.ZeroAlloc && img.refcounts.getAt(host) > l2Refs;
+        if (type === ClusterType.ZeroPlain || shared) {
+          const old = host;
           host = img.refcounts.allocClusters(1);
           if (l2Refs > 1) img.refcounts.updateRange(host, cs, l2Refs - 1);
+          if (shared) img.refcounts.updateRange(old, cs, -l2Refs);
         }
         img.meta.check(host, cs, undefined);
         img.storage.write(host, zeros);

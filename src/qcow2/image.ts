@@ -839,6 +839,20 @@ export class Qcow2Image implements GuestDevice, RefcountHost {
     return this.subclusterState(e2, type, sc, vc) !== 'normal';
   }
 
+  /** Refuses (before anything changes) a range qcow2_subcluster_zeroize could not turn into zero clusters. */
+  assertZeroizable(a: number, b: number): void {
+    const fail = (why: string) => {
+      throw new UnsupportedFeatureError(`Failed to zero out new clusters: ${why}`);
+    };
+    if (this.version < 3) fail('version 2 images have no zero clusters');
+    const cs = this.clusterSize;
+    if (this.layout.extended && a % cs !== 0) {
+      const e = this.entryFor(Math.floor(a / cs));
+      if (this.layout.type(e) === ClusterType.Compressed) fail('part of a compressed cluster cannot be zeroed');
+    }
+    void b;
+  }
+
   /** qcow2_subcluster_zeroize for [a, b), a subcluster aligned and b aligned or the image end. */
   private zeroize(a: number, b: number, unmap: boolean): void {
     const cs = this.clusterSize;

@@ -19,11 +19,12 @@ export function resizeImage(img: Qcow2Image, size: number, shrink: boolean): voi
   if (size > maxVirtualSize(img.clusterBits, img.layout.extended)) {
     throw new InvalidArgumentError("The image size is too large for file format 'qcow2' (try using a larger cluster size)");
   }
-  const old = img.virtualSize;
-  if (size === old) return;
+  // QEMU checks this before comparing sizes: even a same-size resize is refused.
   if (img.version < 3 && img.snapshots.length > 0) {
     throw new UnsupportedFeatureError("Can't resize a v2 image which has snapshots");
   }
+  const old = img.virtualSize;
+  if (size === old) return;
   if (size < old) {
     if (!shrink) throw new InvalidArgumentError('Use the --shrink option to perform a shrink operation.');
     shrinkTo(img, size);
@@ -32,9 +33,11 @@ export function resizeImage(img: Qcow2Image, size: number, shrink: boolean): voi
   const needed = Math.ceil(size / img.bytesPerL1Entry);
   if (needed > img.l1Entries) img.resizeL1(needed);
   const backingReaches = img.backing !== null && img.backing.virtualSize > old;
-  if (backingReaches && img.version < 3) {
-    throw new UnsupportedFeatureError('Failed to zero out new clusters: a version 2 image cannot hide its backing file');
-  }
+  // Over a backing file the new area must hide it: explicit zeros up to the next
+  // subcluster boundary, zero (sub)clusters after it (QEMU: BDRV_REQ_ZERO_WRITE),
+  // which v2 and compressed clusters cannot express — then the resize is refused.
+  const zeroStart = alignUp(old, img.subclusterSize);
+  if (backingReaches && size > zeroStart) img.assertZeroizable(zeroStart, size);
   img.header.size = size;
   img.writeHeader();
   if (backingReaches) {

@@ -510,18 +510,23 @@ export class Qcow2Image implements GuestDevice, RefcountHost {
     }
   }
 
-  /** Reads guest bytes without the virtual-size bound (COW of the last partial cluster needs that). */
-  private readGuest(offset: number, dst: Uint8Array): void {
+  /** Calls fn for each piece of [offset, offset+length) that lies in one guest cluster. */
+  private forEachClusterPiece(offset: number, length: number, fn: (vc: number, inOff: number, done: number, n: number) => void): void {
     const cs = this.clusterSize;
     let done = 0;
-    while (done < dst.length) {
+    while (done < length) {
       const pos = offset + done;
       const vc = Math.floor(pos / cs);
       const inOff = pos - vc * cs;
-      const n = Math.min(cs - inOff, dst.length - done);
-      this.readInCluster(vc, inOff, dst.subarray(done, done + n));
+      const n = Math.min(cs - inOff, length - done);
+      fn(vc, inOff, done, n);
       done += n;
     }
+  }
+
+  /** Reads guest bytes without the virtual-size bound (COW of the last partial cluster needs that). */
+  private readGuest(offset: number, dst: Uint8Array): void {
+    this.forEachClusterPiece(offset, dst.length, (vc, inOff, done, n) => this.readInCluster(vc, inOff, dst.subarray(done, done + n)));
   }
 
   private readInCluster(vc: number, inOff: number, dst: Uint8Array): void {
@@ -650,16 +655,7 @@ export class Qcow2Image implements GuestDevice, RefcountHost {
     this.assertOpen();
     this.checkRange(offset, data.length);
     this.beforeChange();
-    const cs = this.clusterSize;
-    let done = 0;
-    while (done < data.length) {
-      const pos = offset + done;
-      const vc = Math.floor(pos / cs);
-      const inOff = pos - vc * cs;
-      const n = Math.min(cs - inOff, data.length - done);
-      this.writeInCluster(vc, inOff, data.subarray(done, done + n));
-      done += n;
-    }
+    this.forEachClusterPiece(offset, data.length, (vc, inOff, done, n) => this.writeInCluster(vc, inOff, data.subarray(done, done + n)));
   }
 
   private writeData(host: number, data: Uint8Array): void {

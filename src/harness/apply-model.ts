@@ -17,7 +17,7 @@ export function expectOp(model: DiskModel, op: Op): Expectation {
     case 'reopen':
       return { verdict: 'ok' };
     case 'crash':
-      return { verdict: 'either', reason: 'crash is checked by the crash-consistency suite' };
+      return { verdict: 'either', reason: 'crash is a pure check, offered only by targets that record their writes' };
     case 'snapshot':
       if (op.action === 'create') return model.expectSnapshotCreate(op.name);
       if (op.action === 'apply') return model.expectSnapshotApply(op.name);

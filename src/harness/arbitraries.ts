@@ -163,6 +163,7 @@ const KIND_TABLE: [number, OpKind | 'snapshot-c' | 'snapshot-a' | 'snapshot-d'][
   [5, 'snapshot-d'],
   [8, 'amend'],
   [8, 'resize'],
+  [4, 'crash'],
 ];
 const KIND_TOTAL = KIND_TABLE.reduce((a, [w]) => a + w, 0);
 
@@ -187,8 +188,18 @@ export const opSeedArb: fc.Arbitrary<OpSeed> = fc.record({
   pick: fc.nat(1000),
 });
 
-export function opSeedsArb(maxOps: number): fc.Arbitrary<OpSeed[]> {
-  return fc.array(opSeedArb, { minLength: 1, maxLength: maxOps });
+/** The seed kind that resolves to a crash op. */
+const CRASH_KIND = KIND_TABLE.slice(0, KIND_TABLE.findIndex(([, k]) => k === 'crash')).reduce((a, [w]) => a + w, 0);
+
+/**
+ * Op seed lists. `crashBias` turns about one seed in four into a crash (for
+ * properties about crash consistency, where crashes are otherwise rare).
+ */
+export function opSeedsArb(maxOps: number, o: { crashBias?: boolean } = {}): fc.Arbitrary<OpSeed[]> {
+  const one = o.crashBias
+    ? fc.tuple(opSeedArb, fc.nat(3)).map(([s, r]) => (r === 0 ? { ...s, kind: CRASH_KIND } : s))
+    : opSeedArb;
+  return fc.array(one, { minLength: 1, maxLength: maxOps });
 }
 
 export const SNAPSHOT_NAMES = ['s0', 's1', 's2'];
@@ -240,6 +251,8 @@ export function resolveOp(seed: OpSeed, model: DiskModel, ctx: ResolveContext): 
       return { kind: 'flush' };
     case 'reopen':
       return { kind: 'reopen' };
+    case 'crash':
+      return { kind: 'crash' };
     case 'snapshot-c':
       return { kind: 'snapshot', action: 'create', name: SNAPSHOT_NAMES[seed.pick % SNAPSHOT_NAMES.length]! };
     case 'snapshot-a':

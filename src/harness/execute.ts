@@ -11,7 +11,9 @@ import { HangError } from '../qemu/errors.js';
 import { applyOp, expectOp } from './apply-model.js';
 import { resolveOp, type OpSeed } from './arbitraries.js';
 import { toModelConfig, type TraceConfig } from './config.js';
+import { CRASH_IMAGES_PER_OP, CrashTracker, crashSeed, judgeCrashCheck } from './crash.js';
 import { makeData } from './data.js';
+import { imgCheck } from '../qemu/index.js';
 import { endOracles, type Failure } from './oracles.js';
 import { carriesData, formatOp, isRangeOp, type Op } from './ops.js';
 import type { StampedOp, Target } from './targets/types.js';
@@ -81,6 +83,7 @@ async function execute(
   let batch: StampedOp[] = [];
   let tolerateLeaks: string | undefined;
   let pendingWhole = false;
+  const crash = target.crashImages ? new CrashTracker(model) : undefined;
 
   const runBatch = async (ops: StampedOp[]): Promise<Failure | undefined> => {
     if (ops.length === 0) return undefined;
@@ -112,8 +115,13 @@ async function execute(
           tolerateLeaks = 'known QEMU bug: a refused snapshot create leaks a cluster';
         }
       }
+      crash?.afterOp(op, outcome.ok);
+      if (op.kind === 'crash' && outcome.ok && crash) {
+        const f = await checkCrashImages(target, crash, index, out);
+        if (f) return f;
+      }
       if (isRangeOp(op)) ranges.push([op.off, op.len]);
-      else if (op.kind !== 'flush') wholeDisk = true;
+      else if (op.kind !== 'flush' && op.kind !== 'crash') wholeDisk = true;
     }
     const last = ops[ops.length - 1]!.index;
     pendingWhole ||= wholeDisk || model.size !== sizeBefore;
@@ -161,6 +169,23 @@ async function execute(
   const end = await endOracles(target, model, config, dir, { tolerateLeaks });
   out.qemuImgChecks += end.qemuImgChecks;
   return end.failure;
+}
+
+/** The crash oracle at op `index`: every crash image must open, read as the tracker allows, and check clean. */
+async function checkCrashImages(target: Target, crash: CrashTracker, index: number, out: RunOutcome): Promise<Failure | undefined> {
+  const images = await target.crashImages!(CRASH_IMAGES_PER_OP, (n) => crashSeed(index, n));
+  for (let n = 0; n < images.length; n++) {
+    const c = images[n]!;
+    const what = `crash image ${n} at op #${index}`;
+    if (!c.opened) return { oracle: 'crash', opIndex: index, message: `${what} does not open: ${c.error}` };
+    const bad = crash.verifyGuest(c.size, c.guest);
+    if (bad) return { oracle: 'crash', opIndex: index, message: `${what}: ${bad}` };
+    const check = await imgCheck(c.file);
+    out.qemuImgChecks++;
+    const problem = judgeCrashCheck(check);
+    if (problem) return { oracle: 'crash', opIndex: index, message: `${what}, after our open: ${problem}` };
+  }
+  return undefined;
 }
 
 /** Above this size a mid-run "whole disk" check reads only where content can be (the end reads everything). */

@@ -16,6 +16,11 @@ export type Op =
   | { kind: 'discard'; off: number; len: number }
   | { kind: 'flush' }
   | { kind: 'reopen' }
+  /**
+   * A pure check (DESIGN.md "Crash consistency"): a few crash images of the
+   * image as it stands are opened and checked, then the run goes on with the
+   * live, uncrashed image. Only targets that record their writes (ts) run it.
+   */
   | { kind: 'crash' }
   | { kind: 'snapshot'; action: 'create' | 'apply' | 'delete'; name: string }
   | AmendOp

@@ -18,13 +18,16 @@ export interface TraceSuiteOptions {
   maxOps: number;
   /** fast-check path of a known counterexample, to replay just it. */
   path?: string;
+  /** Make crash ops common (see opSeedsArb). */
+  crashOps?: boolean;
 }
 
-export async function assertTraces(target: string, o: TraceSuiteOptions): Promise<{ runs: number; ops: number; checks: number }> {
+export async function assertTraces(target: string, o: TraceSuiteOptions): Promise<{ runs: number; ops: number; checks: number; crashOps: number }> {
   const tmpRoot = fs.mkdtempSync(path.join(os.tmpdir(), 'qh-prop-'));
   let runs = 0;
   let ops = 0;
   let checks = 0;
+  let crashOps = 0;
   try {
     const prop = traceProperty(
       target,
@@ -33,8 +36,10 @@ export async function assertTraces(target: string, o: TraceSuiteOptions): Promis
         runs++;
         ops += r.ops.length;
         checks += r.qemuImgChecks;
+        crashOps += r.ops.filter((x) => x.kind === 'crash').length;
       },
       tmpRoot,
+      { crashBias: o.crashOps },
     );
     const details = await fc.check(prop, { seed: o.seed, numRuns: o.numRuns, path: o.path, endOnFailure: false });
     if (details.failed && details.counterexample) {
@@ -54,5 +59,5 @@ export async function assertTraces(target: string, o: TraceSuiteOptions): Promis
   } finally {
     fs.rmSync(tmpRoot, { recursive: true, force: true });
   }
-  return { runs, ops, checks };
+  return { runs, ops, checks, crashOps };
 }

@@ -77,8 +77,9 @@ export function traceProperty(
   maxOps: number,
   onRun: (r: RunOutcome) => void,
   tmpRoot?: string,
+  o: { crashBias?: boolean } = {},
 ): fc.IAsyncProperty<[TraceConfig, OpSeed[]]> {
-  return fc.asyncProperty(configArb, opSeedsArb(maxOps), async (config, seeds) => {
+  return fc.asyncProperty(configArb, opSeedsArb(maxOps, o), async (config, seeds) => {
     const r = await runTrace(makeTarget(target), config, { seeds }, { tmpRoot });
     onRun(r);
     return r.failure === undefined;

@@ -1,5 +1,6 @@
 /**
- * Our engine as the implementation under test, in process on memory storage.
+ * Our engine as the implementation under test, in process on a recording
+ * memory storage (which also yields crash images for the `crash` op).
  * The image is dumped to a file only for the qemu-img oracles at the end.
  * Qcow2Error is a clean refusal; any other exception escapes and is a finding.
  */
@@ -9,18 +10,20 @@ import { Qcow2Error, UnsupportedFeatureError } from '../../qcow2/errors.js';
 import { Qcow2Image } from '../../qcow2/image.js';
 import { openImageFile } from '../../qcow2/open-file.js';
 import { MemoryStorage } from '../../qcow2/storage/memory.js';
+import { RecordingStorage } from '../../qcow2/storage/recording.js';
 import type { CheckResult, OpenOptions } from '../../qcow2/types.js';
 import type { TraceConfig } from '../config.js';
+import { seededRandom } from '../crash.js';
 import { createBacking } from '../fixture.js';
 import type { Op, OpKind } from '../ops.js';
-import type { OpOutcome, StampedOp, Target } from './types.js';
+import type { CrashImage, OpOutcome, StampedOp, Target } from './types.js';
 
 export class TsTarget implements Target {
   readonly name = 'ts';
   readonly verifyAfter = 'op';
   readonly capabilities: ReadonlySet<OpKind>;
   private dir = '';
-  private storage: MemoryStorage | undefined;
+  private storage: RecordingStorage | undefined;
   private img: Qcow2Image | undefined;
   private openOpts: OpenOptions = {};
 
@@ -38,7 +41,7 @@ export class TsTarget implements Target {
     this.openOpts = {
       openBacking: (name, format) => openImageFile(path.isAbsolute(name) ? name : path.join(dir, name), { readOnly: true, format }),
     };
-    this.storage = new MemoryStorage();
+    this.storage = new RecordingStorage();
     this.img = Qcow2Image.create(
       this.storage,
       {
@@ -98,7 +101,9 @@ export class TsTarget implements Target {
         this.img = Qcow2Image.open(this.storage!, this.openOpts);
         return;
       case 'crash':
-        throw new UnsupportedFeatureError('crash is exercised by the crash-consistency suite');
+        // A pure check: the executor examines crash images (crashImages) and
+        // the run goes on with the live, uncrashed image.
+        return;
       case 'snapshot':
         if (op.action === 'create') return img.createSnapshot(op.name);
         if (op.action === 'apply') return img.applySnapshot(op.name);
@@ -132,6 +137,35 @@ export class TsTarget implements Target {
     this.img = undefined;
     fs.writeFileSync(this.imagePath(), this.storage!.bytes());
     this.img = Qcow2Image.open(this.storage!, { ...this.openOpts, readOnly: true });
+  }
+
+  async crashImages(count: number, seed: (n: number) => number): Promise<CrashImage[]> {
+    const out: CrashImage[] = [];
+    for (let n = 0; n < count; n++) {
+      const storage = new MemoryStorage(this.storage!.randomCrashImage(seededRandom(seed(n))));
+      let img: Qcow2Image | undefined;
+      try {
+        img = Qcow2Image.open(storage, this.openOpts);
+        const size = img.virtualSize;
+        const guest = img.read(0, size);
+        img.close();
+        img = undefined;
+        const file = path.join(this.dir, `crash-${n}.qcow2`);
+        fs.writeFileSync(file, storage.bytes());
+        out.push({ opened: true, size, guest, file });
+      } catch (e) {
+        // Any exception, a Qcow2Error included: a crash image must open.
+        const err = e as Error;
+        out.push({ opened: false, error: `${err?.name ?? 'Error'}: ${err?.message ?? String(e)}` });
+      } finally {
+        try {
+          img?.close();
+        } catch {
+          // Already reported: the open or the read failed.
+        }
+      }
+    }
+    return out;
   }
 
   async ownCheck(): Promise<CheckResult> {
@@ -170,6 +204,8 @@ export function tsCapabilities(): ReadonlySet<OpKind> {
     ['amend', (i) => (i.amend({ refcountBits: 8 }), i.amend({ lazyRefcounts: true }), i.amend({ compat: '0.10' }))],
     ['resize', (i) => (i.resize(8 * cs), i.resize(4 * cs, { shrink: true }))],
   ];
+  // The recording storage gives crash images whatever the engine implements.
+  caps.add('crash');
   for (const [kind, fn] of tries) {
     try {
       const img = Qcow2Image.create(new MemoryStorage(), { size: 4 * cs, clusterSize: cs });

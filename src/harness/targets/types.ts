@@ -7,6 +7,11 @@ import type { CheckResult } from '../../qcow2/types.js';
 import type { TraceConfig } from '../config.js';
 import type { Op, OpKind } from '../ops.js';
 
+/** A crash image after the engine opened it read-write (repairing a dirty image), or why it would not open. */
+export type CrashImage =
+  | { opened: true; size: number; guest: Uint8Array; file: string }
+  | { opened: false; error: string };
+
 export type OpOutcome = { ok: true } | { ok: false; error: string };
 
 export interface StampedOp {
@@ -68,5 +73,13 @@ export interface Target {
   imagePath(): string;
   /** Our engine's own check of the image, for the "our check agrees" oracle (ts only). */
   ownCheck?(): Promise<CheckResult>;
+  /**
+   * `count` crash images of the image as it stands (DESIGN.md "Crash
+   * consistency"), chosen by `seed`: each opened read-write (which repairs a
+   * dirty image), read whole, closed, and left at `file` (in the run's
+   * directory) for qemu-img check. Only targets that record their writes
+   * offer it, and only they list 'crash' among their capabilities.
+   */
+  crashImages?(count: number, seed: (n: number) => number): Promise<CrashImage[]>;
   close(): Promise<void>;
 }

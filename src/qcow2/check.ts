@@ -486,10 +486,7 @@ function checkOflagCopied(img: Qcow2Image, res: CheckResult, fix: number): void 
 
 /** Replaces the refcount structure with one built from the computed counts (rebuild_refcount_structure). */
 function rebuildRefcounts(img: Qcow2Image, c: Counts, nbClusters: number): void {
-  const cs = img.clusterSize;
-  const start = Math.max(nbClusters, c.size);
-  installRefcountStructure(img, c.table, c.size, img.refcounts.order, start);
-  void cs;
+  installRefcountStructure(img, c.table, c.size, img.refcounts.order, Math.max(nbClusters, c.size));
 }
 
 /**

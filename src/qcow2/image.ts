@@ -835,8 +835,12 @@ export class Qcow2Image implements GuestDevice, RefcountHost {
     return this.subclusterState(e2, type, sc, vc) !== 'normal';
   }
 
-  /** Refuses (before anything changes) a range qcow2_subcluster_zeroize could not turn into zero clusters. */
-  assertZeroizable(a: number, b: number): void {
+  /**
+   * Refuses (before anything changes) zeroing from a onwards that
+   * qcow2_subcluster_zeroize could not express: v2 has no zero clusters, and
+   * part of a compressed cluster cannot be zeroed with extended L2.
+   */
+  assertZeroizable(a: number): void {
     const fail = (why: string) => {
       throw new UnsupportedFeatureError(`Failed to zero out new clusters: ${why}`);
     };
@@ -846,7 +850,6 @@ export class Qcow2Image implements GuestDevice, RefcountHost {
       const e = this.entryFor(Math.floor(a / cs));
       if (this.layout.type(e) === ClusterType.Compressed) fail('part of a compressed cluster cannot be zeroed');
     }
-    void b;
   }
 
   /** qcow2_subcluster_zeroize for [a, b), a subcluster aligned and b aligned or the image end. */

@@ -55,11 +55,11 @@ export function probeFormat(file: string): ImageFormat {
   }
 }
 
-function backingOpener(imagePath: string, depth: number, readOnly: boolean) {
+function backingOpener(imagePath: string, depth: number) {
   return (name: string, fmt: BackingFormat | undefined): GuestDevice => {
     if (depth >= MAX_BACKING_DEPTH) throw new InvalidImageError(`backing chain deeper than ${MAX_BACKING_DEPTH} images (a loop?)`);
+    // Backing files are only ever read.
     const resolved = path.isAbsolute(name) ? name : path.join(path.dirname(imagePath), name);
-    void readOnly;
     return openAt(resolved, { readOnly: true, format: fmt }, depth + 1);
   };
 }
@@ -74,7 +74,7 @@ function openAt(file: string, o: OpenOptions & { format?: ImageFormat }, depth: 
   try {
     const img = Qcow2Image.open(storage, {
       ...o,
-      openBacking: o.openBacking ?? backingOpener(file, depth, o.readOnly ?? false),
+      openBacking: o.openBacking ?? backingOpener(file, depth),
     });
     return Object.assign(img, { format: 'qcow2' as const, qcow2: img });
   } catch (e) {
@@ -97,7 +97,7 @@ export function createQcow2File(file: string, o: CreateOptions, open: OpenOption
   if (o.backingFile !== undefined && o.backingFile === '') throw new InvalidArgumentError('empty backing file name');
   const storage = FileStorage.create(file);
   try {
-    return Qcow2Image.create(storage, o, { ...open, openBacking: open.openBacking ?? backingOpener(file, 0, true) });
+    return Qcow2Image.create(storage, o, { ...open, openBacking: open.openBacking ?? backingOpener(file, 0) });
   } catch (e) {
     storage.close();
     throw e;

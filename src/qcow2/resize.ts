@@ -37,7 +37,7 @@ export function resizeImage(img: Qcow2Image, size: number, shrink: boolean): voi
   // subcluster boundary, zero (sub)clusters after it (QEMU: BDRV_REQ_ZERO_WRITE),
   // which v2 and compressed clusters cannot express — then the resize is refused.
   const zeroStart = alignUp(old, img.subclusterSize);
-  if (backingReaches && size > zeroStart) img.assertZeroizable(zeroStart, size);
+  if (backingReaches && size > zeroStart) img.assertZeroizable(zeroStart);
   img.header.size = size;
   img.writeHeader();
   if (backingReaches) {

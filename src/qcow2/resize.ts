@@ -45,8 +45,10 @@ export function resizeImage(img: Qcow2Image, size: number, shrink: boolean): voi
   } else {
     // The last old cluster may hold bytes past the old end (left by a shrink); the
     // new area must read as zeros. QEMU 7.2 exposes them (see corpus/qemu-stale-tail-after-regrow).
+    // Only an allocated cluster can hold such bytes; an unallocated one stays so.
     const tailEnd = Math.min(size, alignUp(old, img.clusterSize));
-    if (tailEnd > old) img.writeZeroes(old, tailEnd - old);
+    const last = img.entryFor(Math.floor(old / img.clusterSize));
+    if (tailEnd > old && img.layout.offset(last) !== 0) img.writeZeroes(old, tailEnd - old);
   }
   img.flush();
 }

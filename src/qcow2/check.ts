@@ -462,9 +462,9 @@ function checkOflagCopied(img: Qcow2Image, res: CheckResult, fix: number): void 
       const e = layout.get(table, j);
       const type = layout.type(e);
       if (type !== ClusterType.Normal && type !== ClusterType.ZeroAlloc) continue;
+      // Misaligned offsets are checked too, at the cluster they fall in (QEMU: offset >> cluster_bits).
       const off = layout.offset(e);
-      if (off % cs !== 0) continue;
-      const drc = storedRefcount(img, off / cs);
+      const drc = storedRefcount(img, Math.floor(off / cs));
       if (drc === undefined) continue;
       if ((drc === 1) !== isCopied(e.hi)) {
         const entry = (e.hi * 2 ** 32 + e.lo).toString(16);

@@ -339,9 +339,11 @@ export class DiskModel {
     this.active.backingEnd = Math.min(this.active.backingEnd, this.active.sectorCount);
     this.active.size = size;
     const tailEnd = Math.min(size, Math.ceil(old / cs) * cs);
-    if (old % cs !== 0 && this.opts.regrowTail === 'unspecified') {
-      if (backingShowsThrough) this.active.maybeAllocated.add(Math.floor(old / cs));
-      else for (let s = old / SECTOR; s < tailEnd / SECTOR; s++) this.active.undefinedSectors.add(s);
+    // Hiding a backing file that reaches past the old end writes explicit zeros up to the next
+    // subcluster boundary, which may allocate the old last cluster (on any implementation).
+    if (old % cs !== 0 && backingShowsThrough) this.active.maybeAllocated.add(Math.floor(old / cs));
+    if (old % cs !== 0 && this.opts.regrowTail === 'unspecified' && !backingShowsThrough) {
+      for (let s = old / SECTOR; s < tailEnd / SECTOR; s++) this.active.undefinedSectors.add(s);
     }
   }
 }

@@ -1,9 +1,7 @@
-import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Qcow2Error } from '../qcow2/errors.js';
-import { QCOW2_MAGIC } from '../qcow2/format/constants.js';
 import type { Qcow2Image } from '../qcow2/image.js';
-import { openImageFile, openQcow2File } from '../qcow2/open-file.js';
+import { openImageFile, openQcow2File, probeFormat } from '../qcow2/open-file.js';
 import { FileStorage } from '../qcow2/storage/file.js';
 import type { GuestDevice } from '../qcow2/types.js';
 import type { CliContext } from './context.js';
@@ -59,17 +57,8 @@ export function couldNotOpen(file: string, e: unknown): CommandFailed {
   return new CommandFailed(`Could not open '${file}': ${reason(e)}`);
 }
 
-/** Reads the magic, as qemu probes: a file that does not start with it is raw. */
-export function probeFormat(file: string): ImageFormat {
-  const fd = fs.openSync(file, 'r');
-  try {
-    const buf = Buffer.alloc(4);
-    const n = fs.readSync(fd, buf, 0, 4, 0);
-    return n === 4 && buf.readUInt32BE(0) === QCOW2_MAGIC ? 'qcow2' : 'raw';
-  } finally {
-    fs.closeSync(fd);
-  }
-}
+/** Format probing is the engine's (a file without the qcow2 magic is raw, as qemu probes). */
+export { probeFormat };
 
 export interface ReadableImage {
   format: ImageFormat;

@@ -26,6 +26,21 @@ export interface TraceConfig {
   backing?: BackingConfig;
 }
 
+/** The image-creation options a trace config names, the same for every target. */
+export function creationOptions(c: TraceConfig, backingFile: string | undefined) {
+  return {
+    size: c.size,
+    clusterSize: c.clusterSize,
+    refcountBits: c.refcountBits,
+    compat: c.compat,
+    lazyRefcounts: c.lazyRefcounts,
+    extendedL2: c.extendedL2,
+    compressionType: c.compressionType,
+    backingFile,
+    backingFormat: c.backing?.format,
+  };
+}
+
 export function backingStamp(i: number): number {
   return BACKING_STAMP_BASE + i;
 }

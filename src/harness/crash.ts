@@ -108,15 +108,3 @@ export function crashSeed(index: number, n: number): number {
   x = Math.imul(x, 0x2c1b3c6d) >>> 0;
   return (x ^ (x >>> 12)) >>> 0;
 }
-
-/** A small [0,1) generator (mulberry32) for choosing which pending writes survive. */
-export function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}

@@ -9,7 +9,7 @@ import * as readline from 'node:readline';
 import { HangError } from '../../qemu/errors.js';
 import type { CheckResult } from '../../qcow2/types.js';
 import { QemuToolError } from '../../qemu/errors.js';
-import type { TraceConfig } from '../config.js';
+import { creationOptions, type TraceConfig } from '../config.js';
 import { createBacking } from '../fixture.js';
 import { ALL_OP_KINDS, formatOp, type Op, type OpKind } from '../ops.js';
 import type { OpOutcome, StampedOp, Target } from './types.js';
@@ -68,13 +68,8 @@ export class CmdTarget implements Target {
     const r = await this.call('create', {
       protocol: CMD_PROTOCOL_VERSION,
       path: this.imagePath(),
-      size: config.size,
-      clusterSize: config.clusterSize,
-      refcountBits: config.refcountBits,
-      compat: config.compat,
-      lazyRefcounts: config.lazyRefcounts,
-      extendedL2: config.extendedL2,
-      compressionType: config.compressionType,
+      ...creationOptions(config, undefined),
+      // The protocol spells "no backing file" as null.
       backingFile,
       backingFormat: config.backing?.format ?? null,
     });

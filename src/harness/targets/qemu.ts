@@ -7,7 +7,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { imgAmend, imgConvertToRaw, imgCreate, imgResize, imgSnapshot, qemuIoBatch } from '../../qemu/index.js';
 import type { ToolResult } from '../../qemu/run.js';
-import type { TraceConfig } from '../config.js';
+import { creationOptions, type TraceConfig } from '../config.js';
 import { createBacking, readFileRange } from '../fixture.js';
 import { ALL_OP_KINDS, type Op } from '../ops.js';
 import type { KnownBug, OpOutcome, StampedOp, Target } from './types.js';
@@ -41,17 +41,7 @@ export class QemuTarget implements Target {
     const backingFile = config.backing ? await createBacking(dir, config.backing) : undefined;
     await imgCreate(
       this.image,
-      {
-        size: config.size,
-        clusterSize: config.clusterSize,
-        refcountBits: config.refcountBits,
-        compat: config.compat,
-        lazyRefcounts: config.lazyRefcounts,
-        extendedL2: config.extendedL2,
-        compressionType: config.compressionType,
-        backingFile,
-        backingFormat: config.backing?.format,
-      },
+      creationOptions(config, backingFile),
       this.timeoutMs,
     );
     this.dumpValid = false;

@@ -12,8 +12,8 @@ import { openImageFile } from '../../qcow2/open-file.js';
 import { MemoryStorage } from '../../qcow2/storage/memory.js';
 import { RecordingStorage } from '../../qcow2/storage/recording.js';
 import type { CheckResult, OpenOptions } from '../../qcow2/types.js';
-import type { TraceConfig } from '../config.js';
-import { seededRandom } from '../crash.js';
+import { creationOptions, type TraceConfig } from '../config.js';
+import { prng } from '../mutate.js';
 import { createBacking } from '../fixture.js';
 import type { Op, OpKind } from '../ops.js';
 import type { CrashImage, OpOutcome, StampedOp, Target } from './types.js';
@@ -44,17 +44,7 @@ export class TsTarget implements Target {
     this.storage = new RecordingStorage();
     this.img = Qcow2Image.create(
       this.storage,
-      {
-        size: config.size,
-        clusterSize: config.clusterSize,
-        refcountBits: config.refcountBits,
-        compat: config.compat,
-        lazyRefcounts: config.lazyRefcounts,
-        extendedL2: config.extendedL2,
-        compressionType: config.compressionType,
-        backingFile,
-        backingFormat: config.backing?.format,
-      },
+      creationOptions(config, backingFile),
       this.openOpts,
     );
   }
@@ -142,7 +132,7 @@ export class TsTarget implements Target {
   async crashImages(count: number, seed: (n: number) => number): Promise<CrashImage[]> {
     const out: CrashImage[] = [];
     for (let n = 0; n < count; n++) {
-      const storage = new MemoryStorage(this.storage!.randomCrashImage(seededRandom(seed(n))));
+      const storage = new MemoryStorage(this.storage!.randomCrashImage(prng(seed(n))));
       let img: Qcow2Image | undefined;
       try {
         img = Qcow2Image.open(storage, this.openOpts);

@@ -75,11 +75,17 @@ function checkDowngradePossible(img: Qcow2Image): void {
   }
 }
 
-function hasCompressedClusters(img: Qcow2Image): boolean {
+/** The active L1 table and every usable snapshot L1 table. */
+function everyL1Table(img: Qcow2Image): Uint8Array[] {
   const l1s: Uint8Array[] = [img.l1];
   for (const sn of img.snapshots) {
     if (sn.l1Size > 0 && !snapshotL1Problem(img, sn)) l1s.push(img.storage.read(sn.l1TableOffset, sn.l1Size * L1_ENTRY_SIZE));
   }
+  return l1s;
+}
+
+function hasCompressedClusters(img: Qcow2Image): boolean {
+  const l1s = everyL1Table(img);
   for (const l1 of l1s) {
     const v = viewOf(l1);
     for (let i = 0; i < l1.length / 8; i++) {
@@ -174,10 +180,7 @@ function downgrade(img: Qcow2Image): void {
  * reference per table user.
  */
 function expandZeroClusters(img: Qcow2Image): void {
-  const l1s: Uint8Array[] = [img.l1];
-  for (const sn of img.snapshots) {
-    if (sn.l1Size > 0 && !snapshotL1Problem(img, sn)) l1s.push(img.storage.read(sn.l1TableOffset, sn.l1Size * L1_ENTRY_SIZE));
-  }
+  const l1s = everyL1Table(img);
   const cs = img.clusterSize;
   const layout = img.layout;
   const done = new Set<number>();

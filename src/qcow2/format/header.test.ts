@@ -310,3 +310,27 @@ describe('headers written by qemu-img create', () => {
     expect(info['format-specific'].data['lazy-refcounts']).toBe(false);
   });
 });
+
+describe('HEADER_FIELDS', () => {
+  it('names the byte range the codec writes each field to (qcow2.txt "Header" offsets)', async () => {
+    const { HEADER_FIELDS, encodeHeader, decodeHeader } = await import('./header.js');
+    const base = decodeHeader(encodeHeader({
+      version: 3, backingFileOffset: 0, backingFileSize: 0, clusterBits: 16, size: 1 << 20, cryptMethod: 0,
+      l1Size: 1, l1TableOffset: 0x30000, refcountTableOffset: 0x10000, refcountTableClusters: 1, nbSnapshots: 0,
+      snapshotsOffset: 0, incompatibleFeatures: 0n, compatibleFeatures: 0n, autoclearFeatures: 0n, refcountOrder: 4,
+      headerLength: 112, compressionType: 0, extraHeaderBytes: new Uint8Array(0),
+    }));
+    for (const [name, f] of Object.entries(HEADER_FIELDS)) {
+      if (name === 'magic' || name === 'version' || name === 'headerLength') continue;
+      const zero = { ...base } as Record<string, unknown>;
+      zero[name] = typeof zero[name] === 'bigint' ? 0n : 0;
+      const h = { ...zero };
+      h[name] = typeof h[name] === 'bigint' ? 0x5an : 0x5a;
+      const plain = encodeHeader(zero as never);
+      const bytes = encodeHeader(h as never);
+      const changed = [...bytes.keys()].filter((i) => bytes[i] !== plain[i]);
+      expect(changed, name).toEqual([f.offset + f.width - 1]);
+    }
+    expect(encodeHeader(base).length).toBe(112);
+  });
+});

@@ -36,33 +36,68 @@ export interface Qcow2Header {
   extraHeaderBytes: Uint8Array;
 }
 
+/**
+ * Byte position and width of every fixed header field (qcow2.txt "Header",
+ * QEMU's `offsetof(QCowHeader, ...)`). The codec below, the engine's in-place
+ * header updates and the hostile-image mutator all take positions from here.
+ * `sinceVersion` 3 marks the fields a v2 header does not have.
+ */
+export const HEADER_FIELDS = {
+  magic: { offset: 0, width: 4, sinceVersion: 2 },
+  version: { offset: 4, width: 4, sinceVersion: 2 },
+  backingFileOffset: { offset: 8, width: 8, sinceVersion: 2 },
+  backingFileSize: { offset: 16, width: 4, sinceVersion: 2 },
+  clusterBits: { offset: 20, width: 4, sinceVersion: 2 },
+  size: { offset: 24, width: 8, sinceVersion: 2 },
+  cryptMethod: { offset: 32, width: 4, sinceVersion: 2 },
+  l1Size: { offset: 36, width: 4, sinceVersion: 2 },
+  l1TableOffset: { offset: 40, width: 8, sinceVersion: 2 },
+  refcountTableOffset: { offset: 48, width: 8, sinceVersion: 2 },
+  refcountTableClusters: { offset: 56, width: 4, sinceVersion: 2 },
+  nbSnapshots: { offset: 60, width: 4, sinceVersion: 2 },
+  snapshotsOffset: { offset: 64, width: 8, sinceVersion: 2 },
+  incompatibleFeatures: { offset: 72, width: 8, sinceVersion: 3 },
+  compatibleFeatures: { offset: 80, width: 8, sinceVersion: 3 },
+  autoclearFeatures: { offset: 88, width: 8, sinceVersion: 3 },
+  refcountOrder: { offset: 96, width: 4, sinceVersion: 3 },
+  headerLength: { offset: 100, width: 4, sinceVersion: 3 },
+  compressionType: { offset: 104, width: 1, sinceVersion: 3 },
+} as const satisfies Record<string, { offset: number; width: 1 | 4 | 8; sinceVersion: 2 | 3 }>;
+
+export type HeaderFieldName = keyof typeof HEADER_FIELDS;
+
+/** First byte after the fixed fields: where a longer v3 header's extra bytes begin. */
+export const HEADER_EXTRA_BYTES_OFFSET = HEADER_FIELDS.compressionType.offset + HEADER_FIELDS.compressionType.width;
+
 /** Minimum bytes to read before decodeHeader can tell the header length. */
 export const HEADER_PROBE_SIZE = HEADER_V3_MIN_LENGTH;
+
+const F = HEADER_FIELDS;
 
 export function decodeHeader(buf: Uint8Array): Qcow2Header {
   if (buf.length < HEADER_V2_LENGTH) {
     throw new InvalidImageError(`file too short for a qcow2 header (${buf.length} bytes)`);
   }
   const v = viewOf(buf);
-  const magic = v.getUint32(0);
+  const magic = v.getUint32(F.magic.offset);
   if (magic !== QCOW2_MAGIC) throw new InvalidImageError('not a qcow2 image (bad magic)');
-  const version = v.getUint32(4);
+  const version = v.getUint32(F.version.offset);
   if (version !== 2 && version !== 3) {
     throw new UnsupportedFeatureError(`unsupported qcow2 version ${version}`);
   }
   const h: Qcow2Header = {
     version,
-    backingFileOffset: getU64(v, 8),
-    backingFileSize: v.getUint32(16),
-    clusterBits: v.getUint32(20),
-    size: getU64(v, 24),
-    cryptMethod: v.getUint32(32),
-    l1Size: v.getUint32(36),
-    l1TableOffset: getU64(v, 40),
-    refcountTableOffset: getU64(v, 48),
-    refcountTableClusters: v.getUint32(56),
-    nbSnapshots: v.getUint32(60),
-    snapshotsOffset: getU64(v, 64),
+    backingFileOffset: getU64(v, F.backingFileOffset.offset),
+    backingFileSize: v.getUint32(F.backingFileSize.offset),
+    clusterBits: v.getUint32(F.clusterBits.offset),
+    size: getU64(v, F.size.offset),
+    cryptMethod: v.getUint32(F.cryptMethod.offset),
+    l1Size: v.getUint32(F.l1Size.offset),
+    l1TableOffset: getU64(v, F.l1TableOffset.offset),
+    refcountTableOffset: getU64(v, F.refcountTableOffset.offset),
+    refcountTableClusters: v.getUint32(F.refcountTableClusters.offset),
+    nbSnapshots: v.getUint32(F.nbSnapshots.offset),
+    snapshotsOffset: getU64(v, F.snapshotsOffset.offset),
     incompatibleFeatures: 0n,
     compatibleFeatures: 0n,
     autoclearFeatures: 0n,
@@ -75,19 +110,19 @@ export function decodeHeader(buf: Uint8Array): Qcow2Header {
     if (buf.length < HEADER_V3_MIN_LENGTH) {
       throw new InvalidImageError(`file too short for a qcow2 v3 header (${buf.length} bytes)`);
     }
-    h.incompatibleFeatures = v.getBigUint64(72);
-    h.compatibleFeatures = v.getBigUint64(80);
-    h.autoclearFeatures = v.getBigUint64(88);
-    h.refcountOrder = v.getUint32(96);
-    h.headerLength = v.getUint32(100);
+    h.incompatibleFeatures = v.getBigUint64(F.incompatibleFeatures.offset);
+    h.compatibleFeatures = v.getBigUint64(F.compatibleFeatures.offset);
+    h.autoclearFeatures = v.getBigUint64(F.autoclearFeatures.offset);
+    h.refcountOrder = v.getUint32(F.refcountOrder.offset);
+    h.headerLength = v.getUint32(F.headerLength.offset);
     if (h.headerLength < HEADER_V3_MIN_LENGTH) {
-      throw new InvalidImageError(`qcow2 header length ${h.headerLength} is below the v3 minimum of 104`);
+      throw new InvalidImageError(`qcow2 header length ${h.headerLength} is below the v3 minimum of ${HEADER_V3_MIN_LENGTH}`);
     }
     if (buf.length < h.headerLength) {
       throw new InvalidImageError(`file too short for its header length ${h.headerLength}`);
     }
-    if (h.headerLength > 104) h.compressionType = buf[104];
-    if (h.headerLength > 105) h.extraHeaderBytes = buf.slice(105, h.headerLength);
+    if (h.headerLength > F.compressionType.offset) h.compressionType = buf[F.compressionType.offset]!;
+    if (h.headerLength > HEADER_EXTRA_BYTES_OFFSET) h.extraHeaderBytes = buf.slice(HEADER_EXTRA_BYTES_OFFSET, h.headerLength);
   }
   return h;
 }
@@ -97,27 +132,27 @@ export function encodeHeader(h: Qcow2Header): Uint8Array {
   const len = h.version === 2 ? HEADER_V2_LENGTH : Math.max(h.headerLength, HEADER_V3_LENGTH);
   const buf = new Uint8Array(len);
   const v = viewOf(buf);
-  v.setUint32(0, QCOW2_MAGIC);
-  v.setUint32(4, h.version);
-  setU64(v, 8, h.backingFileOffset);
-  v.setUint32(16, h.backingFileSize);
-  v.setUint32(20, h.clusterBits);
-  setU64(v, 24, h.size);
-  v.setUint32(32, h.cryptMethod);
-  v.setUint32(36, h.l1Size);
-  setU64(v, 40, h.l1TableOffset);
-  setU64(v, 48, h.refcountTableOffset);
-  v.setUint32(56, h.refcountTableClusters);
-  v.setUint32(60, h.nbSnapshots);
-  setU64(v, 64, h.snapshotsOffset);
+  v.setUint32(F.magic.offset, QCOW2_MAGIC);
+  v.setUint32(F.version.offset, h.version);
+  setU64(v, F.backingFileOffset.offset, h.backingFileOffset);
+  v.setUint32(F.backingFileSize.offset, h.backingFileSize);
+  v.setUint32(F.clusterBits.offset, h.clusterBits);
+  setU64(v, F.size.offset, h.size);
+  v.setUint32(F.cryptMethod.offset, h.cryptMethod);
+  v.setUint32(F.l1Size.offset, h.l1Size);
+  setU64(v, F.l1TableOffset.offset, h.l1TableOffset);
+  setU64(v, F.refcountTableOffset.offset, h.refcountTableOffset);
+  v.setUint32(F.refcountTableClusters.offset, h.refcountTableClusters);
+  v.setUint32(F.nbSnapshots.offset, h.nbSnapshots);
+  setU64(v, F.snapshotsOffset.offset, h.snapshotsOffset);
   if (h.version === 3) {
-    v.setBigUint64(72, h.incompatibleFeatures);
-    v.setBigUint64(80, h.compatibleFeatures);
-    v.setBigUint64(88, h.autoclearFeatures);
-    v.setUint32(96, h.refcountOrder);
-    v.setUint32(100, len);
-    buf[104] = h.compressionType;
-    buf.set(h.extraHeaderBytes.subarray(0, len - 105), 105);
+    v.setBigUint64(F.incompatibleFeatures.offset, h.incompatibleFeatures);
+    v.setBigUint64(F.compatibleFeatures.offset, h.compatibleFeatures);
+    v.setBigUint64(F.autoclearFeatures.offset, h.autoclearFeatures);
+    v.setUint32(F.refcountOrder.offset, h.refcountOrder);
+    v.setUint32(F.headerLength.offset, len);
+    buf[F.compressionType.offset] = h.compressionType;
+    buf.set(h.extraHeaderBytes.subarray(0, len - HEADER_EXTRA_BYTES_OFFSET), HEADER_EXTRA_BYTES_OFFSET);
   }
   return buf;
 }

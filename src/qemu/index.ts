@@ -2,3 +2,4 @@ export { HangError, QemuToolError, ToolError } from './errors.js';
 export * from './img.js';
 export * from './io.js';
 export { DEFAULT_TIMEOUT_MS, QEMU_IMG, QEMU_IO, runTool, type ToolResult } from './run.js';
+export { countInstructions, VALGRIND, type CountedRun } from './cost.js';

@@ -5,12 +5,16 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { imgCheck, imgCompare, imgConvertToRaw, QEMU_IMG, QemuToolError, runTool, type CheckOutcome } from '../../src/qemu/index.js';
+import { imgCheck, imgCompare, imgConvertToRaw, QEMU_IMG, QemuToolError, runTool, type CheckOutcome, type QemuCheck } from '../../src/qemu/index.js';
 
 /** Keeps failure messages and child reports short; qemu-img check can print an error per cluster. */
 const MAX_STDERR = 4000;
 
-export interface QemuCheckResult extends CheckOutcome {
+/** The counts of qemu-img check's JSON (its two string fields, filename and format, left out). */
+export type QemuCheckCounts = { [K in keyof QemuCheck as QemuCheck[K] extends number | undefined ? K : never]?: number };
+
+export interface QemuCheckResult extends Omit<CheckOutcome, 'json'> {
+  json?: QemuCheckCounts;
   corruptions: number;
   leaks: number;
   checkErrors: number;
@@ -21,7 +25,11 @@ export interface QemuCheckResult extends CheckOutcome {
 /** qemu-img check --output=json (optionally repairing); never throws on a non-zero exit. */
 export async function qemuCheck(file: string, repair?: 'leaks' | 'all'): Promise<QemuCheckResult> {
   const c = await imgCheck(file, { repair });
-  const j = c.json;
+  let j: QemuCheckCounts | undefined;
+  if (c.json) {
+    const { filename: _f, format: _t, ...counts } = c.json;
+    j = counts;
+  }
   const stderr = c.stderr.slice(0, MAX_STDERR);
   return {
     rc: c.rc,

@@ -14,7 +14,10 @@
  * one file conflict even within one process. The bytes locked are far past
  * any header QEMU or we read, and advisory: I/O is never blocked by them.
  */
+import * as fs from 'node:fs';
 import { createRequire } from 'node:module';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { constants } from 'node:os';
 import { getSystemErrorMap } from 'node:util';
 import { ImageLockedError, LockingUnavailableError } from '../errors.js';
@@ -69,12 +72,25 @@ interface OfdAddon {
 
 let addon: OfdAddon | undefined;
 
+/** Where the addon is: up from this module, so src/, dist/ and bundles of either all find it. */
+function addonPath(): string | undefined {
+  let dir = path.dirname(fileURLToPath(import.meta.url));
+  for (let up = 0; up < 8; up++) {
+    const candidate = path.join(dir, 'native', 'build', 'Release', 'ofd_lock.node');
+    if (fs.existsSync(candidate)) return candidate;
+    const parent = path.dirname(dir);
+    if (parent === dir) break;
+    dir = parent;
+  }
+  return undefined;
+}
+
 function ofd(): OfdAddon {
   if (addon) return addon;
-  // The same relative path from src/qcow2/storage/ and dist/qcow2/storage/.
-  const where = new URL('../../../native/build/Release/ofd_lock.node', import.meta.url);
+  const where = addonPath();
   try {
-    addon = createRequire(import.meta.url)(where.pathname) as OfdAddon;
+    if (!where) throw new Error('not found');
+    addon = createRequire(import.meta.url)(where) as OfdAddon;
   } catch (e) {
     throw new LockingUnavailableError(
       `image locking needs the native addon native/build/Release/ofd_lock.node, which did not load (${(e as Error).message.split('\n')[0]}); build it with 'npm run build:native'`,

@@ -102,8 +102,11 @@ function ofd(): OfdAddon {
 /** raw_lock_error_setg_errno: EAGAIN and EACCES mean "someone holds it", said without errno detail. */
 function withErrno(what: string, negErrno: number): string {
   if (negErrno === -constants.errno.EAGAIN || negErrno === -constants.errno.EACCES) return what;
-  const known = getSystemErrorMap().get(negErrno);
-  return `${what}: ${known ? known[1] : `errno ${-negErrno}`}`;
+  // The two a file system without lock support gives, which libuv lacks or words for sockets.
+  const own: Record<number, string> = { [constants.errno.ENOLCK]: 'No locks available', [constants.errno.EOPNOTSUPP]: 'Operation not supported' };
+  const text = own[-negErrno] ?? getSystemErrorMap().get(negErrno)?.[1] ?? `errno ${-negErrno}`;
+  // libuv's wording in strerror's case ("no locks available" -> "No locks available").
+  return `${what}: ${text[0]!.toUpperCase()}${text.slice(1)}`;
 }
 
 /** The lock bytes one open file description holds on an image, changed as QEMU's raw_handle_perm_lock changes them. */
@@ -172,18 +175,17 @@ export class ImageLock {
     }
   }
 
+  /** raw_check_lock_bytes: the first permission someone else keeps from us, or that we keep and someone holds, fails the open. */
   private check(perm: number, shared: number): void {
     const lib = ofd();
-    const hint = `\nIs another process using the image [${this.name}]?`;
-    for (let i = 0; i < PERM_COUNT; i++) {
-      if (!(perm & (1 << i))) continue;
-      const r = lib.getlk(this.fd, RAW_LOCK_SHARED_BASE + i, 1, F_WRLCK);
-      if (r !== 0) throw new ImageLockedError(withErrno(`Failed to get "${PERM_NAMES[i]}" lock`, r > 0 ? -constants.errno.EAGAIN : r) + hint);
-    }
-    for (let i = 0; i < PERM_COUNT; i++) {
-      if (shared & (1 << i)) continue;
-      const r = lib.getlk(this.fd, RAW_LOCK_PERM_BASE + i, 1, F_WRLCK);
-      if (r !== 0) throw new ImageLockedError(withErrno(`Failed to get shared "${PERM_NAMES[i]}" lock`, r > 0 ? -constants.errno.EAGAIN : r) + hint);
+    const tests: { off: number; name: string }[] = [];
+    for (let i = 0; i < PERM_COUNT; i++) if (perm & (1 << i)) tests.push({ off: RAW_LOCK_SHARED_BASE + i, name: `"${PERM_NAMES[i]}"` });
+    for (let i = 0; i < PERM_COUNT; i++) if (!(shared & (1 << i))) tests.push({ off: RAW_LOCK_PERM_BASE + i, name: `shared "${PERM_NAMES[i]}"` });
+    for (const { off, name } of tests) {
+      const r = lib.getlk(this.fd, off, 1, F_WRLCK);
+      if (r === 0) continue;
+      const Err = r > 0 ? ImageLockedError : LockingUnavailableError;
+      throw new Err(withErrno(`Failed to get ${name} lock`, r > 0 ? -constants.errno.EAGAIN : r) + `\nIs another process using the image [${this.name}]?`);
     }
   }
 }

@@ -13,7 +13,7 @@ import { MemoryStorage } from '../../qcow2/storage/memory.js';
 import { RecordingStorage } from '../../qcow2/storage/recording.js';
 import type { CheckResult, OpenOptions } from '../../qcow2/types.js';
 import { creationOptions, type TraceConfig } from '../config.js';
-import { prng } from '../mutate.js';
+import { prng } from '../prng.js';
 import { createBacking } from '../fixture.js';
 import type { Op, OpKind } from '../ops.js';
 import type { CrashImage, OpOutcome, StampedOp, Target } from './types.js';

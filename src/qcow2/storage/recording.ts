@@ -76,7 +76,11 @@ export interface CrashPlan {
   /** Pending operations (writes and truncates) since the last flush. */
   pending: number;
   states: CrashState[];
-  /** Torn-write states among `states`, and how many the enumeration knows (head and tail of each multi-sector write). */
+  /**
+   * Torn-write states among `states`, and how many the enumeration knows
+   * (each multi-sector write torn into its first or its second half, on the
+   * prefix before it).
+   */
   torn: number;
   tornKnown: number;
 }
@@ -270,7 +274,7 @@ export class RecordingStorage implements BlockStorage {
       }
     } else {
       mode = 'sampled';
-      for (let s = 0; s < budget; s++) states.push(this.randomState(random, `random state ${s + 1} of ${n} ops`));
+      for (let s = 0; s < budget; s++) states.push(this.randomState(random, `random state ${s + 1} of ${budget} over ${n} ops`));
     }
     let torn = 0;
     let tornKnown = 0;
@@ -290,6 +294,8 @@ export class RecordingStorage implements BlockStorage {
         torn++;
       }
     }
+    // Random states tear writes of their own accord.
+    if (mode === 'sampled') torn = states.filter((st) => st.fates.some((f) => typeof f !== 'boolean')).length;
     return { mode, pending: n, states, torn, tornKnown };
   }
 }

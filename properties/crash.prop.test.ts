@@ -8,7 +8,7 @@
  * run then goes on, so the end-of-run oracles still apply.
  */
 import { expect, it } from 'vitest';
-import { crashTotals } from '../src/harness/crash.js';
+import { CRASH_QEMU_CHECKS_PER_OP, crashTotals } from '../src/harness/crash.js';
 import { assertTraces } from '../src/harness/property.js';
 
 it('crash images of our engine open, check clean and keep flushed data (fixed seed)', async () => {
@@ -24,9 +24,13 @@ it('crash images of our engine open, check clean and keep flushed data (fixed se
     everySubset: crashTotals.byMode['every-subset'] - before.byMode['every-subset'],
     everyPrefix: crashTotals.byMode['every-prefix'] - before.byMode['every-prefix'],
     sampled: crashTotals.byMode.sampled - before.byMode.sampled,
+    qemuChecks: crashTotals.qemuChecks - before.qemuChecks,
   };
+  console.log(`crash oracle: ${JSON.stringify(d)}`);
   // Every crash op was examined, and short write logs were enumerated, not sampled.
   expect(d.crashOps).toBe(r.crashOps);
   expect(d.everySubset).toBeGreaterThan(0);
   expect(d.states).toBeGreaterThan(2 * d.crashOps);
+  // qemu-img check (a process each) stays within its per-op budget.
+  expect(d.qemuChecks).toBeLessThanOrEqual(CRASH_QEMU_CHECKS_PER_OP * d.crashOps);
 }, 120_000);

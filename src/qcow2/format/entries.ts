@@ -127,3 +127,8 @@ export function subclusterType(
   if (z) return SubclusterType.Zero;
   return SubclusterType.Unallocated;
 }
+
+/** The high word with OFLAG_COPIED set or cleared: set exactly where the refcount is 1. */
+export function withCopied(hi: number, copied: boolean): number {
+  return copied ? (hi | OFLAG_COPIED_HI) >>> 0 : (hi & ~OFLAG_COPIED_HI) >>> 0;
+}

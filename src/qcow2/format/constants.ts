@@ -67,6 +67,8 @@ export const L1_ENTRY_SIZE = 8;
 export const L2_ENTRY_SIZE = 8;
 export const L2_EXTENDED_ENTRY_SIZE = 16;
 export const SUBCLUSTERS_PER_CLUSTER = 32;
+/** Extended L2 entries need clusters of 16 KiB or more (qcow2.txt: subclusters of at least 512 bytes). */
+export const MIN_EXTL2_CLUSTER_BITS = 14;
 /** Bits 9..55 hold host offsets in L1, L2 and refcount table entries. */
 export const OFFSET_MASK_HI = 0x00ffffff; // bits 32..55 of the high word
 export const OFFSET_MASK_LO = 0xfffffe00; // bits 9..31 of the low word

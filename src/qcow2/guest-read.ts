@@ -28,6 +28,7 @@ function readInCluster(s: ImageState, vc: number, inOff: number, dst: Uint8Array
   const type = s.layout.type(e);
   const guestBase = vc * s.clusterSize;
   if (type === ClusterType.Compressed) {
+    if (s.hasDataFile) s.corruption(`Compressed cluster entry found in image with external data file (guest cluster ${vc})`);
     dst.set(decompressed(s, e).subarray(inOff, inOff + dst.length));
     return;
   }
@@ -42,7 +43,7 @@ function readInCluster(s: ImageState, vc: number, inOff: number, dst: Uint8Array
         dst.fill(0);
         return;
       default:
-        s.storage.readInto(dataClusterOffset(s, e, vc) + inOff, dst);
+        s.data.readInto(dataClusterOffset(s, e, vc) + inOff, dst);
         return;
     }
   }
@@ -55,7 +56,7 @@ function readInCluster(s: ImageState, vc: number, inOff: number, dst: Uint8Array
     const n = Math.min((sc + 1) * scs - pos, dst.length - done);
     const part = dst.subarray(done, done + n);
     const st = subclusterState(s, e, type, sc, vc);
-    if (st === 'normal') s.storage.readInto(dataClusterOffset(s, e, vc) + pos, part);
+    if (st === 'normal') s.data.readInto(dataClusterOffset(s, e, vc) + pos, part);
     else if (st === 'zero') part.fill(0);
     else readBacking(s, guestBase + pos, part);
     done += n;

@@ -12,7 +12,8 @@ import { type AmendOptions, amendImage } from './amend.js';
 import { checkImage } from './check.js';
 import { entryFor } from './cluster-map.js';
 import { InvalidArgumentError, UnsupportedFeatureError } from './errors.js';
-import { CRYPT_NONE, INCOMPAT_DATA_FILE } from './format/constants.js';
+import { CRYPT_NONE } from './format/constants.js';
+import { refuseWithDataFile } from './data-file.js';
 import { blockStatus, readGuest, type BlockStatus } from './guest-read.js';
 import { writeCompressedGuest, writeGuest } from './guest-write.js';
 import { imageInfo } from './info.js';
@@ -127,6 +128,8 @@ export class Qcow2Image implements GuestDevice {
   }
 
   createSnapshot(name: string): void {
+    // qcow2_snapshot_create: -ENOTSUP with an external data file.
+    refuseWithDataFile(this.s, `Could not create snapshot '${name}'`);
     this.s.beforeChange();
     createSnapshot(this.s, name);
   }
@@ -172,8 +175,8 @@ export class Qcow2Image implements GuestDevice {
   private assertOpen(): void {
     if (this.s.closed) throw new InvalidArgumentError('image is closed');
     if (this.s.header.cryptMethod !== CRYPT_NONE) throw new UnsupportedFeatureError('reading encrypted images is not supported');
-    if (this.s.header.incompatibleFeatures & INCOMPAT_DATA_FILE) {
-      throw new UnsupportedFeatureError('images with an external data file are not supported');
+    if (this.s.hasDataFile && !this.s.dataStorage) {
+      throw new InvalidArgumentError("'data-file' is required for this image (it was opened without its data file)");
     }
   }
 }

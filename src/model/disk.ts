@@ -150,6 +150,24 @@ export class DiskModel {
     }
   }
 
+  /**
+   * After an op that failed part-way (an injected I/O error), a sector the
+   * implementation still shows with its old value gets it back from `before`
+   * (the active layer as it was before the op).
+   */
+  restoreSector(before: Layer, sector: number): void {
+    if (before.undefinedSectors.has(sector)) this.active.undefinedSectors.add(sector);
+    else this.active.undefinedSectors.delete(sector);
+    const v = before.sectors.get(sector);
+    if (v === undefined) this.active.sectors.delete(sector);
+    else this.active.sectors.set(sector, v);
+  }
+
+  /** A failed op may have allocated clusters in its range whatever the range now reads. */
+  markMaybeAllocated(off: number, len: number): void {
+    this.markAllocated(off, len);
+  }
+
   private markAllocated(off: number, len: number): void {
     if (len === 0) return;
     const cs = this.meta.clusterSize;

@@ -47,6 +47,8 @@ export interface Target {
   readonly knownBugs?: ReadonlySet<KnownBug>;
   /** Op kinds this target implements; seeds of other kinds are skipped. */
   readonly capabilities: ReadonlySet<OpKind>;
+  /** Where fault ops can inject an I/O error (see src/harness/ops/fault.ts); none: no fault ops. */
+  readonly faultPoints?: readonly string[];
   /**
    * 'op': read back after every op (cheap in process). 'batch': read back
    * after each batch of guest I/O only; a metadata op's effect on the guest

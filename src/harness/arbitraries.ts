@@ -7,7 +7,7 @@
 import fc from 'fast-check';
 import { SECTOR } from '../model/layer.js';
 import type { BackingConfig, TraceConfig } from './config.js';
-import { KIND_TOTAL, seedKindOf, type Anchor, type LenUnit, type OpSeed } from './ops/index.js';
+import { faultPick, KIND_TOTAL, seedKindOf, type Anchor, type LenUnit, type OpSeed } from './ops/index.js';
 import { l2Span, MAX_VIRTUAL_SIZE, MAX_WRITE_BYTES, MAX_WRITE_CLUSTERS, refblockSpan } from './ops/seed.js';
 
 export { resolveOp, type Anchor, type LenUnit, type OpSeed, type ResolveContext } from './ops/index.js';
@@ -137,10 +137,14 @@ const CRASH_KIND = seedKindOf('crash');
 /**
  * Op seed lists. `crashBias` turns about one seed in four into a crash (for
  * properties about crash consistency, where crashes are otherwise rare).
+ * `faultBias` sets the fault choice of about half the seeds (./ops/fault.ts
+ * reads it from `pick`), so that guest I/O runs with a fault wherever the
+ * target can inject one.
  */
-export function opSeedsArb(maxOps: number, o: { crashBias?: boolean } = {}): fc.Arbitrary<OpSeed[]> {
-  const one = o.crashBias
+export function opSeedsArb(maxOps: number, o: { crashBias?: boolean; faultBias?: boolean } = {}): fc.Arbitrary<OpSeed[]> {
+  let one = o.crashBias
     ? fc.tuple(opSeedArb, fc.nat(3)).map(([s, r]) => (r === 0 ? { ...s, kind: CRASH_KIND } : s))
     : opSeedArb;
+  if (o.faultBias) one = fc.tuple(one, fc.boolean()).map(([s, f]) => (f ? { ...s, pick: faultPick(s.pick) } : s));
   return fc.array(one, { minLength: 1, maxLength: maxOps });
 }

@@ -420,9 +420,19 @@ export class Qcow2Image implements GuestDevice, RefcountHost {
 
   setL1Entry(l1Index: number, l2Offset: number): void {
     const [hi, lo] = makeEntry(l2Offset, l2Offset !== 0);
+    const was = this.l1.slice(l1Index * 8, l1Index * 8 + 8);
     this.l1View.setUint32(l1Index * 8, hi);
     this.l1View.setUint32(l1Index * 8 + 4, lo);
-    this.writeMeta(this.header.l1TableOffset + l1Index * 8, this.l1.slice(l1Index * 8, l1Index * 8 + 8), MetaKind.ActiveL1);
+    try {
+      this.writeMeta(this.header.l1TableOffset + l1Index * 8, this.l1.slice(l1Index * 8, l1Index * 8 + 8), MetaKind.ActiveL1);
+    } catch (e) {
+      // The entry is written through, never again at flush: if this write fails
+      // the table must keep the entry the disk has (QEMU's l2_allocate restores
+      // l1_table[l1_index] on failure), or later writes land in an L2 table no
+      // L1 entry on disk points to.
+      this.l1.set(was, l1Index * 8);
+      throw e;
+    }
   }
 
   /** Moves the active L1 table to a table of newEntries entries (grow or shrink). */

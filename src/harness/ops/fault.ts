@@ -126,6 +126,12 @@ function checkContainment(writes: [number, number][], guarded: Map<number, numbe
 
 const FAULT_SHARE = 4; // one guest I/O seed in FAULT_SHARE runs with a fault, where the target can inject them
 
+/** The nearest seed `pick` (0..1000) that chooses a fault (for generation biased toward faults). */
+export function faultPick(pick: number): number {
+  const p = pick - (pick % FAULT_SHARE) + FAULT_SHARE - 1;
+  return p > 1000 ? p - FAULT_SHARE : p;
+}
+
 export function makeFault(t: OpTable): OpSpec<FaultOp> {
   const inner = (op: FaultOp) => t.specOf(op.op);
   return {

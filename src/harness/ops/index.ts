@@ -16,7 +16,7 @@ import { snapshot } from './snapshot.js';
 import { OpParseError, type Op, type OpKind, type OpSeed, type OpSpec, type RangeOp, type ResolveContext } from './types.js';
 
 export * from './types.js';
-export { BLKDEBUG_EVENTS, blkdebugOptions, FaultContainmentError, STORAGE_FAULT_KINDS, storagePoint } from './fault.js';
+export { BLKDEBUG_EVENTS, blkdebugOptions, FaultContainmentError, faultPick, STORAGE_FAULT_KINDS, storagePoint } from './fault.js';
 
 const fault = makeFault({ specOf, formatOp, parseOp });
 

@@ -9,7 +9,7 @@ import { imgConvertToRaw, imgCreate, QEMU_IMG, QEMU_IO, qemuIoBatch, runTool } f
 import type { ToolResult } from '../../qemu/run.js';
 import { creationOptions, type TraceConfig } from '../config.js';
 import { createBacking, readFileRange } from '../fixture.js';
-import { ALL_OP_KINDS, specOf, specOfKind, type Op, type QemuRunner } from '../ops.js';
+import { ALL_OP_KINDS, BLKDEBUG_EVENTS, specOf, specOfKind, type Op, type QemuRunner } from '../ops.js';
 import type { KnownBug, OpOutcome, StampedOp, Target } from './types.js';
 
 const fromTool = (r: ToolResult): OpOutcome => (r.rc === 0 ? { ok: true } : { ok: false, error: (r.stderr || r.stdout).trim() || `rc ${r.rc}` });
@@ -18,6 +18,8 @@ export class QemuTarget implements Target {
   readonly name = 'qemu';
   /** Every kind QEMU's tools can run (one qemu-io command, or a run of its own). */
   readonly capabilities = new Set(ALL_OP_KINDS.filter((k) => specOfKind(k).qemuIo || specOfKind(k).qemu));
+  /** Fault ops open the image through blkdebug and fail at one of its events. */
+  readonly faultPoints = BLKDEBUG_EVENTS;
   /** Known QEMU bugs the oracles look past; `strict` (corpus replay of those bugs) disables that. */
   readonly knownBugs: ReadonlySet<KnownBug>;
   readonly verifyAfter = 'batch';

@@ -16,13 +16,15 @@ import type { CheckResult, OpenOptions } from '../../qcow2/types.js';
 import { creationOptions, type TraceConfig } from '../config.js';
 import { prng } from '../mutate.js';
 import { createBacking } from '../fixture.js';
-import { ALL_OP_KINDS, specOf, specOfKind, type EngineSession, type Op, type OpKind } from '../ops.js';
+import { ALL_OP_KINDS, specOf, specOfKind, STORAGE_FAULT_KINDS, type EngineSession, type Op, type OpKind } from '../ops.js';
 import type { CrashImage, OpOutcome, StampedOp, Target } from './types.js';
 
 export class TsTarget implements Target {
   readonly name = 'ts';
   readonly verifyAfter = 'op';
   readonly capabilities: ReadonlySet<OpKind>;
+  /** Fault ops fail the n-th storage request of a kind (the image runs on a FaultyStorage). */
+  readonly faultPoints = STORAGE_FAULT_KINDS;
   private dir = '';
   private storage: RecordingStorage | undefined;
   /** The recording storage behind a FaultyStorage that passes everything through unless a fault op arms it. */

@@ -40,7 +40,13 @@ export type KnownBug =
    * data past the old end in its last cluster (e.g. cut off by a shrink); the
    * model leaves those sectors unspecified (corpus: qemu-stale-tail-after-regrow).
    */
-  | 'stale-tail-after-regrow';
+  | 'stale-tail-after-regrow'
+  /**
+   * QEMU 7.2: a compressed write that fails after allocating leaves its L2
+   * entry pointing at bytes never written (reads then fail with EIO); fault
+   * ops do not wrap compressed writes (corpus: qemu-failed-compressed-write-keeps-l2-entry).
+   */
+  | 'failed-compressed-write-keeps-l2-entry';
 
 export interface Target {
   readonly name: string;

@@ -80,7 +80,7 @@ describe('op text form', () => {
       fc.property(configArb, opSeedsArb(20), (cfg, seeds) => {
         const model = new DiskModel(toModelConfig(cfg));
         for (const s of seeds) {
-          const op = resolveOp(s, model, { capabilities: new Set(ALL_OP_KINDS) });
+          const op = resolveOp(s, model, { capabilities: new Set(ALL_OP_KINDS), faultPoints: ['read', 'flush_to_disk'] });
           if (op) expect(parseOp(formatOp(op))).toEqual(op);
         }
       }),

@@ -153,7 +153,10 @@ export function makeFault(t: OpTable): OpSpec<FaultOp> {
       if (e.verdict === 'refuse') return e;
       return { verdict: 'either', reason: `an injected ${op.errno} at ${op.where} may fail it` };
     },
-    apply: (m, op, stamp) => inner(op).apply(m, op.op, stamp),
+    apply: (m, op, stamp) => {
+      inner(op).apply(m, op.op, stamp);
+      m.faultedIo();
+    },
     touches: (op) => inner(op).touches(op.op),
     dataRange: (op) => inner(op).dataRange?.(op.op),
     engine: (s, op, data) => {
@@ -199,6 +202,7 @@ export function makeFault(t: OpTable): OpSpec<FaultOp> {
       if (ranges === 'whole') return `fault around '${t.formatOp(op.op)}': the model cannot settle a wholesale change`;
       const before = m.active.clone();
       spec.apply(m, op.op, stamp);
+      m.faultedIo();
       const scratch = new Uint8Array(SECTOR);
       for (const [off, len] of ranges) {
         const end = Math.min(off + len, m.size);

@@ -113,11 +113,11 @@ async function execute(
         out.refused.add(index);
         const f = await settleFailure(model, op, index, exp.verdict, target);
         if (f) return f;
-        tolerateLeaks ??= specOf(op).failureMayLeak;
         if (op.kind === 'snapshot' && op.action === 'create' && target.knownBugs?.has('leak-after-refused-snapshot')) {
           tolerateLeaks = 'known QEMU bug: a refused snapshot create leaks a cluster';
         }
       }
+      tolerateLeaks ??= specOf(op).mayLeak;
       crash?.afterOp(op, outcome.ok);
       if (op.kind === 'crash' && outcome.ok && crash) {
         const f = await checkCrashImages(target, crash, index, out);

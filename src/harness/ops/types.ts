@@ -157,8 +157,8 @@ export interface OpSpec<O extends Op = Op> {
    * old or the new value. Returns what is wrong, if anything.
    */
   settleFailure?(model: DiskModel, op: O, stamp: number, read: (off: number, len: number) => Promise<Uint8Array>): Promise<string | undefined>;
-  /** Why a failure of this op may leave leaked clusters (the end check then tolerates leaks). */
-  failureMayLeak?: string;
+  /** Why this op may leave leaked clusters, failed or not (the end check then tolerates leaks). */
+  mayLeak?: string;
   /** Ops that may run with a fault injected into their I/O (guest I/O). */
   faultable?: boolean;
 }

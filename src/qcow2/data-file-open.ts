@@ -11,7 +11,7 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { InvalidImageError, StorageIoError } from './errors.js';
+import { InvalidArgumentError, StorageIoError } from './errors.js';
 import { FileStorage } from './storage/file.js';
 import { BLK_PERM_ALL, BLK_PERM_CONSISTENT_READ, BLK_PERM_RESIZE, BLK_PERM_WRITE, LOCKS, type LockRequest } from './storage/lock.js';
 import type { BlockStorage } from './storage/types.js';
@@ -72,14 +72,15 @@ export function createDataFile(file: string, base = process.cwd()): BlockStorage
 }
 
 function openNamed(file: string, at: string, open: () => BlockStorage, verb: 'open' | 'create' = 'open'): BlockStorage {
-  if (file === '' || file.includes('\0')) throw new InvalidImageError(`Could not ${verb} '${file}': invalid data file name`);
+  if (file === '' || file.includes('\0')) throw new InvalidArgumentError(`Could not ${verb} '${file}': not a file name`);
   // A directory opens read-only on Linux and fails only on the first read: refuse it here, as file-posix does.
-  if (fs.existsSync(at) && fs.statSync(at).isDirectory()) throw new StorageIoError(`Could not ${verb} '${file}': Is a directory`, 'EISDIR');
+  if (fs.existsSync(at) && fs.statSync(at).isDirectory()) throw new InvalidArgumentError(`Could not ${verb} '${file}': Is a directory`);
   try {
     return open();
   } catch (e) {
     if (e instanceof StorageIoError && e.code !== undefined && STRERROR[e.code] !== undefined) {
-      throw new StorageIoError(`Could not ${verb} '${file}': ${STRERROR[e.code]}`, e.code);
+      // Not a StorageIoError with a code: the CLI would print the bare strerror and lose the name.
+      throw new InvalidArgumentError(`Could not ${verb} '${file}': ${STRERROR[e.code]}`);
     }
     throw e;
   }

@@ -12,11 +12,13 @@
  * data file instead of dropping a reference (qcow2_free_any_cluster).
  * Compressed clusters and internal snapshots cannot exist there.
  */
-import { InvalidArgumentError, InvalidImageError, UnsupportedFeatureError } from './errors.js';
+import { InvalidArgumentError, InvalidImageError, SnapshotError, UnsupportedFeatureError } from './errors.js';
 import type { ImageState } from './state.js';
 
 /** QEMU's -ENOTSUP text, which qemu-img and qemu-io print for a refused compressed write or snapshot. */
 export const DATA_FILE_NOT_SUPPORTED = 'Operation not supported';
+/** qemu-img snapshot prints the errno too: "Could not create snapshot 'X': -95 (Operation not supported)". */
+export const DATA_FILE_SNAPSHOT_REFUSAL = `-95 (${DATA_FILE_NOT_SUPPORTED})`;
 
 /** A host cluster for guest cluster vc: its guest offset in the data file, or a fresh cluster of the image file. */
 export function allocDataCluster(s: ImageState, vc: number): number {
@@ -45,9 +47,14 @@ export function zeroRawDataFile(s: ImageState, a: number, b: number): void {
   if (end > a) data.write(a, new Uint8Array(end - a));
 }
 
-/** Refuses what an image with a data file cannot hold (compressed clusters, internal snapshots), as QEMU's -ENOTSUP. */
-export function refuseWithDataFile(s: ImageState, what: string): void {
-  if (s.hasDataFile) throw new UnsupportedFeatureError(`${what}: ${DATA_FILE_NOT_SUPPORTED}`);
+/** Refuses a compressed write with an external data file (qcow2_co_pwritev_compressed_part: -ENOTSUP). */
+export function refuseCompressedWithDataFile(s: ImageState): void {
+  if (s.hasDataFile) throw new UnsupportedFeatureError(`${DATA_FILE_NOT_SUPPORTED} (compressed writes are unsupported with an external data file)`);
+}
+
+/** Refuses an internal snapshot with an external data file (qcow2_snapshot_create: -ENOTSUP). */
+export function refuseSnapshotWithDataFile(s: ImageState): void {
+  if (s.hasDataFile) throw new SnapshotError(DATA_FILE_SNAPSHOT_REFUSAL);
 }
 
 /** Resizes the data file along with the image (qcow2_co_truncate truncates s->data_file). */

@@ -24,7 +24,7 @@ import {
   setEntry,
   writableL2,
 } from './cluster-map.js';
-import { allocDataCluster, refuseWithDataFile } from './data-file.js';
+import { allocDataCluster, refuseCompressedWithDataFile } from './data-file.js';
 import { readGuest, subclusterState } from './guest-read.js';
 import { ALL_SUBCLUSTERS, subclusterMask, type L2Entry } from './l2.js';
 import type { ImageState } from './state.js';
@@ -135,7 +135,7 @@ export function writeCompressedGuest(s: ImageState, offset: number, data: Uint8A
     throw new InvalidArgumentError('compressed writes must cover whole clusters (or reach the end of the image)');
   }
   // qcow2_co_pwritev_compressed_part: -ENOTSUP with an external data file.
-  refuseWithDataFile(s, 'compressed write');
+  refuseCompressedWithDataFile(s);
   s.beforeChange();
   for (let done = 0; done < data.length; done += cs) {
     const chunk = new Uint8Array(cs);

@@ -13,7 +13,7 @@ import { checkImage } from './check.js';
 import { entryFor } from './cluster-map.js';
 import { InvalidArgumentError, UnsupportedFeatureError } from './errors.js';
 import { CRYPT_NONE } from './format/constants.js';
-import { refuseWithDataFile } from './data-file.js';
+import { refuseSnapshotWithDataFile } from './data-file.js';
 import { blockStatus, readGuest, type BlockStatus } from './guest-read.js';
 import { writeCompressedGuest, writeGuest } from './guest-write.js';
 import { imageInfo } from './info.js';
@@ -129,7 +129,7 @@ export class Qcow2Image implements GuestDevice {
 
   createSnapshot(name: string): void {
     // qcow2_snapshot_create: -ENOTSUP with an external data file.
-    refuseWithDataFile(this.s, `Could not create snapshot '${name}'`);
+    refuseSnapshotWithDataFile(this.s);
     this.s.beforeChange();
     createSnapshot(this.s, name);
   }

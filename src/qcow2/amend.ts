@@ -59,6 +59,8 @@ export function amendImage(img: ImageState, o: AmendOptions): void {
 }
 
 function checkDowngradePossible(img: ImageState): void {
+  // qcow2_downgrade: v2 has no external data files.
+  if (img.hasDataFile) throw new UnsupportedFeatureError('Cannot downgrade an image with a data file');
   // v2 snapshots cannot record a disk size of their own, nor a VM state above 4 GiB.
   for (const sn of img.snapshots) {
     if ((sn.vmStateSizeLarge ?? sn.vmStateSize) > 0xffffffff || (sn.diskSize ?? img.virtualSize) !== img.virtualSize) {

@@ -13,6 +13,7 @@
  * Compressed clusters and internal snapshots cannot exist there.
  */
 import { InvalidArgumentError, InvalidImageError, SnapshotError, UnsupportedFeatureError } from './errors.js';
+import { AUTOCLEAR_DATA_FILE_RAW } from './format/constants.js';
 import type { ImageState } from './state.js';
 
 /** QEMU's -ENOTSUP text, which qemu-img and qemu-io print for a refused compressed write or snapshot. */
@@ -81,3 +82,34 @@ export function openDataFile(s: ImageState): void {
   s.dataStorage = storage;
 }
 
+
+/** What qemu-img amend may change about a data file (qcow2_amend_options). */
+export interface DataFileAmend {
+  /** A new name for the data file ('' drops the name, as QEMU does). */
+  dataFile?: string;
+  dataFileRaw?: boolean;
+}
+
+/** qcow2_amend_options' data file rules, checked before anything changes. */
+export function checkDataFileAmend(s: ImageState, o: DataFileAmend): void {
+  if (o.dataFile !== undefined && !s.hasDataFile) {
+    throw new InvalidArgumentError('data-file can only be set for images that use an external data file');
+  }
+  // Setting the bit would vouch for a data file nobody kept in sync.
+  if (o.dataFileRaw && !s.dataFileRaw) throw new InvalidArgumentError('data-file-raw cannot be set on existing images');
+}
+
+/** Renames the data file in the header and/or clears data_file_raw; the caller checked with checkDataFileAmend. */
+export function applyDataFileAmend(s: ImageState, o: DataFileAmend): void {
+  let changed = false;
+  if (o.dataFile !== undefined) {
+    if (o.dataFile === '') delete s.ext.dataFile;
+    else s.ext.dataFile = o.dataFile;
+    changed = true;
+  }
+  if (o.dataFileRaw === false && s.dataFileRaw) {
+    s.header.autoclearFeatures &= ~AUTOCLEAR_DATA_FILE_RAW;
+    changed = true;
+  }
+  if (changed) s.writeHeader();
+}

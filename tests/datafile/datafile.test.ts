@@ -247,6 +247,35 @@ describe('resize', () => {
   });
 });
 
+describe('amend', () => {
+  it('renames the data file, drops data_file_raw and refuses what qemu-img amend refuses, in its words', async () => {
+    const a = await qemuCreate(',data_file_raw=on', '1M');
+    const b = await qemuCreate(',data_file_raw=on', '1M');
+    const plain = names('plain');
+    ok(await qemuImg(['create', '-q', '-f', 'qcow2', plain.img, '1M']), 'create');
+    const steps: [string, string][] = [
+      [plain.img, `data_file=${plain.data}`],
+      [plain.img, 'data_file_raw=on'],
+      ['A', 'data_file_raw=off'],
+      ['A', 'data_file_raw=on'],
+      ['A', 'compat=0.10'],
+      ['A', 'data_file=RENAMED'],
+    ];
+    for (const [which, opt] of steps) {
+      const mine = which === 'A' ? a : which === plain.img ? plain : a;
+      const theirs = which === 'A' ? b : mine;
+      const q = await qemuImg(['amend', '-o', opt.replace('RENAMED', `${theirs.data}.renamed`), which === 'A' ? theirs.img : which]);
+      const r = await ours(dir, ['amend', '-o', opt.replace('RENAMED', `${mine.data}.renamed`), which === 'A' ? mine.img : which]);
+      expect(r.rc, `${opt}: ${r.stderr}`).toBe(q.rc);
+      expect(r.stderr.replace(/^qcow2-harness: /, ''), opt).toBe(q.stderr.replace(/^qemu-img: /, ''));
+    }
+    const mi = JSON.parse(ok(await qemuImg(['info', '--output=json', a.img]), 'info').stdout)['format-specific'].data;
+    const qi = JSON.parse(ok(await qemuImg(['info', '--output=json', b.img]), 'info').stdout)['format-specific'].data;
+    expect(mi['data-file']).toBe(`${a.data}.renamed`);
+    expect({ ...mi, 'data-file': undefined }).toEqual({ ...qi, 'data-file': undefined });
+  });
+});
+
 describe('the data file name', () => {
   it('is taken relative to the current directory, as qemu-io 7.2 takes it', async () => {
     const sub = fs.mkdtempSync(path.join(dir, 'sub-'));

@@ -67,7 +67,13 @@ export function reproScript(r: ReproInput): string {
   L.push('# The image our target left behind, checked as it is (ts-target findings show here).');
   L.push('if [ -f "$here/image.qcow2" ]; then');
   L.push('  cp "$here/image.qcow2" saved.qcow2');
-  L.push('  run qemu-img check -q -f qcow2 saved.qcow2 >/dev/null 2>&1; rc=$?');
+  if (c.dataFile) {
+    // The saved image names the run directory's data file; point it at the saved copy instead.
+    L.push(`  cp "$here/${DATA_FILE_NAME}" saved.data`);
+    L.push('  run qemu-img check -q --image-opts driver=qcow2,file.filename=saved.qcow2,data-file.filename=saved.data >/dev/null 2>&1; rc=$?');
+  } else {
+    L.push('  run qemu-img check -q -f qcow2 saved.qcow2 >/dev/null 2>&1; rc=$?');
+  }
   L.push('  [ $rc -ne 0 ] && [ $rc -ne 124 ] && bug "saved image.qcow2 fails qemu-img check (rc $rc)"');
   L.push('fi');
   if (r.target && r.target !== 'qemu') {

@@ -15,7 +15,7 @@ import { formatOp } from './ops.js';
 import { replayEntry } from './replay.js';
 import { reproScript } from './repro.js';
 import { formatFailure, runCampaign, type CampaignStats, type FailureReport } from './runner.js';
-import { isTargetSpec, makeTarget } from './targets/index.js';
+import { isProducerSpec, isTargetSpec, libqcowMissing, makeTarget } from './targets/index.js';
 
 class UsageError extends Error {}
 
@@ -69,7 +69,10 @@ async function guard(run: () => Promise<number>, usage: string): Promise<number>
 const FUZZ_USAGE = `usage: qcow2-harness fuzz [options]
   Property-based fuzzing of a qcow2 implementation against the reference model,
   with qemu-img check/compare/info after every run. Failures are shrunk and saved.
-  --target T     ts (default: our engine), qemu (qemu-io/qemu-img), cmd:PROGRAM (docs/cmd-protocol.md)
+  --target T     ts (default: our engine), qemu (qemu-io/qemu-img), libqcow (python3-libqcow, a reader),
+                 cmd:PROGRAM (docs/cmd-protocol.md; a program may be a writer or a reader)
+  --producer P   reader mode: qemu (default for readers) or ts writes every image, the target reads it;
+                 with --target ts or qemu this makes that engine the reader
   --time S       run for S seconds
   --runs N       run N generated cases (default 100 when --time is not given)
   --seed N       campaign seed (default: random, printed); same seed, same runs
@@ -77,7 +80,8 @@ const FUZZ_USAGE = `usage: qcow2-harness fuzz [options]
   --shard i/n    take only shard i of n (0-based); shards split a campaign deterministically
   --corpus DIR   where minimized failures go (default: corpus)
   --max-ops N    ops per case at most (default 12)
-  --json         last stdout line: {"runs","ops","qemuImgChecks","failures","elapsedSeconds","corpus":[...]}
+  --json         last stdout line: {"runs","readRuns","refusals":{feature:count},"ops","qemuImgChecks","failures",
+                 "elapsedSeconds","corpus":[...]}
   --junit FILE   also write a JUnit XML report
   --help         this text
 exit: 0 nothing found, 1 failures found, 2 usage error
@@ -85,6 +89,7 @@ exit: 0 nothing found, 1 failures found, 2 usage error
 
 const FUZZ_SPEC: Spec = {
   target: 'value',
+  producer: 'value',
   time: 'value',
   runs: 'value',
   seed: 'value',
@@ -112,6 +117,11 @@ interface Summary {
   opsPerSecond: number;
   corpus: string[];
   failureReports: FailureReport[];
+  producer?: string;
+  /** Runs the implementation really read or ran (not declined). */
+  readRuns: number;
+  refusals: Record<string, number>;
+  declined: string[];
 }
 
 export async function fuzzCommand(argv: string[]): Promise<number> {
@@ -124,6 +134,15 @@ export async function fuzzCommand(argv: string[]): Promise<number> {
     if (rest.length) throw new UsageError(`unexpected argument '${rest[0]}'`);
     const target = typeof opts.target === 'string' ? opts.target : 'ts';
     if (!isTargetSpec(target)) throw new UsageError(`unknown target '${target}'`);
+    const producer = typeof opts.producer === 'string' ? opts.producer : undefined;
+    if (producer !== undefined && !isProducerSpec(producer)) throw new UsageError(`--producer must be qemu or ts, not '${producer}'`);
+    if (target === 'libqcow') {
+      const missing = libqcowMissing();
+      if (missing) {
+        process.stderr.write(`error: ${missing}\n`);
+        return 2;
+      }
+    }
     const time = intOpt(opts.time, 'time', 1);
     const runs = intOpt(opts.runs, 'runs', 1);
     if (time !== undefined && runs !== undefined) throw new UsageError('give --time or --runs, not both');
@@ -168,6 +187,7 @@ export async function fuzzCommand(argv: string[]): Promise<number> {
         concurrency: Math.max(2, jobs),
         corpusDir,
         maxOps,
+        producer,
         onProgress: (s) => {
           const now = Date.now();
           if (now - lastTick < 200) return;
@@ -192,6 +212,10 @@ export async function fuzzCommand(argv: string[]): Promise<number> {
       opsPerSecond: round1(stats.ops / Math.max(stats.elapsedSeconds, 1e-9)),
       corpus: stats.corpus,
       failureReports: stats.failures,
+      producer,
+      readRuns: stats.runs - stats.refusedRuns,
+      refusals: stats.refusals,
+      declined: stats.declined,
     };
     const human = humanSummary(summary);
     if (json) {
@@ -212,6 +236,14 @@ function humanSummary(s: Summary): string {
     `${s.target}: ${s.runs} runs (${s.shrinkRuns} more while shrinking), ${s.ops} ops, ${s.qemuImgChecks} qemu-img checks in ${s.elapsedSeconds} s` +
       ` (${s.runsPerSecond} runs/s, ${s.opsPerSecond} ops/s); seed ${s.seed}, shard ${s.shard}`,
   ];
+  const refusals = Object.entries(s.refusals).sort((a, b) => b[1] - a[1]);
+  if (refusals.length || s.producer) {
+    lines.push(
+      `${s.readRuns} of ${s.runs} runs really read${s.producer ? ` (images by ${s.producer})` : ''}` +
+        (refusals.length ? `; declined: ${refusals.map(([f, n]) => `${f} ${n}`).join(', ')}` : ''),
+    );
+  }
+  if (s.declined.length) lines.push(`generation steered away from: ${s.declined.join(', ')}`);
   if (s.failures === 0) lines.push('no failures');
   for (const f of s.failureReports) lines.push('FAILURE ' + formatFailure(f));
   return lines.join('\n') + '\n';
@@ -282,6 +314,12 @@ async function forkWorkers(o: {
     failures: sums.flatMap((s) => s.failureReports),
     elapsedSeconds: (Date.now() - t0) / 1000,
     corpus: [...new Set(sums.flatMap((s) => s.corpus))],
+    refusals: sums.reduce<Record<string, number>>((a, s) => {
+      for (const [f, n] of Object.entries(s.refusals ?? {})) a[f] = (a[f] ?? 0) + n;
+      return a;
+    }, {}),
+    refusedRuns: sums.reduce((a, s) => a + (s.runs - (s.readRuns ?? s.runs)), 0),
+    declined: [...new Set(sums.flatMap((s) => s.declined ?? []))].sort(),
   };
 }
 

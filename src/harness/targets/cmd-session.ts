@@ -1,0 +1,123 @@
+/**
+ * One program speaking the JSON-lines protocol of docs/cmd-protocol.md: the
+ * process, strictly sequential request/response, timeouts, and the program's
+ * stderr kept for failure messages (a finding against a program quotes what
+ * it said).
+ */
+import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import * as readline from 'node:readline';
+import { HangError, QemuToolError } from '../../qemu/errors.js';
+
+export interface Response {
+  id: number;
+  ok: boolean;
+  result?: Record<string, unknown>;
+  error?: string;
+  code?: 'refused' | 'unsupported' | 'internal';
+  /** With code "unsupported": the configuration features declined (docs/cmd-protocol.md, feature names). */
+  features?: unknown;
+}
+
+/** The program broke the protocol (bad JSON, wrong id, died): a finding against it. */
+export class ProtocolError extends QemuToolError {}
+
+const STDERR_KEEP = 4096;
+
+export class CmdSession {
+  private readonly proc: ChildProcessWithoutNullStreams;
+  private readonly lines: AsyncIterator<string>;
+  private nextId = 1;
+  private stderrText = '';
+  private closed = false;
+
+  constructor(
+    readonly name: string,
+    program: string,
+    cwd: string,
+    private readonly timeoutMs: number,
+  ) {
+    this.proc = spawn('/bin/sh', ['-c', program], { cwd, stdio: ['pipe', 'pipe', 'pipe'] });
+    this.proc.stderr.on('data', (d: Buffer) => {
+      if (this.stderrText.length < STDERR_KEEP) this.stderrText += d.toString();
+    });
+    this.proc.stdin.on('error', () => undefined);
+    this.proc.on('error', () => undefined);
+    this.lines = readline.createInterface({ input: this.proc.stdout })[Symbol.asyncIterator]();
+  }
+
+  /** The program's stderr so far, for a failure message ('' when it said nothing). */
+  stderrTail(): string {
+    const t = this.stderrText.trim();
+    return t ? `; its stderr: ${t.slice(-600).replace(/\s*\n\s*/g, ' | ')}` : '';
+  }
+
+  fail(what: string): ProtocolError {
+    return new ProtocolError(`${this.name}: ${what}${this.stderrTail()}`);
+  }
+
+  async call(method: string, params: Record<string, unknown> = {}): Promise<Response> {
+    if (this.closed) throw this.fail('not running');
+    const id = this.nextId++;
+    this.proc.stdin.write(JSON.stringify({ id, method, params }) + '\n');
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new HangError(this.name, [method], this.timeoutMs)), this.timeoutMs);
+    });
+    try {
+      const next = await Promise.race([this.lines.next(), timeout]);
+      if (next.done) {
+        // Let the exit status and the last of stderr arrive before quoting them.
+        await this.exited(500);
+        const how = this.proc.signalCode ? `killed by ${this.proc.signalCode}` : `exit status ${this.proc.exitCode ?? '?'}`;
+        throw this.fail(`exited (${how}) during '${method}'`);
+      }
+      let resp: Response;
+      try {
+        resp = JSON.parse(next.value) as Response;
+      } catch {
+        throw this.fail(`not a JSON line in reply to '${method}': ${next.value.slice(0, 200)}`);
+      }
+      if (typeof resp !== 'object' || resp === null || typeof resp.ok !== 'boolean') {
+        throw this.fail(`reply to '${method}' is not a response object: ${next.value.slice(0, 200)}`);
+      }
+      if (resp.id !== id) throw this.fail(`reply id ${resp.id}, expected ${id}`);
+      if (!resp.ok && resp.code === 'internal') throw this.fail(`internal error in '${method}': ${resp.error}`);
+      return resp;
+    } catch (e) {
+      if (e instanceof HangError) this.proc.kill('SIGKILL');
+      throw e;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  private exited(ms: number): Promise<void> {
+    if (this.proc.exitCode !== null || this.proc.signalCode !== null) return Promise.resolve();
+    return new Promise((resolve) => {
+      const t = setTimeout(resolve, ms);
+      this.proc.once('exit', () => {
+        clearTimeout(t);
+        resolve();
+      });
+    });
+  }
+
+  /** Sends `quit`, closes stdin, and kills the program if it has not exited after 2 s. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    try {
+      this.proc.stdin.end(JSON.stringify({ id: this.nextId++, method: 'quit', params: {} }) + '\n');
+    } catch {
+      // already gone
+    }
+    const t = setTimeout(() => this.proc.kill('SIGKILL'), 2000);
+    await this.exited(3000);
+    clearTimeout(t);
+  }
+}
+
+/** The feature names a refusal carries, when it carries any. */
+export function responseFeatures(r: Response): string[] {
+  return Array.isArray(r.features) ? r.features.filter((f): f is string => typeof f === 'string') : [];
+}

@@ -107,7 +107,7 @@ def _dispatch(impl, method, params):
         return result
     if method == "read":
         off, length = int(params["offset"]), int(params["length"])
-        data = bytes(impl.read(off, length))
+        data = bytes(impl.read(off, length)) if length > 0 else b""
         if len(data) != length:
             raise RuntimeError("read returned %d bytes at %d, %d asked" % (len(data), off, length))
         return {"data": _b64(data)}

@@ -14,6 +14,7 @@ import { minimizeTrace } from './minimize.js';
 import { formatOp } from './ops.js';
 import { replayEntry } from './replay.js';
 import { reproScript } from './repro.js';
+import { readerReproScript } from './reader/repro.js';
 import { formatFailure, runCampaign, type CampaignStats, type FailureReport } from './runner.js';
 import { isProducerSpec, isTargetSpec, libqcowMissing, makeTarget } from './targets/index.js';
 
@@ -399,10 +400,12 @@ export async function minimizeCommand(argv: string[]): Promise<number> {
     const target = typeof opts.target === 'string' ? opts.target : entry.target;
     if (!isTargetSpec(target)) throw new UsageError(`unknown target '${target}'`);
     const corpusDir = typeof opts.corpus === 'string' ? opts.corpus : path.dirname(path.resolve(dir));
+    const producer = target === entry.target ? entry.producer : undefined;
     const m = await minimizeTrace(target, entry.config, entry.parsedOps, entry.oracle, {
       messageIncludes: entry.external?.messageIncludes,
       maxAttempts: intOpt(opts['max-attempts'], 'max-attempts', 1),
       strict: true,
+      producer,
     });
     const out = opts.json ? process.stderr : process.stdout;
     if (!m.failure) {
@@ -410,7 +413,7 @@ export async function minimizeCommand(argv: string[]): Promise<number> {
       if (opts.json) process.stdout.write(JSON.stringify({ id: entry.id, fails: false, attempts: m.attempts }) + '\n');
       return 1;
     }
-    const r = await runTrace(makeStrict(target), m.config, { ops: m.ops }, { keepDir: true });
+    const r = await runTrace(makeTarget(target, { strict: true, producer }), m.config, { ops: m.ops }, { keepDir: true });
     try {
       const failure = r.failure ?? m.failure;
       const e = writeEntry(corpusDir, {
@@ -421,9 +424,13 @@ export async function minimizeCommand(argv: string[]): Promise<number> {
         message: failure.message,
         opIndex: failure.opIndex,
         external: entry.external,
+        producer,
+        implementation: r.implementation ?? entry.implementation,
         imageFile: path.join(r.dir, 'image.qcow2'),
         backingFile: m.config.backing ? path.join(r.dir, backingFileName(m.config.backing)) : undefined,
-        repro: reproScript({ target, config: m.config, ops: r.ops, model: r.model!, refused: r.refused, oracle: failure.oracle, message: failure.message }),
+        repro: producer
+          ? readerReproScript({ target, producer, config: m.config, ops: r.ops, oracle: failure.oracle, message: failure.message, implementation: r.implementation })
+          : reproScript({ target, config: m.config, ops: r.ops, model: r.model!, refused: r.refused, oracle: failure.oracle, message: failure.message }),
       });
       out.write(
         `${entry.id}: ${entry.ops.length} ops -> ${r.ops.length} ops in ${m.attempts} attempts; saved as ${e.id}${e.duplicate ? ' (already there)' : ''}\n` +

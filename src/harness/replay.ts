@@ -24,7 +24,9 @@ export async function replayEntry(dir: string, o: { target?: string; tmpRoot?: s
   const entry = readEntry(dir);
   const targetName = o.target ?? entry.target;
   // Known-bug tolerances are off: an external entry must see its bug.
-  const target = makeTarget(targetName, { strict: true, timeoutMs: entry.timeoutMs });
+  // A reader entry rebuilds its image with the producer that wrote it (unless replayed on another target).
+  const producer = o.target === undefined || o.target === entry.target ? entry.producer : undefined;
+  const target = makeTarget(targetName, { strict: true, timeoutMs: entry.timeoutMs, producer });
   const r = await runTrace(target, entry.config, { ops: entry.parsedOps }, { tmpRoot: o.tmpRoot });
   const ext = entry.external;
   let passed: boolean;

@@ -55,9 +55,14 @@ export class CmdSession {
     return new ProtocolError(`${this.name}: ${what}${this.stderrTail()}`);
   }
 
-  async call(method: string, params: Record<string, unknown> = {}): Promise<Response> {
+  /**
+   * Sends one request and waits for its response. `o.id` overrides the id
+   * (target-check sends out-of-order ids); `o.raw` returns an internal error
+   * as a response instead of throwing it.
+   */
+  async call(method: string, params: Record<string, unknown> = {}, o: { id?: number; raw?: boolean } = {}): Promise<Response> {
     if (this.closed) throw this.fail('not running');
-    const id = this.nextId++;
+    const id = o.id ?? this.nextId++;
     this.proc.stdin.write(JSON.stringify({ id, method, params }) + '\n');
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<never>((_, reject) => {
@@ -81,7 +86,7 @@ export class CmdSession {
         throw this.fail(`reply to '${method}' is not a response object: ${next.value.slice(0, 200)}`);
       }
       if (resp.id !== id) throw this.fail(`reply id ${resp.id}, expected ${id}`);
-      if (!resp.ok && resp.code === 'internal') throw this.fail(`internal error in '${method}': ${resp.error}`);
+      if (!resp.ok && resp.code === 'internal' && !o.raw) throw this.fail(`internal error in '${method}': ${resp.error}`);
       return resp;
     } catch (e) {
       if (e instanceof HangError) this.proc.kill('SIGKILL');
@@ -91,7 +96,7 @@ export class CmdSession {
     }
   }
 
-  private exited(ms: number): Promise<void> {
+  exited(ms: number): Promise<void> {
     if (this.proc.exitCode !== null || this.proc.signalCode !== null) return Promise.resolve();
     return new Promise((resolve) => {
       const t = setTimeout(resolve, ms);
@@ -100,6 +105,12 @@ export class CmdSession {
         resolve();
       });
     });
+  }
+
+  /** Whether the program has exited (and how), for target-check's quit probe. */
+  exitState(): string | undefined {
+    if (this.proc.signalCode) return `killed by ${this.proc.signalCode}`;
+    return this.proc.exitCode === null ? undefined : `exit status ${this.proc.exitCode}`;
   }
 
   /** Sends `quit`, closes stdin, and kills the program if it has not exited after 2 s. */

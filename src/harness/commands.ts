@@ -213,7 +213,7 @@ export async function fuzzCommand(argv: string[]): Promise<number> {
       opsPerSecond: round1(stats.ops / Math.max(stats.elapsedSeconds, 1e-9)),
       corpus: stats.corpus,
       failureReports: stats.failures,
-      producer,
+      producer: producer ?? (stats.readerMode ? 'qemu' : undefined),
       readRuns: stats.runs - stats.refusedRuns,
       refusals: stats.refusals,
       declined: stats.declined,

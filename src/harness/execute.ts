@@ -65,7 +65,7 @@ export async function runTrace(target: Target, config: TraceConfig, source: Sour
     else out.failure = toFailure(e, out.ops.length);
   } finally {
     await target.close().catch(() => undefined);
-    if (!o.keepDir) fs.rmSync(dir, { recursive: true, force: true });
+    if (!o.keepDir) fs.rmSync(dir, { recursive: true, force: true, maxRetries: 5, retryDelay: 100 });
   }
   return out;
 }

@@ -45,6 +45,18 @@ export function readViews(target: Target): { label: string; target: Target }[] {
   ];
 }
 
+/**
+ * Promise.all that waits for every promise before rethrowing the first
+ * rejection: when one reader fails, no qemu-img still writes into the run's
+ * directory while it is removed.
+ */
+async function settleAll<T extends readonly unknown[]>(ps: { readonly [K in keyof T]: Promise<T[K]> }): Promise<{ -readonly [K in keyof T]: T[K] }> {
+  const r = await Promise.allSettled(ps as readonly Promise<unknown>[]);
+  const bad = r.find((x): x is PromiseRejectedResult => x.status === 'rejected');
+  if (bad) throw bad.reason;
+  return r.map((x) => (x as PromiseFulfilledResult<unknown>).value) as unknown as { -readonly [K in keyof T]: T[K] };
+}
+
 export async function endOracles(
   target: Target,
   model: DiskModel,
@@ -64,20 +76,20 @@ export async function endOracles(
   // Everything that only reads the image runs at once: each is a process for the qemu target.
   // A reader target is read twice: its producer's view, then the reader's (execute.ts readViews).
   const views = readViews(target);
-  const [viewReads, check, info, earlyCmp] = await Promise.all([
-    Promise.all(
+  const [viewReads, check, info, earlyCmp] = await settleAll([
+    settleAll(
       views.map(async (v) => {
-        const [whole, snapshots] = await Promise.all([
+        const [whole, snapshots] = await settleAll([
           v.target.read(0, model.size),
-          Promise.all(snaps.map((s) => v.target.readSnapshot(s.id, s.layer.size))),
-        ]);
+          settleAll(snaps.map((s) => v.target.readSnapshot(s.id, s.layer.size))),
+        ] as const);
         return { label: v.label, whole, snapshots };
       }),
     ),
     imgCheck(image),
     imgInfo(image, { format: 'qcow2' }),
     early ? compare() : Promise.resolve(undefined),
-  ]);
+  ] as const);
   for (const v of viewReads) {
     const m = verifyRange(model, model.active, 0, v.whole);
     if (m) return { failure: { oracle: 'read', message: describeMismatch(`${v.label}whole disk at the end`, m) }, qemuImgChecks: 1 };

@@ -70,6 +70,8 @@ export interface CampaignStats {
   refusedRuns: number;
   /** Features a writer declined at create: generation steers away from them for the rest of the campaign. */
   declined: string[];
+  /** The target turned out to be a reader (paired with a producer). */
+  readerMode?: boolean;
 }
 
 const DEFAULT_RUNS_PER_CHUNK = 25;
@@ -163,6 +165,7 @@ export async function runCampaign(o: CampaignOptions): Promise<CampaignStats> {
             stats.runs++;
             generated++;
             readerMode ||= r.readerMode === true;
+            stats.readerMode = readerMode;
             countRefusal(stats, declined, r, readerMode);
           }
           stats.ops += r.ops.length;
@@ -197,7 +200,8 @@ export async function runCampaign(o: CampaignOptions): Promise<CampaignStats> {
     }
   };
   await Promise.all(Array.from({ length: Math.max(1, o.concurrency ?? 1) }, worker));
-  fs.rmSync(tmpRoot, { recursive: true, force: true });
+  // Retries: a killed program's children may still be leaving files as the campaign ends.
+  fs.rmSync(tmpRoot, { recursive: true, force: true, maxRetries: 5, retryDelay: 200 });
   stats.elapsedSeconds = (Date.now() - t0) / 1000;
   return stats;
 }

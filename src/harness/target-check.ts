@@ -54,6 +54,7 @@ function firstDiff(a: Buffer, b: Buffer): string | undefined {
 
 interface Ctx {
   program: string;
+  timeoutMs: number;
   dir: string;
   role: 'reader' | 'writer' | undefined;
   snapshots: boolean;
@@ -62,7 +63,7 @@ interface Ctx {
 /** A fresh session that has answered `create`; the role it declared is recorded in ctx. */
 async function started(ctx: Ctx, sub: string): Promise<{ s: CmdSession; created: Response; work: string }> {
   const work = fs.mkdtempSync(path.join(ctx.dir, `${sub}-`));
-  const s = new CmdSession('program', ctx.program, work, PROBE_TIMEOUT_MS);
+  const s = new CmdSession('program', ctx.program, work, ctx.timeoutMs);
   const created = await s.call('create', { protocol: CMD_PROTOCOL_VERSION, path: path.join(work, 'image.qcow2'), ...CREATE, backingFile: null, backingFormat: null });
   return { s, created, work };
 }
@@ -275,9 +276,9 @@ const PROBES: Probe[] = [
   },
 ];
 
-export async function targetCheck(program: string): Promise<ProbeResult[]> {
+export async function targetCheck(program: string, o: { timeoutMs?: number } = {}): Promise<ProbeResult[]> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'qh-target-check-'));
-  const ctx: Ctx = { program, dir, role: undefined, snapshots: true };
+  const ctx: Ctx = { program, dir, role: undefined, snapshots: true, timeoutMs: o.timeoutMs ?? PROBE_TIMEOUT_MS };
   const out: ProbeResult[] = [];
   try {
     for (const p of PROBES) {

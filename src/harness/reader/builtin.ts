@@ -18,7 +18,7 @@ export class TsReader implements Reader {
   async open(image: string, _chain: BackingLink[]): Promise<void> {
     await this.close();
     this.file = image;
-    this.img = openImageFile(image, { readOnly: true, format: 'qcow2' });
+    this.img = openImageFile(image, { readOnly: true, format: 'qcow2', forceShare: true });
   }
 
   async read(off: number, len: number): Promise<Uint8Array> {
@@ -26,7 +26,7 @@ export class TsReader implements Reader {
   }
 
   async readSnapshot(id: string, length: number): Promise<Uint8Array> {
-    const view = openImageFile(this.file, { readOnly: true, format: 'qcow2', snapshot: id });
+    const view = openImageFile(this.file, { readOnly: true, format: 'qcow2', snapshot: id, forceShare: true });
     try {
       return view.read(0, Math.min(length, view.virtualSize));
     } finally {

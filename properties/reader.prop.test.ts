@@ -147,3 +147,13 @@ describe('target-check', () => {
     expect(failed.some((p) => /exited \(exit status 139\)/.test(p.detail ?? ''))).toBe(true);
   }, 60_000);
 });
+
+describe('external reader entries', () => {
+  it('a libqcow entry replayed on a reader without the bug says the bug no longer shows', async () => {
+    const dir = path.join(root, 'corpus', 'libqcow-zero-flag-ignored');
+    const r = await replayEntry(dir, { target: `cmd:python3 ${baseline}`, tmpRoot: tmp });
+    expect(r.failure).toBeUndefined();
+    expect(r.passed).toBe(false);
+    expect(r.note).toMatch(/libqcow 20201213.*no longer shows/);
+  }, 30_000);
+});

@@ -370,7 +370,7 @@ export async function replayCommand(argv: string[]): Promise<number> {
       const r = await replayEntry(d, { target });
       results.push({ id: r.id, dir: d, target: r.target, passed: r.passed, expected: r.expected, failure: r.failure });
       const got = r.failure ? `${r.failure.oracle}: ${r.failure.message}` : 'clean';
-      const line = `${r.passed ? 'pass' : 'FAIL'} ${r.id} [${r.target}] expected ${r.expected}; got ${got}\n`;
+      const line = `${r.passed ? 'pass' : 'FAIL'} ${r.id} [${r.target}] expected ${r.expected}; got ${got}${r.note ? `\n  ${r.note}` : ''}\n`;
       (opts.json ? process.stderr : process.stdout).write(line);
     }
     const failed = results.filter((r) => !r.passed).length;

@@ -18,6 +18,8 @@ export interface ReplayResult {
   expected: string;
   failure?: Failure;
   entry: TraceFile;
+  /** Set when an external entry's bug no longer shows: what to do about it. */
+  note?: string;
 }
 
 export async function replayEntry(dir: string, o: { target?: string; tmpRoot?: string } = {}): Promise<ReplayResult> {
@@ -38,5 +40,11 @@ export async function replayEntry(dir: string, o: { target?: string; tmpRoot?: s
     expected = 'runs clean (regression test)';
     passed = r.failure === undefined;
   }
-  return { id: entry.id, dir, target: targetName, passed, expected, failure: r.failure, entry };
+  const note =
+    ext && !passed
+      ? r.failure
+        ? `${ext.project}: the trace now fails differently; check whether the documented bug changed`
+        : `${ext.project}: the documented bug no longer shows (fixed in ${r.implementation ?? 'this version'}?): drop "external" to keep the entry as a regression test`
+      : undefined;
+  return { id: entry.id, dir, target: targetName, passed, expected, failure: r.failure, entry, note };
 }

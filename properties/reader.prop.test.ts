@@ -148,6 +148,19 @@ describe('target-check', () => {
   }, 60_000);
 });
 
+describe('the libqcow target', () => {
+  it('a machine without python3-libqcow gets one line naming the package, exit 2', async () => {
+    const { execa } = await import('execa');
+    const r = await execa(process.execPath, [path.join(root, 'dist', 'cli', 'main.js'), 'fuzz', '--target', 'libqcow', '--runs', '1'], {
+      reject: false,
+      env: { QH_LIBQCOW_PYTHON: path.join(tmp, 'no-such-python') },
+    });
+    expect(r.exitCode).toBe(2);
+    expect(r.stderr.trim().split('\n')).toHaveLength(1);
+    expect(r.stderr).toContain('python3-libqcow');
+  }, 30_000);
+});
+
 describe('external reader entries', () => {
   it('a libqcow entry replayed on a reader without the bug says the bug no longer shows', async () => {
     const dir = path.join(root, 'corpus', 'libqcow-zero-flag-ignored');

@@ -24,8 +24,12 @@ export interface TargetOptions {
   producer?: ProducerSpec;
 }
 
-/** Debian's python3-libqcow binds to the system Python, not to whatever `python3` is first on PATH. */
-export const LIBQCOW_PYTHON = '/usr/bin/python3';
+/**
+ * Debian's python3-libqcow binds to the system Python, not to whatever
+ * `python3` is first on PATH (QH_LIBQCOW_PYTHON overrides it, e.g. to test
+ * the message a machine without the package gets).
+ */
+export const LIBQCOW_PYTHON = process.env.QH_LIBQCOW_PYTHON ?? '/usr/bin/python3';
 /** Shipped next to src/ and dist/ (both three levels below the package root). */
 export const ADAPTERS_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..', 'adapters');
 export const LIBQCOW_ADAPTER = path.join(ADAPTERS_DIR, 'libqcow_adapter.py');

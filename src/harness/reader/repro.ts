@@ -73,7 +73,9 @@ export function readerReproScript(r: ReaderReproInput): string {
     L.push("cat > compare.py <<'PY'");
     L.push(PYQCOW_COMPARE.trimEnd());
     L.push('PY');
-    L.push('/usr/bin/python3 compare.py image.qcow2 expected.raw || bug "libqcow misreads the image"');
+    L.push('timeout 30 /usr/bin/python3 compare.py image.qcow2 expected.raw; rc=$?');
+    L.push('[ $rc -eq 124 ] && bug "libqcow does not finish reading the image within 30 s (hang)"');
+    L.push('[ $rc -ne 0 ] && bug "libqcow misreads the image"');
   } else {
     L.push('command -v qcow2-harness >/dev/null 2>&1 || { echo "needs qcow2-harness to drive this reader"; exit 2; }');
     // replay's verdict depends on an external block; whether the trace still fails does not.

@@ -36,7 +36,9 @@ export class CmdSession {
     cwd: string,
     private readonly timeoutMs: number,
   ) {
-    this.proc = spawn('/bin/sh', ['-c', program], { cwd, stdio: ['pipe', 'pipe', 'pipe'] });
+    // Its own process group, so a hang kills the program and not just the shell
+    // around it (a reader stuck in a library call keeps its stdout open otherwise).
+    this.proc = spawn('/bin/sh', ['-c', program], { cwd, stdio: ['pipe', 'pipe', 'pipe'], detached: true });
     this.proc.stderr.on('data', (d: Buffer) => {
       if (this.stderrText.length < STDERR_KEEP) this.stderrText += d.toString();
     });
@@ -89,7 +91,7 @@ export class CmdSession {
       if (!resp.ok && resp.code === 'internal' && !o.raw) throw this.fail(`internal error in '${method}': ${resp.error}`);
       return resp;
     } catch (e) {
-      if (e instanceof HangError) this.proc.kill('SIGKILL');
+      if (e instanceof HangError) this.kill();
       throw e;
     } finally {
       clearTimeout(timer);
@@ -122,9 +124,19 @@ export class CmdSession {
     } catch {
       // already gone
     }
-    const t = setTimeout(() => this.proc.kill('SIGKILL'), 2000);
+    const t = setTimeout(() => this.kill(), 2000);
     await this.exited(3000);
     clearTimeout(t);
+    // Whatever the program started and left behind goes with it.
+    this.kill();
+  }
+
+  private kill(): void {
+    try {
+      if (this.proc.pid !== undefined) process.kill(-this.proc.pid, 'SIGKILL');
+    } catch {
+      // the group is gone already
+    }
   }
 }
 

@@ -28,8 +28,8 @@ export class ReaderTarget implements Target {
     readonly reader: Reader,
   ) {
     this.name = reader.name;
-    // Crash images are the producer's business; a reader reads what is on disk.
-    this.capabilities = new Set([...producer.capabilities].filter((k) => k !== 'crash'));
+    // Crash images and injected faults are the producer's business; a reader reads what is on disk.
+    this.capabilities = new Set([...producer.capabilities].filter((k) => k !== 'crash' && k !== 'fault'));
     this.knownBugs = producer.knownBugs;
     this.verifyAfter = producer.verifyAfter;
   }

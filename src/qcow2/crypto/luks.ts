@@ -162,15 +162,16 @@ function checkedIterations(n: number, what: string): number {
  * and iterations).
  */
 export function createLuks(passphrase: string | Uint8Array, o: LuksCreateOptions = {}): CreatedLuks {
-  const random = o.random ?? ((n: number) => randomBytes(n));
+  // Plain Uint8Arrays throughout (not Buffers), so results compare equal to decoded ones.
+  const random = (n: number): Uint8Array => Uint8Array.from((o.random ?? randomBytes)(n).subarray(0, n));
   const c = cipherFromOptions(o);
   const hashSpec = checkHashName(o.hashAlg ?? 'sha256');
   const spec = parseCipherSpec(c.name, c.mode, c.keyBytes);
-  const masterKey = o.masterKey ? Uint8Array.from(o.masterKey) : random(c.keyBytes).slice(0, c.keyBytes);
+  const masterKey = o.masterKey ? Uint8Array.from(o.masterKey) : random(c.keyBytes);
   if (masterKey.length !== c.keyBytes) throw new InvalidArgumentError(`master key must be ${c.keyBytes} bytes`);
   const iterTime = o.iterTimeMs ?? LUKS_DEFAULT_ITER_TIME_MS;
   if (!Number.isInteger(iterTime) || iterTime < 1) throw new InvalidArgumentError(`encrypt.iter-time ${iterTime} must be a positive integer`);
-  const mkDigestSalt = random(LUKS_SALT_LEN).slice(0, LUKS_SALT_LEN);
+  const mkDigestSalt = random(LUKS_SALT_LEN);
   const mkDigestIterations = checkedIterations(
     o.masterKeyIterations ??
       Math.max(
@@ -200,11 +201,11 @@ export function createLuks(passphrase: string | Uint8Array, o: LuksCreateOptions
       stripes: LUKS_STRIPES,
     })),
   };
-  header.mkDigest = masterKeyDigest(header, masterKey);
+  header.mkDigest = Uint8Array.from(masterKeyDigest(header, masterKey));
   const area = new Uint8Array(header.payloadOffsetSector * LUKS_SECTOR_SIZE);
   const pass = passphraseBytes(passphrase);
   const slot = header.slots[0]!;
-  slot.salt = random(LUKS_SALT_LEN).slice(0, LUKS_SALT_LEN);
+  slot.salt = random(LUKS_SALT_LEN);
   slot.iterations = checkedIterations(
     o.slotIterations ??
       Math.max(Math.floor((countIterationsPerSecond(hashSpec, pass, slot.salt, c.keyBytes) * iterTime) / 1000), LUKS_MIN_SLOT_KEY_ITERS),

@@ -43,13 +43,18 @@ export function splitOptionString(s: string): [string, string | undefined][] {
   return out;
 }
 
-/** Parses key=value options into a map; `implied` names the key a leading bare word sets (qom-type for --object). */
-export function parseOptionString(s: string, implied?: string): Map<string, string> {
+/**
+ * Parses key=value options into a map. `implied` names the key a leading bare
+ * word sets (qom-type for --object). Other bare words mean word=on in QemuOpts
+ * (-o, --image-opts) but are an error in keyval syntax (--object, keyval_parse).
+ */
+export function parseOptionString(s: string, implied?: string, keyval = false): Map<string, string> {
   const m = new Map<string, string>();
   splitOptionString(s).forEach(([k, v], i) => {
     if (v === undefined) {
       if (i === 0 && implied !== undefined) m.set(implied, k);
-      else m.set(k, 'on'); // QemuOpts: a bare "flag" means flag=on
+      else if (keyval) throw new SecretError(`Expected '=' after parameter '${k}'`);
+      else m.set(k, 'on');
     } else m.set(k, v);
   });
   return m;
@@ -82,7 +87,7 @@ export function parseSecretObject(arg: string): SecretObject {
       if (typeof v !== 'string') throw new SecretError(`Invalid parameter type for '${k}', expected: string`);
       props.set(k, v);
     }
-  } else props = parseOptionString(arg, 'qom-type');
+  } else props = parseOptionString(arg, 'qom-type', true);
   const type = props.get('qom-type');
   if (type === undefined) throw new SecretError("Parameter 'qom-type' is missing");
   if (type !== 'secret') {
@@ -168,14 +173,18 @@ export class SecretStore {
     return o.format === 'base64' ? decodeBase64(Buffer.from(input).toString('latin1')) : input;
   }
 
-  /** qcrypto_secret_decrypt: base64 AES-256-CBC ciphertext, a 32-byte key secret, a base64 16-byte IV, PKCS#7 padding. */
+  /**
+   * qcrypto_secret_decrypt: AES-256-CBC with a 32-byte key secret, a base64
+   * 16-byte IV and PKCS#7 padding; `format` says how the ciphertext is encoded,
+   * the plaintext is used as it comes out.
+   */
   private decrypt(o: SecretObject, input: Uint8Array): Uint8Array {
     const key = this.lookup(o.keyid!);
     if (key.length !== 32) throw new SecretError('Key should be 32 bytes in length');
     if (o.iv === undefined) throw new SecretError('IV is required to decrypt secret');
     const iv = decodeBase64(o.iv);
     if (iv.length !== 16) throw new SecretError(`IV should be 16 bytes in length not ${iv.length}`);
-    const ct = decodeBase64(Buffer.from(input).toString('latin1'));
+    const ct = o.format === 'base64' ? decodeBase64(Buffer.from(input).toString('latin1')) : input;
     let plain: Buffer;
     try {
       const d = createDecipheriv('aes-256-cbc', key, iv);
@@ -183,7 +192,7 @@ export class SecretStore {
     } catch {
       throw new SecretError(`Unable to decrypt secret '${o.id}' with key '${o.keyid}'`);
     }
-    return o.format === 'base64' ? decodeBase64(plain.toString('latin1')) : Uint8Array.from(plain);
+    return Uint8Array.from(plain);
   }
 }
 
@@ -252,14 +261,13 @@ export function parseEncryptCreateOptions(opts: Map<string, string>): EncryptCre
   const legacy = opts.get('encryption');
   let format = opts.get('encrypt.format');
   if (legacy !== undefined) {
+    if (format !== undefined) throw new SecretError("'encrypt.format' and its alias 'encryption' can't be used at the same time");
     if (legacy !== 'on' && legacy !== 'off') throw new SecretError(`Parameter 'encryption' expects 'on' or 'off'`);
-    if (legacy === 'on') {
-      if (format !== undefined && format !== 'aes') throw new SecretError("Options 'encryption' and 'encrypt.format' are mutually exclusive");
-      format = 'aes';
-    }
+    if (legacy === 'on') format = 'aes';
   }
   if (format !== undefined) {
-    if (format !== 'aes' && format !== 'luks') throw new SecretError(`Parameter 'encrypt.format' does not accept value '${format}'`);
+    // qemu-img names the option 'format' here (the encrypt. prefix is stripped before the check).
+    if (format !== 'aes' && format !== 'luks') throw new SecretError(`Parameter 'format' does not accept value '${format}'`);
     out.format = format;
   }
   const ks = opts.get('encrypt.key-secret');
@@ -277,7 +285,8 @@ export function parseEncryptCreateOptions(opts: Map<string, string>): EncryptCre
   }
   const it = opts.get('encrypt.iter-time');
   if (it !== undefined) {
-    if (!/^\d+$/.test(it) || Number(it) < 1) throw new SecretError(`Parameter 'encrypt.iter-time' expects a positive number of milliseconds`);
+    if (!/^\d+$/.test(it)) throw new SecretError("Parameter 'encrypt.iter-time' expects a number");
+    if (Number(it) < 1) throw new SecretError("Parameter 'encrypt.iter-time' must be at least 1 ms");
     out.luks.iterTimeMs = Number(it);
   }
   const luksGiven = [...luksOnly.map(([k]) => k), 'encrypt.iter-time'].filter((k) => opts.has(k));

@@ -80,3 +80,29 @@ export function recrypt(crypto: ImageCrypto, oldHost: number, newHost: number, g
   if (!crypto.physicalOffset || oldHost === newHost) return bytes;
   return crypto.encrypt(newHost, guest, crypto.decrypt(oldHost, guest, bytes));
 }
+
+/** The two storage calls the engine's data path makes (BlockStorage satisfies it). */
+export interface DataStorage {
+  read(offset: number, length: number): Uint8Array;
+  write(offset: number, data: Uint8Array): void;
+}
+
+/**
+ * Engine read hook: guest bytes [guest, guest+dst.length) of a normal
+ * (sub)cluster stored at host, decrypted into dst.
+ */
+export function readEncryptedData(crypto: ImageCrypto, storage: DataStorage, host: number, guest: number, dst: Uint8Array): void {
+  dst.set(decryptRange(crypto, (o, l) => storage.read(o, l), host, guest, dst.length));
+}
+
+/**
+ * Engine write hook: data for [guest, ...) written encrypted at host. A
+ * partial head or tail sector is completed from the ciphertext already at
+ * host, so host must hold this cluster's current content (an allocated normal
+ * cluster written in place); new clusters are written whole by the engine,
+ * which needs no read.
+ */
+export function writeEncryptedData(crypto: ImageCrypto, storage: DataStorage, host: number, guest: number, data: Uint8Array): void {
+  const w = encryptRange(crypto, host, guest, data, (hs, gs) => crypto.decrypt(hs, gs, storage.read(hs, CRYPTO_SECTOR_SIZE)));
+  storage.write(w.host, w.bytes);
+}

@@ -13,8 +13,9 @@ import { CorruptImageError, InvalidArgumentError, UnsupportedFeatureError } from
 import { CRYPT_AES, CRYPT_LUKS, CRYPT_NONE } from '../format/constants.js';
 import type { CryptoHeaderExtension } from '../format/extensions.js';
 import { CRYPTO_SECTOR_SIZE, makeSectorCipher, type SectorCipher } from './cipher.js';
-import { createLuks, passphraseBytes, unlockLuks, type LuksCreateOptions, type UnlockedLuks } from './luks.js';
-import type { LuksHeader, LuksLimits } from './luks-header.js';
+import { createLuks, passphraseBytes, readLuksHeader, unlockLuks, type LuksCreateOptions, type UnlockedLuks } from './luks.js';
+import { LUKS_KEY_SLOT_ENABLED, LUKS_SECTOR_SIZE, type LuksHeader, type LuksLimits } from './luks-header.js';
+import type { CipherSpec } from './cipher.js';
 
 export interface ImageCrypto {
   readonly method: 'aes' | 'luks';
@@ -120,4 +121,39 @@ export function createImageLuks(passphrase: string | Uint8Array, o?: LuksCreateO
     area: c.area,
     header: c.header,
   };
+}
+
+/** The "encrypt" object of qemu-img info's format-specific data (QCryptoBlockInfo), keys in qemu-img 7.2's output order. */
+export type EncryptInfo = { format: 'aes' } | Record<string, unknown>;
+
+/** qcrypto_block_luks_get_info: needs only the header, so info works without the passphrase (QCRYPTO_BLOCK_OPEN_NO_IO). */
+export function luksInfo(h: LuksHeader, spec: CipherSpec): Record<string, unknown> {
+  const aesBits = (spec.mode === 'xts' ? h.keyBytes / 2 : h.keyBytes) * 8;
+  const out: Record<string, unknown> = {
+    'ivgen-alg': spec.ivgen,
+    'hash-alg': h.hashSpec,
+    'cipher-alg': `aes-${aesBits}`,
+    uuid: h.uuid,
+  };
+  if (spec.ivgen === 'essiv') out['ivgen-hash-alg'] = spec.ivHash;
+  out.format = 'luks';
+  out['cipher-mode'] = spec.mode;
+  out.slots = h.slots.map((sl) =>
+    sl.active === LUKS_KEY_SLOT_ENABLED
+      ? { active: true, iters: sl.iterations, 'key-offset': sl.keyMaterialOffsetSector * LUKS_SECTOR_SIZE, stripes: sl.stripes }
+      : { active: false, 'key-offset': sl.keyMaterialOffsetSector * LUKS_SECTOR_SIZE },
+  );
+  out['payload-offset'] = h.payloadOffsetSector * LUKS_SECTOR_SIZE;
+  out['master-key-iters'] = h.mkDigestIterations;
+  return out;
+}
+
+/** The encrypt info of an image without unlocking it; undefined when it is not encrypted. */
+export function readEncryptInfo(i: Omit<OpenCryptoInput, 'passphrase'>): EncryptInfo | undefined {
+  if (i.cryptMethod === CRYPT_NONE) return undefined;
+  if (i.cryptMethod === CRYPT_AES) return { format: 'aes' };
+  if (i.cryptMethod !== CRYPT_LUKS) throw new UnsupportedFeatureError(`encryption method ${i.cryptMethod} is not supported`);
+  const area = luksArea(i.cryptoHeader, i.clusterSize, i.fileSize);
+  const { header, spec } = readLuksHeader((o, l) => i.readFile(area.offset + o, l), area.length, i.limits);
+  return luksInfo(header, spec);
 }

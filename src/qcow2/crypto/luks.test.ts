@@ -14,7 +14,7 @@ import { decodeHeader } from '../format/header.js';
 import { decodeExtensions } from '../format/extensions.js';
 import { entryOffset } from '../format/entries.js';
 import { CRYPT_AES, CRYPT_LUKS } from '../format/constants.js';
-import { openImageCrypto, createImageLuks, legacyAesCrypto, type ImageCrypto } from './image-crypto.js';
+import { openImageCrypto, createImageLuks, legacyAesCrypto, readEncryptInfo, type ImageCrypto } from './image-crypto.js';
 import { WrongPassphraseError } from './luks.js';
 import { LUKS_KEY_SLOT_ENABLED, LUKS_STRIPES } from './luks-header.js';
 
@@ -56,6 +56,8 @@ function qemuCreate(file: string, encryptOpts: string): void {
 
 interface Probe {
   cryptMethod: number;
+  /** The encrypt block qemu-img info would print, read without the passphrase. */
+  info(): unknown;
   clusterSize: number;
   hostOffset(guest: number): number;
   open(pass: string | undefined): ImageCrypto;
@@ -72,6 +74,8 @@ function probe(file: string): Probe {
   return {
     cryptMethod: h.cryptMethod,
     clusterSize,
+    info: () =>
+      readEncryptInfo({ cryptMethod: h.cryptMethod, cryptoHeader: ext.cryptoHeader, clusterSize, fileSize: buf.length, readFile: (o, l) => buf.slice(o, o + l) }),
     hostOffset(guest) {
       const vc = Math.floor(guest / clusterSize);
       const l1 = h.l1TableOffset + Math.floor(vc / l2Entries) * 8;
@@ -136,6 +140,8 @@ describe('LUKS images made by qemu-img (aes-256-xts-plain64, sha256)', () => {
       execFileSync('qemu-img', ['info', '--output=json', '--object', SECRET, '--image-opts', imageOpts(file)], { encoding: 'utf8' }),
     );
     const enc = info['format-specific'].data.encrypt;
+    // The whole encrypt block, key order included, as qemu-img info has it.
+    expect(JSON.stringify(p.info())).toBe(JSON.stringify(enc));
     expect(enc.uuid).toBe(h.uuid);
     expect(enc['master-key-iters']).toBe(h.mkDigestIterations);
     expect(enc['payload-offset']).toBe(h.payloadOffsetSector * 512);
@@ -207,6 +213,8 @@ describe('LUKS variants: aes-128-cbc-essiv:sha256 with sha512 (qemu-img made)', 
     const p = probe(file);
     const c = p.open(PASS);
     expect([c.luks!.header.cipherMode, c.luks!.header.hashSpec, c.luks!.header.keyBytes]).toEqual(['cbc-essiv:sha256', 'sha512', 16]);
+    const info = JSON.parse(execFileSync('qemu-img', ['info', '--output=json', file], { encoding: 'utf8' }));
+    expect(JSON.stringify(p.info())).toBe(JSON.stringify(info['format-specific'].data.encrypt));
     const host = p.hostOffset(65536);
     expect(c.decrypt(host, 65536, readAt(file, host, 65536)).every((b) => b === 0x11)).toBe(true);
     writeAt(file, host + 4096, c.encrypt(host + 4096, 65536 + 4096, new Uint8Array(512).fill(0x22)));
@@ -256,6 +264,8 @@ describe('LUKS headers built by this module open in QEMU', () => {
       const info = run('qemu-img', ['info', '--object', secret, '--image-opts', imageOpts(file)]);
       expect(info.rc, info.out).toBe(0);
       expect(info.out).toContain(`uuid: ${made.header.uuid}`);
+      const json = JSON.parse(execFileSync('qemu-img', ['info', '--output=json', file], { encoding: 'utf8' }));
+      expect(JSON.stringify(p.info())).toBe(JSON.stringify(json['format-specific'].data.encrypt));
     });
   }
 });
@@ -271,6 +281,9 @@ describe('legacy AES (encrypt.format=aes): qemu-img 7.2 still creates it', () =>
   it('decrypts with IVs from the GUEST sector and the passphrase as a 16-byte key', () => {
     const p = probe(file);
     expect(p.cryptMethod).toBe(CRYPT_AES);
+    const info = JSON.parse(execFileSync('qemu-img', ['info', '--output=json', file], { encoding: 'utf8' }));
+    expect(p.info()).toEqual(info['format-specific'].data.encrypt);
+    expect(info.encrypted).toBe(true);
     const c = p.open(PASS);
     expect(c.physicalOffset).toBe(false);
     const guest = 192 << 10;

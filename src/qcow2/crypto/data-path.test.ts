@@ -4,7 +4,8 @@
  * QEMU's raw image; seeded unaligned writes encrypted here (read-modify-write
  * of partial sectors) read back through QEMU as the model says; moving
  * clusters between host offsets with recrypt keeps them readable; and QEMU's
- * compressed clusters in encrypted images are plain deflate.
+ * compressed clusters in encrypted images are plain deflate, and its v2
+ * downgrade writes raw zeros into them (both recorded for the engine to know).
  */
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -194,6 +195,19 @@ for (const fmt of ['luks', 'aes'] as const) {
         const plain = zlib.inflateRawSync(img.buf.subarray(off, off + img.cs), { windowBits: 12 });
         expect(plain.length).toBe(65536);
         expect(plain.every((b) => b === 0x5a)).toBe(true);
+      });
+
+      it('QEMU 7.2 amend compat=0.10 expands zero-allocated clusters with raw zeros, which decrypt to garbage', () => {
+        qemuIo(file, ['write -P 0x61 1344k 64k', 'write -z 1344k 64k']); // guest cluster 21: allocated, then zero flag
+        expect(load(file).entry(21).host).not.toBe(0);
+        const r = run('qemu-img', ['amend', '--object', SECRET, '--image-opts', opts(file), '-o', 'compat=0.10']);
+        expect(r.rc, r.out).toBe(0);
+        const img = load(file);
+        const host = img.entry(21).host;
+        expect(img.buf.subarray(host, host + img.cs).every((b) => b === 0)).toBe(true); // raw zeros on disk
+        const guest = qemuRaw(file).subarray(21 * img.cs, 22 * img.cs);
+        expect(guest.every((b) => b === 0)).toBe(false); // so the guest no longer reads zeros
+        expect(firstDiff(guest, img.crypto.decrypt(host, 21 * img.cs, new Uint8Array(img.cs)))).toBe(-1);
       });
     }
   });

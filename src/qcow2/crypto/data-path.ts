@@ -53,6 +53,7 @@ export function encryptRange(
   oldPlain: (hostSector: number, guestSector: number) => Uint8Array,
 ): { host: number; bytes: Uint8Array } {
   checkSameAlignment(host, guest);
+  if (data.length === 0) return { host, bytes: data };
   const head = host % S;
   const span = Math.ceil((head + data.length) / S) * S;
   const buf = new Uint8Array(span);

@@ -5,4 +5,5 @@ export * from './data-path.js';
 export * from './image-crypto.js';
 export * from './luks.js';
 export * from './luks-header.js';
+export * from './luks-slots.js';
 export * from './secrets.js';

@@ -295,3 +295,38 @@ export function parseEncryptCreateOptions(opts: Map<string, string>): EncryptCre
   if (out.format !== undefined && ks === undefined) throw new SecretError("Parameter 'encrypt.key-secret' is required for cipher");
   return out;
 }
+
+export interface EncryptAmendOptions {
+  state: 'active' | 'inactive';
+  newSecret?: string;
+  oldSecret?: string;
+  keyslot?: number;
+  iterTimeMs?: number;
+}
+
+/** qemu-img amend -o encrypt.* for LUKS key slots (QCryptoBlockAmendOptionsLUKS and its checks in block-luks.c). */
+export function parseEncryptAmendOptions(opts: Map<string, string>): EncryptAmendOptions {
+  const state = opts.get('encrypt.state');
+  if (state === undefined) throw new SecretError("Parameter 'state' is missing");
+  if (state !== 'active' && state !== 'inactive') throw new SecretError(`Parameter 'state' does not accept value '${state}'`);
+  const out: EncryptAmendOptions = { state };
+  const ns = opts.get('encrypt.new-secret');
+  const os = opts.get('encrypt.old-secret');
+  if (state === 'active') {
+    if (ns === undefined) throw new SecretError("'new-secret' is required to activate a keyslot");
+    if (os !== undefined) throw new SecretError("'old-secret' must not be given when activating keyslots");
+  } else if (ns !== undefined) throw new SecretError("'new-secret' must not be given when erasing keyslots");
+  if (ns !== undefined) out.newSecret = ns;
+  if (os !== undefined) out.oldSecret = os;
+  const ks = opts.get('encrypt.keyslot');
+  if (ks !== undefined) {
+    if (!/^-?\d+$/.test(ks)) throw new SecretError("Parameter 'keyslot' expects an integer");
+    out.keyslot = Number(ks);
+  }
+  const it = opts.get('encrypt.iter-time');
+  if (it !== undefined) {
+    if (!/^\d+$/.test(it)) throw new SecretError("Parameter 'encrypt.iter-time' expects a number");
+    out.iterTimeMs = Number(it);
+  }
+  return out;
+}

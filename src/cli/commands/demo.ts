@@ -17,7 +17,9 @@ session on it (writes at aligned and unaligned offsets, a compressed cluster,
 reads, discards, write-zeroes with and without unmap, a reopen), checks every
 read against an in-memory reference disk, then asks QEMU: 'qemu-img check'
 must find no errors or leaks and 'qemu-img compare' must find the image
-identical to the reference. Exit 0 when all of that holds, 1 otherwise.
+identical to the reference.
+Exit codes: 0 all of that holds, 1 otherwise (or a bad command line), 70 an
+internal error.
   --size SIZE          virtual size (default 16M)
   --cluster-size SIZE  cluster size (default 64k)
   --dir DIR            where to put the files (default: a new temp directory, removed afterwards)

@@ -12,6 +12,8 @@ Internal snapshots, as 'qemu-img snapshot'.
   -a NAME   apply (revert to) a snapshot, by name or id
   -d NAME   delete a snapshot, by name or id
   -l        list the snapshots
+Exit codes: 0 success, 1 failure (a bad command line, an image that cannot be
+opened, is invalid, corrupt or unsupported, an I/O error), 70 an internal error.
 `;
 
 export async function snapshotCommand(argv: string[], ctx: CliContext): Promise<number> {

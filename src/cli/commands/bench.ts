@@ -2,6 +2,7 @@ import { has, intOption, last, parseArgs } from '../args.js';
 import type { CliContext } from '../context.js';
 import { EXIT_OK, UsageError } from '../errors.js';
 import { parseSize } from '../sizes.js';
+import { requireQemuTools } from '../tools.js';
 
 export const BENCH_HELP = `Usage: qcow2-harness bench [--json] [--dir DIR] [--size BYTES] [--writes N]
                            [--only convert,writes,amend] [--repeat N] [--keep]
@@ -44,6 +45,7 @@ export async function benchCommand(argv: string[], ctx: CliContext): Promise<num
   if (size % (2 * MiB) !== 0) throw new UsageError('--size must be a multiple of 2 MiB', 'bench');
   const only = new Set((last(p, 'only') ?? BENCHMARKS.join(',')).split(','));
   for (const x of only) if (!BENCHMARKS.includes(x)) throw new UsageError(`unknown benchmark '${x}'`, 'bench');
+  requireQemuTools(['qemu-img', 'qemu-io']);
   const { runBench } = await import('../../harness/bench.js');
   return runBench({
     json: has(p, 'json'),

@@ -9,6 +9,7 @@ import type { CliContext } from '../context.js';
 import { EXIT_FAILURE, EXIT_OK, UsageError } from '../errors.js';
 import { reason } from '../open.js';
 import { parseImageSize } from '../sizes.js';
+import { requireQemuTools } from '../tools.js';
 
 export const DEMO_HELP = `Usage: qcow2-harness demo [--size SIZE] [--cluster-size SIZE] [--dir DIR] [--keep]
 
@@ -87,6 +88,7 @@ export async function demoCommand(argv: string[], ctx: CliContext): Promise<numb
   const size = parseImageSize(last(p, 'size') ?? '16M', 'demo');
   const cs = parseImageSize(last(p, 'cluster-size') ?? '64k', 'demo');
   if (size < 8 * cs || size % cs) throw new UsageError('--size must be a multiple of the cluster size and at least 8 clusters', 'demo');
+  requireQemuTools(['qemu-img']);
   const given = last(p, 'dir');
   const dir = given ? path.resolve(ctx.cwd, given) : fs.mkdtempSync(path.join(os.tmpdir(), 'qcow2-harness-demo-'));
   fs.mkdirSync(dir, { recursive: true });

@@ -2,6 +2,7 @@ import { all, has, intOption, last, parseArgs, type ParsedArgs } from '../args.j
 import type { CliContext } from '../context.js';
 import { EXIT_HARNESS_USAGE, EXIT_OK, UsageError } from '../errors.js';
 import { StatusLine } from '../status.js';
+import { requireQemuTools } from '../tools.js';
 
 /**
  * Every fuzz option: name, the value's placeholder (false: a flag), and its
@@ -95,6 +96,7 @@ export async function fuzzCommand(argv: string[], ctx: CliContext): Promise<numb
   // Loaded only now: --help and a bad command line never pay for fast-check and the targets.
   const { isTargetSpec } = await import('../../harness/targets/index.js');
   if (!isTargetSpec(target)) throw usage(`unknown target '${target}'`);
+  requireQemuTools(target === 'qemu' ? ['qemu-img', 'qemu-io'] : ['qemu-img']);
   const { runFuzz } = await import('../../harness/commands.js');
 
   const mode = has(p, 'progress-json') ? 'worker' : process.stderr.isTTY === true ? 'live' : 'status';

@@ -3,6 +3,7 @@ import * as path from 'node:path';
 import { has, intOption, last, parseArgs } from '../args.js';
 import type { CliContext } from '../context.js';
 import { EXIT_HARNESS_USAGE, EXIT_OK, UsageError } from '../errors.js';
+import { requireQemuTools } from '../tools.js';
 
 export const MINIMIZE_HELP = `Usage: qcow2-harness minimize [--target T] [--corpus DIR] [--max-attempts N] [--json] corpus/<id>
 
@@ -33,6 +34,7 @@ export async function minimizeCommand(argv: string[], ctx: CliContext): Promise<
   if (!isTargetSpec(target)) throw usage(`unknown target '${target}'`);
   const corpus = last(p, 'corpus');
   const corpusDir = corpus !== undefined ? path.resolve(ctx.cwd, corpus) : path.dirname(dir);
+  requireQemuTools(['qemu-img', 'qemu-io']);
   const { runMinimize } = await import('../../harness/commands.js');
   return runMinimize({ entry, target, corpusDir, maxAttempts, json: has(p, 'json') }, ctx);
 }

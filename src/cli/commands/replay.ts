@@ -3,6 +3,7 @@ import * as path from 'node:path';
 import { has, last, parseArgs } from '../args.js';
 import type { CliContext } from '../context.js';
 import { EXIT_HARNESS_USAGE, EXIT_OK, UsageError } from '../errors.js';
+import { requireQemuTools } from '../tools.js';
 
 export const REPLAY_HELP = `Usage: qcow2-harness replay [--target T] [--json] DIR|corpus/<id> ...
 
@@ -34,6 +35,7 @@ export async function replayCommand(argv: string[], ctx: CliContext): Promise<nu
     else if (fs.existsSync(d) && fs.statSync(d).isDirectory()) dirs.push(...listEntries(d));
     else throw usage(`'${d}' is neither a corpus entry nor a corpus directory`);
   }
+  requireQemuTools(['qemu-img', 'qemu-io']);
   const { runReplay } = await import('../../harness/commands.js');
   return runReplay({ dirs, target, json: has(p, 'json') }, ctx);
 }

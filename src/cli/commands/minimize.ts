@@ -2,7 +2,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { has, intOption, last, parseArgs } from '../args.js';
 import type { CliContext } from '../context.js';
-import { EXIT_HARNESS_USAGE, EXIT_OK, UsageError } from '../errors.js';
+import { CommandFailed, EXIT_HARNESS_USAGE, EXIT_OK, UsageError } from '../errors.js';
 import { requireQemuTools } from '../tools.js';
 
 export const MINIMIZE_HELP = `Usage: qcow2-harness minimize [--target T] [--corpus DIR] [--max-attempts N] [--json] corpus/<id>
@@ -27,8 +27,15 @@ export async function minimizeCommand(argv: string[], ctx: CliContext): Promise<
   const dir = path.resolve(ctx.cwd, p.operands[0]!);
   if (!fs.existsSync(path.join(dir, 'trace.json'))) throw usage(`'${p.operands[0]}' is not a corpus entry`);
   const maxAttempts = intOption(p, 'max-attempts', 1, 'minimize', EXIT_HARNESS_USAGE);
-  const { readEntry } = await import('../../harness/corpus.js');
-  const entry = readEntry(dir);
+  const { CorpusFormatError, readEntry } = await import('../../harness/corpus.js');
+  let entry;
+  try {
+    entry = readEntry(dir);
+  } catch (e) {
+    // A damaged entry is bad input, not a bug of ours.
+    if (e instanceof CorpusFormatError || e instanceof SyntaxError) throw new CommandFailed(`${p.operands[0]}: ${e.message}`);
+    throw e;
+  }
   const target = last(p, 'target') ?? entry.target;
   const { isTargetSpec } = await import('../../harness/targets/index.js');
   if (!isTargetSpec(target)) throw usage(`unknown target '${target}'`);

@@ -1,9 +1,10 @@
 import * as path from 'node:path';
 import { Qcow2Error } from '../qcow2/errors.js';
 import type { Qcow2Image } from '../qcow2/image.js';
-import { openImageFile, openQcow2File, probeFormat } from '../qcow2/open-file.js';
+import { lockFor, openImageFile, openQcow2File, probeFormat } from '../qcow2/open-file.js';
 import { FileStorage } from '../qcow2/storage/file.js';
 import type { GuestDevice } from '../qcow2/types.js';
+import { has, type ParsedArgs } from './args.js';
 import type { CliContext } from './context.js';
 import { CommandFailed, describeQcow2Error, UsageError } from './errors.js';
 
@@ -57,6 +58,16 @@ export function couldNotOpen(file: string, e: unknown): CommandFailed {
   return new CommandFailed(`Could not open '${file}': ${reason(e)}`);
 }
 
+/**
+ * qemu-img's -U / --force-share: open read-only without keeping others from
+ * writing (image locking, see src/qcow2/storage/lock.ts). A command whose
+ * image another process holds fails with QEMU's lock message and exit code 1.
+ */
+export const FORCE_SHARE_HELP = '  -U, --force-share  read-only access to an image another process may hold (no locks against it)';
+export function forceShare(p: ParsedArgs): boolean {
+  return has(p, 'U') || has(p, 'force-share');
+}
+
 /** Format probing is the engine's (a file without the qcow2 magic is raw, as qemu probes). */
 export { probeFormat };
 
@@ -70,14 +81,14 @@ export interface ReadableImage {
 export function openReadable(
   ctx: CliContext,
   file: string,
-  o: { format?: ImageFormat; snapshot?: string } = {},
+  o: { format?: ImageFormat; snapshot?: string; forceShare?: boolean } = {},
 ): ReadableImage {
   try {
     const format = o.format ?? probeFormat(resolvePath(ctx, file));
     if (format === 'raw' && o.snapshot !== undefined) {
       throw new CommandFailed(`Could not open '${file}': raw images have no snapshots`);
     }
-    const dev = openImageFile(resolvePath(ctx, file), { readOnly: true, format, snapshot: o.snapshot });
+    const dev = openImageFile(resolvePath(ctx, file), { readOnly: true, format, snapshot: o.snapshot, forceShare: o.forceShare, shownAs: file });
     return { format: dev.format, device: dev, qcow2: dev.qcow2 };
   } catch (e) {
     throw couldNotOpen(file, e);
@@ -88,12 +99,18 @@ export function openReadable(
 export function openQcow2(
   ctx: CliContext,
   file: string,
-  o: { format?: ImageFormat; readOnly?: boolean; repairDirty?: boolean; forCheck?: boolean } = {},
+  o: { format?: ImageFormat; readOnly?: boolean; repairDirty?: boolean; forCheck?: boolean; forceShare?: boolean } = {},
 ): Qcow2Image {
   try {
     const format = o.format ?? probeFormat(resolvePath(ctx, file));
     if (format !== 'qcow2') throw new CommandFailed(`'${file}' is a raw image; this command needs qcow2`);
-    return openQcow2File(resolvePath(ctx, file), { readOnly: o.readOnly ?? false, repairDirty: o.repairDirty, forCheck: o.forCheck });
+    return openQcow2File(resolvePath(ctx, file), {
+      readOnly: o.readOnly ?? false,
+      repairDirty: o.repairDirty,
+      forCheck: o.forCheck,
+      forceShare: o.forceShare,
+      shownAs: file,
+    });
   } catch (e) {
     throw couldNotOpen(file, e);
   }
@@ -194,13 +211,16 @@ export class Qcow2Device implements WritableDevice {
 export function openWritable(
   ctx: CliContext,
   file: string,
-  o: { format?: ImageFormat; readOnly?: boolean },
+  o: { format?: ImageFormat; readOnly?: boolean; forceShare?: boolean },
 ): WritableDevice {
   try {
     const abs = resolvePath(ctx, file);
     const format = o.format ?? probeFormat(abs);
-    if (format === 'raw') return new RawDevice(FileStorage.open(abs, { readOnly: o.readOnly ?? false }));
-    return new Qcow2Device(openQcow2File(abs, { readOnly: o.readOnly ?? false }));
+    const readOnly = o.readOnly ?? false;
+    if (format === 'raw') {
+      return new RawDevice(FileStorage.open(abs, { readOnly, lock: lockFor('raw', readOnly, o.forceShare), name: file }));
+    }
+    return new Qcow2Device(openQcow2File(abs, { readOnly, forceShare: o.forceShare, shownAs: file }));
   } catch (e) {
     throw couldNotOpen(file, e);
   }

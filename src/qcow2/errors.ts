@@ -40,3 +40,12 @@ export class StorageIoError extends Qcow2Error {
 
 /** A named snapshot does not exist, or a name/id is already taken. */
 export class SnapshotError extends Qcow2Error {}
+
+/**
+ * Another process holds the image in a way that conflicts with this open
+ * (QEMU's image locking: raw_check_lock_bytes in block/file-posix.c).
+ */
+export class ImageLockedError extends Qcow2Error {}
+
+/** Image locks could not be taken at all (the lock addon is not built, or the file system refuses OFD locks). */
+export class LockingUnavailableError extends Qcow2Error {}

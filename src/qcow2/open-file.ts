@@ -9,6 +9,7 @@ import { InvalidArgumentError, InvalidImageError, StorageIoError } from './error
 import { QCOW2_MAGIC } from './format/constants.js';
 import { Qcow2Image } from './image.js';
 import { FileStorage } from './storage/file.js';
+import { LOCKS, type LockRequest } from './storage/lock.js';
 import type { BlockStorage } from './storage/types.js';
 import type { BackingFormat, CreateOptions, GuestDevice, OpenOptions } from './types.js';
 
@@ -16,6 +17,32 @@ import type { BackingFormat, CreateOptions, GuestDevice, OpenOptions } from './t
 const MAX_BACKING_DEPTH = 64;
 
 export type ImageFormat = 'qcow2' | 'raw';
+
+/** How an image file is opened: OpenOptions, plus what only a file has. */
+export interface FileOpenOptions extends OpenOptions {
+  format?: ImageFormat;
+  /**
+   * qemu-img's -U / force-share=on: read-only access that lets others hold
+   * any permission (no "not shared" locks), so an image a VM or qemu-io has
+   * open read-write can still be inspected. Refused with a writable open.
+   */
+  forceShare?: boolean;
+  /** The name the user gave the image (messages say it, as QEMU's do); backing names are combined with it. */
+  shownAs?: string;
+}
+
+/**
+ * The image locks QEMU's tools hold on a file of this format (lock.ts);
+ * throws as QEMU does for force-share on a writable open.
+ */
+export function lockFor(format: ImageFormat, readOnly: boolean, forceShare = false): LockRequest {
+  if (forceShare) {
+    if (!readOnly) throw new InvalidArgumentError('force-share=on can only be used with read-only images');
+    return LOCKS.forceShare;
+  }
+  if (format === 'raw') return readOnly ? LOCKS.rawReadOnly : LOCKS.rawReadWrite;
+  return readOnly ? LOCKS.qcow2ReadOnly : LOCKS.qcow2ReadWrite;
+}
 
 export interface OpenedImage extends GuestDevice {
   readonly format: ImageFormat;
@@ -55,26 +82,34 @@ export function probeFormat(file: string): ImageFormat {
   }
 }
 
-function backingOpener(imagePath: string, depth: number) {
+/** path_combine: a relative backing name is relative to the directory of the image naming it. */
+function combine(imagePath: string, name: string): string {
+  return path.isAbsolute(name) ? name : path.join(path.dirname(imagePath), name);
+}
+
+function backingOpener(imagePath: string, depth: number, o: FileOpenOptions = {}) {
   return (name: string, fmt: BackingFormat | undefined): GuestDevice => {
     if (depth >= MAX_BACKING_DEPTH) throw new InvalidImageError(`backing chain deeper than ${MAX_BACKING_DEPTH} images (a loop?)`);
-    // Backing files are only ever read.
-    const resolved = path.isAbsolute(name) ? name : path.join(path.dirname(imagePath), name);
-    return openAt(resolved, { readOnly: true, format: fmt }, depth + 1);
+    // Backing files are only ever read, and locked as QEMU locks them: as a
+    // read-only image of their format, force-shared when the top image is.
+    const shownAs = o.shownAs === undefined ? undefined : combine(o.shownAs, name);
+    return openAt(combine(imagePath, name), { readOnly: true, format: fmt, forceShare: o.forceShare, shownAs }, depth + 1);
   };
 }
 
-function openAt(file: string, o: OpenOptions & { format?: ImageFormat }, depth: number): OpenedImage {
+function openAt(file: string, o: FileOpenOptions, depth: number): OpenedImage {
   const format = o.format ?? probeFormat(file);
-  const storage = FileStorage.open(file, { readOnly: o.readOnly ?? false });
+  const readOnly = o.readOnly ?? false;
+  const storage = FileStorage.open(file, { readOnly, lock: lockFor(format, readOnly, o.forceShare), name: o.shownAs ?? file });
   if (format === 'raw') {
     const raw = new RawDevice(storage);
     return Object.assign(raw, { format: 'raw' as const });
   }
   try {
+    const { format: _f, forceShare: _s, shownAs: _n, ...engine } = o;
     const img = Qcow2Image.open(storage, {
-      ...o,
-      openBacking: o.openBacking ?? backingOpener(file, depth),
+      ...engine,
+      openBacking: o.openBacking ?? backingOpener(file, depth, o),
     });
     return Object.assign(img, { format: 'qcow2' as const, qcow2: img });
   } catch (e) {
@@ -83,23 +118,37 @@ function openAt(file: string, o: OpenOptions & { format?: ImageFormat }, depth: 
   }
 }
 
-export function openImageFile(file: string, o: OpenOptions & { format?: ImageFormat } = {}): OpenedImage {
+export function openImageFile(file: string, o: FileOpenOptions = {}): OpenedImage {
   return openAt(file, o, 0);
 }
 
-export function openQcow2File(file: string, o: OpenOptions = {}): Qcow2Image {
+export function openQcow2File(file: string, o: Omit<FileOpenOptions, 'format'> = {}): Qcow2Image {
   const opened = openAt(file, { ...o, format: 'qcow2' }, 0);
   return opened.qcow2!;
 }
 
-/** Creates a qcow2 file (truncating an existing one, as qemu-img create does). */
-export function createQcow2File(file: string, o: CreateOptions, open: OpenOptions = {}): Qcow2Image {
+/**
+ * Creates a qcow2 file (emptying an existing one, as qemu-img create does,
+ * unless another process has it open) and keeps it open read-write.
+ */
+export function createQcow2File(file: string, o: CreateOptions, open: OpenOptions & { shownAs?: string } = {}): Qcow2Image {
   if (o.backingFile !== undefined && o.backingFile === '') throw new InvalidArgumentError('empty backing file name');
-  const storage = FileStorage.create(file);
+  const { shownAs, ...engine } = open;
+  const storage = FileStorage.create(file, { lock: LOCKS.qcow2ReadWrite, name: shownAs ?? file });
   try {
-    return Qcow2Image.create(storage, o, { ...open, openBacking: open.openBacking ?? backingOpener(file, 0) });
+    return Qcow2Image.create(storage, o, { ...engine, openBacking: open.openBacking ?? backingOpener(file, 0, { shownAs }) });
   } catch (e) {
     storage.close();
     throw e;
   }
+}
+
+/**
+ * Refuses, as qemu-img create and convert do (raw_co_create's locks), to
+ * replace a file another process has open; a missing file is fine. Call it
+ * before writing a new file meant to be renamed over this one.
+ */
+export function assertReplaceable(file: string, shownAs = file): void {
+  if (!fs.existsSync(file)) return;
+  FileStorage.open(file, { lock: LOCKS.create, name: shownAs }).close();
 }

@@ -9,10 +9,10 @@ import {
   EXIT_OK,
   UsageError,
 } from '../errors.js';
-import { couldNotOpen, openQcow2, parseFormat, probeFormat, reason, resolvePath } from '../open.js';
+import { couldNotOpen, FORCE_SHARE_HELP, forceShare, openQcow2, parseFormat, probeFormat, reason, resolvePath } from '../open.js';
 import { outputFormat } from './info.js';
 
-export const CHECK_HELP = `Usage: qcow2-harness check [-q] [-f fmt] [-r leaks|all] [--output human|json] FILE
+export const CHECK_HELP = `Usage: qcow2-harness check [-q] [-f fmt] [-r leaks|all] [--output human|json] [-U] FILE
 
 Checks a qcow2 image's metadata (refcounts, L1/L2 tables, OFLAG_COPIED,
 overlaps), as 'qemu-img check', and optionally repairs it.
@@ -20,6 +20,7 @@ overlaps), as 'qemu-img check', and optionally repairs it.
   -r all         repair leaks and corruptions
   --output FMT   human (default) or json (qemu-img's field names)
   -q             quiet
+${FORCE_SHARE_HELP} (not with -r)
 Exit codes (qemu-img's): 0 no errors, 1 check not completed (the image could
 not be opened or checked), 2 corruptions, 3 leaks only, 63 the format has no
 checks (raw); 70 an internal error.
@@ -107,7 +108,7 @@ export async function checkCommand(argv: string[], ctx: CliContext): Promise<num
     return EXIT_CHECK_UNSUPPORTED;
   }
   // Like qemu-img check (BDRV_O_CHECK): no dirty-bit repair on open, the check does that job.
-  const img = openQcow2(ctx, file, { format, readOnly: repair === 'none', repairDirty: false, forCheck: true });
+  const img = openQcow2(ctx, file, { format, readOnly: repair === 'none', repairDirty: false, forCheck: true, forceShare: forceShare(p) });
   try {
     let result: CheckResult;
     try {

@@ -1,13 +1,13 @@
 import * as fs from 'node:fs';
-import { createQcow2File } from '../../qcow2/open-file.js';
+import { assertReplaceable, createQcow2File } from '../../qcow2/open-file.js';
 import type { CreateOptions } from '../../qcow2/types.js';
 import { all, has, last, parseArgs } from '../args.js';
 import type { CliContext } from '../context.js';
 import { CommandFailed, EXIT_OK, UsageError } from '../errors.js';
-import { openReadable, parseFormat, reason, resolvePath, type ReadableImage } from '../open.js';
+import { FORCE_SHARE_HELP, forceShare, openReadable, parseFormat, reason, resolvePath, type ReadableImage } from '../open.js';
 import { CREATE_OPTION_HELP, createOptionsFrom, parseOptionList, wantsOptionHelp } from '../options.js';
 
-export const CONVERT_HELP = `Usage: qcow2-harness convert [-q] [-f fmt] -O raw|qcow2 [-o options] [-c] [-l snapshot.name=S] SRC DST
+export const CONVERT_HELP = `Usage: qcow2-harness convert [-q] [-f fmt] -O raw|qcow2 [-o options] [-c] [-l snapshot.name=S] [-U] SRC DST
 
 Copies an image's guest-visible content into a new image, as 'qemu-img convert'.
   -f fmt        source format, qcow2 or raw (probed when omitted)
@@ -16,6 +16,7 @@ Copies an image's guest-visible content into a new image, as 'qemu-img convert'.
   -c            compress the qcow2 output's clusters
   -l SNAPSHOT   read a snapshot instead of the active layer:
                 snapshot.name=NAME, snapshot.id=ID, or NAME/ID alone
+${FORCE_SHARE_HELP} (the source)
 The output is written to DST.tmp and renamed onto DST once complete, so DST
 is never seen half-written; DST must therefore be a regular file or not exist
 (never a device, pipe or symlink). Zero ranges are skipped (the output stays
@@ -95,7 +96,7 @@ function forEachDataChunk(src: ReadableImage, sink: (offset: number, data: Uint8
 }
 
 export async function convertCommand(argv: string[], ctx: CliContext): Promise<number> {
-  const p = parseArgs(argv, { short: { f: true, O: true, o: true, c: false, l: true, q: false, p: false, U: false } }, 'convert');
+  const p = parseArgs(argv, { short: { f: true, O: true, o: true, c: false, l: true, q: false, p: false, U: false }, long: { 'force-share': false } }, 'convert');
   if (has(p, 'help')) {
     ctx.stdout(CONVERT_HELP);
     return EXIT_OK;
@@ -122,6 +123,7 @@ export async function convertCommand(argv: string[], ctx: CliContext): Promise<n
   const src = openReadable(ctx, srcName, {
     format: parseFormat(last(p, 'f'), 'convert'),
     snapshot: snapshotParam === undefined ? undefined : parseSnapshotParam(snapshotParam),
+    forceShare: forceShare(p),
   });
   const dst = resolvePath(ctx, dstName);
   const tmp = `${dst}.tmp`;
@@ -136,6 +138,7 @@ export async function convertCommand(argv: string[], ctx: CliContext): Promise<n
   }
   fs.rmSync(tmp, { force: true }); // a leftover of an interrupted run
   try {
+    assertReplaceable(dst, dstName);
     const size = src.device.virtualSize;
     if (outFmt === 'raw') {
       const fd = fs.openSync(tmp, 'w');

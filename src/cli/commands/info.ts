@@ -2,7 +2,7 @@ import * as fs from 'node:fs';
 import { has, last, parseArgs } from '../args.js';
 import type { CliContext } from '../context.js';
 import { CommandFailed, EXIT_OK, UsageError } from '../errors.js';
-import { openReadable, parseFormat, resolvePath, type ImageFormat } from '../open.js';
+import { FORCE_SHARE_HELP, forceShare, openReadable, parseFormat, resolvePath, type ImageFormat } from '../open.js';
 import { sizeToStr } from '../sizes.js';
 import { snapshotJson, snapshotTable } from '../snapshot-table.js';
 
@@ -13,7 +13,7 @@ as 'qemu-img info' (the JSON output uses qemu-img's field names).
   -f fmt          qcow2 or raw (probed when omitted)
   --output FMT    human (default) or json
   --backing-chain the image and every image under it (JSON: an array)
-  -U              accepted for qemu-img compatibility (images are opened read-only anyway)
+${FORCE_SHARE_HELP}
 Exit codes: 0 success, 1 failure (a bad command line, an image that cannot be
 opened, is invalid, corrupt or unsupported, an I/O error), 70 an internal error.
 `;
@@ -39,8 +39,8 @@ interface Described {
 }
 
 /** One image's qemu-img info fields (in qemu-img's key order). */
-function describe(ctx: CliContext, file: string, format: ImageFormat | undefined): Described {
-  const img = openReadable(ctx, file, { format });
+function describe(ctx: CliContext, file: string, format: ImageFormat | undefined, shared = false): Described {
+  const img = openReadable(ctx, file, { format, forceShare: shared });
   try {
     const actualSize = fs.statSync(resolvePath(ctx, file)).blocks * 512;
     const j: Record<string, unknown> = {};
@@ -101,11 +101,12 @@ export async function infoCommand(argv: string[], ctx: CliContext): Promise<numb
   }
   const output = outputFormat(last(p, 'output'), 'info');
   if (p.operands.length !== 1) throw new UsageError(p.operands.length ? `Unexpected argument: ${p.operands[1]}` : 'Expecting one image file name', 'info');
-  const chain: Described[] = [describe(ctx, p.operands[0]!, parseFormat(last(p, 'f'), 'info'))];
+  const shared = forceShare(p);
+  const chain: Described[] = [describe(ctx, p.operands[0]!, parseFormat(last(p, 'f'), 'info'), shared)];
   if (has(p, 'backing-chain')) {
     for (let next = chain[0]!.next; next; next = chain[chain.length - 1]!.next) {
       if (chain.length >= MAX_CHAIN) throw new CommandFailed(`Backing chain is deeper than ${MAX_CHAIN} images (a loop?)`);
-      chain.push(describe(ctx, next.file, next.format));
+      chain.push(describe(ctx, next.file, next.format, shared));
     }
   }
   if (output === 'json') {

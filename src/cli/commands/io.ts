@@ -3,9 +3,9 @@ import { all, has, last, parseArgs } from '../args.js';
 import type { CliContext } from '../context.js';
 import { EXIT_FAILURE, EXIT_OK, UsageError } from '../errors.js';
 import { IO_COMMANDS_HELP, runIoCommand, type IoSession } from '../io-commands.js';
-import { openWritable, parseFormat, reason } from '../open.js';
+import { FORCE_SHARE_HELP, forceShare, openWritable, parseFormat, reason } from '../open.js';
 
-export const IO_HELP = `Usage: qcow2-harness io [-f fmt] [-r] FILE -c 'CMD' [-c 'CMD' ...]
+export const IO_HELP = `Usage: qcow2-harness io [-f fmt] [-r [-U]] FILE -c 'CMD' [-c 'CMD' ...]
 
 Runs qemu-io commands against an image through this project's engine, in
 order, as 'qemu-io'. Without -c, commands are read from standard input, one
@@ -17,12 +17,13 @@ be opened, or a bad command line; 70 an internal error.
   -f fmt    qcow2 or raw (probed when omitted)
   -r        open read-only
   -c CMD    a command to run (repeatable)
-  -n, -U, -t MODE, -d MODE   accepted for qemu-io compatibility, ignored
+${FORCE_SHARE_HELP} (with -r)
+  -n, -t MODE, -d MODE   accepted for qemu-io compatibility, ignored
 
 ${IO_COMMANDS_HELP}`;
 
 export async function ioCommand(argv: string[], ctx: CliContext): Promise<number> {
-  const p = parseArgs(argv, { short: { f: true, r: false, c: true, n: false, U: false, t: true, d: true } }, 'io');
+  const p = parseArgs(argv, { short: { f: true, r: false, c: true, n: false, U: false, t: true, d: true }, long: { 'force-share': false } }, 'io');
   if (has(p, 'help')) {
     ctx.stdout(IO_HELP);
     return EXIT_OK;
@@ -31,7 +32,7 @@ export async function ioCommand(argv: string[], ctx: CliContext): Promise<number
   const file = p.operands[0]!;
   let commands = all(p, 'c');
   if (commands.length === 0) commands = fs.readFileSync(0, 'utf8').split('\n').filter((l) => l.trim() !== '' && !l.trimStart().startsWith('#'));
-  const how = { format: parseFormat(last(p, 'f'), 'io'), readOnly: has(p, 'r') };
+  const how = { format: parseFormat(last(p, 'f'), 'io'), readOnly: has(p, 'r'), forceShare: forceShare(p) };
   const session: IoSession = {
     dev: openWritable(ctx, file, how),
     reopen() {

@@ -1,23 +1,24 @@
 import { has, last, parseArgs } from '../args.js';
 import type { CliContext } from '../context.js';
 import { CommandFailed, EXIT_OK, UsageError } from '../errors.js';
-import { openQcow2, parseFormat, reason } from '../open.js';
+import { FORCE_SHARE_HELP, forceShare, openQcow2, parseFormat, reason } from '../open.js';
 import { snapshotTable } from '../snapshot-table.js';
 
 export const SNAPSHOT_HELP = `Usage: qcow2-harness snapshot [-q] [-f fmt] -c|-a|-d NAME FILE
-       qcow2-harness snapshot [-f fmt] -l FILE
+       qcow2-harness snapshot [-f fmt] [-U] -l FILE
 
 Internal snapshots, as 'qemu-img snapshot'.
   -c NAME   create a snapshot of the active layer
   -a NAME   apply (revert to) a snapshot, by name or id
   -d NAME   delete a snapshot, by name or id
   -l        list the snapshots
+${FORCE_SHARE_HELP} (with -l)
 Exit codes: 0 success, 1 failure (a bad command line, an image that cannot be
 opened, is invalid, corrupt or unsupported, an I/O error), 70 an internal error.
 `;
 
 export async function snapshotCommand(argv: string[], ctx: CliContext): Promise<number> {
-  const p = parseArgs(argv, { short: { f: true, c: true, a: true, d: true, l: false, q: false, U: false } }, 'snapshot');
+  const p = parseArgs(argv, { short: { f: true, c: true, a: true, d: true, l: false, q: false, U: false }, long: { 'force-share': false } }, 'snapshot');
   if (has(p, 'help')) {
     ctx.stdout(SNAPSHOT_HELP);
     return EXIT_OK;
@@ -28,7 +29,7 @@ export async function snapshotCommand(argv: string[], ctx: CliContext): Promise<
   if (p.operands.length !== 1) throw new UsageError(p.operands.length ? `Unexpected argument: ${p.operands[1]}` : 'Expecting one image file name', 'snapshot');
   const file = p.operands[0]!;
   const action = actions[0]!;
-  const img = openQcow2(ctx, file, { format: parseFormat(last(p, 'f'), 'snapshot'), readOnly: action === 'l' });
+  const img = openQcow2(ctx, file, { format: parseFormat(last(p, 'f'), 'snapshot'), readOnly: action === 'l', forceShare: forceShare(p) });
   try {
     const name = last(p, action)!;
     try {

@@ -1,6 +1,19 @@
 import * as fs from 'node:fs';
 import { InvalidArgumentError, ReadOnlyError, StorageIoError } from '../errors.js';
+import { ImageLock, LOCKS, type LockRequest } from './lock.js';
 import type { BlockStorage } from './types.js';
+
+export interface FileOpenOptions {
+  readOnly?: boolean;
+  /**
+   * The QEMU image locks to hold while open (see lock.ts); false for none.
+   * Defaults to what QEMU takes for a raw file: consistent read, plus write
+   * when writable, everything shared.
+   */
+  lock?: LockRequest | false;
+  /** The file's name as the user gave it, for lock messages (default: path). */
+  name?: string;
+}
 
 /** A BlockStorage over a host file, with synchronous positional I/O. */
 export class FileStorage implements BlockStorage {
@@ -16,21 +29,56 @@ export class FileStorage implements BlockStorage {
     this.length = fs.fstatSync(fd).size;
   }
 
-  static open(path: string, opts: { readOnly?: boolean } = {}): FileStorage {
+  private lock: ImageLock | undefined;
+
+  static open(path: string, opts: FileOpenOptions = {}): FileStorage {
     const readOnly = opts.readOnly ?? false;
+    let fd: number;
     try {
-      return new FileStorage(path, fs.openSync(path, readOnly ? 'r' : 'r+'), readOnly);
+      fd = fs.openSync(path, readOnly ? 'r' : 'r+');
     } catch (e) {
       throw ioError(`cannot open '${path}'`, e);
     }
+    const lock = opts.lock ?? (readOnly ? LOCKS.rawReadOnly : LOCKS.rawReadWrite);
+    return FileStorage.locked(path, fd, readOnly, lock, opts.name);
   }
 
-  /** Creates (or truncates) a file. */
-  static create(path: string): FileStorage {
+  /**
+   * Creates (or empties) a file. As QEMU's raw_co_create, the file is
+   * emptied only once the creation locks are held, so an image another
+   * process has open is refused, never truncated under it; then the locks
+   * become opts.lock (default: raw read-write).
+   */
+  static create(path: string, opts: Omit<FileOpenOptions, 'readOnly'> = {}): FileStorage {
+    let fd: number;
     try {
-      return new FileStorage(path, fs.openSync(path, 'w+'), false);
+      // Not 'w+': O_TRUNC would empty the file before its locks are checked.
+      fd = fs.openSync(path, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o666);
     } catch (e) {
       throw ioError(`cannot create '${path}'`, e);
+    }
+    const final = opts.lock ?? LOCKS.rawReadWrite;
+    const storage = FileStorage.locked(path, fd, false, final && LOCKS.create, opts.name);
+    try {
+      fs.ftruncateSync(fd, 0);
+      storage.length = 0;
+      if (final) storage.lock!.change(final);
+    } catch (e) {
+      storage.close();
+      throw e instanceof Error && 'code' in e ? ioError(`cannot create '${path}'`, e) : e;
+    }
+    return storage;
+  }
+
+  /** Wraps fd, holding lock on it; on a lock conflict the fd is closed and the error thrown. */
+  private static locked(path: string, fd: number, readOnly: boolean, lock: LockRequest | false, name?: string): FileStorage {
+    try {
+      const storage = new FileStorage(path, fd, readOnly);
+      if (lock) storage.lock = ImageLock.take(fd, name ?? path, lock);
+      return storage;
+    } catch (e) {
+      fs.closeSync(fd);
+      throw e;
     }
   }
 
@@ -101,6 +149,8 @@ export class FileStorage implements BlockStorage {
 
   close(): void {
     if (this.fd < 0) return;
+    // Closing the only descriptor of the open file description drops its OFD locks.
+    this.lock = undefined;
     try {
       fs.closeSync(this.fd);
     } finally {

@@ -1,0 +1,108 @@
+/*
+ * Open file description (OFD) byte-range locks for Node, which has no fcntl.
+ *
+ * QEMU's file-posix driver locks single bytes of an image (raw_apply_lock_bytes
+ * and raw_check_lock_bytes, through qemu_lock_fd / qemu_lock_fd_test in
+ * util/osdep.c) with F_OFD_SETLK and tests them with F_OFD_GETLK. OFD locks
+ * belong to the open file description, so they conflict between two opens of
+ * one file even in the same process, and closing another descriptor of the
+ * process does not drop them (classic POSIX record locks do both wrong).
+ *
+ * Two calls, both non-blocking: setlk(fd, start, len, type) and
+ * getlk(fd, start, len, type). type is 0 unlock, 1 shared (F_RDLCK),
+ * 2 exclusive (F_WRLCK). setlk returns 0 or -errno; getlk returns the type of
+ * a conflicting lock another description holds (0 when there is none) or -errno.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <string.h>
+#include <node_api.h>
+
+#if !defined(F_OFD_SETLK) || !defined(F_OFD_GETLK)
+#error "OFD locks (F_OFD_SETLK, F_OFD_GETLK) are not available on this system"
+#endif
+
+static int to_fl_type(int32_t t) {
+  switch (t) {
+    case 0: return F_UNLCK;
+    case 1: return F_RDLCK;
+    case 2: return F_WRLCK;
+    default: return -1;
+  }
+}
+
+static int from_fl_type(short t) {
+  if (t == F_RDLCK) return 1;
+  if (t == F_WRLCK) return 2;
+  return 0;
+}
+
+/* Reads (fd, start, len, type) and validates them; returns 0 or throws and returns -1. */
+static int read_args(napi_env env, napi_callback_info info, struct flock *fl, int *fd) {
+  size_t argc = 4;
+  napi_value argv[4];
+  int32_t ifd, itype;
+  int64_t start, len;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 4 ||
+      napi_get_value_int32(env, argv[0], &ifd) != napi_ok ||
+      napi_get_value_int64(env, argv[1], &start) != napi_ok ||
+      napi_get_value_int64(env, argv[2], &len) != napi_ok ||
+      napi_get_value_int32(env, argv[3], &itype) != napi_ok) {
+    napi_throw_type_error(env, NULL, "expected (fd, start, len, type) as numbers");
+    return -1;
+  }
+  int type = to_fl_type(itype);
+  if (ifd < 0 || start < 0 || len < 0 || type < 0) {
+    napi_throw_range_error(env, NULL, "fd, start and len must be >= 0 and type 0, 1 or 2");
+    return -1;
+  }
+  memset(fl, 0, sizeof *fl);
+  fl->l_whence = SEEK_SET;
+  fl->l_start = (off_t)start;
+  fl->l_len = (off_t)len;
+  fl->l_type = (short)type;
+  fl->l_pid = 0; /* required to be 0 for OFD commands */
+  *fd = ifd;
+  return 0;
+}
+
+static napi_value make_int(napi_env env, int v) {
+  napi_value out;
+  napi_create_int32(env, v, &out);
+  return out;
+}
+
+static napi_value setlk(napi_env env, napi_callback_info info) {
+  struct flock fl;
+  int fd, r;
+  if (read_args(env, info, &fl, &fd) < 0) return NULL;
+  do {
+    r = fcntl(fd, F_OFD_SETLK, &fl);
+  } while (r == -1 && errno == EINTR);
+  return make_int(env, r == -1 ? -errno : 0);
+}
+
+static napi_value getlk(napi_env env, napi_callback_info info) {
+  struct flock fl;
+  int fd;
+  if (read_args(env, info, &fl, &fd) < 0) return NULL;
+  if (fl.l_type == F_UNLCK) {
+    napi_throw_range_error(env, NULL, "getlk tests a shared or exclusive lock, not an unlock");
+    return NULL;
+  }
+  if (fcntl(fd, F_OFD_GETLK, &fl) == -1) return make_int(env, -errno);
+  return make_int(env, from_fl_type(fl.l_type));
+}
+
+static napi_value init(napi_env env, napi_value exports) {
+  napi_property_descriptor props[] = {
+    { "setlk", NULL, setlk, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "getlk", NULL, getlk, NULL, NULL, NULL, napi_enumerable, NULL },
+  };
+  napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
+  return exports;
+}
+
+NAPI_MODULE(NODE_GYP_MODULE_NAME, init)

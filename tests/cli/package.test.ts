@@ -2,8 +2,10 @@
  * The npm package as a user gets it: `npm pack`'s file list (the built code,
  * docs and README; no tests, sources, corpus or scratch), and the packed CLI
  * run from the extracted tarball with only the runtime dependencies beside it
- * (links into this checkout's node_modules, so no network is needed): a
- * dependency missing from `dependencies` fails here as it would for a user.
+ * (links into this checkout's node_modules, so no network is needed) and its
+ * install script run (the locking addon, built from the shipped sources): a
+ * dependency missing from `dependencies` or a source missing from `files`
+ * fails here as it would for a user.
  */
 import { execa } from 'execa';
 import * as fs from 'node:fs';
@@ -26,8 +28,25 @@ function newestSource(d: string): number {
 }
 
 /** What the tarball may hold, and what it must. */
-const ALLOWED = [/^package\.json$/, /^README\.md$/, /^docs\/[^/]+\.md$/, /^dist\/.+\.js$/, /^src\/harness\/targets\/cmd-example-qemu\.mjs$/];
-const REQUIRED = ['package.json', 'README.md', 'dist/cli/main.js', 'dist/harness/runner.js', 'docs/cmd-protocol.md', 'src/harness/targets/cmd-example-qemu.mjs'];
+const ALLOWED = [
+  /^package\.json$/,
+  /^README\.md$/,
+  /^docs\/[^/]+\.md$/,
+  /^dist\/.+\.js$/,
+  /^native\/(binding\.gyp|build\.mjs|ofd_lock\.c)$/,
+  /^src\/harness\/targets\/cmd-example-qemu\.mjs$/,
+];
+const REQUIRED = [
+  'package.json',
+  'README.md',
+  'dist/cli/main.js',
+  'dist/harness/runner.js',
+  'docs/cmd-protocol.md',
+  'native/binding.gyp',
+  'native/build.mjs',
+  'native/ofd_lock.c',
+  'src/harness/targets/cmd-example-qemu.mjs',
+];
 
 // --ignore-scripts: prepack would clean and rebuild dist/ under the other test files' feet.
 const npm = (args: string[]) => execa('npm', [...args, '--ignore-scripts'], { cwd: root, env: { npm_config_update_notifier: 'false' } });
@@ -51,6 +70,8 @@ beforeAll(async () => {
     fs.mkdirSync(path.dirname(path.join(pkg, p)), { recursive: true });
     fs.symlinkSync(path.join(root, p), path.join(pkg, p));
   }
+  // What `npm install` of the tarball runs: the package's install script (the locking addon, from the shipped sources).
+  await execa('npm', ['run', 'install'], { cwd: pkg, env: { npm_config_update_notifier: 'false' } });
 }, 300_000);
 
 async function packed(args: string[], env: Record<string, string> = { PATH: process.env.PATH ?? '' }) {

@@ -39,7 +39,7 @@ export interface FuzzOptions {
   /** Last stdout line: the summary as JSON (the human summary then goes to stderr). */
   json: boolean;
   junit?: string;
-  /** The command line a forked worker starts from (without --jobs, --shard, --json, --junit). */
+  /** The command line a forked worker starts from (without --jobs, --shard, --seed, --json, --junit). */
   workerArgv: string[];
 }
 
@@ -80,7 +80,7 @@ export async function runFuzz(o: FuzzOptions, out: Output, sink?: ProgressSink):
   let stats: CampaignStats;
   const forkable = o.jobs > 1 && target === 'ts' && /\.(c|m)?js$/.test(process.argv[1] ?? '');
   if (forkable) {
-    stats = await forkWorkers({ argv: o.workerArgv, jobs: o.jobs, shard, progress });
+    stats = await forkWorkers({ argv: [...o.workerArgv, '--seed', String(o.seed)], jobs: o.jobs, shard, progress });
   } else {
     stats = await runCampaign({
       target,

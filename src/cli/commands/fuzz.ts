@@ -25,8 +25,8 @@ const OPTIONS: [name: string, value: string | false, help: string | null][] = [
   ['progress-json', false, null], // a forked worker reports progress to its parent
 ];
 
-/** Options a forked worker gets from its parent in its own form, not copied. */
-const NOT_FOR_WORKERS = new Set(['jobs', 'shard', 'json', 'junit', 'progress-json']);
+/** Options a forked worker gets from its parent in its own form, not copied (the seed: the one the parent chose, even at random). */
+const NOT_FOR_WORKERS = new Set(['jobs', 'shard', 'seed', 'json', 'junit', 'progress-json']);
 
 function optionLines(): string {
   const shown: [string, string][] = OPTIONS.filter(([, , help]) => help !== null).map(([name, value, help]) => [

@@ -10,7 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { analyzeImage, type ImageLayout } from '../src/harness/mutate.js';
+import { analyzeImage, type ImageLayout } from '../src/harness/mutate/index.js';
 import { Qcow2Image } from '../src/qcow2/image.js';
 import { MemoryStorage } from '../src/qcow2/storage/memory.js';
 import { Qcow2Error } from '../src/qcow2/errors.js';

@@ -13,7 +13,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
-import { prng } from './mutate.js';
+import { prng } from './prng.js';
 
 export interface BenchResult {
   name: string;

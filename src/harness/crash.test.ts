@@ -1,10 +1,23 @@
-/** The crash oracle's sector rule, on hand-made guest views (no engine). */
-import { describe, expect, it } from 'vitest';
+/**
+ * The crash oracle: its sector rule on hand-made guest views, the crash
+ * states a recording yields, and a planted missing data barrier in our
+ * engine that it must catch.
+ */
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
 import { DiskModel } from '../model/disk.js';
+import { Qcow2Image } from '../qcow2/image.js';
+import { MemoryStorage } from '../qcow2/storage/memory.js';
+import { RecordingStorage, staleSectorOrigin } from '../qcow2/storage/recording.js';
+import type { BlockStorage } from '../qcow2/storage/types.js';
+import { imgCheck } from '../qemu/index.js';
 import { applyOp } from './apply-model.js';
-import { CrashTracker } from './crash.js';
+import { CRASH_STATE_BUDGET, CrashTracker, examineCrashStates, visitCrashStates } from './crash.js';
 import { makeData } from './data.js';
 import type { Op } from './ops.js';
+import { prng } from './prng.js';
 
 const SIZE = 8 * 4096;
 
@@ -69,4 +82,136 @@ describe('crash oracle', () => {
     expect(tracker.verifyGuest(SIZE, guest)).toBeUndefined();
     expect(tracker.verifyGuest(SIZE / 2, guest.subarray(0, SIZE / 2))).toBeUndefined();
   });
+});
+
+describe('crash states of a recording', () => {
+  const write = (rec: RecordingStorage, off: number, len: number, byte: number) => rec.write(off, new Uint8Array(len).fill(byte));
+
+  it('a short log is enumerated whole: every subset, then torn writes, within the budget', () => {
+    const rec = new RecordingStorage(new Uint8Array(4096).fill(1));
+    rec.flush();
+    write(rec, 0, 1024, 2);
+    write(rec, 4096, 512, 3);
+    write(rec, 8192, 8, 4);
+    const plan = rec.crashPlan(CRASH_STATE_BUDGET, prng(1));
+    expect(plan.mode).toBe('every-subset');
+    expect(plan.pending).toBe(3);
+    const whole = plan.states.filter((s) => s.fates.every((f) => typeof f === 'boolean'));
+    expect(new Set(whole.map((s) => s.fates.join()))).toHaveProperty('size', 8);
+    // The 1024-byte write spans two sectors: torn once each way on the empty prefix.
+    expect(plan.torn).toBe(2);
+    expect(plan.states.length).toBeLessThanOrEqual(CRASH_STATE_BUDGET);
+  });
+
+  it('a longer log gets every prefix and every op left out; a long one is sampled, and says so', () => {
+    const rec = new RecordingStorage();
+    for (let i = 0; i < 8; i++) write(rec, i * 512, 512, i + 1);
+    const mid = rec.crashPlan(CRASH_STATE_BUDGET, prng(1));
+    expect(mid.mode).toBe('every-prefix');
+    expect(mid.states.map((s) => s.label)).toContain('ops 1-5 of 8');
+    expect(mid.states.map((s) => s.label)).toContain('all but op 3 of 8');
+    for (let i = 8; i < 40; i++) write(rec, i * 512, 512, i + 1);
+    const long = rec.crashPlan(CRASH_STATE_BUDGET, prng(1));
+    expect(long.mode).toBe('sampled');
+    expect(long.states.length).toBe(CRASH_STATE_BUDGET);
+  });
+
+  it('a torn sector holds its old or its new bytes; lost space past the durable end is stale', () => {
+    const rec = new RecordingStorage(new Uint8Array(1024).fill(1));
+    rec.flush();
+    write(rec, 256, 1024, 2); // sectors 0, 1 and 2 of the file, the last one past the durable end
+    const only = (sectors: boolean[]) => rec.crashImageOf({ label: 't', fates: [sectors] });
+    const a = only([true, false, false]);
+    expect([...a.subarray(0, 256)].every((b) => b === 1)).toBe(true);
+    expect([...a.subarray(256, 512)].every((b) => b === 2)).toBe(true);
+    expect([...a.subarray(512, 1024)].every((b) => b === 1)).toBe(true);
+    expect(a.length).toBe(1280);
+    expect(staleSectorOrigin(a, 1024)).toBe(2);
+    const zeros = rec.crashImageOf({ label: 't', fates: [[true, false, false]] }, 'zeros');
+    expect(zeros.length).toBe(1024);
+    const lost = rec.crashImageOf({ label: 't', fates: [false] });
+    expect(staleSectorOrigin(lost, 1024)).toBe(2);
+    expect(staleSectorOrigin(lost, 512)).toBeUndefined();
+  });
+});
+
+/** Our engine's storage with its flushes dropped while `dropping`: a missing barrier, planted. */
+class BarrierDroppingStorage extends RecordingStorage {
+  dropping = false;
+  dropped = 0;
+  override flush(): void {
+    if (this.dropping) {
+      this.dropped++;
+      return;
+    }
+    super.flush();
+  }
+}
+
+describe('a planted missing data barrier', () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'crash-barrier-'));
+  afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const cs = 4096;
+  const l2Span = (cs / 8) * cs; // guest bytes one L2 table maps
+
+  /**
+   * Three L2 tables and an L2 cache of two. After a flush, a write into a new
+   * cluster under table A leaves A dirty; reading under B and then C evicts
+   * A, and writing A back is where the engine flushes first (writeBackL2:
+   * data and refcounts before the L2 entry that points at them). With that
+   * flush dropped, the log holds the data, then the L2 table naming it.
+   */
+  async function run(plant: boolean, fill: 'stale' | 'zeros' = 'stale') {
+    const model = new DiskModel({ size: 3 * l2Span, clusterSize: cs, refcountBits: 16, compat: '1.1', lazyRefcounts: false, extendedL2: false, compressionType: 'zlib' });
+    const tracker = new CrashTracker(model);
+    const rec = new BarrierDroppingStorage();
+    const img = Qcow2Image.create(rec, { size: 3 * l2Span, clusterSize: cs }, { l2CacheSize: 2 * cs });
+    let n = 0;
+    const op = (o: Op) => {
+      n++;
+      if (o.kind === 'write') img.write(o.off, makeData(n, o.off, o.len));
+      if (o.kind === 'flush') img.flush();
+      applyOp(model, o, n);
+      tracker.afterOp(o, true);
+    };
+    for (const t of [0, 1, 2]) op({ kind: 'write', off: t * l2Span, len: 512 });
+    op({ kind: 'flush' });
+    rec.dropping = plant;
+    op({ kind: 'write', off: cs, len: 512 }); // new cluster under table A
+    img.read(l2Span, 512);
+    img.read(2 * l2Span, 512); // evicts A: write-back after a (dropped) barrier
+    rec.dropping = false;
+    const open = (s: BlockStorage) => Qcow2Image.open(s);
+    let qemuChecks = 0;
+    const r = await examineCrashStates(
+      (budget, seed, visit) => visitCrashStates(rec, { budget, seed, dir, open, fill }, visit),
+      tracker,
+      'the planted crash point',
+      7,
+      async (file) => (qemuChecks++, imgCheck(file)),
+    );
+    img.close();
+    return { ...r, dropped: rec.dropped, qemuChecks };
+  }
+
+  it('without the plant, every crash state passes', async () => {
+    const r = await run(false);
+    expect(r.dropped).toBe(0);
+    expect(r.problem).toBeUndefined();
+    expect(r.qemuChecks).toBeGreaterThan(0);
+  }, 30_000);
+
+  it('with the barrier dropped, the crash oracle sees data the guest never wrote', async () => {
+    const r = await run(true);
+    expect(r.dropped).toBeGreaterThan(0);
+    expect(r.problem).toMatch(/at guest offset 4096 read stale bytes of host sector \d+/);
+    expect(r.problem).toMatch(/every-(subset|prefix)/);
+  }, 30_000);
+
+  it('zero-filled crash images would have hidden it (why stale fill exists)', async () => {
+    const r = await run(true, 'zeros');
+    expect(r.dropped).toBeGreaterThan(0);
+    // The sector read zeros, which it held at the flush: nothing for the guest check to see.
+    expect(r.problem ?? '').not.toMatch(/guest offset 4096/);
+  }, 30_000);
 });

@@ -7,15 +7,53 @@
  * every sector holds a value that sector held since the flush (so untouched
  * sectors hold exactly their value at the flush), and qemu-img check finds no
  * corruption (leaks are what an interrupted allocation may leave, so allowed).
+ *
+ * Which crash images: at each `crash` op the target lists the crash states of
+ * its write log since the last flush (RecordingStorage.crashPlan: every
+ * subset, or every prefix, or a sample, plus torn writes) within
+ * CRASH_STATE_BUDGET. Every state is opened and its guest view judged in
+ * process; qemu-img check, a process each, runs on CRASH_QEMU_CHECKS_PER_OP
+ * of them. `crashTotals` counts what was done, for suites to assert on.
  */
 import type { DiskModel } from '../model/disk.js';
 import { ANY, SECTOR, type Layer } from '../model/layer.js';
 import type { CheckOutcome } from '../qemu/index.js';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import type { Qcow2Image } from '../qcow2/image.js';
+import { MemoryStorage } from '../qcow2/storage/memory.js';
+import { staleSectorOrigin, type CrashFill, type CrashMode, type RecordingStorage } from '../qcow2/storage/recording.js';
+import type { BlockStorage } from '../qcow2/storage/types.js';
+import { prng } from './prng.js';
 import { describeSector, describeStamp, fillSector } from './data.js';
 import { isRangeOp, type Op } from './ops.js';
+import type { CrashCoverage, CrashImage, Target } from './targets/types.js';
 
-/** Crash images examined per `crash` op. */
-export const CRASH_IMAGES_PER_OP = 2;
+/** Crash states examined per `crash` op at most; each is opened and read whole in process. */
+export const CRASH_STATE_BUDGET = 24;
+/** Of those, how many qemu-img check also judges (one process each: the expensive part). */
+export const CRASH_QEMU_CHECKS_PER_OP = 2;
+
+/** What the crash oracle did in this process, summed over every crash op. */
+export const crashTotals = {
+  crashOps: 0,
+  states: 0,
+  qemuChecks: 0,
+  tornStates: 0,
+  byMode: { 'every-subset': 0, 'every-prefix': 0, sampled: 0 } as Record<CrashMode, number>,
+};
+
+export function describeCoverage(c: CrashCoverage): string {
+  const torn = c.tornKnown ? `, ${c.torn} of ${c.tornKnown} torn-write states` : '';
+  return `${c.mode}: ${c.states} crash states of ${c.pending} pending writes${torn}`;
+}
+
+interface Allowed {
+  sizes: number[];
+  allowed: number[][];
+  expected: Buffer;
+  single: [number, number][];
+}
 
 export class CrashTracker {
   private atFlush: Layer;
@@ -31,6 +69,7 @@ export class CrashTracker {
   /** Call after every op, once the model has been updated (accepted ops only change it). */
   afterOp(op: Op, accepted: boolean): void {
     if (op.kind === 'crash') return;
+    this.allowedCache = undefined;
     if (op.kind === 'flush' || op.kind === 'reopen') {
       // reopen closes the image, which flushes.
       if (accepted) this.reset();
@@ -58,38 +97,176 @@ export class CrashTracker {
     this.versions = [];
   }
 
-  /** What is wrong with a crash image's guest view (`size` bytes in `guest`), if anything. */
-  verifyGuest(size: number, guest: Uint8Array): string | undefined {
+  /**
+   * What a crash image may hold now, computed once per crash point (the
+   * tracker does not change while its crash states are judged): per sector
+   * the stamps it may hold, and for the sectors with exactly one (most of
+   * them) the expected bytes, compared run by run instead of sector by sector.
+   */
+  private allowedCache: Allowed | undefined;
+
+  private allowedNow(): Allowed {
+    if (this.allowedCache) return this.allowedCache;
     const m = this.model;
     const layers = [this.atFlush, ...this.versions];
-    const sizes = [...new Set(layers.map((l) => l.size))];
+    const sectors = Math.max(...layers.map((l) => l.sectorCount));
+    const allowed: number[][] = [];
+    const expected = Buffer.alloc(sectors * SECTOR);
+    const single: [number, number][] = [];
+    for (let s = 0; s < sectors; s++) {
+      const set = new Set<number>();
+      for (const l of layers) if (s < l.sectorCount) set.add(m.stampAt(l, s));
+      for (const st of this.touched.get(s) ?? []) set.add(st);
+      const list = [...set];
+      allowed.push(list);
+      if (list.length !== 1 || list[0] === ANY) continue;
+      if (list[0] !== 0) fillSector(expected, s * SECTOR, list[0]!, s);
+      const last = single[single.length - 1];
+      if (last && last[1] === s) last[1] = s + 1;
+      else single.push([s, s + 1]);
+    }
+    this.allowedCache = { sizes: [...new Set(layers.map((l) => l.size))], allowed, expected, single };
+    return this.allowedCache;
+  }
+
+  /** What is wrong with a crash image's guest view (`size` bytes in `guest`), if anything. */
+  verifyGuest(size: number, guest: Uint8Array): string | undefined {
+    const { sizes, allowed, expected, single } = this.allowedNow();
     if (!sizes.includes(size)) return `virtual size ${size} is none the disk had since the last flush (${sizes.join(', ')})`;
     const buf = Buffer.from(guest.buffer, guest.byteOffset, guest.byteLength);
-    const zeros = Buffer.alloc(SECTOR);
+    const sectors = size / SECTOR;
     const scratch = Buffer.alloc(SECTOR);
     const matches = (stamp: number, s: number): boolean => {
       if (stamp === ANY) return true;
-      if (stamp === 0) return buf.compare(zeros, 0, SECTOR, s * SECTOR, (s + 1) * SECTOR) === 0;
-      fillSector(scratch, 0, stamp, s);
+      if (stamp !== 0) fillSector(scratch, 0, stamp, s);
+      else scratch.fill(0);
       return buf.compare(scratch, 0, SECTOR, s * SECTOR, (s + 1) * SECTOR) === 0;
     };
-    let bad: string | undefined;
-    let count = 0;
-    for (let s = 0; s < size / SECTOR; s++) {
-      const allowed = new Set<number>();
-      for (const l of layers) if (s < l.sectorCount) allowed.add(m.stampAt(l, s));
-      for (const st of this.touched.get(s) ?? []) allowed.add(st);
-      let ok = false;
-      for (const st of allowed) if ((ok = matches(st, s))) break;
-      if (ok) continue;
-      count++;
-      bad ??=
-        `at guest offset ${s * SECTOR} read ${describeSector(guest, s * SECTOR)}, ` +
-        `which it never held since the last flush (${[...allowed].map(describeStamp).join(' or ')}` +
-        `${this.touched.has(s) || this.versions.length ? '' : '; untouched since the flush'})`;
+    const bad: number[] = [];
+    // Sectors with one allowed value: whole runs at a time, sector by sector only where a run differs.
+    for (const [a, b0] of single) {
+      const b = Math.min(b0, sectors);
+      if (a >= b || buf.compare(expected, a * SECTOR, b * SECTOR, a * SECTOR, b * SECTOR) === 0) continue;
+      for (let s = a; s < b; s++) if (buf.compare(expected, s * SECTOR, (s + 1) * SECTOR, s * SECTOR, (s + 1) * SECTOR) !== 0) bad.push(s);
     }
-    return bad && (count > 1 ? `${bad} (${count} sectors differ)` : bad);
+    for (let s = 0; s < sectors; s++) {
+      const list = allowed[s]!;
+      if (list.length === 1 && list[0] !== ANY) continue;
+      if (!list.some((st) => matches(st, s))) bad.push(s);
+    }
+    if (bad.length === 0) return undefined;
+    const first = Math.min(...bad);
+    const msg = this.describeBad(guest, first, allowed[first]!);
+    return bad.length > 1 ? `${msg} (${bad.length} sectors differ)` : msg;
   }
+
+  private describeBad(guest: Uint8Array, s: number, allowed: number[]): string {
+    const stale = staleSectorOrigin(guest, s * SECTOR);
+    const read =
+      stale === undefined
+        ? describeSector(guest, s * SECTOR)
+        : `stale bytes of host sector ${stale} (space a lost write would have filled: data the guest never wrote)`;
+    return (
+      `at guest offset ${s * SECTOR} read ${read}, ` +
+      `which it never held since the last flush (${allowed.map(describeStamp).join(' or ')}` +
+      `${this.touched.has(s) || this.versions.length ? '' : '; untouched since the flush'})`
+    );
+  }
+}
+
+/**
+ * The crash oracle at one crash point: every crash state the target lists
+ * must open and read as the tracker allows, and CRASH_QEMU_CHECKS_PER_OP of
+ * them, spread by `seed`, must pass qemu-img check. Returns the first
+ * problem (naming the state and what was covered) and the checks run.
+ */
+export async function examineCrashStates(
+  crashImages: NonNullable<Target['crashImages']>,
+  tracker: CrashTracker,
+  at: string,
+  seed: number,
+  check: (file: string) => Promise<CheckOutcome>,
+): Promise<{ problem?: string; qemuChecks: number }> {
+  let problem: string | undefined;
+  let qemuChecks = 0;
+  const visit: CrashVisit = async (c, n, total) => {
+    const what = `crash state ${n + 1} of ${total} (${c.label}) at ${at}`;
+    if (!c.opened) {
+      problem = `${what} does not open: ${c.error}`;
+      return false;
+    }
+    const bad = tracker.verifyGuest(c.size, c.guest);
+    if (bad) {
+      problem = `${what}: ${bad}`;
+      return false;
+    }
+    if (!qemuChecked(n, total, seed)) return true;
+    const outcome = await check(c.file());
+    qemuChecks++;
+    const judged = judgeCrashCheck(outcome);
+    if (judged) problem = `${what}, after our open: ${judged}`;
+    return !judged;
+  };
+  const coverage = await crashImages(CRASH_STATE_BUDGET, seed, visit);
+  crashTotals.crashOps++;
+  crashTotals.states += coverage.states;
+  crashTotals.qemuChecks += qemuChecks;
+  crashTotals.tornStates += coverage.torn;
+  crashTotals.byMode[coverage.mode]++;
+  return { problem: problem && `${problem} [${describeCoverage(coverage)}]`, qemuChecks };
+}
+
+export type CrashVisit = (image: CrashImage, n: number, total: number) => Promise<boolean>;
+
+/**
+ * Walks the crash states of a recording (RecordingStorage.crashPlan, random
+ * states drawn from `seed`): each is opened read-write with `open` (which
+ * repairs a dirty image), read whole, closed, and handed to `visit`; a file
+ * for qemu-img is written only when `visit` asks for it.
+ */
+export async function visitCrashStates(
+  rec: RecordingStorage,
+  o: { budget: number; seed: number; dir: string; open: (s: BlockStorage) => Qcow2Image; fill?: CrashFill },
+  visit: CrashVisit,
+): Promise<CrashCoverage> {
+  const plan = rec.crashPlan(o.budget, prng(o.seed));
+  for (let n = 0; n < plan.states.length; n++) {
+    const state = plan.states[n]!;
+    const storage = new MemoryStorage(rec.crashImageOf(state, o.fill));
+    if (!(await visit(openCrashState(storage, state.label, o, n), n, plan.states.length))) break;
+  }
+  return { mode: plan.mode, pending: plan.pending, states: plan.states.length, torn: plan.torn, tornKnown: plan.tornKnown };
+}
+
+function openCrashState(storage: MemoryStorage, label: string, o: { dir: string; open: (s: BlockStorage) => Qcow2Image }, n: number): CrashImage {
+  let img: Qcow2Image | undefined;
+  try {
+    img = o.open(storage);
+    const size = img.virtualSize;
+    const guest = img.read(0, size);
+    img.close();
+    img = undefined;
+    const file = path.join(o.dir, `crash-${n}.qcow2`);
+    return { opened: true, label, size, guest, file: () => (fs.writeFileSync(file, storage.bytes()), file) };
+  } catch (e) {
+    // Any exception, a Qcow2Error included: a crash image must open.
+    const err = e as Error;
+    return { opened: false, label, error: `${err?.name ?? 'Error'}: ${err?.message ?? String(e)}` };
+  } finally {
+    try {
+      img?.close();
+    } catch {
+      // Already reported: the open or the read failed.
+    }
+  }
+}
+
+/** Whether state n of total is one of the CRASH_QEMU_CHECKS_PER_OP that qemu-img checks: evenly spread, offset by the seed. */
+function qemuChecked(n: number, total: number, seed: number): boolean {
+  const k = Math.min(CRASH_QEMU_CHECKS_PER_OP, total);
+  const first = seed % total;
+  for (let j = 0; j < k; j++) if (n === (first + Math.floor((j * total) / k)) % total) return true;
+  return false;
 }
 
 /** A crash image may leak clusters, never be corrupt. */

@@ -11,7 +11,7 @@ import { HangError } from '../qemu/errors.js';
 import { applyOp, expectOp } from './apply-model.js';
 import { resolveOp, type OpSeed } from './arbitraries.js';
 import { toModelConfig, type TraceConfig } from './config.js';
-import { CRASH_IMAGES_PER_OP, CrashTracker, crashSeed, judgeCrashCheck } from './crash.js';
+import { CrashTracker, crashSeed, examineCrashStates } from './crash.js';
 import { makeData } from './data.js';
 import { imgCheck } from '../qemu/index.js';
 import { endOracles, type Failure } from './oracles.js';
@@ -171,21 +171,11 @@ async function execute(
   return end.failure;
 }
 
-/** The crash oracle at op `index`: every crash image must open, read as the tracker allows, and check clean. */
+/** The crash oracle at op `index`: every crash state must open, read as the tracker allows, and (those sampled) check clean. */
 async function checkCrashImages(target: Target, crash: CrashTracker, index: number, out: RunOutcome): Promise<Failure | undefined> {
-  const images = await target.crashImages!(CRASH_IMAGES_PER_OP, (n) => crashSeed(index, n));
-  for (let n = 0; n < images.length; n++) {
-    const c = images[n]!;
-    const what = `crash image ${n} at op #${index}`;
-    if (!c.opened) return { oracle: 'crash', opIndex: index, message: `${what} does not open: ${c.error}` };
-    const bad = crash.verifyGuest(c.size, c.guest);
-    if (bad) return { oracle: 'crash', opIndex: index, message: `${what}: ${bad}` };
-    const check = await imgCheck(c.file);
-    out.qemuImgChecks++;
-    const problem = judgeCrashCheck(check);
-    if (problem) return { oracle: 'crash', opIndex: index, message: `${what}, after our open: ${problem}` };
-  }
-  return undefined;
+  const r = await examineCrashStates(target.crashImages!.bind(target), crash, `op #${index}`, crashSeed(index, 0), imgCheck);
+  out.qemuImgChecks += r.qemuChecks;
+  return r.problem ? { oracle: 'crash', opIndex: index, message: r.problem } : undefined;
 }
 
 /** Above this size a mid-run "whole disk" check reads only where content can be (the end reads everything). */

@@ -2,9 +2,9 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { decodeHeader } from '../qcow2/format/index.js';
+import { decodeHeader, HEADER_FIELDS, type HeaderFieldName } from '../qcow2/format/index.js';
 import { HOSTILE_RECIPES } from './hostile-images.js';
-import { analyzeImage, headerFieldPositions, listMutations, refcountOf, type Mutation } from './mutate.js';
+import { analyzeImage, listMutations, refcountOf, type Mutation } from './mutate/index.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'mutate-test-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -16,21 +16,6 @@ beforeAll(async () => {
     images.set(name, readFileSync(await r.build(dir)));
   }
 }, 60_000);
-
-describe('header field positions learnt from the codec', () => {
-  test('match the offsets qcow2.txt gives', () => {
-    const p = headerFieldPositions();
-    // The spec's table, written out once here only to check the probe.
-    const spec: Record<string, [number, number]> = {
-      version: [4, 4], backingFileOffset: [8, 8], backingFileSize: [16, 4], clusterBits: [20, 4], size: [24, 8],
-      cryptMethod: [32, 4], l1Size: [36, 4], l1TableOffset: [40, 8], refcountTableOffset: [48, 8],
-      refcountTableClusters: [56, 4], nbSnapshots: [60, 4], snapshotsOffset: [64, 8], incompatibleFeatures: [72, 8],
-      compatibleFeatures: [80, 8], autoclearFeatures: [88, 8], refcountOrder: [96, 4], headerLength: [100, 4],
-      compressionType: [104, 1],
-    };
-    for (const [f, [off, w]] of Object.entries(spec)) expect(p.get(f as never), f).toEqual({ offset: off, width: w });
-  });
-});
 
 describe.each(['v2-64k-snap', 'v3-64k-compressed-snaps', 'v3-32k-extl2'])('%s', (name) => {
   const img = (): Uint8Array => images.get(name)!;
@@ -51,6 +36,8 @@ describe.each(['v2-64k-snap', 'v3-64k-compressed-snaps', 'v3-32k-extl2'])('%s', 
     const b = listMutations(img(), { seed: 7 });
     expect(a.map((m) => m.name)).toEqual(b.map((m) => m.name));
     expect(new Set(a.map((m) => m.name)).size).toBe(a.length);
+    const original = img().slice();
+    const first = a[0].apply();
     const unchanged: string[] = [];
     a.forEach((m: Mutation, i) => {
       const x = m.apply();
@@ -59,8 +46,9 @@ describe.each(['v2-64k-snap', 'v3-64k-compressed-snaps', 'v3-32k-extl2'])('%s', 
       expect(m.description.length).toBeGreaterThan(0);
     });
     expect(unchanged).toEqual([]);
-    // apply() never touches the original.
-    expect(analyzeImage(img()).header.size).toBe(decodeHeader(img()).size);
+    // apply() never touches the caller's image, nor the copy the next mutation starts from.
+    expect(Buffer.compare(img(), original)).toBe(0);
+    expect(Buffer.compare(a[0].apply(), first)).toBe(0);
   });
 
   test('a different seed gives different byte flips', () => {
@@ -87,6 +75,41 @@ describe.each(['v2-64k-snap', 'v3-64k-compressed-snaps', 'v3-32k-extl2'])('%s', 
     if (h0.version === 3) {
       const unk = ms.find((m) => m.name === 'header:incompatibleFeatures=unknown-bit5')!;
       expect(decodeHeader(unk.apply()).incompatibleFeatures & (1n << 5n)).toBe(1n << 5n);
+    }
+  });
+
+  test("header mutations change only HEADER_FIELDS' bytes of the fields they name, to the value they name", () => {
+    const fields = new Set<string>(Object.keys(HEADER_FIELDS));
+    // The two mutations that set several fields at once, and which fields.
+    const multi: Record<string, HeaderFieldName[]> = {
+      'backing=header-bytes': ['backingFileOffset', 'backingFileSize'],
+      'backing=past-eof': ['backingFileOffset', 'backingFileSize'],
+      'compressionType=zstd-without-bit': ['compressionType', 'incompatibleFeatures'],
+    };
+    const ms = listMutations(img()).filter((m) => m.kind === 'header');
+    expect(ms.length).toBeGreaterThan(50);
+    for (const m of ms) {
+      const label = m.name.slice('header:'.length);
+      const field = label.split('=')[0];
+      const named = multi[label] ?? [field as HeaderFieldName];
+      for (const f of named) expect(fields.has(f), `${m.name} names a field HEADER_FIELDS has`).toBe(true);
+      const out = m.apply();
+      expect(out.length, m.name).toBe(img().length);
+      // Header fields all lie in the first KiB; past it the bytes must be untouched.
+      expect(Buffer.compare(out.subarray(1024), img().subarray(1024)), `${m.name} wrote past the header`).toBe(0);
+      const changed: number[] = [];
+      for (let i = 0; i < 1024; i++) if (out[i] !== img()[i]) changed.push(i);
+      expect(changed.length, m.name).toBeGreaterThan(0);
+      const inField = (i: number): boolean => named.some((f) => i >= HEADER_FIELDS[f].offset && i < HEADER_FIELDS[f].offset + HEADER_FIELDS[f].width);
+      expect(changed.filter((i) => !inField(i)), `${m.name} wrote outside ${named.join(', ')}`).toEqual([]);
+      if (multi[label]) continue;
+      // The description says "<field> set to <value> (...)"; the field's bytes must hold that value.
+      const said = /set to (\d+) /.exec(m.description)?.[1];
+      const { offset, width } = HEADER_FIELDS[field as HeaderFieldName];
+      let held = 0n;
+      for (let i = offset; i < offset + width; i++) held = (held << 8n) | BigInt(out[i]);
+      // Numbers above 2^53 print in their shortest round-trip form, bigints exactly.
+      expect([String(held), String(Number(held))], m.name).toContain(said);
     }
   });
 

@@ -9,7 +9,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { HOSTILE_RECIPES } from '../../src/harness/hostile-images.js';
-import { listMutations } from '../../src/harness/mutate.js';
+import { listMutations } from '../../src/harness/mutate/index.js';
 import { ours, scratchDir } from './helpers.js';
 
 const dir = scratchDir('hostile');

@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { HOSTILE_RECIPES } from '../../src/harness/hostile-images.js';
-import { listMutations, type Mutation } from '../../src/harness/mutate.js';
+import { listMutations, type Mutation } from '../../src/harness/mutate/index.js';
 import type { CheckReport } from './check-child.js';
 import { knownGap } from './known-gaps.js';
 import { runInChild, type ChildOutcome } from './runner.js';

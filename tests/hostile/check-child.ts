@@ -8,7 +8,7 @@ import { copyFileSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { bufferContext } from '../../src/cli/context.js';
 import { runCli } from '../../src/cli/run.js';
-import { listMutations, type Mutation } from '../../src/harness/mutate.js';
+import { listMutations, type Mutation } from '../../src/harness/mutate/index.js';
 import { qemuCheck, readJob, serveCases, type CaseJob, type QemuCheckRun } from './child-lib.js';
 
 export interface CheckJob extends CaseJob {

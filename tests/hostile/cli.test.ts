@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { execa } from 'execa';
 import { afterAll, describe, expect, test } from 'vitest';
 import { HOSTILE_RECIPES } from '../../src/harness/hostile-images.js';
-import { listMutations, type Mutation } from '../../src/harness/mutate.js';
+import { listMutations, type Mutation } from '../../src/harness/mutate/index.js';
 import { ROOT } from './runner.js';
 
 const BIN = join(ROOT, 'dist', 'cli', 'main.js');

@@ -7,7 +7,7 @@
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { memoryBackingOpener, planAsQemuIo, runReadCase, runWriteCase } from '../../src/harness/hostile.js';
-import { listMutations, type Mutation } from '../../src/harness/mutate.js';
+import { listMutations, type Mutation } from '../../src/harness/mutate/index.js';
 import { qemuCheck, qemuWrites, readJob, serveCases, type CaseJob, type QemuCheckRun, type QemuWritesRun } from './child-lib.js';
 
 export interface HostileJob extends CaseJob {

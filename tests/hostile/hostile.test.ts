@@ -12,7 +12,7 @@ import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { readFileSync } from 'node:fs';
 import { uncleanSteps, type StepResult } from '../../src/harness/hostile.js';
 import { HOSTILE_RECIPES } from '../../src/harness/hostile-images.js';
-import { listMutations } from '../../src/harness/mutate.js';
+import { listMutations } from '../../src/harness/mutate/index.js';
 import type { HostileReport } from './hostile-child.js';
 import { DEFAULT_LIMITS, runInChild, type ChildOutcome } from './runner.js';
 import { knownGap } from './known-gaps.js';

@@ -18,7 +18,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { prng } from '../../src/harness/mutate.js';
+import { prng } from '../../src/harness/prng.js';
 import { Qcow2Error } from '../../src/qcow2/errors.js';
 import { Qcow2Image } from '../../src/qcow2/image.js';
 import { MemoryStorage } from '../../src/qcow2/storage/memory.js';

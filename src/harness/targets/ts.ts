@@ -11,12 +11,13 @@ import { Qcow2Image } from '../../qcow2/image.js';
 import { openImageFile } from '../../qcow2/open-file.js';
 import { MemoryStorage } from '../../qcow2/storage/memory.js';
 import { RecordingStorage } from '../../qcow2/storage/recording.js';
+import type { BlockStorage } from '../../qcow2/storage/types.js';
 import type { CheckResult, OpenOptions } from '../../qcow2/types.js';
 import { creationOptions, type TraceConfig } from '../config.js';
-import { prng } from '../mutate.js';
+import { visitCrashStates, type CrashVisit } from '../crash.js';
 import { createBacking } from '../fixture.js';
 import type { Op, OpKind } from '../ops.js';
-import type { CrashImage, OpOutcome, StampedOp, Target } from './types.js';
+import type { CrashCoverage, OpOutcome, StampedOp, Target } from './types.js';
 
 export class TsTarget implements Target {
   readonly name = 'ts';
@@ -129,33 +130,9 @@ export class TsTarget implements Target {
     this.img = Qcow2Image.open(this.storage!, { ...this.openOpts, readOnly: true });
   }
 
-  async crashImages(count: number, seed: (n: number) => number): Promise<CrashImage[]> {
-    const out: CrashImage[] = [];
-    for (let n = 0; n < count; n++) {
-      const storage = new MemoryStorage(this.storage!.randomCrashImage(prng(seed(n))));
-      let img: Qcow2Image | undefined;
-      try {
-        img = Qcow2Image.open(storage, this.openOpts);
-        const size = img.virtualSize;
-        const guest = img.read(0, size);
-        img.close();
-        img = undefined;
-        const file = path.join(this.dir, `crash-${n}.qcow2`);
-        fs.writeFileSync(file, storage.bytes());
-        out.push({ opened: true, size, guest, file });
-      } catch (e) {
-        // Any exception, a Qcow2Error included: a crash image must open.
-        const err = e as Error;
-        out.push({ opened: false, error: `${err?.name ?? 'Error'}: ${err?.message ?? String(e)}` });
-      } finally {
-        try {
-          img?.close();
-        } catch {
-          // Already reported: the open or the read failed.
-        }
-      }
-    }
-    return out;
+  async crashImages(budget: number, seed: number, visit: CrashVisit): Promise<CrashCoverage> {
+    const open = (s: BlockStorage) => Qcow2Image.open(s, this.openOpts);
+    return visitCrashStates(this.storage!, { budget, seed, dir: this.dir, open }, visit);
   }
 
   async ownCheck(): Promise<CheckResult> {

@@ -3,14 +3,30 @@
  * it op by op, or batch by batch for targets that can run several ops in one
  * process (qemu-io), and reads the guest view back for the oracles.
  */
+import type { CrashMode } from '../../qcow2/storage/recording.js';
 import type { CheckResult } from '../../qcow2/types.js';
 import type { TraceConfig } from '../config.js';
 import type { Op, OpKind } from '../ops.js';
 
-/** A crash image after the engine opened it read-write (repairing a dirty image), or why it would not open. */
+/**
+ * A crash image after the engine opened it read-write (repairing a dirty
+ * image), or why it would not open. `label` names the crash state; `file()`
+ * writes the image as the open left it, for qemu-img check, and returns its path.
+ */
 export type CrashImage =
-  | { opened: true; size: number; guest: Uint8Array; file: string }
-  | { opened: false; error: string };
+  | { opened: true; label: string; size: number; guest: Uint8Array; file(): string }
+  | { opened: false; label: string; error: string };
+
+/** Which crash states a crash point was checked with (RecordingStorage.crashPlan). */
+export interface CrashCoverage {
+  mode: CrashMode;
+  /** Writes and truncates pending since the last flush. */
+  pending: number;
+  states: number;
+  /** Torn-write states among them, and how many the enumeration knew of. */
+  torn: number;
+  tornKnown: number;
+}
 
 export type OpOutcome = { ok: true } | { ok: false; error: string };
 
@@ -74,12 +90,14 @@ export interface Target {
   /** Our engine's own check of the image, for the "our check agrees" oracle (ts only). */
   ownCheck?(): Promise<CheckResult>;
   /**
-   * `count` crash images of the image as it stands (DESIGN.md "Crash
-   * consistency"), chosen by `seed`: each opened read-write (which repairs a
-   * dirty image), read whole, closed, and left at `file` (in the run's
-   * directory) for qemu-img check. Only targets that record their writes
-   * offer it, and only they list 'crash' among their capabilities.
+   * Crash images of the image as it stands (DESIGN.md "Crash consistency"):
+   * at most `budget` crash states of the writes since the last flush (random
+   * ones drawn from `seed`), each opened read-write (which repairs a dirty
+   * image), read whole, closed, and handed to `visit` (state n of total)
+   * one at a time; a false from `visit` stops the walk. Only targets that
+   * record their writes offer it, and only they list 'crash' among their
+   * capabilities.
    */
-  crashImages?(count: number, seed: (n: number) => number): Promise<CrashImage[]>;
+  crashImages?(budget: number, seed: number, visit: (image: CrashImage, n: number, total: number) => Promise<boolean>): Promise<CrashCoverage>;
   close(): Promise<void>;
 }

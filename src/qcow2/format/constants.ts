@@ -101,3 +101,6 @@ export const SNAPSHOT_EXTRA_V3_SIZE = 24; // vm_state_size_large, disk_size, ico
 /** Bitmap directory entry fixed part. */
 export const BITMAP_DIR_ENTRY_FIXED = 24;
 export const BITMAPS_EXT_SIZE = 24;
+
+/** Refcount table entries are u64 host offsets of refcount blocks. */
+export const REFTABLE_ENTRY_SIZE = 8;

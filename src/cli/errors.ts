@@ -10,6 +10,7 @@ import {
   StorageIoError,
   UnsupportedFeatureError,
 } from '../qcow2/errors.js';
+import { ToolError } from '../qemu/errors.js';
 
 /**
  * Exit codes. Failures use 1 as qemu-img and qemu-io do, so scripts written
@@ -95,6 +96,8 @@ export function reportError(e: unknown): { message: string; exitCode: number } {
   }
   if (e instanceof CommandFailed) return { message: oneLine(e.message), exitCode: e.exitCode };
   if (e instanceof Qcow2Error) return { message: describeQcow2Error(e), exitCode: EXIT_FAILURE };
+  // A QEMU tool that hung or failed (demo's oracles): the environment, not a bug of ours.
+  if (e instanceof ToolError) return { message: oneLine(e.message), exitCode: EXIT_FAILURE };
   if (isErrno(e)) return { message: oneLine(e.message), exitCode: EXIT_FAILURE };
   const message = e instanceof Error ? `${e.name}: ${e.message}` : String(e);
   return { message: `internal error (a bug in qcow2-harness, please report it): ${oneLine(message)}`, exitCode: EXIT_INTERNAL };

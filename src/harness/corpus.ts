@@ -22,6 +22,14 @@ export interface ExternalExpectation {
   oracle: OracleName;
   /** ...and a message containing this text. */
   messageIncludes: string;
+  /** A bug about how much work QEMU does: measured by counting, never timed (see replay-cost.ts). */
+  cost?: CostExpectation;
+}
+
+/** The entry's ops, run through qemu-img at each cluster size, must grow by this factor per doubling. */
+export interface CostExpectation {
+  clusterSizes: number[];
+  minGrowthPerDoubling: number;
 }
 
 export interface TraceFile {

@@ -13,7 +13,7 @@ import { writeModelRaw } from './fixture.js';
 import type { Target } from './targets/types.js';
 import { describeMismatch, verifyRange } from './verify.js';
 
-export type OracleName = 'op' | 'read' | 'snapshot-read' | 'check' | 'compare' | 'info' | 'own-check' | 'crash' | 'hang' | 'exception';
+export type OracleName = 'op' | 'read' | 'snapshot-read' | 'check' | 'compare' | 'info' | 'own-check' | 'crash' | 'hang' | 'exception' | 'cost';
 
 export interface Failure {
   oracle: OracleName;

@@ -7,6 +7,7 @@
 import { readEntry, type TraceFile } from './corpus.js';
 import { runTrace } from './execute.js';
 import type { Failure } from './oracles.js';
+import { replayCost } from './replay-cost.js';
 import { makeTarget } from './targets/index.js';
 
 export interface ReplayResult {
@@ -23,6 +24,8 @@ export interface ReplayResult {
 export async function replayEntry(dir: string, o: { target?: string; tmpRoot?: string } = {}): Promise<ReplayResult> {
   const entry = readEntry(dir);
   const targetName = o.target ?? entry.target;
+  const cost = entry.external?.cost;
+  if (cost) return { id: entry.id, dir, target: targetName, entry, ...(await replayCost(entry, cost, o.tmpRoot)) };
   // Known-bug tolerances are off: an external entry must see its bug.
   const target = makeTarget(targetName, { strict: true, timeoutMs: entry.timeoutMs });
   const r = await runTrace(target, entry.config, { ops: entry.parsedOps }, { tmpRoot: o.tmpRoot });

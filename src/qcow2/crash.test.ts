@@ -6,11 +6,12 @@
  * untouched since the flush as it was, and show every touched sector as one
  * of the values it held since.
  */
-import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import { Lcg } from '../../tests/support/bytes.js';
+import { qemuCheckBytes } from '../../tests/support/qemu.js';
 import { Qcow2Image } from './image.js';
 import { MemoryStorage } from './storage/memory.js';
 import { RecordingStorage } from './storage/recording.js';
@@ -18,27 +19,6 @@ import type { CreateOptions } from './types.js';
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'qcow2-crash-'));
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
-
-function rng(seed: number) {
-  let s = seed >>> 0;
-  return () => {
-    s = (Math.imul(s, 1103515245) + 12345) >>> 0;
-    return s / 4294967296;
-  };
-}
-
-function qemuCheck(bytes: Uint8Array): { rc: number; corruptions: number; out: string } {
-  const file = path.join(dir, 'crash.qcow2');
-  fs.writeFileSync(file, bytes);
-  try {
-    const out = execFileSync('qemu-img', ['check', '--output=json', file], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
-    return { rc: 0, corruptions: 0, out };
-  } catch (e) {
-    const err = e as { status: number; stdout: string; stderr: string };
-    const j = err.stdout ? (JSON.parse(err.stdout) as { corruptions?: number }) : {};
-    return { rc: err.status, corruptions: err.stdout ? (j.corruptions ?? 0) : -1, out: `${err.stdout}${err.stderr}` };
-  }
-}
 
 const SECTOR = 512;
 const key = (b: Uint8Array) => Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString('latin1');
@@ -53,8 +33,9 @@ const configs: CreateOptions[] = [
 
 describe('crash images are consistent', () => {
   for (const cfg of configs) {
-    it(JSON.stringify(cfg), () => {
-      const random = rng((cfg.clusterSize ?? 0) + (cfg.size >>> 10));
+    it(JSON.stringify(cfg), async () => {
+      const lcg = new Lcg((cfg.clusterSize ?? 0) + (cfg.size >>> 10));
+      const random = () => lcg.float();
       const int = (n: number) => Math.floor(random() * n);
       const cs = cfg.clusterSize ?? 65536;
       const rec = new RecordingStorage();
@@ -113,7 +94,8 @@ describe('crash images are consistent', () => {
               if (!allowed.has(v)) expect.fail(`sector ${s} holds a value it never had; ${where}`);
             }
             back.close();
-            const q = qemuCheck(crashed.bytes());
+            const q = await qemuCheckBytes(crashed.bytes(), path.join(dir, 'crash.qcow2'));
+            expect(q.json, `${where}\n${q.out}`).toBeDefined();
             expect(q.corruptions, `${where}\n${q.out}`).toBe(0);
             expect([0, 3], `${where}\n${q.out}`).toContain(q.rc);
           }

@@ -1,14 +1,21 @@
 /**
- * The engine against a byte-array model, with the real qemu-img as the
- * judge of every image it leaves: seeded random sequences of writes,
- * compressed writes, write-zeroes, discards, snapshots, amends, resizes and
- * reopens across cluster sizes, refcount widths, compat levels and extended L2.
+ * The engine over long seeded sequences on fixed edge configurations, with
+ * the real qemu-img as the judge: guest I/O through the harness (DiskModel
+ * and every end-of-run oracle), and snapshots, amends, resizes and reopens
+ * with qemu-img check after every single op, across cluster sizes, refcount
+ * widths, compat levels and extended L2.
  */
-import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import type { TraceConfig } from '../harness/config.js';
+import { runTrace } from '../harness/execute.js';
+import type { Op } from '../harness/ops.js';
+import { makeTarget } from '../harness/targets/index.js';
+import { firstDiff, Lcg, stamp } from '../../tests/support/bytes.js';
+import { qemuCheckBytes } from '../../tests/support/qemu.js';
+import { describeRun } from '../../tests/support/trace.js';
 import { Qcow2Image } from './image.js';
 import { MemoryStorage } from './storage/memory.js';
 import type { CreateOptions } from './types.js';
@@ -16,112 +23,58 @@ import type { CreateOptions } from './types.js';
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'qcow2-engine-'));
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
 
-function rng(seed: number) {
-  let s = seed >>> 0;
-  return (n: number) => {
-    s = (Math.imul(s, 1103515245) + 12345) >>> 0;
-    return Math.floor((s / 4294967296) * n);
-  };
-}
+const SECTOR = 512;
 
-/** qemu-img check on the image bytes; returns the parsed JSON and exit code. */
-function qemuCheck(bytes: Uint8Array): { rc: number; json: Record<string, number> } {
-  const file = path.join(dir, 'check.qcow2');
-  fs.writeFileSync(file, bytes);
-  try {
-    const out = execFileSync('qemu-img', ['check', '--output=json', file], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
-    return { rc: 0, json: JSON.parse(out) };
-  } catch (e) {
-    const err = e as { status: number; stdout: string };
-    return { rc: err.status, json: err.stdout ? JSON.parse(err.stdout) : {} };
-  }
-}
-
-function qemuCompare(bytes: Uint8Array, model: Uint8Array): string {
-  const img = path.join(dir, 'cmp.qcow2');
-  const raw = path.join(dir, 'cmp.raw');
-  fs.writeFileSync(img, bytes);
-  fs.writeFileSync(raw, model);
-  try {
-    return execFileSync('qemu-img', ['compare', '-f', 'qcow2', '-F', 'raw', img, raw], { encoding: 'utf8' }).trim();
-  } catch (e) {
-    return `differ: ${(e as { stdout: string }).stdout}`;
-  }
-}
-
-function firstDifference(a: Uint8Array, b: Uint8Array): number {
-  const n = Math.min(a.length, b.length);
-  for (let i = 0; i < n; i++) if (a[i] !== b[i]) return i;
-  return a.length === b.length ? -1 : n;
-}
-
-/** Sector-unique data: a misplaced sector can never pass for the right one. */
-function stamp(op: number, offset: number, length: number): Uint8Array {
-  const d = new Uint8Array(length);
-  const v = new DataView(d.buffer);
-  for (let p = 0; p + 4 <= length; p += 4) v.setUint32(p, ((op << 20) ^ Math.floor((offset + p) / 512)) >>> 0);
-  d.fill(op & 0xff, length - (length % 4));
-  return d;
-}
-
-const configs: CreateOptions[] = [
+/** Edge configurations: a partial last cluster, 512-byte clusters with 1-bit refcounts, v2, extended L2, 2 MiB zstd clusters. */
+const configs: TraceConfig[] = [
   { size: 10 * 1024 * 1024 + 512, clusterSize: 65536 },
   { size: 3 * 1024 * 1024, clusterSize: 512, refcountBits: 1 },
-  { size: 3 * 1024 * 1024, clusterSize: 4096, compat: '0.10' },
+  { size: 3 * 1024 * 1024, clusterSize: 4096, compat: '0.10' as const },
   { size: 5 * 1024 * 1024, clusterSize: 65536, extendedL2: true },
-  { size: 5 * 1024 * 1024, clusterSize: 2 * 1024 * 1024, compressionType: 'zstd', lazyRefcounts: true },
+  { size: 5 * 1024 * 1024, clusterSize: 2 * 1024 * 1024, compressionType: 'zstd' as const, lazyRefcounts: true },
   { size: 2 * 1024 * 1024 + 1536, clusterSize: 16384, extendedL2: true, refcountBits: 64 },
-];
+].map((c) => ({ refcountBits: 16, compat: '1.1' as const, lazyRefcounts: false, extendedL2: false, compressionType: 'zlib' as const, ...c }));
 
-describe('guest I/O matches a byte model and qemu-img finds the image clean', () => {
+/**
+ * Guest I/O ops: writes, write-zeroes (with and without unmap), discards and compressed cluster
+ * writes; 150 of them, 40 on 2 MiB clusters, where an op of up to three clusters costs the
+ * harness ~75 ms (stamped data and its read-back).
+ */
+function opCount(cfg: TraceConfig): number {
+  return cfg.clusterSize >= 1024 * 1024 ? 40 : 150;
+}
+
+function guestOps(cfg: TraceConfig): Op[] {
+  const rnd = new Lcg(cfg.size ^ cfg.clusterSize);
+  const cs = cfg.clusterSize;
+  const sectors = cfg.size / SECTOR;
+  const ops: Op[] = [];
+  for (let i = 0; i < opCount(cfg); i++) {
+    const off = rnd.int(sectors) * SECTOR;
+    const len = Math.min(cfg.size - off, SECTOR * (1 + rnd.int((3 * cs) / SECTOR)));
+    const k = rnd.int(6);
+    if (k < 3) ops.push({ kind: 'write', off, len });
+    else if (k === 3) ops.push({ kind: 'write-zeroes', off, len, unmap: rnd.int(2) === 0 });
+    else if (k === 4) ops.push({ kind: 'discard', off, len });
+    else {
+      const vc = rnd.int(Math.ceil(cfg.size / cs));
+      ops.push({ kind: 'write-compressed', off: vc * cs, len: Math.min(cs, cfg.size - vc * cs) });
+    }
+  }
+  return ops;
+}
+
+// Long traces on fixed edge configurations through the harness: the DiskModel says what each op
+// must do and what the guest must see, and the end-of-run oracles hold the image to qemu-img
+// check, compare and info and our check to qemu-img's counts. (The property suites draw random
+// configurations with at most 12 ops; sub-sector I/O is in spec-edges.test.ts, against qemu-io.)
+describe('long guest I/O traces on edge configurations pass every oracle', () => {
   for (const cfg of configs) {
-    it(JSON.stringify(cfg), () => {
-      const rnd = rng(cfg.size ^ (cfg.clusterSize ?? 0));
-      const cs = cfg.clusterSize ?? 65536;
-      const st = new MemoryStorage();
-      const img = Qcow2Image.create(st, cfg);
-      const model = new Uint8Array(img.virtualSize);
-      const size = img.virtualSize;
-      for (let i = 0; i < 150; i++) {
-        const off = rnd(size / 512) * 512 + (rnd(4) === 0 ? rnd(512) : 0);
-        const len = Math.min(size - off, 1 + rnd(3 * cs));
-        const k = rnd(6);
-        if (k < 3) {
-          const d = stamp(i, off, len);
-          img.write(off, d);
-          model.set(d, off);
-        } else if (k === 3) {
-          img.writeZeroes(off, len, { unmap: rnd(2) === 0 });
-          model.fill(0, off, off + len);
-        } else if (k === 4) {
-          img.discard(off, len);
-          // Whole clusters only, plus the last partial cluster of the image.
-          const s = Math.ceil(off / cs) * cs;
-          const e = off + len === size ? size : Math.floor((off + len) / cs) * cs;
-          if (e > s) model.fill(0, s, e);
-        } else {
-          const vc = rnd(Math.ceil(size / cs));
-          const e = img.entryFor(vc);
-          if (e.hi === 0 && e.lo === 0) {
-            const n = Math.min(cs, size - vc * cs);
-            const d = stamp(i, vc * cs, n);
-            img.writeCompressed(vc * cs, d);
-            model.set(d, vc * cs);
-          }
-        }
-      }
-      expect(firstDifference(img.read(0, size), model)).toBe(-1);
-      const ours = img.check('none');
-      img.close();
-      const q = qemuCheck(st.bytes());
-      expect(q.rc).toBe(0);
-      expect(q.json.leaks ?? 0).toBe(0);
-      expect(q.json.corruptions ?? 0).toBe(0);
-      expect({ corruptions: ours.corruptions, leaks: ours.leaks }).toEqual({ corruptions: 0, leaks: 0 });
-      expect(ours.imageEndOffset).toBe(q.json['image-end-offset']);
-      expect(ours.allocatedClusters).toBe(q.json['allocated-clusters'] ?? 0);
-      expect(ours.compressedClusters).toBe(q.json['compressed-clusters'] ?? 0);
-      expect(qemuCompare(st.bytes(), model)).toBe('Images are identical.');
+    it(JSON.stringify(cfg), async () => {
+      const r = await runTrace(makeTarget('ts'), cfg, { ops: guestOps(cfg) }, { tmpRoot: dir });
+      expect(r.failure, describeRun(r)).toBeUndefined();
+      expect(r.ops.length).toBe(opCount(cfg));
+      expect(r.qemuImgChecks).toBe(1);
     });
   }
 });
@@ -134,8 +87,9 @@ describe('snapshots, amend, resize and reopen keep content and a clean image', (
     { size: 4 << 20, clusterSize: 32768, extendedL2: true },
   ];
   for (const cfg of metaConfigs) {
-    it(JSON.stringify(cfg), () => {
-      const rnd = rng(cfg.clusterSize! + 17);
+    it(JSON.stringify(cfg), async () => {
+      const lcg = new Lcg(cfg.clusterSize! + 17);
+      const rnd = (n: number) => lcg.int(n);
       const st = new MemoryStorage();
       let img = Qcow2Image.create(st, cfg);
       let model = new Uint8Array(img.virtualSize);
@@ -210,14 +164,14 @@ describe('snapshots, amend, resize and reopen keep content and a clean image', (
         }
         img.flush();
         const where = `after: ${trace.join('; ')}`;
-        expect(firstDifference(img.read(0, img.virtualSize), model), where).toBe(-1);
-        const q = qemuCheck(st.bytes());
-        expect({ rc: q.rc, leaks: q.json.leaks ?? 0, corruptions: q.json.corruptions ?? 0 }, where).toEqual({ rc: 0, leaks: 0, corruptions: 0 });
+        expect(firstDiff(img.read(0, img.virtualSize), model), where).toBe(-1);
+        const q = await qemuCheckBytes(st.bytes(), path.join(dir, 'check.qcow2'));
+        expect({ rc: q.rc, leaks: q.leaks, corruptions: q.corruptions }, `${where}\n${q.out}`).toEqual({ rc: 0, leaks: 0, corruptions: 0 });
       }
       img.close();
       for (const [name, content] of snaps) {
         const view = Qcow2Image.open(new MemoryStorage(st.bytes()), { readOnly: true, snapshot: name });
-        expect(firstDifference(view.read(0, view.virtualSize), content), `snapshot ${name}`).toBe(-1);
+        expect(firstDiff(view.read(0, view.virtualSize), content), `snapshot ${name}`).toBe(-1);
       }
     });
   }

@@ -2,7 +2,10 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { HangError } from './errors.js';
+import { reportError } from '../cli/errors.js';
+import { describeError } from '../harness/hostile.js';
+import { InvalidArgumentError, Qcow2Error } from '../qcow2/errors.js';
+import { HangError, ToolError } from './errors.js';
 import { imgAmend, imgCheck, imgCompare, imgConvertToRaw, imgCreate, imgInfo, imgResize, imgSnapshot } from './img.js';
 import { qemuIoBatch } from './io.js';
 import { runTool } from './run.js';
@@ -50,7 +53,21 @@ describe('qemu wrappers (real qemu-img/qemu-io)', () => {
     expect(fs.statSync(raw).size).toBe(32768);
   });
 
-  it('a call that outlives its timeout raises HangError', async () => {
-    await expect(runTool('sleep', ['5'], 100)).rejects.toBeInstanceOf(HangError);
+  it('a call that outlives its timeout raises HangError, which no classifier takes for a clean refusal', async () => {
+    const hang: unknown = await runTool('sleep', ['5'], 100).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(hang).toBeInstanceOf(HangError);
+    expect(hang).toBeInstanceOf(ToolError);
+    // `instanceof Qcow2Error` means "the engine refused cleanly" in the ts target's op loop.
+    expect(hang).not.toBeInstanceOf(Qcow2Error);
+    // The hostile runner: a refusal is `qcow2: true`; anything else is reported with its stack.
+    expect(describeError(hang).qcow2).toBe(false);
+    expect(describeError(new InvalidArgumentError('x')).qcow2).toBe(true);
+    // The CLI: one line, exit 1 (not the engine's wording, not "internal error", exit 70).
+    const r = reportError(hang);
+    expect(r.exitCode).toBe(1);
+    expect(r.message).toBe('sleep 5 did not finish within 100 ms');
   });
 });

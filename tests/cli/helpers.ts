@@ -8,6 +8,7 @@ import * as path from 'node:path';
 import { bufferContext } from '../../src/cli/context.js';
 import { runCli } from '../../src/cli/run.js';
 import { QEMU_IMG, QEMU_IO, runTool, type ToolResult } from '../../src/qemu/index.js';
+import { firstDiff as firstDiffBytes } from '../support/bytes.js';
 
 export interface Ran {
   rc: number;
@@ -47,11 +48,7 @@ export function ioArgs(commands: readonly string[]): string[] {
 
 /** The first differing byte of two files, or -1 when they are identical. */
 export function firstDiff(a: string, b: string): number {
-  const x = fs.readFileSync(a);
-  const y = fs.readFileSync(b);
-  const n = Math.min(x.length, y.length);
-  for (let i = 0; i < n; i++) if (x[i] !== y[i]) return i;
-  return x.length === y.length ? -1 : n;
+  return firstDiffBytes(fs.readFileSync(a), fs.readFileSync(b));
 }
 
 /** qemu-io/our io output without the timing lines, which differ run to run. */

@@ -7,15 +7,14 @@
  * repaired image passes (or fails) qemu-img check the way qemu-img's own
  * repair does.
  */
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { readFileSync, rmSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { HOSTILE_RECIPES } from '../../src/harness/hostile-images.js';
 import { listMutations, type Mutation } from '../../src/harness/mutate/index.js';
 import type { CheckReport } from './check-child.js';
 import { knownGap } from './known-gaps.js';
 import { runInChild, type ChildOutcome } from './runner.js';
+import { ramScratchDir } from '../support/scratch.js';
 
 const SEED = 5;
 
@@ -27,7 +26,7 @@ function isMetadataCorruption(m: Mutation): boolean {
   return false;
 }
 
-const dir = mkdtempSync(join(tmpdir(), 'qcow2-check-agrees-'));
+const dir = ramScratchDir('qcow2-check-agrees-');
 const images: Record<string, string> = {};
 for (const r of HOSTILE_RECIPES) images[r.name] = await r.build(dir);
 const names = new Map<string, string[]>();

@@ -125,27 +125,8 @@ export function tool(name: string, args: string[], timeoutMs = 30_000): Promise<
   return shell.run(name, args, timeoutMs);
 }
 
-export interface QemuCheckRun {
-  rc: number;
-  json?: { corruptions?: number; leaks?: number; 'check-errors'?: number; 'corruptions-fixed'?: number; 'leaks-fixed'?: number };
-  stderr: string;
-}
-
-/** qemu-img check --output=json. */
-export async function qemuCheck(path: string, repair?: 'all' | 'leaks'): Promise<QemuCheckRun> {
-  const args = ['check', '--output=json', '-f', 'qcow2', ...(repair ? ['-r', repair] : []), path];
-  const r = await tool('qemu-img', args);
-  const start = r.stdout.indexOf('{');
-  let json: QemuCheckRun['json'];
-  if (start >= 0) {
-    try {
-      json = JSON.parse(r.stdout.slice(start));
-    } catch {
-      json = undefined;
-    }
-  }
-  return { rc: r.rc, json, stderr: r.stderr.slice(0, 2000) };
-}
+/** qemu-img check --output=json, optionally repairing (tests/support, on src/qemu's imgCheck). */
+export { qemuCheck, type QemuCheckResult as QemuCheckRun } from '../support/qemu.js';
 
 export interface QemuWritesRun {
   /** Every write reported done. */

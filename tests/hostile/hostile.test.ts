@@ -5,8 +5,7 @@
  * and bounded memory; and opening it read-write and writing must either be
  * refused or leave an image qemu-img check finds no worse than before.
  */
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { readFileSync } from 'node:fs';
@@ -16,13 +15,14 @@ import { listMutations } from '../../src/harness/mutate/index.js';
 import type { HostileReport } from './hostile-child.js';
 import { DEFAULT_LIMITS, runInChild, type ChildOutcome } from './runner.js';
 import { knownGap } from './known-gaps.js';
+import { ramScratchDir } from '../support/scratch.js';
 
 const SEED = 20_240_601;
 const FLIPS = 8;
 /** No single allocation the size of a hostile field: live array buffers stay far below this. */
 const ARRAY_BUFFER_LIMIT_MB = 256;
 
-const dir = mkdtempSync(join(tmpdir(), 'qcow2-hostile-'));
+const dir = ramScratchDir('qcow2-hostile-');
 const images: Record<string, string> = {};
 for (const r of HOSTILE_RECIPES) images[r.name] = await r.build(dir);
 const names = new Map<string, string[]>();

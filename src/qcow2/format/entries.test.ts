@@ -10,6 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import zlib from 'node:zlib';
 import { afterAll, describe, expect, it } from 'vitest';
+import { Lcg } from '../../../tests/support/bytes.js';
 import {
   ClusterType,
   SubclusterType,
@@ -137,13 +138,10 @@ describe('compressed descriptors in images qemu-img wrote', () => {
   /** Half random, half zero clusters: compressed to about half a cluster, so descriptors span many sectors. */
   function rawData(cs: number, clusters: number, seed: number): Uint8Array {
     const d = new Uint8Array(cs * clusters);
-    let s = seed;
+    const rnd = new Lcg(seed);
     for (let c = 0; c < clusters; c++) {
       const randomBytes = Math.floor(cs * (0.2 + 0.6 * (c % 3) / 2));
-      for (let i = 0; i < randomBytes; i++) {
-        s = (Math.imul(s, 1103515245) + 12345) >>> 0;
-        d[c * cs + i] = s >>> 24;
-      }
+      for (let i = 0; i < randomBytes; i++) d[c * cs + i] = rnd.byte();
     }
     return d;
   }

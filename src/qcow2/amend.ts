@@ -6,24 +6,24 @@
  * the image untouched: everything is checked before the first write.
  */
 import { InvalidArgumentError, LimitError, UnsupportedFeatureError } from './errors.js';
-import { viewOf } from './format/bytes.js';
 import {
   COMPAT_LAZY_REFCOUNTS,
   COMPRESSION_ZLIB,
+  DEFAULT_REFCOUNT_ORDER,
   HEADER_V3_LENGTH,
   INCOMPAT_COMPRESSION,
   INCOMPAT_DIRTY,
-  L1_ENTRY_SIZE,
-  OFLAG_COPIED_HI,
+  MAX_REFCOUNT_ORDER,
 } from './format/constants.js';
-import { ClusterType, entryOffset, makeEntry } from './format/entries.js';
+import { ClusterType, makeEntry, withCopied } from './format/entries.js';
 import { defaultFeatureNames } from './format/extensions.js';
-import { getRefcount } from './format/refcount-block.js';
-import { installRefcountStructure } from './check.js';
+import { getRefcount, maxRefcount } from './format/refcount-block.js';
 import { FEATURE_TABLE_MIN_CLUSTER } from './create.js';
+import { L1Table } from './l1-table.js';
+import { installRefcountStructure } from './refcount-rebuild.js';
 import { snapshotL1Problem } from './snapshot-table-io.js';
-import type { Qcow2Image } from './image.js';
-import { maxRefcount } from './format/refcount-block.js';
+import type { ImageState } from './state.js';
+import { STOP_WALK, walkTree } from './tree-walk.js';
 
 export interface AmendOptions {
   refcountBits?: number;
@@ -31,17 +31,17 @@ export interface AmendOptions {
   lazyRefcounts?: boolean;
 }
 
-export function amendImage(img: Qcow2Image, o: AmendOptions): void {
+export function amendImage(img: ImageState, o: AmendOptions): void {
   img.flush();
   const targetVersion = o.compat === undefined ? img.version : o.compat === '0.10' ? 2 : 3;
   const order = o.refcountBits === undefined ? img.refcounts.order : Math.log2(o.refcountBits);
-  if (o.refcountBits !== undefined && (!Number.isInteger(order) || order < 0 || order > 6)) {
+  if (o.refcountBits !== undefined && (!Number.isInteger(order) || order < 0 || order > MAX_REFCOUNT_ORDER)) {
     throw new InvalidArgumentError('Refcount width must be a power of two and may not exceed 64 bits');
   }
-  if (targetVersion < img.version && order !== 4) {
+  if (targetVersion < img.version && order !== DEFAULT_REFCOUNT_ORDER) {
     throw new InvalidArgumentError('compat=0.10 requires refcount_bits=16');
   }
-  if (targetVersion < 3 && order !== 4) {
+  if (targetVersion < 3 && order !== DEFAULT_REFCOUNT_ORDER) {
     throw new InvalidArgumentError('Different refcount widths than 16 bits require compatibility level 1.1 or above (use compat=1.1 or greater)');
   }
   const lazy = o.lazyRefcounts ?? (targetVersion < 3 ? false : img.lazyRefcounts);
@@ -58,7 +58,7 @@ export function amendImage(img: Qcow2Image, o: AmendOptions): void {
   img.flush();
 }
 
-function checkDowngradePossible(img: Qcow2Image): void {
+function checkDowngradePossible(img: ImageState): void {
   // v2 snapshots cannot record a disk size of their own, nor a VM state above 4 GiB.
   for (const sn of img.snapshots) {
     if ((sn.vmStateSizeLarge ?? sn.vmStateSize) > 0xffffffff || (sn.diskSize ?? img.virtualSize) !== img.virtualSize) {
@@ -76,32 +76,27 @@ function checkDowngradePossible(img: Qcow2Image): void {
 }
 
 /** The active L1 table and every usable snapshot L1 table. */
-function everyL1Table(img: Qcow2Image): Uint8Array[] {
-  const l1s: Uint8Array[] = [img.l1];
+function everyL1Table(img: ImageState): L1Table[] {
+  const l1s: L1Table[] = [img.l1];
   for (const sn of img.snapshots) {
-    if (sn.l1Size > 0 && !snapshotL1Problem(img, sn)) l1s.push(img.storage.read(sn.l1TableOffset, sn.l1Size * L1_ENTRY_SIZE));
+    if (sn.l1Size > 0 && !snapshotL1Problem(img, sn)) l1s.push(L1Table.read(img.storage, sn.l1TableOffset, sn.l1Size));
   }
   return l1s;
 }
 
-function hasCompressedClusters(img: Qcow2Image): boolean {
-  const l1s = everyL1Table(img);
-  for (const l1 of l1s) {
-    const v = viewOf(l1);
-    for (let i = 0; i < l1.length / 8; i++) {
-      const l2Offset = entryOffset(v.getUint32(i * 8), v.getUint32(i * 8 + 4));
-      if (l2Offset === 0 || l2Offset % img.clusterSize !== 0) continue;
-      const t = img.l2Cache.get(l2Offset);
-      for (let j = 0; j < img.layout.entries; j++) {
-        if (img.layout.type(img.layout.get(t, j)) === ClusterType.Compressed) return true;
-      }
-    }
+function hasCompressedClusters(img: ImageState): boolean {
+  for (const l1 of everyL1Table(img)) {
+    const found = walkTree(img, l1, {
+      enter: (_i, l2Offset) => l2Offset % img.clusterSize === 0,
+      entry: (_e, type) => (type === ClusterType.Compressed ? STOP_WALK : undefined),
+    });
+    if (found) return true;
   }
   return false;
 }
 
 /** Every stored refcount, by cluster, up to the last nonzero one. */
-function storedRefcounts(img: Qcow2Image): { counts: Float64Array; size: number } {
+function storedRefcounts(img: ImageState): { counts: Float64Array; size: number } {
   const rt = img.refcounts;
   const cs = img.clusterSize;
   rt.flush();
@@ -126,7 +121,7 @@ function storedRefcounts(img: Qcow2Image): { counts: Float64Array; size: number 
   return { counts, size };
 }
 
-function checkRefcountsFit(img: Qcow2Image, order: number): void {
+function checkRefcountsFit(img: ImageState, order: number): void {
   const max = maxRefcount(order);
   const { counts, size } = storedRefcounts(img);
   for (let c = 0; c < size; c++) {
@@ -138,7 +133,7 @@ function checkRefcountsFit(img: Qcow2Image, order: number): void {
   }
 }
 
-function changeRefcountOrder(img: Qcow2Image, order: number): void {
+function changeRefcountOrder(img: ImageState, order: number): void {
   const cs = img.clusterSize;
   const { counts, size } = storedRefcounts(img);
   const oldTable = img.header.refcountTableOffset;
@@ -152,15 +147,15 @@ function changeRefcountOrder(img: Qcow2Image, order: number): void {
   img.refcounts.flush();
 }
 
-function upgrade(img: Qcow2Image): void {
+function upgrade(img: ImageState): void {
   img.header.version = 3;
   img.header.headerLength = HEADER_V3_LENGTH;
-  img.header.refcountOrder = 4;
+  img.header.refcountOrder = DEFAULT_REFCOUNT_ORDER;
   if (img.clusterSize >= FEATURE_TABLE_MIN_CLUSTER) img.ext.featureNames = defaultFeatureNames();
   img.writeHeader();
 }
 
-function downgrade(img: Qcow2Image): void {
+function downgrade(img: ImageState): void {
   img.flush();
   expandZeroClusters(img);
   img.header.version = 2;
@@ -179,27 +174,27 @@ function downgrade(img: Qcow2Image): void {
  * qcow2_expand_zero_clusters). A shared L2 table's new cluster gets one
  * reference per table user.
  */
-function expandZeroClusters(img: Qcow2Image): void {
-  const l1s = everyL1Table(img);
+function expandZeroClusters(img: ImageState): void {
   const cs = img.clusterSize;
   const layout = img.layout;
   const done = new Set<number>();
   const zeros = new Uint8Array(cs);
-  for (const l1 of l1s) {
-    const v = viewOf(l1);
-    for (let i = 0; i < l1.length / 8; i++) {
-      const l2Offset = entryOffset(v.getUint32(i * 8), v.getUint32(i * 8 + 4));
-      if (l2Offset === 0 || done.has(l2Offset)) continue;
-      done.add(l2Offset);
-      const l2Refs = img.refcounts.getAt(l2Offset);
-      for (let j = 0; j < layout.entries; j++) {
-        const t = img.l2Cache.get(l2Offset);
-        const e = layout.get(t, j);
-        const type = layout.type(e);
-        if (type !== ClusterType.ZeroPlain && type !== ClusterType.ZeroAlloc) continue;
+  let l2Refs = 0;
+  for (const l1 of everyL1Table(img)) {
+    walkTree(img, l1, {
+      enter(_i, l2Offset) {
+        if (done.has(l2Offset)) return false;
+        done.add(l2Offset);
+        l2Refs = img.refcounts.getAt(l2Offset);
+        return true;
+      },
+      // Allocating below may evict the table: read it again for every entry.
+      refetch: true,
+      entry(e, type, j, _table, l2Offset) {
+        if (type !== ClusterType.ZeroPlain && type !== ClusterType.ZeroAlloc) return;
         if (type === ClusterType.ZeroPlain && !img.backingFile) {
           layout.set(img.l2Cache.get(l2Offset), j, { hi: 0, lo: 0, zero: 0, alloc: 0 });
-          continue;
+          return;
         }
         let host = layout.offset(e);
         // A zero-allocated cluster someone else also references (a snapshot's
@@ -215,15 +210,14 @@ function expandZeroClusters(img: Qcow2Image): void {
         img.meta.check(host, cs, undefined);
         img.storage.write(host, zeros);
         const [hi, lo] = makeEntry(host, false);
-        const copied = img.refcounts.getAt(host) === 1 ? OFLAG_COPIED_HI : 0;
-        layout.set(img.l2Cache.get(l2Offset), j, { hi: (hi | copied) >>> 0, lo, zero: 0, alloc: 0 });
-      }
-    }
+        layout.set(img.l2Cache.get(l2Offset), j, { hi: withCopied(hi, img.refcounts.getAt(host) === 1), lo, zero: 0, alloc: 0 });
+      },
+    });
   }
   img.flush();
 }
 
-function setLazyRefcounts(img: Qcow2Image, on: boolean): void {
+function setLazyRefcounts(img: ImageState, on: boolean): void {
   img.flush();
   if (on) img.header.compatibleFeatures |= COMPAT_LAZY_REFCOUNTS;
   else {

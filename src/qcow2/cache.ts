@@ -8,6 +8,21 @@
  */
 import { viewOf } from './format/bytes.js';
 
+/**
+ * Smallest L2 cache: two tables, so that a copy-on-write of an L2 table can
+ * hold the old and the new one at once (QEMU: MIN_L2_CACHE_SIZE, "cover COW").
+ */
+export const MIN_L2_CACHE_TABLES = 2;
+/**
+ * Smallest refcount block cache: four blocks, enough for the blocks a
+ * refcount table growth touches at once (QEMU: MIN_REFCOUNT_CACHE_SIZE).
+ */
+export const MIN_REFCOUNT_CACHE_TABLES = 4;
+/** QEMU's default l2-cache-size upper bound (DEFAULT_L2_CACHE_MAX_SIZE). */
+export const DEFAULT_L2_CACHE_BYTES = 32 * 1024 * 1024;
+/** QEMU sizes the default refcount cache at a quarter of the L2 cache (DEFAULT_L2_REFCOUNT_SIZE_RATIO). */
+export const L2_TO_REFCOUNT_CACHE_RATIO = 4;
+
 export interface CachedTable {
   readonly offset: number;
   readonly data: Uint8Array;

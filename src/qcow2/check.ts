@@ -7,23 +7,30 @@
  * then compare with the stored refcounts.
  */
 import type { CachedTable } from './cache.js';
-import { ReadOnlyError } from './errors.js';
-import { getU64, viewOf } from './format/bytes.js';
+import { OverlapError, Qcow2Error, ReadOnlyError } from './errors.js';
+import { viewOf } from './format/bytes.js';
 import {
+  AUTOCLEAR_BITMAPS,
+  BITMAP_TABLE_ENTRY_SIZE,
+  CHECK_MAX_BITMAP_DIRECTORY_BYTES,
   INCOMPAT_CORRUPT,
   INCOMPAT_DIRTY,
+  INT64_LIMIT,
   L1_ENTRY_SIZE,
+  L2_ENTRY_SIZE,
   MAX_L1_BYTES,
-  OFLAG_COPIED_HI,
+  OFLAG_ZERO_LO,
+  REFTABLE_OFFSET_ALIGN,
 } from './format/constants.js';
-import { ClusterType, decodeCompressed, entryOffset, isCopied, l1ReservedBits, l2ReservedBits } from './format/entries.js';
+import { ClusterType, decodeCompressed, entryOffset, isCopied, l1ReservedBits, l2ReservedBits, withCopied } from './format/entries.js';
 import { decodeBitmapDirectory } from './format/bitmaps.js';
 import { snapshotL1Problem } from './snapshot-table-io.js';
-import type { Qcow2Image } from './image.js';
-import { ALL_SUBCLUSTERS, type L2Entry } from './l2.js';
+import { L1Table } from './l1-table.js';
+import { ALL_SUBCLUSTERS } from './l2.js';
 import { MetaKind } from './overlap.js';
-import { Refcounts } from './refcount.js';
-import { layoutRefcountStructure } from './refcount-rebuild.js';
+import { installRefcountStructure } from './refcount-rebuild.js';
+import type { ImageState } from './state.js';
+import { walkTree } from './tree-walk.js';
 import type { CheckResult, RepairMode } from './types.js';
 
 const FIX_LEAKS = 1;
@@ -54,14 +61,26 @@ function emptyResult(): CheckResult {
  * One check pass with the requested repair (bdrv_check). qemu-img's second,
  * read-only pass after a repair is the caller's (the CLI does it).
  */
-export function checkImage(img: Qcow2Image, repair: RepairMode): CheckResult {
+export function checkImage(img: ImageState, repair: RepairMode): CheckResult {
   const fix = repair === 'all' ? FIX_LEAKS | FIX_ERRORS : repair === 'leaks' ? FIX_LEAKS : 0;
   if (fix && img.readOnly) throw new ReadOnlyError('repairing needs the image open read-write');
   return checkPass(img, fix);
 }
 
-/** One bdrv_check pass (qcow2_co_check_locked). */
-export function checkPass(img: Qcow2Image, fix: number): CheckResult {
+/**
+ * One bdrv_check pass (qcow2_co_check_locked): count every reference,
+ * compare with the stored refcounts, repair what `fix` allows (leaks,
+ * errors, or a full refcount rebuild when a block is missing or broken),
+ * then check OFLAG_COPIED.
+ *
+ * Returns the findings; it throws only what the storage or a repair write
+ * throws (a refused write marks the image corrupt and propagates). State
+ * left on failure: repairs completed before the failure are on disk (each
+ * one is ordered as in normal operation), the rest are not; nothing a repair
+ * writes is left half-pointed-to, since a rebuilt structure only takes
+ * effect with its header write.
+ */
+export function checkPass(img: ImageState, fix: number): CheckResult {
   if (!img.readOnly) img.flush();
   const res = emptyResult();
   const cs = img.clusterSize;
@@ -112,7 +131,7 @@ export function checkPass(img: Qcow2Image, fix: number): CheckResult {
   return res;
 }
 
-function markCleanAndConsistent(img: Qcow2Image): void {
+function markCleanAndConsistent(img: ImageState): void {
   const h = img.header;
   if (h.incompatibleFeatures & (INCOMPAT_DIRTY | INCOMPAT_CORRUPT)) {
     h.incompatibleFeatures &= ~(INCOMPAT_DIRTY | INCOMPAT_CORRUPT);
@@ -127,7 +146,7 @@ function hex64(hi: number, lo: number): string {
   return hi === 0 ? (lo >>> 0).toString(16) : (hi >>> 0).toString(16) + (lo >>> 0).toString(16).padStart(8, '0');
 }
 
-function inc(img: Qcow2Image, res: CheckResult, c: Counts, offset: number, size: number): void {
+function inc(img: ImageState, res: CheckResult, c: Counts, offset: number, size: number): void {
   if (size <= 0) return;
   const cs = img.clusterSize;
   const fileLen = img.storage.size();
@@ -156,7 +175,7 @@ function inc(img: Qcow2Image, res: CheckResult, c: Counts, offset: number, size:
   }
 }
 
-function calculate(img: Qcow2Image, res: CheckResult, fix: number, nbClusters: number, state: { rebuild: boolean }): Counts {
+function calculate(img: ImageState, res: CheckResult, fix: number, nbClusters: number, state: { rebuild: boolean }): Counts {
   const h = img.header;
   const cs = img.clusterSize;
   const c: Counts = { table: new Float64Array(Math.max(nbClusters, 1)), size: nbClusters };
@@ -185,33 +204,36 @@ function calculate(img: Qcow2Image, res: CheckResult, fix: number, nbClusters: n
   return c;
 }
 
-function countBitmaps(img: Qcow2Image, res: CheckResult, c: Counts): void {
+function countBitmaps(img: ImageState, res: CheckResult, c: Counts): void {
   const b = img.ext.bitmaps;
-  if (!b || !(img.header.autoclearFeatures & 1n) || b.nbBitmaps === 0) return;
+  if (!b || !(img.header.autoclearFeatures & AUTOCLEAR_BITMAPS) || b.nbBitmaps === 0) return;
   const cs = img.clusterSize;
   inc(img, res, c, b.bitmapDirectoryOffset, b.bitmapDirectorySize);
-  if (b.bitmapDirectorySize > 64 * 1024 * 1024) return;
+  if (b.bitmapDirectorySize > CHECK_MAX_BITMAP_DIRECTORY_BYTES) return;
   let dir;
   try {
     dir = decodeBitmapDirectory(img.storage.read(b.bitmapDirectoryOffset, b.bitmapDirectorySize), b.nbBitmaps);
-  } catch {
+  } catch (e) {
+    // An unreadable or malformed directory is a check error (QEMU: bitmap_list_load fails); bugs propagate.
+    if (!(e instanceof Qcow2Error)) throw e;
     res.checkErrors++;
     return;
   }
   for (const bm of dir) {
-    const bytes = bm.bitmapTableSize * 8;
+    const bytes = bm.bitmapTableSize * BITMAP_TABLE_ENTRY_SIZE;
     inc(img, res, c, bm.bitmapTableOffset, bytes);
     if (bytes > MAX_L1_BYTES) continue;
     const t = img.storage.read(bm.bitmapTableOffset, bytes);
     const v = viewOf(t);
     for (let i = 0; i < bm.bitmapTableSize; i++) {
-      const off = entryOffset(v.getUint32(i * 8), v.getUint32(i * 8 + 4));
+      const pos = i * BITMAP_TABLE_ENTRY_SIZE;
+      const off = entryOffset(v.getUint32(pos), v.getUint32(pos + 4));
       if (off > 1) inc(img, res, c, off, cs);
     }
   }
 }
 
-function checkL1(img: Qcow2Image, res: CheckResult, c: Counts, l1Offset: number, l1Size: number, active: boolean, fix: number): void {
+function checkL1(img: ImageState, res: CheckResult, c: Counts, l1Offset: number, l1Size: number, active: boolean, fix: number): void {
   const bytes = l1Size * L1_ENTRY_SIZE;
   if (bytes > MAX_L1_BYTES) {
     res.messages.push('ERROR: L1 size too big');
@@ -220,11 +242,10 @@ function checkL1(img: Qcow2Image, res: CheckResult, c: Counts, l1Offset: number,
   }
   inc(img, res, c, l1Offset, bytes);
   if (l1Size === 0) return;
-  const l1 = active ? img.l1 : img.storage.read(l1Offset, bytes);
-  const v = viewOf(l1);
+  const l1 = active ? img.l1 : L1Table.read(img.storage, l1Offset, l1Size);
   for (let i = 0; i < l1Size; i++) {
-    const hi = v.getUint32(i * 8);
-    const lo = v.getUint32(i * 8 + 4);
+    const hi = l1.hiAt(i);
+    const lo = l1.loAt(i);
     if (hi === 0 && lo === 0) continue;
     if (l1ReservedBits(hi, lo)) {
       res.messages.push(`ERROR found L1 entry with reserved bits set: ${hex64(hi, lo)}`);
@@ -240,21 +261,25 @@ function checkL1(img: Qcow2Image, res: CheckResult, c: Counts, l1Offset: number,
   }
 }
 
-function readL2(img: Qcow2Image, offset: number): Uint8Array {
+/** An L2 table as check sees it: the cached copy if any (it may be newer), else the bytes on disk, uncached. */
+function readL2(img: ImageState, offset: number): CachedTable {
   const cached = img.l2Cache.peek(offset);
-  return cached ? cached.data : img.storage.read(offset, img.clusterSize);
+  const data = cached ? cached.data : img.storage.read(offset, img.clusterSize);
+  return { offset, data, view: viewOf(data), dirty: false };
 }
 
 /** Overwrites the standard part of one L2 entry in place (repair); false when that would hit other metadata. */
-function rewriteL2Entry(img: Qcow2Image, l2Offset: number, index: number, lo: number): boolean {
+function rewriteL2Entry(img: ImageState, l2Offset: number, index: number, lo: number): boolean {
   const at = l2Offset + index * img.layout.entrySize;
-  const bytes = new Uint8Array(8);
+  // Only the standard 8-byte part: with extended L2 the subcluster bitmap stays as it is.
+  const bytes = new Uint8Array(L2_ENTRY_SIZE);
   viewOf(bytes).setUint32(4, lo);
   const cached = l2Offset % img.clusterSize === 0 ? img.l2Cache.peek(l2Offset) : undefined;
   try {
-    img.meta.check(at, 8, MetaKind.ActiveL2);
-  } catch {
-    return false;
+    img.meta.check(at, L2_ENTRY_SIZE, MetaKind.ActiveL2);
+  } catch (e) {
+    if (e instanceof OverlapError) return false;
+    throw e;
   }
   img.storage.write(at, bytes);
   img.storage.flush();
@@ -262,20 +287,13 @@ function rewriteL2Entry(img: Qcow2Image, l2Offset: number, index: number, lo: nu
   return true;
 }
 
-function checkL2(img: Qcow2Image, res: CheckResult, c: Counts, l2Offset: number, active: boolean, fix: number): void {
+function checkL2(img: ImageState, res: CheckResult, c: Counts, l2Offset: number, active: boolean, fix: number): void {
   const cs = img.clusterSize;
   const table = readL2(img, l2Offset);
-  const tv = viewOf(table);
   const layout = img.layout;
   let nextContiguous = 0;
   for (let i = 0; i < layout.entries; i++) {
-    const p = i * layout.entrySize;
-    const e: L2Entry = {
-      hi: tv.getUint32(p),
-      lo: tv.getUint32(p + 4),
-      zero: layout.extended ? tv.getUint32(p + 8) : 0,
-      alloc: layout.extended ? tv.getUint32(p + 12) : 0,
-    };
+    const e = layout.get(table, i);
     const type = layout.type(e);
     if (type !== ClusterType.Compressed && l2ReservedBits(e.hi, e.lo)) {
       res.messages.push(`ERROR found l2 entry with reserved bits set: ${hex64(e.hi, e.lo)}`);
@@ -283,9 +301,9 @@ function checkL2(img: Qcow2Image, res: CheckResult, c: Counts, l2Offset: number,
     }
     if (type === ClusterType.Compressed) {
       if (isCopied(e.hi)) {
-        res.messages.push(`ERROR: coffset=0x${decodeCompressed(e.hi, e.lo & ~0, img.clusterBits).offset.toString(16)}: copied flag must never be set for compressed clusters`);
+        res.messages.push(`ERROR: coffset=0x${decodeCompressed(e.hi, e.lo, img.clusterBits).offset.toString(16)}: copied flag must never be set for compressed clusters`);
         res.corruptions++;
-        e.hi = (e.hi & ~OFLAG_COPIED_HI) >>> 0;
+        e.hi = withCopied(e.hi, false);
       }
       const cc = decodeCompressed(e.hi, e.lo, img.clusterBits);
       inc(img, res, c, cc.offset, cc.size);
@@ -309,7 +327,7 @@ function checkL2(img: Qcow2Image, res: CheckResult, c: Counts, l2Offset: number,
             `${repair ? 'Repairing' : 'ERROR'} offset=${offset.toString(16)}: Preallocated cluster is not properly aligned; L2 entry corrupted.`,
           );
           // Nothing is lost by making it a plain zero cluster (QEMU repairs it so).
-          if (repair && rewriteL2Entry(img, l2Offset, i, layout.extended ? 0 : 1)) {
+          if (repair && rewriteL2Entry(img, l2Offset, i, layout.extended ? 0 : OFLAG_ZERO_LO)) {
             res.corruptions--;
             res.corruptionsFixed++;
             continue;
@@ -331,14 +349,14 @@ function checkL2(img: Qcow2Image, res: CheckResult, c: Counts, l2Offset: number,
   }
 }
 
-function checkRefblocks(img: Qcow2Image, res: CheckResult, c: Counts, nbClusters: number, state: { rebuild: boolean }, fix: number): void {
+function checkRefblocks(img: ImageState, res: CheckResult, c: Counts, nbClusters: number, state: { rebuild: boolean }, fix: number): void {
   const cs = img.clusterSize;
   const rt = img.refcounts;
   for (let i = 0; i < rt.table.length; i++) {
     const raw = rt.rawTable[i] ?? rt.table[i];
     if (raw === 0) continue;
     const offset = rt.table[i];
-    if (raw % 512 !== 0) {
+    if (raw % REFTABLE_OFFSET_ALIGN !== 0) {
       res.messages.push(`ERROR refcount table entry ${i} has reserved bits set`);
       res.corruptions++;
       state.rebuild = true;
@@ -382,18 +400,18 @@ function checkRefblocks(img: Qcow2Image, res: CheckResult, c: Counts, nbClusters
 // ------------------------------------------------------------------ comparing
 
 /** Stored refcount of a cluster, or undefined when its refcount block cannot be read. */
-function storedRefcount(img: Qcow2Image, cluster: number): number | undefined {
+function storedRefcount(img: ImageState, cluster: number): number | undefined {
   const rt = img.refcounts;
   const bi = Math.floor(cluster / rt.entriesPerBlock);
   if (bi >= rt.table.length) return 0;
   const off = rt.table[bi];
   if (off === 0) return 0;
   // Offsets with bit 63 set are negative to QEMU's block layer: the read fails.
-  if (off % img.clusterSize !== 0 || off >= 2 ** 63) return undefined;
+  if (off % img.clusterSize !== 0 || off >= INT64_LIMIT) return undefined;
   return rt.get(cluster);
 }
 
-function compare(img: Qcow2Image, res: CheckResult, fix: number, state: { rebuild: boolean }, c: Counts, nbClusters: number): number {
+function compare(img: ImageState, res: CheckResult, fix: number, state: { rebuild: boolean }, c: Counts, nbClusters: number): number {
   let highest = 0;
   for (let i = 0; i < nbClusters; i++) {
     const stored = storedRefcount(img, i);
@@ -417,8 +435,9 @@ function compare(img: Qcow2Image, res: CheckResult, fix: number, state: { rebuil
         if (fixed === 'leaks') res.leaksFixed++;
         else res.corruptionsFixed++;
         continue;
-      } catch {
-        // Could not fix it: count it as found.
+      } catch (e) {
+        // A refused repair write (the engine's own error) is counted as found; bugs propagate.
+        if (!(e instanceof Qcow2Error)) throw e;
       }
     }
     if (stored < computed) res.corruptions++;
@@ -428,87 +447,55 @@ function compare(img: Qcow2Image, res: CheckResult, fix: number, state: { rebuil
   return highest;
 }
 
-function checkOflagCopied(img: Qcow2Image, res: CheckResult, fix: number): void {
+function checkOflagCopied(img: ImageState, res: CheckResult, fix: number): void {
   const cs = img.clusterSize;
   const layout = img.layout;
-  for (let i = 0; i < img.l1Entries; i++) {
-    const l2Offset = img.l2OffsetAt(i);
-    if (l2Offset === 0) continue;
-    const aligned = l2Offset % cs === 0;
-    const rc = storedRefcount(img, Math.floor(l2Offset / cs));
-    if (rc === undefined) continue;
-    const l1Copied = img.l1CopiedAt(i);
-    if ((rc === 1) !== l1Copied) {
-      const l1Entry = getU64(img.l1View, i * 8);
-      if (fix & FIX_ERRORS) {
-        res.messages.push(`Repairing OFLAG_COPIED L2 cluster: l1_index=${i} l1_entry=${l1Entry.toString(16)} refcount=${rc}`);
-        const hi = img.l1View.getUint32(i * 8);
-        img.l1View.setUint32(i * 8, rc === 1 ? (hi | OFLAG_COPIED_HI) >>> 0 : (hi & ~OFLAG_COPIED_HI) >>> 0);
-        img.writeMeta(img.header.l1TableOffset + i * 8, img.l1.slice(i * 8, i * 8 + 8), MetaKind.ActiveL1);
-        res.corruptionsFixed++;
-      } else {
-        res.messages.push(`ERROR OFLAG_COPIED L2 cluster: l1_index=${i} l1_entry=${l1Entry.toString(16)} refcount=${rc}`);
-        res.corruptions++;
+  let aligned = true;
+  walkTree(img, img.l1, {
+    enter(i, l2Offset) {
+      aligned = l2Offset % cs === 0;
+      const rc = storedRefcount(img, Math.floor(l2Offset / cs));
+      if (rc === undefined) return false;
+      if ((rc === 1) !== img.l1.copiedAt(i)) {
+        const l1Entry = img.l1.rawAt(i);
+        if (fix & FIX_ERRORS) {
+          res.messages.push(`Repairing OFLAG_COPIED L2 cluster: l1_index=${i} l1_entry=${l1Entry.toString(16)} refcount=${rc}`);
+          img.l1.setHi(i, withCopied(img.l1.hiAt(i), rc === 1));
+          img.writeL1Entry(i);
+          res.corruptionsFixed++;
+        } else {
+          res.messages.push(`ERROR OFLAG_COPIED L2 cluster: l1_index=${i} l1_entry=${l1Entry.toString(16)} refcount=${rc}`);
+          res.corruptions++;
+        }
       }
-    }
+      return true;
+    },
     // A misaligned table is read where it points (QEMU does) but only reported, never repaired.
-    let table: CachedTable;
-    if (aligned) table = img.l2Cache.get(l2Offset);
-    else {
-      const data = readL2(img, l2Offset);
-      table = { offset: l2Offset, data, view: viewOf(data), dirty: false };
-    }
-    for (let j = 0; j < layout.entries; j++) {
-      const e = layout.get(table, j);
-      const type = layout.type(e);
-      if (type !== ClusterType.Normal && type !== ClusterType.ZeroAlloc) continue;
+    load: (l2Offset) => (aligned ? img.l2Cache.get(l2Offset) : readL2(img, l2Offset)),
+    entry(e, type, j, table) {
+      if (type !== ClusterType.Normal && type !== ClusterType.ZeroAlloc) return;
       // Misaligned offsets are checked too, at the cluster they fall in (QEMU: offset >> cluster_bits).
-      const off = layout.offset(e);
-      const drc = storedRefcount(img, Math.floor(off / cs));
-      if (drc === undefined) continue;
+      const drc = storedRefcount(img, Math.floor(layout.offset(e) / cs));
+      if (drc === undefined) return;
       if ((drc === 1) !== isCopied(e.hi)) {
-        const entry = (e.hi * 2 ** 32 + e.lo).toString(16);
+        const entry = hex64(e.hi, e.lo);
         if (fix & FIX_ERRORS && aligned) {
           res.messages.push(`Repairing OFLAG_COPIED data cluster: l2_entry=${entry} refcount=${drc}`);
-          layout.set(table, j, { ...e, hi: drc === 1 ? (e.hi | OFLAG_COPIED_HI) >>> 0 : (e.hi & ~OFLAG_COPIED_HI) >>> 0 });
+          layout.set(table, j, { ...e, hi: withCopied(e.hi, drc === 1) });
           res.corruptionsFixed++;
         } else {
           res.messages.push(`ERROR OFLAG_COPIED data cluster: l2_entry=${entry} refcount=${drc}`);
           res.corruptions++;
         }
       }
-    }
-  }
+    },
+  });
   if (fix & FIX_ERRORS) img.flush();
 }
 
 // ------------------------------------------------------------------ rebuild
 
 /** Replaces the refcount structure with one built from the computed counts (rebuild_refcount_structure). */
-function rebuildRefcounts(img: Qcow2Image, c: Counts, nbClusters: number): void {
+function rebuildRefcounts(img: ImageState, c: Counts, nbClusters: number): void {
   installRefcountStructure(img, c.table, c.size, img.refcounts.order, Math.max(nbClusters, c.size));
-}
-
-/**
- * Writes a fresh refcount structure of width 2^order for `counts` past
- * `start` and switches the header to it. Returns nothing; img.refcounts is
- * replaced. The old structure's clusters are left for a leak repair (check)
- * or freed by the caller.
- */
-export function installRefcountStructure(img: Qcow2Image, counts: ArrayLike<number>, nbClusters: number, order: number, start: number): void {
-  const cs = img.clusterSize;
-  img.resetCaches();
-  const s = layoutRefcountStructure(counts, nbClusters, order, img.clusterBits, start);
-  for (const [off, data] of s.writes) img.storage.write(off, data);
-  img.storage.flush();
-  img.meta.remove(img.header.refcountTableOffset, img.header.refcountTableClusters * cs);
-  for (const off of img.refcounts.table) if (off !== 0 && off % cs === 0) img.meta.remove(off, cs);
-  img.header.refcountTableOffset = s.tableOffset;
-  img.header.refcountTableClusters = s.tableClusters;
-  img.header.refcountOrder = order;
-  img.writeHeader();
-  img.storage.flush();
-  const fresh = new Refcounts(img, order, s.tableOffset, s.tableClusters, Math.max(4, img.refcounts.cache.capacity));
-  fresh.load();
-  img.refcounts = fresh;
 }

@@ -11,6 +11,7 @@ import {
   COMPRESSION_ZLIB,
   COMPRESSION_ZSTD,
   CRYPT_NONE,
+  DEFAULT_CLUSTER_BITS,
   HEADER_V2_LENGTH,
   HEADER_V3_LENGTH,
   INCOMPAT_COMPRESSION,
@@ -18,6 +19,7 @@ import {
   MAX_BACKING_FILE_NAME,
   MAX_CLUSTER_BITS,
   MIN_CLUSTER_BITS,
+  MIN_EXTL2_CLUSTER_BITS,
   SECTOR_SIZE,
 } from './format/constants.js';
 import { defaultFeatureNames, type HeaderExtensions } from './format/extensions.js';
@@ -43,7 +45,7 @@ export interface ResolvedCreateOptions {
 
 /** Applies qemu-img's defaults and refuses what qemu-img refuses, with its reasons. */
 export function resolveCreateOptions(o: CreateOptions): ResolvedCreateOptions {
-  const cs = o.clusterSize ?? 65536;
+  const cs = o.clusterSize ?? 2 ** DEFAULT_CLUSTER_BITS;
   const clusterBits = Math.log2(cs);
   if (!Number.isInteger(clusterBits) || clusterBits < MIN_CLUSTER_BITS || clusterBits > MAX_CLUSTER_BITS) {
     throw new InvalidArgumentError('Cluster size must be a power of two between 512 and 2048k');
@@ -63,7 +65,7 @@ export function resolveCreateOptions(o: CreateOptions): ResolvedCreateOptions {
   if (o.extendedL2 && version < 3) {
     throw new InvalidArgumentError('Extended L2 entries are only supported with compatibility level 1.1 and above (use compat=1.1 or greater)');
   }
-  if (o.extendedL2 && cs < 16384) {
+  if (o.extendedL2 && cs < 2 ** MIN_EXTL2_CLUSTER_BITS) {
     throw new InvalidArgumentError('Extended L2 entries are only supported with cluster sizes of at least 16384 bytes');
   }
   const compression = (o.compressionType ?? 'zlib') === 'zstd' ? COMPRESSION_ZSTD : COMPRESSION_ZLIB;

@@ -4,7 +4,8 @@
  * low 32 bits, zero bits in the high 32 bits — qcow2.txt "Extended L2 Entries").
  */
 import type { CachedTable } from './cache.js';
-import { ClusterType, entryOffset, l2ClusterType } from './format/entries.js';
+import { L2_ENTRY_SIZE, L2_EXTENDED_ENTRY_SIZE } from './format/constants.js';
+import { ClusterType, clusterTypeOf, entryOffset } from './format/entries.js';
 
 export interface L2Entry {
   hi: number;
@@ -25,7 +26,7 @@ export class L2Layout {
     readonly extended: boolean,
   ) {
     // v2 images take bit 0 as the zero flag too (QEMU's qcow2_get_cluster_type); reading one is refused.
-    this.entrySize = extended ? 16 : 8;
+    this.entrySize = extended ? L2_EXTENDED_ENTRY_SIZE : L2_ENTRY_SIZE;
     this.entries = clusterSize / this.entrySize;
   }
 
@@ -50,7 +51,7 @@ export class L2Layout {
 
   /** QEMU's qcow2_get_cluster_type: the zero flag means nothing with extended L2. */
   type(e: L2Entry): ClusterType {
-    return l2ClusterType(e.hi, e.lo, this.extended ? 2 : 3);
+    return clusterTypeOf(e.hi, e.lo, !this.extended);
   }
 
   offset(e: L2Entry): number {

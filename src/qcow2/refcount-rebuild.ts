@@ -8,8 +8,10 @@
  */
 import { LimitError } from './errors.js';
 import { setU64, viewOf } from './format/bytes.js';
-import { MAX_REFTABLE_BYTES } from './format/constants.js';
+import { MAX_REFTABLE_BYTES, REFTABLE_ENTRY_SIZE } from './format/constants.js';
 import { maxRefcount, refcountEntriesPerBlock, setRefcount } from './format/refcount-block.js';
+import { Refcounts } from './refcount.js';
+import type { ImageState } from './state.js';
 
 export interface RefcountStructure {
   tableOffset: number;
@@ -43,7 +45,7 @@ export function layoutRefcountStructure(counts: ArrayLike<number>, nbClusters: n
     for (let c = start; c < areaEnd; c++) usedBlocks.add(Math.floor(c / perBlock));
     let maxBlock = 0;
     for (const bi of usedBlocks) if (bi > maxBlock) maxBlock = bi;
-    const tc = Math.ceil(((maxBlock + 1) * 8) / cs);
+    const tc = Math.ceil(((maxBlock + 1) * REFTABLE_ENTRY_SIZE) / cs);
     if (usedBlocks.size === newBlocks && tc === tableClusters) break;
     newBlocks = usedBlocks.size;
     tableClusters = Math.max(tc, 1);
@@ -57,7 +59,7 @@ export function layoutRefcountStructure(counts: ArrayLike<number>, nbClusters: n
   const tv = viewOf(table);
   blockIndices.forEach((bi, i) => {
     blocks.set(bi, new Uint8Array(cs));
-    setU64(tv, bi * 8, (start + i) * cs);
+    setU64(tv, bi * REFTABLE_ENTRY_SIZE, (start + i) * cs);
   });
   const put = (c: number, v: number) => {
     const b = blocks.get(Math.floor(c / perBlock))!;
@@ -68,4 +70,31 @@ export function layoutRefcountStructure(counts: ArrayLike<number>, nbClusters: n
   const writes: [number, Uint8Array][] = blockIndices.map((bi, i) => [(start + i) * cs, blocks.get(bi)!]);
   writes.push([tableStart * cs, table]);
   return { tableOffset: tableStart * cs, tableClusters, writes };
+}
+
+/**
+ * Writes a fresh refcount structure of width 2^order for `counts` past
+ * `start` and switches the header to it (blocks and table first, a barrier,
+ * then the header). Returns nothing; the state's refcounts are replaced.
+ * The old structure's clusters are left for a leak repair (check) or freed
+ * by the caller (amend). A failure before the header write leaves the old
+ * structure in force.
+ */
+export function installRefcountStructure(img: ImageState, counts: ArrayLike<number>, nbClusters: number, order: number, start: number): void {
+  const cs = img.clusterSize;
+  img.resetCaches();
+  const s = layoutRefcountStructure(counts, nbClusters, order, img.clusterBits, start);
+  for (const [off, data] of s.writes) img.storage.write(off, data);
+  img.storage.flush();
+  img.meta.remove(img.header.refcountTableOffset, img.header.refcountTableClusters * cs);
+  for (const off of img.refcounts.table) if (off !== 0 && off % cs === 0) img.meta.remove(off, cs);
+  img.header.refcountTableOffset = s.tableOffset;
+  img.header.refcountTableClusters = s.tableClusters;
+  img.header.refcountOrder = order;
+  img.writeHeader();
+  img.storage.flush();
+  // The new cache keeps the old one's size (never below MIN_REFCOUNT_CACHE_TABLES, which the constructor enforces).
+  const fresh = new Refcounts(img, order, s.tableOffset, s.tableClusters, img.refcounts.cache.capacity);
+  fresh.load();
+  img.replaceRefcounts(fresh);
 }

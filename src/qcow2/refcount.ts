@@ -8,10 +8,10 @@
  * points to it; a grown table is written in full, with refcounts for itself,
  * before the header switches to it, and the old one is freed only after.
  */
-import { TableCache, type CachedTable } from './cache.js';
+import { MIN_REFCOUNT_CACHE_TABLES, TableCache, type CachedTable } from './cache.js';
 import { LimitError } from './errors.js';
 import { getU64, setU64, viewOf } from './format/bytes.js';
-import { MAX_HOST_OFFSET, MAX_REFTABLE_BYTES } from './format/constants.js';
+import { MAX_HOST_OFFSET, MAX_REFTABLE_BYTES, REFTABLE_ENTRY_SIZE, REFTABLE_OFFSET_ALIGN } from './format/constants.js';
 import { getRefcount, maxRefcount, refcountEntriesPerBlock, setRefcount } from './format/refcount-block.js';
 import { MetaKind, type MetadataMap } from './overlap.js';
 import type { BlockStorage } from './storage/types.js';
@@ -71,7 +71,7 @@ export class Refcounts {
     this.tableClusters = tableClusters;
     this.table = [];
     this.cache = new TableCache(
-      Math.max(2, cacheTables),
+      Math.max(MIN_REFCOUNT_CACHE_TABLES, cacheTables),
       (off) => host.storage.read(off, this.clusterSize),
       (t) => host.writeMeta(t.offset, t.data, MetaKind.Refblock),
     );
@@ -83,12 +83,12 @@ export class Refcounts {
     const bytes = this.tableClusters * this.clusterSize;
     const buf = this.host.storage.read(this.tableOffset, bytes);
     const v = viewOf(buf);
-    const n = bytes / 8;
+    const n = bytes / REFTABLE_ENTRY_SIZE;
     const table = new Array<number>(n);
     const raw = new Array<number>(n);
     for (let i = 0; i < n; i++) {
-      raw[i] = getU64(v, i * 8);
-      table[i] = raw[i] - (raw[i] % 512);
+      raw[i] = getU64(v, i * REFTABLE_ENTRY_SIZE);
+      table[i] = raw[i] - (raw[i] % REFTABLE_OFFSET_ALIGN);
     }
     this.rawTable = raw;
     // Trailing zero entries are kept: they are part of the on-disk table.
@@ -204,7 +204,17 @@ export class Refcounts {
     }
   }
 
-  /** Allocates n contiguous clusters with refcount 1; returns the host offset. */
+  /**
+   * Allocates n contiguous clusters with refcount 1; returns the host offset.
+   *
+   * Terminates: a retry happens only when ensureBlock took clusters from the
+   * candidate run to build a missing refcount block, and after that attempt
+   * every block covering the run exists. So each retry adds at least one
+   * refcount block, and there are finitely many below MAX_HOST_OFFSET
+   * (findFree throws LimitError there). On failure (LimitError, or an
+   * overlap marking the image corrupt) blocks built so far stay allocated and
+   * counted; the clusters of the run are not.
+   */
   allocClusters(n: number): number {
     for (;;) {
       const start = this.findFree(n);
@@ -261,7 +271,22 @@ export class Refcounts {
     this.freeByteOffset = 0;
   }
 
-  /** Makes sure the refcount block with index bi exists, allocating it. */
+  /**
+   * Makes sure the refcount block with index bi exists, allocating it
+   * (QEMU: alloc_refcount_block). Returns once table[bi] names a block whose
+   * own refcount is durable and the table entry is written.
+   *
+   * Terminates: the block goes to the first free cluster. If that cluster
+   * lies in block bi, the block describes itself and we return. If it lies
+   * in a block that exists, that block counts it and we return. Otherwise
+   * (its block cbi is missing) the nested ensureBlock(cbi) finds the same
+   * first free cluster, now inside the block it builds, so it returns at
+   * once; the loop then sees one more existing block. Growing the table
+   * (growTable) covers its own new area with blocks, so it adds no missing
+   * block for the next round.
+   * On failure (LimitError from growTable, an overlap that marks the image
+   * corrupt) the table and cache are as the last completed step left them.
+   */
   ensureBlock(bi: number): void {
     for (;;) {
       if (bi >= this.table.length) this.growTable(bi + 1);
@@ -302,19 +327,29 @@ export class Refcounts {
   }
 
   private writeTableEntry(bi: number): void {
-    const entry = new Uint8Array(8);
+    const entry = new Uint8Array(REFTABLE_ENTRY_SIZE);
     setU64(viewOf(entry), 0, this.table[bi]);
-    this.host.writeMeta(this.tableOffset + bi * 8, entry, MetaKind.Reftable);
+    this.host.writeMeta(this.tableOffset + bi * REFTABLE_ENTRY_SIZE, entry, MetaKind.Reftable);
   }
 
   /**
    * Moves the refcount table to a bigger one at the end of the allocated
    * area, with fresh refcount blocks for whatever part of the new area no
    * block covers yet (QEMU: qcow2_refcount_area).
+   *
+   * Returns with at least minEntries entries in the table, every cluster of
+   * the new area (new blocks, then the new table) at refcount 1, the header
+   * pointing at the new table and the old table's clusters released.
+   * The size loop reaches a fixed point: table clusters and new blocks only
+   * grow, and each table cluster adds cs/8 entries while each block covers
+   * many clusters, so one more round adds fewer clusters than the last.
+   * On failure: a LimitError comes before any write and changes nothing; a
+   * failed write before the header switch leaves the old table in force and
+   * the new area leaked (check -r leaks reclaims it), never a dangling entry.
    */
   private growTable(minEntries: number): void {
     const cs = this.clusterSize;
-    const perTableCluster = cs / 8;
+    const perTableCluster = cs / REFTABLE_ENTRY_SIZE;
     const start = Math.max(this.allocEnd, Math.ceil(this.host.storage.size() / cs), 1);
     let tableClusters = Math.max(this.tableClusters, 1);
     let newBlocks: number[] = [];
@@ -365,7 +400,7 @@ export class Refcounts {
     }
     const tableBytes = new Uint8Array(tableClusters * cs);
     const tv = viewOf(tableBytes);
-    newTable.forEach((off, i) => setU64(tv, i * 8, off));
+    newTable.forEach((off, i) => setU64(tv, i * REFTABLE_ENTRY_SIZE, off));
     this.host.claimNew(tableStart * cs, tableClusters * cs, MetaKind.Reftable);
     this.host.writeMeta(tableStart * cs, tableBytes, MetaKind.Reftable);
     this.host.barrier();
@@ -413,11 +448,6 @@ export class Refcounts {
 
   noteAllocatedEnd(clusterEnd: number): void {
     this.allocEnd = Math.max(this.allocEnd, clusterEnd);
-  }
-
-  /** The host offset a refcount-table entry names, for check (undefined: entry is 0). */
-  rawTableEntry(bi: number): number {
-    return this.table[bi];
   }
 }
 

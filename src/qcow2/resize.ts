@@ -10,10 +10,12 @@
 import { InvalidArgumentError, UnsupportedFeatureError } from './errors.js';
 import { alignUp } from './format/bytes.js';
 import { SECTOR_SIZE } from './format/constants.js';
-import type { Qcow2Image } from './image.js';
+import { dropL2Table, entryFor, resizeL1 } from './cluster-map.js';
+import type { ImageState } from './state.js';
 import { maxVirtualSize } from './validate.js';
+import { assertZeroizable, dropCluster, zeroRange } from './zero-discard.js';
 
-export function resizeImage(img: Qcow2Image, size: number, shrink: boolean): void {
+export function resizeImage(img: ImageState, size: number, shrink: boolean): void {
   if (!Number.isInteger(size) || size < 0) throw new InvalidArgumentError(`invalid size ${size}`);
   if (size % SECTOR_SIZE !== 0) throw new InvalidArgumentError(`The new size must be a multiple of ${SECTOR_SIZE}`);
   if (size > maxVirtualSize(img.clusterBits, img.layout.extended)) {
@@ -31,35 +33,36 @@ export function resizeImage(img: Qcow2Image, size: number, shrink: boolean): voi
     return;
   }
   const needed = Math.ceil(size / img.bytesPerL1Entry);
-  if (needed > img.l1Entries) img.resizeL1(needed);
+  if (needed > img.l1Entries) resizeL1(img, needed);
   const backingReaches = img.backing !== null && img.backing.virtualSize > old;
   // Over a backing file the new area must hide it: explicit zeros up to the next
   // subcluster boundary, zero (sub)clusters after it (QEMU: BDRV_REQ_ZERO_WRITE),
   // which v2 and compressed clusters cannot express — then the resize is refused.
   const zeroStart = alignUp(old, img.subclusterSize);
-  if (backingReaches && size > zeroStart) img.assertZeroizable(zeroStart);
+  if (backingReaches && size > zeroStart) assertZeroizable(img, zeroStart);
   img.header.size = size;
   img.writeHeader();
+  // The caller called beforeChange; header.size is already the new size, so the ranges below are in bounds.
   if (backingReaches) {
-    img.writeZeroes(old, size - old);
+    zeroRange(img, old, size - old, false);
   } else {
     // The last old cluster may hold bytes past the old end (left by a shrink); the
     // new area must read as zeros. QEMU 7.2 exposes them (see corpus/qemu-stale-tail-after-regrow).
     // Only an allocated cluster can hold such bytes; an unallocated one stays so.
     const tailEnd = Math.min(size, alignUp(old, img.clusterSize));
-    const last = img.entryFor(Math.floor(old / img.clusterSize));
-    if (tailEnd > old && img.layout.offset(last) !== 0) img.writeZeroes(old, tailEnd - old);
+    const last = entryFor(img, Math.floor(old / img.clusterSize));
+    if (tailEnd > old && img.layout.offset(last) !== 0) zeroRange(img, old, tailEnd - old, false);
   }
   img.flush();
 }
 
-function shrinkTo(img: Qcow2Image, size: number): void {
+function shrinkTo(img: ImageState, size: number): void {
   const cs = img.clusterSize;
   const firstDropped = alignUp(size, cs) / cs;
   const clusters = Math.ceil(img.virtualSize / cs);
-  for (let vc = firstDropped; vc < clusters; vc++) img.dropCluster(vc);
+  for (let vc = firstDropped; vc < clusters; vc++) dropCluster(img, vc);
   const firstL1 = Math.ceil(size / img.bytesPerL1Entry);
-  for (let i = firstL1; i < img.l1Entries; i++) img.dropL2Table(i);
+  for (let i = firstL1; i < img.l1Entries; i++) dropL2Table(img, i);
   img.header.size = size;
   img.writeHeader();
   img.flush();

@@ -6,14 +6,16 @@
  */
 import { CorruptImageError, InvalidArgumentError, LimitError, SnapshotError } from './errors.js';
 import { snapshotL1Problem } from './snapshot-table-io.js';
-import { viewOf } from './format/bytes.js';
-import { L1_ENTRY_SIZE, MAX_SNAPSHOTS, OFLAG_COPIED_HI } from './format/constants.js';
-import { ClusterType, decodeCompressed, entryOffset } from './format/entries.js';
+import { L1_ENTRY_SIZE, MAX_SNAPSHOTS } from './format/constants.js';
+import { ClusterType, decodeCompressed, withCopied } from './format/entries.js';
 import { encodeSnapshotTable, type SnapshotEntry } from './format/snapshot-table.js';
-import type { Qcow2Image } from './image.js';
+import { registerActiveL2s, resizeL1 } from './cluster-map.js';
+import { L1Table } from './l1-table.js';
 import { MetaKind } from './overlap.js';
+import type { ImageState } from './state.js';
+import { walkTree } from './tree-walk.js';
 
-export function findSnapshot(img: Qcow2Image, nameOrId: string): number {
+export function findSnapshot(img: ImageState, nameOrId: string): number {
   // QEMU looks the argument up as an id first, then as a name.
   let i = img.snapshots.findIndex((s) => s.id === nameOrId);
   if (i < 0) i = img.snapshots.findIndex((s) => s.name === nameOrId);
@@ -21,7 +23,7 @@ export function findSnapshot(img: Qcow2Image, nameOrId: string): number {
   return i;
 }
 
-function nextSnapshotId(img: Qcow2Image): string {
+function nextSnapshotId(img: ImageState): string {
   let max = 0;
   for (const s of img.snapshots) {
     const n = Number.parseInt(s.id, 10);
@@ -33,55 +35,50 @@ function nextSnapshotId(img: Qcow2Image): string {
 /**
  * Adds `addend` (+1, -1 or 0) to the refcount of every L2 table and data
  * cluster reached from l1 (QEMU: qcow2_update_snapshot_refcount), then sets
- * OFLAG_COPIED on the L2 entries (and, for the active table, L1 entries)
- * exactly where the refcount is 1.
+ * OFLAG_COPIED on the L2 entries and the L1 entries exactly where the
+ * refcount is 1.
  */
-export function updateTreeRefcounts(img: Qcow2Image, l1: Uint8Array, addend: number, active: boolean): void {
-  const v = viewOf(l1);
+export function updateTreeRefcounts(img: ImageState, l1: L1Table, addend: number): void {
   const cs = img.clusterSize;
   const layout = img.layout;
-  const n = l1.length / L1_ENTRY_SIZE;
-  for (let i = 0; i < n; i++) {
-    const hi = v.getUint32(i * 8);
-    const lo = v.getUint32(i * 8 + 4);
-    const l2Offset = entryOffset(hi, lo);
-    if (l2Offset === 0) continue;
-    if (l2Offset % cs !== 0) img.corruption(`L2 table offset ${l2Offset} unaligned (L1 index ${i})`);
-    const table = img.l2Cache.get(l2Offset);
-    for (let j = 0; j < layout.entries; j++) {
-      const e = layout.get(table, j);
-      const type = layout.type(e);
+  walkTree(img, l1, {
+    enter(i, l2Offset) {
+      if (l2Offset % cs !== 0) img.corruption(`L2 table offset ${l2Offset} unaligned (L1 index ${i})`);
+      return true;
+    },
+    entry(e, type, j, _table, l2Offset) {
       if (type === ClusterType.Compressed) {
         if (addend !== 0) {
           const c = decodeCompressed(e.hi, e.lo, img.clusterBits);
           img.refcounts.updateRange(c.offset, c.size, addend);
         }
-        continue;
+        return;
       }
-      if (type !== ClusterType.Normal && type !== ClusterType.ZeroAlloc) continue;
+      if (type !== ClusterType.Normal && type !== ClusterType.ZeroAlloc) return;
       const off = layout.offset(e);
-      if (off % cs !== 0) continue;
+      if (off % cs !== 0) return;
       if (addend !== 0) img.refcounts.updateRange(off, cs, addend);
-      const rc = img.refcounts.getAt(off);
-      const want = rc === 1 ? (e.hi | OFLAG_COPIED_HI) >>> 0 : (e.hi & ~OFLAG_COPIED_HI) >>> 0;
+      const want = withCopied(e.hi, img.refcounts.getAt(off) === 1);
       // A table about to be freed needs no flag updates.
       if (want !== e.hi) {
         const t = img.l2Cache.peek(l2Offset) ?? img.l2Cache.get(l2Offset);
         layout.set(t, j, { ...e, hi: want });
       }
-    }
-    if (addend !== 0) img.refcounts.updateRange(l2Offset, cs, addend);
-    const rc = img.refcounts.getAt(l2Offset);
-    const want = rc === 1 ? (hi | OFLAG_COPIED_HI) >>> 0 : (hi & ~OFLAG_COPIED_HI) >>> 0;
-    if (want !== hi) v.setUint32(i * 8, want);
-  }
+    },
+    leave(i, l2Offset) {
+      if (addend !== 0) img.refcounts.updateRange(l2Offset, cs, addend);
+      const hi = l1.hiAt(i);
+      const want = withCopied(hi, img.refcounts.getAt(l2Offset) === 1);
+      if (want !== hi) l1.setHi(i, want);
+    },
+  });
 }
 
 /**
  * Refuses, before anything is written, a tree reference that would push a
  * refcount past the width's maximum (QEMU fails half-way and leaks there).
  */
-function assertTreeReferenceFits(img: Qcow2Image, l1: Uint8Array): void {
+function assertTreeReferenceFits(img: ImageState, l1: L1Table): void {
   const max = img.refcounts.max;
   if (max >= Number.MAX_SAFE_INTEGER) return;
   const cs = img.clusterSize;
@@ -89,24 +86,22 @@ function assertTreeReferenceFits(img: Qcow2Image, l1: Uint8Array): void {
   const add = (offset: number, bytes: number) => {
     for (let c = Math.floor(offset / cs); c <= Math.floor((offset + bytes - 1) / cs); c++) extra.set(c, (extra.get(c) ?? 0) + 1);
   };
-  const v = viewOf(l1);
   const layout = img.layout;
-  for (let i = 0; i < l1.length / L1_ENTRY_SIZE; i++) {
-    const l2Offset = entryOffset(v.getUint32(i * 8), v.getUint32(i * 8 + 4));
-    if (l2Offset === 0 || l2Offset % cs !== 0) continue;
-    add(l2Offset, cs);
-    const table = img.l2Cache.get(l2Offset);
-    for (let j = 0; j < layout.entries; j++) {
-      const e = layout.get(table, j);
-      const type = layout.type(e);
+  walkTree(img, l1, {
+    enter(_i, l2Offset) {
+      if (l2Offset % cs !== 0) return false;
+      add(l2Offset, cs);
+      return true;
+    },
+    entry(e, type) {
       if (type === ClusterType.Compressed) {
         const c = decodeCompressed(e.hi, e.lo, img.clusterBits);
         add(c.offset, c.size);
       } else if ((type === ClusterType.Normal || type === ClusterType.ZeroAlloc) && layout.offset(e) % cs === 0) {
         add(layout.offset(e), cs);
       }
-    }
-  }
+    },
+  });
   for (const [c, n] of extra) {
     const rc = img.refcounts.get(c);
     if (rc + n > max) {
@@ -118,7 +113,7 @@ function assertTreeReferenceFits(img: Qcow2Image, l1: Uint8Array): void {
 }
 
 /** Writes the snapshot table to new clusters, points the header at it and frees the old one. */
-export function writeSnapshotTable(img: Qcow2Image, entries: SnapshotEntry[]): void {
+export function writeSnapshotTable(img: ImageState, entries: SnapshotEntry[]): void {
   const h = img.header;
   const oldOffset = h.snapshotsOffset;
   const oldSize = h.nbSnapshots > 0 ? img.snapshotTableBytes : 0;
@@ -144,25 +139,25 @@ export function writeSnapshotTable(img: Qcow2Image, entries: SnapshotEntry[]): v
   }
 }
 
-function writeActiveL1(img: Qcow2Image): void {
-  if (img.l1.length === 0) return;
-  img.writeMeta(img.header.l1TableOffset, img.l1, MetaKind.ActiveL1);
+function writeActiveL1(img: ImageState): void {
+  if (img.l1.byteLength === 0) return;
+  img.writeMeta(img.header.l1TableOffset, img.l1.bytes, MetaKind.ActiveL1);
 }
 
-export function createSnapshot(img: Qcow2Image, name: string): void {
+export function createSnapshot(img: ImageState, name: string): void {
   if (name.length === 0) throw new InvalidArgumentError('snapshot name must not be empty');
   if (img.snapshots.length >= MAX_SNAPSHOTS) throw new SnapshotError('too many snapshots');
   img.flush();
   assertTreeReferenceFits(img, img.l1);
-  const l1Bytes = img.l1.length;
+  const l1Bytes = img.l1.byteLength;
   let l1Offset = 0;
   if (l1Bytes > 0) {
     l1Offset = img.refcounts.allocClusters(Math.ceil(l1Bytes / img.clusterSize));
     img.claimNew(l1Offset, l1Bytes, MetaKind.SnapshotL1);
     img.flush();
-    img.writeMeta(l1Offset, img.l1, MetaKind.SnapshotL1);
+    img.writeMeta(l1Offset, img.l1.bytes, MetaKind.SnapshotL1);
   }
-  updateTreeRefcounts(img, img.l1, 1, true);
+  updateTreeRefcounts(img, img.l1, 1);
   img.flush();
   writeActiveL1(img);
   const now = Date.now();
@@ -184,36 +179,32 @@ export function createSnapshot(img: Qcow2Image, name: string): void {
   img.flush();
 }
 
-function readSnapshotL1(img: Qcow2Image, sn: SnapshotEntry): Uint8Array {
+function readSnapshotL1(img: ImageState, sn: SnapshotEntry): L1Table {
   const problem = snapshotL1Problem(img, sn);
   if (problem) throw new CorruptImageError(`snapshot ${sn.id} (${sn.name}): ${problem}`);
-  return sn.l1Size > 0 ? img.storage.read(sn.l1TableOffset, sn.l1Size * L1_ENTRY_SIZE) : new Uint8Array(0);
+  return L1Table.read(img.storage, sn.l1TableOffset, sn.l1Size);
 }
 
-export function applySnapshot(img: Qcow2Image, nameOrId: string): void {
+export function applySnapshot(img: ImageState, nameOrId: string): void {
   const sn = img.snapshots[findSnapshot(img, nameOrId)];
   img.flush();
   const snL1 = readSnapshotL1(img, sn);
   assertTreeReferenceFits(img, snL1);
   const diskSize = sn.diskSize ?? img.virtualSize;
   const needed = Math.max(sn.l1Size, Math.ceil(diskSize / img.bytesPerL1Entry));
-  if (needed > img.l1Entries) img.resizeL1(needed);
+  if (needed > img.l1Entries) resizeL1(img, needed);
   // The snapshot's tree gains the active reference before the old active tree loses it.
-  updateTreeRefcounts(img, snL1, 1, false);
+  updateTreeRefcounts(img, snL1, 1);
   img.flush();
-  const oldL1 = img.l1.slice();
-  const fresh = new Uint8Array(img.l1.length);
-  fresh.set(snL1.subarray(0, fresh.length));
-  img.l1.set(fresh);
+  const oldL1 = new L1Table(img.l1.bytes.slice());
+  // In place: the active table keeps its offset and size, only its entries change.
+  img.l1.bytes.set(L1Table.resizedCopy(snL1.bytes, img.l1Entries).bytes);
   writeActiveL1(img);
   img.storage.flush();
-  for (let i = 0; i < oldL1.length / 8; i++) {
-    const off = entryOffset(viewOf(oldL1).getUint32(i * 8), viewOf(oldL1).getUint32(i * 8 + 4));
-    if (off !== 0) img.meta.remove(off, img.clusterSize);
-  }
-  updateTreeRefcounts(img, oldL1, -1, false);
-  img.registerActiveL2s();
-  updateTreeRefcounts(img, img.l1, 0, true);
+  oldL1.forEachL2((_i, off) => img.meta.remove(off, img.clusterSize));
+  updateTreeRefcounts(img, oldL1, -1);
+  registerActiveL2s(img);
+  updateTreeRefcounts(img, img.l1, 0);
   img.flush();
   writeActiveL1(img);
   if (diskSize !== img.virtualSize) {
@@ -223,34 +214,31 @@ export function applySnapshot(img: Qcow2Image, nameOrId: string): void {
   img.flush();
 }
 
-export function deleteSnapshot(img: Qcow2Image, nameOrId: string): void {
+export function deleteSnapshot(img: ImageState, nameOrId: string): void {
   const idx = findSnapshot(img, nameOrId);
   const sn = img.snapshots[idx];
   img.flush();
   const snL1 = readSnapshotL1(img, sn);
   writeSnapshotTable(img, img.snapshots.filter((_, i) => i !== idx));
-  updateTreeRefcounts(img, snL1, -1, false);
+  updateTreeRefcounts(img, snL1, -1);
   if (sn.l1Size > 0) {
     img.meta.remove(sn.l1TableOffset, sn.l1Size * L1_ENTRY_SIZE);
     img.refcounts.updateRange(sn.l1TableOffset, sn.l1Size * L1_ENTRY_SIZE, -1);
   }
-  updateTreeRefcounts(img, img.l1, 0, true);
+  updateTreeRefcounts(img, img.l1, 0);
   img.flush();
   writeActiveL1(img);
   img.flush();
 }
 
 /** Exposes a snapshot read-only in place of the active layer (qemu-img convert -l / open with snapshot). */
-export function viewSnapshot(img: Qcow2Image, nameOrId: string): void {
+export function viewSnapshot(img: ImageState, nameOrId: string): void {
   const sn = img.snapshots[findSnapshot(img, nameOrId)];
   img.readOnly = true;
   img.viewingSnapshot = sn.name;
   const l1 = readSnapshotL1(img, sn);
   const size = sn.diskSize ?? img.virtualSize;
   const needed = Math.ceil(size / img.bytesPerL1Entry);
-  const padded = new Uint8Array(Math.max(needed, sn.l1Size) * L1_ENTRY_SIZE);
-  padded.set(l1);
-  img.l1 = padded;
-  img.l1View = viewOf(padded);
+  img.l1 = L1Table.resizedCopy(l1.bytes, Math.max(needed, sn.l1Size));
   img.header = { ...img.header, size };
 }

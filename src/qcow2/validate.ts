@@ -23,6 +23,9 @@ import {
   MIN_CLUSTER_BITS,
   SNAPSHOT_HEADER_SIZE,
   L1_ENTRY_SIZE,
+  L2_ENTRY_SIZE,
+  L2_EXTENDED_ENTRY_SIZE,
+  MIN_EXTL2_CLUSTER_BITS,
 } from './format/constants.js';
 import type { FeatureName, HeaderExtensions } from './format/extensions.js';
 import type { BitmapDirEntry } from './format/bitmaps.js';
@@ -30,7 +33,7 @@ import type { Qcow2Header } from './format/header.js';
 
 /** Guest bytes one L1 entry maps. */
 export function bytesPerL1Entry(clusterBits: number, extendedL2: boolean): number {
-  const l2Entries = 2 ** clusterBits / (extendedL2 ? 16 : 8);
+  const l2Entries = 2 ** clusterBits / (extendedL2 ? L2_EXTENDED_ENTRY_SIZE : L2_ENTRY_SIZE);
   return l2Entries * 2 ** clusterBits;
 }
 
@@ -95,7 +98,7 @@ export function validateHeader(h: Qcow2Header, featureNames: FeatureName[] | und
     );
   }
   const extL2 = (h.incompatibleFeatures & INCOMPAT_EXTL2) !== 0n;
-  if (extL2 && h.clusterBits < 14) {
+  if (extL2 && h.clusterBits < MIN_EXTL2_CLUSTER_BITS) {
     throw new InvalidImageError('extended L2 entries need a cluster size of at least 16 KiB');
   }
   if (h.l1Size > MAX_L1_BYTES / L1_ENTRY_SIZE) throw new InvalidImageError(`active L1 table too large (${h.l1Size} entries)`);

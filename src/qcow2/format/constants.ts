@@ -67,6 +67,8 @@ export const L1_ENTRY_SIZE = 8;
 export const L2_ENTRY_SIZE = 8;
 export const L2_EXTENDED_ENTRY_SIZE = 16;
 export const SUBCLUSTERS_PER_CLUSTER = 32;
+/** Extended L2 entries need clusters of 16 KiB or more (qcow2.txt: subclusters of at least 512 bytes). */
+export const MIN_EXTL2_CLUSTER_BITS = 14;
 /** Bits 9..55 hold host offsets in L1, L2 and refcount table entries. */
 export const OFFSET_MASK_HI = 0x00ffffff; // bits 32..55 of the high word
 export const OFFSET_MASK_LO = 0xfffffe00; // bits 9..31 of the low word
@@ -104,3 +106,21 @@ export const BITMAPS_EXT_SIZE = 24;
 
 /** Refcount table entries are u64 host offsets of refcount blocks. */
 export const REFTABLE_ENTRY_SIZE = 8;
+/**
+ * Refcount block offsets are aligned to 512 bytes at least: bits 0..8 of a
+ * table entry are reserved, and QEMU masks them off (REFT_OFFSET_MASK).
+ */
+export const REFTABLE_OFFSET_ALIGN = 512;
+/** Bitmap table entries are u64 (qcow2.txt "Bitmap table"). */
+export const BITMAP_TABLE_ENTRY_SIZE = 8;
+/** Snapshot table entries start on 8-byte boundaries (qcow2.txt "Snapshot table"). */
+export const SNAPSHOT_ENTRY_ALIGN = 8;
+/** "No instruction count" in a snapshot's icount field: all ones. */
+export const SNAPSHOT_ICOUNT_NONE = 0xffffffffffffffffn;
+/**
+ * 2^63: a u64 host offset at or above it is negative to QEMU's block layer
+ * (int64_t), so a read there fails.
+ */
+export const INT64_LIMIT = 2 ** 63;
+/** qemu-img check reads a bitmap directory of at most 64 MiB; a larger one is only counted. */
+export const CHECK_MAX_BITMAP_DIRECTORY_BYTES = 64 * 1024 * 1024;

@@ -56,9 +56,17 @@ export function makeEntry(offset: number, copied: boolean, zero = false): [numbe
 
 /** Type of a standard L2 entry; v2 images have no zero flag (the bit is reserved there). */
 export function l2ClusterType(hi: number, lo: number, version: number): ClusterType {
+  return clusterTypeOf(hi, lo, version >= 3);
+}
+
+/**
+ * Type of an L2 entry; `zeroFlag` says whether bit 0 means "reads as zeros"
+ * (standard entries; with extended L2 the subcluster bitmap says it instead).
+ */
+export function clusterTypeOf(hi: number, lo: number, zeroFlag: boolean): ClusterType {
   if (hi & OFLAG_COMPRESSED_HI) return ClusterType.Compressed;
   const off = entryOffset(hi, lo);
-  if (version >= 3 && lo & OFLAG_ZERO_LO) return off ? ClusterType.ZeroAlloc : ClusterType.ZeroPlain;
+  if (zeroFlag && lo & OFLAG_ZERO_LO) return off ? ClusterType.ZeroAlloc : ClusterType.ZeroPlain;
   return off ? ClusterType.Normal : ClusterType.Unallocated;
 }
 
@@ -126,4 +134,9 @@ export function subclusterType(
   if (a) return clusterType === ClusterType.Unallocated ? SubclusterType.Invalid : SubclusterType.Normal;
   if (z) return SubclusterType.Zero;
   return SubclusterType.Unallocated;
+}
+
+/** The high word with OFLAG_COPIED set or cleared: set exactly where the refcount is 1. */
+export function withCopied(hi: number, copied: boolean): number {
+  return copied ? (hi | OFLAG_COPIED_HI) >>> 0 : (hi & ~OFLAG_COPIED_HI) >>> 0;
 }

@@ -4,7 +4,12 @@
  */
 import { InvalidImageError } from '../errors.js';
 import { alignUp, decodeString, encodeString, getU64, setU64, viewOf } from './bytes.js';
-import { MAX_SNAPSHOT_EXTRA_DATA, SNAPSHOT_EXTRA_V3_SIZE, SNAPSHOT_HEADER_SIZE } from './constants.js';
+import { MAX_SNAPSHOT_EXTRA_DATA, SNAPSHOT_ENTRY_ALIGN, SNAPSHOT_ICOUNT_NONE, SNAPSHOT_EXTRA_V3_SIZE, SNAPSHOT_HEADER_SIZE } from './constants.js';
+
+/** Offsets, inside an entry's fixed header, of the sizes a reader needs first (qcow2.txt "Snapshot table"). */
+export const SNAPSHOT_ID_SIZE_AT = 12;
+export const SNAPSHOT_NAME_SIZE_AT = 14;
+export const SNAPSHOT_EXTRA_SIZE_AT = 36;
 
 export interface SnapshotEntry {
   l1TableOffset: number;
@@ -26,7 +31,7 @@ export interface SnapshotEntry {
 
 export function snapshotEntrySize(e: SnapshotEntry): number {
   const extra = SNAPSHOT_EXTRA_V3_SIZE + e.extraUnknown.length;
-  return alignUp(SNAPSHOT_HEADER_SIZE + extra + encodeString(e.id).length + encodeString(e.name).length, 8);
+  return alignUp(SNAPSHOT_HEADER_SIZE + extra + encodeString(e.id).length + encodeString(e.name).length, SNAPSHOT_ENTRY_ALIGN);
 }
 
 /** Decodes `count` entries from buf; throws on entries running past buf. */
@@ -38,9 +43,9 @@ export function decodeSnapshotTable(buf: Uint8Array, count: number): SnapshotEnt
     if (pos + SNAPSHOT_HEADER_SIZE > buf.length) {
       throw new InvalidImageError(`snapshot table entry ${i} runs past the end of the table`);
     }
-    const idSize = v.getUint16(pos + 12);
-    const nameSize = v.getUint16(pos + 14);
-    const extraSize = v.getUint32(pos + 36);
+    const idSize = v.getUint16(pos + SNAPSHOT_ID_SIZE_AT);
+    const nameSize = v.getUint16(pos + SNAPSHOT_NAME_SIZE_AT);
+    const extraSize = v.getUint32(pos + SNAPSHOT_EXTRA_SIZE_AT);
     if (extraSize > MAX_SNAPSHOT_EXTRA_DATA) {
       throw new InvalidImageError(`snapshot ${i} has ${extraSize} bytes of extra data (limit ${MAX_SNAPSHOT_EXTRA_DATA})`);
     }
@@ -66,7 +71,7 @@ export function decodeSnapshotTable(buf: Uint8Array, count: number): SnapshotEnt
     e.id = decodeString(buf.subarray(idStart, idStart + idSize));
     e.name = decodeString(buf.subarray(idStart + idSize, idStart + idSize + nameSize));
     out.push(e);
-    pos = alignUp(end, 8);
+    pos = alignUp(end, SNAPSHOT_ENTRY_ALIGN);
   }
   return out;
 }
@@ -88,18 +93,18 @@ export function encodeSnapshotTable(entries: SnapshotEntry[]): Uint8Array {
     const extraSize = SNAPSHOT_EXTRA_V3_SIZE + e.extraUnknown.length;
     setU64(v, pos, e.l1TableOffset);
     v.setUint32(pos + 8, e.l1Size);
-    v.setUint16(pos + 12, id.length);
-    v.setUint16(pos + 14, name.length);
+    v.setUint16(pos + SNAPSHOT_ID_SIZE_AT, id.length);
+    v.setUint16(pos + SNAPSHOT_NAME_SIZE_AT, name.length);
     v.setUint32(pos + 16, e.dateSec);
     v.setUint32(pos + 20, e.dateNsec);
     setU64(v, pos + 24, e.vmClockNsec);
     const vmState = e.vmStateSizeLarge ?? e.vmStateSize;
     v.setUint32(pos + 32, vmState > 0xffffffff ? 0 : vmState);
-    v.setUint32(pos + 36, extraSize);
+    v.setUint32(pos + SNAPSHOT_EXTRA_SIZE_AT, extraSize);
     const ex = pos + SNAPSHOT_HEADER_SIZE;
     setU64(v, ex, vmState);
     setU64(v, ex + 8, e.diskSize ?? 0);
-    v.setBigUint64(ex + 16, e.icount ?? 0xffffffffffffffffn);
+    v.setBigUint64(ex + 16, e.icount ?? SNAPSHOT_ICOUNT_NONE);
     buf.set(e.extraUnknown, ex + 24);
     buf.set(id, ex + extraSize);
     buf.set(name, ex + extraSize + id.length);

@@ -1,0 +1,145 @@
+/**
+ * Guest reads and block status (QEMU: qcow2_co_preadv_part,
+ * qcow2_co_block_status): each guest cluster is read from its data
+ * cluster, as zeros, from the backing file, or decompressed, per subcluster
+ * with extended L2 entries.
+ */
+import { decompressCluster } from './compress.js';
+import { ClusterType, decodeCompressed } from './format/entries.js';
+import { dataClusterOffset, entryFor, forEachClusterPiece } from './cluster-map.js';
+import type { L2Entry } from './l2.js';
+import type { ImageState } from './state.js';
+
+export interface BlockStatus {
+  length: number;
+  zero: boolean;
+  allocated: boolean;
+}
+
+export type SubclusterState = 'normal' | 'zero' | 'unallocated';
+
+/** Reads guest bytes without the virtual-size bound (COW of the last partial cluster needs that). */
+export function readGuest(s: ImageState, offset: number, dst: Uint8Array): void {
+  forEachClusterPiece(s.clusterSize, offset, dst.length, (vc, inOff, done, n) => readInCluster(s, vc, inOff, dst.subarray(done, done + n)));
+}
+
+function readInCluster(s: ImageState, vc: number, inOff: number, dst: Uint8Array): void {
+  const e = entryFor(s, vc);
+  const type = s.layout.type(e);
+  const guestBase = vc * s.clusterSize;
+  if (type === ClusterType.Compressed) {
+    dst.set(decompressed(s, e).subarray(inOff, inOff + dst.length));
+    return;
+  }
+  refuseV2ZeroCluster(s, type, vc);
+  if (!s.layout.extended) {
+    switch (type) {
+      case ClusterType.Unallocated:
+        readBacking(s, guestBase + inOff, dst);
+        return;
+      case ClusterType.ZeroPlain:
+      case ClusterType.ZeroAlloc:
+        dst.fill(0);
+        return;
+      default:
+        s.storage.readInto(dataClusterOffset(s, e, vc) + inOff, dst);
+        return;
+    }
+  }
+  // Extended L2: each subcluster has its own state.
+  const scs = s.subclusterSize;
+  let done = 0;
+  while (done < dst.length) {
+    const pos = inOff + done;
+    const sc = Math.floor(pos / scs);
+    const n = Math.min((sc + 1) * scs - pos, dst.length - done);
+    const part = dst.subarray(done, done + n);
+    const st = subclusterState(s, e, type, sc, vc);
+    if (st === 'normal') s.storage.readInto(dataClusterOffset(s, e, vc) + pos, part);
+    else if (st === 'zero') part.fill(0);
+    else readBacking(s, guestBase + pos, part);
+    done += n;
+  }
+}
+
+/** v2 has no zero clusters; QEMU signals corruption on one ("Zero cluster entry found in pre-v3 image"). */
+function refuseV2ZeroCluster(s: ImageState, type: ClusterType, vc: number): void {
+  if (s.version < 3 && (type === ClusterType.ZeroPlain || type === ClusterType.ZeroAlloc)) {
+    s.corruption(`zero cluster entry found in pre-v3 image (guest cluster ${vc})`);
+  }
+}
+
+/** State of subcluster sc of an extended entry; a forbidden bitmap combination is corruption. */
+export function subclusterState(s: ImageState, e: L2Entry, type: ClusterType, sc: number, vc: number): SubclusterState {
+  const a = (e.alloc >>> sc) & 1;
+  const z = (e.zero >>> sc) & 1;
+  if (a && z) s.corruption(`invalid subcluster bitmap (guest cluster ${vc}, subcluster ${sc})`);
+  if (a) {
+    if (type === ClusterType.Unallocated) s.corruption(`subcluster allocated in an unallocated cluster (guest cluster ${vc})`);
+    return 'normal';
+  }
+  return z ? 'zero' : 'unallocated';
+}
+
+/** Backing file bytes; past the backing file's end (or without one) the guest reads zeros. */
+function readBacking(s: ImageState, offset: number, dst: Uint8Array): void {
+  const b = s.backing;
+  if (!b || offset >= b.virtualSize) {
+    dst.fill(0);
+    return;
+  }
+  const n = Math.min(dst.length, b.virtualSize - offset);
+  b.readInto(offset, dst.subarray(0, n));
+  if (n < dst.length) dst.fill(0, n);
+}
+
+function decompressed(s: ImageState, e: L2Entry): Uint8Array {
+  const c = decodeCompressed(e.hi, e.lo, s.clusterBits);
+  if (s.lastDecompressed?.offset === c.offset) return s.lastDecompressed.data;
+  if (c.offset < s.clusterSize) s.corruption(`compressed cluster at offset ${c.offset} overlaps the image header`);
+  const src = s.storage.read(c.offset, c.size);
+  const data = decompressCluster(s.compressionType, src, s.clusterSize);
+  s.lastDecompressed = { offset: c.offset, data };
+  return data;
+}
+
+/** Status of [offset, offset+length) from offset on: the longest run of one (zero, allocated) state. */
+export function blockStatus(s: ImageState, offset: number, length: number): BlockStatus {
+  const first = statusAt(s, offset);
+  let len = Math.min(first.until - offset, length);
+  while (len < length) {
+    const next = statusAt(s, offset + len);
+    if (next.zero !== first.zero || next.allocated !== first.allocated) break;
+    len = Math.min(next.until - offset, length);
+  }
+  return { length: len, zero: first.zero, allocated: first.allocated };
+}
+
+function statusAt(s: ImageState, pos: number): { until: number; zero: boolean; allocated: boolean } {
+  const cs = s.clusterSize;
+  const vc = Math.floor(pos / cs);
+  const l1Index = Math.floor(vc / s.layout.entries);
+  if (l1Index < s.l1Entries && s.l1.l2OffsetAt(l1Index) === 0) {
+    return { until: (l1Index + 1) * s.bytesPerL1Entry, ...unallocatedStatus(s, pos) };
+  }
+  const e = entryFor(s, vc);
+  const type = s.layout.type(e);
+  const end = (vc + 1) * cs;
+  if (type === ClusterType.Compressed) return { until: end, zero: false, allocated: true };
+  refuseV2ZeroCluster(s, type, vc);
+  if (!s.layout.extended) {
+    if (type === ClusterType.Unallocated) return { until: end, ...unallocatedStatus(s, pos) };
+    if (type === ClusterType.Normal) return { until: end, zero: false, allocated: true };
+    return { until: end, zero: true, allocated: true };
+  }
+  const sc = Math.floor((pos - vc * cs) / s.subclusterSize);
+  const until = vc * cs + (sc + 1) * s.subclusterSize;
+  const st = subclusterState(s, e, type, sc, vc);
+  if (st === 'normal') return { until, zero: false, allocated: true };
+  if (st === 'zero') return { until, zero: true, allocated: true };
+  return { until, ...unallocatedStatus(s, pos) };
+}
+
+function unallocatedStatus(s: ImageState, pos: number): { zero: boolean; allocated: boolean } {
+  return { zero: !s.backing || pos >= s.backing.virtualSize, allocated: false };
+}

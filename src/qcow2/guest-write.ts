@@ -1,0 +1,160 @@
+/**
+ * Guest writes with copy-on-write (QEMU: qcow2_co_pwritev_part and
+ * handle_copied/handle_alloc; imago cow.rs): a cluster this layer owns
+ * alone (COPIED) is written in place, anything else gets a fresh cluster
+ * holding the old guest content with the new bytes laid over it, and the
+ * L2 entry is switched to it. Compressed writes pack whole clusters.
+ *
+ * Ordering: the data is written first (ImageState.writeData notes it), the
+ * L2 entry changes in the cache, and the cache writes that table only after
+ * a barrier (ImageState.writeBackL2). The old cluster is freed after the
+ * next flush (Refcounts.freeLater).
+ */
+import type { CachedTable } from './cache.js';
+import { compressCluster } from './compress.js';
+import { InvalidArgumentError } from './errors.js';
+import { ClusterType, encodeCompressed, isCopied } from './format/entries.js';
+import {
+  dataClusterOffset,
+  entryFor,
+  entryParts,
+  entryWith,
+  forEachClusterPiece,
+  freeEntryClusters,
+  setEntry,
+  writableL2,
+} from './cluster-map.js';
+import { readGuest, subclusterState } from './guest-read.js';
+import { ALL_SUBCLUSTERS, subclusterMask, type L2Entry } from './l2.js';
+import type { ImageState } from './state.js';
+
+/** Writes guest bytes cluster by cluster; the caller checked the range and called beforeChange. */
+export function writeGuest(s: ImageState, offset: number, data: Uint8Array): void {
+  forEachClusterPiece(s.clusterSize, offset, data.length, (vc, inOff, done, n) => writeInCluster(s, vc, inOff, data.subarray(done, done + n)));
+}
+
+function writeInCluster(s: ImageState, vc: number, inOff: number, data: Uint8Array): void {
+  const cs = s.clusterSize;
+  const { table, index } = writableL2(s, vc);
+  const old = s.layout.get(table, index);
+  const type = s.layout.type(old);
+  const copied = isCopied(old.hi);
+  if (!s.layout.extended) {
+    if (copied && type === ClusterType.Normal) {
+      s.writeData(dataClusterOffset(s, old, vc) + inOff, data);
+      return;
+    }
+    if (copied && type === ClusterType.ZeroAlloc) {
+      // Reused in place (QEMU: cluster_needs_new_alloc is false); the rest of it reads as zeros.
+      const host = dataClusterOffset(s, old, vc);
+      const buf = new Uint8Array(cs);
+      buf.set(data, inOff);
+      s.writeData(host, buf);
+      setEntry(s, table, index, entryWith(host, true));
+      return;
+    }
+    const buf = clusterWithOverlay(s, vc, inOff, data, type === ClusterType.Unallocated || type === ClusterType.ZeroPlain);
+    const host = s.refcounts.allocClusters(1);
+    s.writeData(host, buf);
+    setEntry(s, table, index, entryWith(host, true));
+    freeEntryClusters(s, old);
+    return;
+  }
+  writeInClusterExtended(s, { vc, inOff, data, table, index, old, type, copied });
+}
+
+interface ExtendedWrite {
+  vc: number;
+  inOff: number;
+  data: Uint8Array;
+  table: CachedTable;
+  index: number;
+  old: L2Entry;
+  type: ClusterType;
+  copied: boolean;
+}
+
+/** Extended L2: only the subclusters the write touches change state; the others keep theirs. */
+function writeInClusterExtended(s: ImageState, w: ExtendedWrite): void {
+  const { vc, inOff, data, table, index, old, type, copied } = w;
+  const scs = s.subclusterSize;
+  const first = Math.floor(inOff / scs);
+  const last = Math.floor((inOff + data.length - 1) / scs);
+  const touched = subclusterMask(first, last - first + 1);
+  if (copied && type === ClusterType.Normal) {
+    const host = dataClusterOffset(s, old, vc);
+    for (let sc = first; sc <= last; sc++) subclusterState(s, old, type, sc, vc);
+    if ((old.alloc & touched) === touched) {
+      s.writeData(host + inOff, data);
+    } else {
+      // Partially written subclusters that were not allocated get their old content around the data.
+      const start = first * scs;
+      const buf = new Uint8Array((last + 1) * scs - start);
+      readGuest(s, vc * s.clusterSize + start, buf);
+      buf.set(data, inOff - start);
+      s.writeData(host + start, buf);
+    }
+    setEntry(s, table, index, { hi: old.hi, lo: old.lo, alloc: (old.alloc | touched) >>> 0, zero: (old.zero & ~touched) >>> 0 });
+    return;
+  }
+  const host = s.refcounts.allocClusters(1);
+  let alloc: number;
+  let zero: number;
+  if (type === ClusterType.Compressed) {
+    alloc = ALL_SUBCLUSTERS;
+    zero = 0;
+  } else {
+    const kept = type === ClusterType.Normal ? old.alloc : 0;
+    alloc = (kept | touched) >>> 0;
+    zero = (old.zero & ~touched) >>> 0;
+  }
+  const buf = clusterWithOverlay(s, vc, inOff, data, false);
+  s.writeData(host, buf);
+  setEntry(s, table, index, { ...entryParts(host, true), alloc, zero });
+  freeEntryClusters(s, old);
+}
+
+/** The guest content of cluster vc with data laid over it at inOff (the COW buffer). */
+function clusterWithOverlay(s: ImageState, vc: number, inOff: number, data: Uint8Array, zeroIfNoBacking: boolean): Uint8Array {
+  const cs = s.clusterSize;
+  const buf = new Uint8Array(cs);
+  if (data.length < cs && !(zeroIfNoBacking && !s.backing)) readGuest(s, vc * cs, buf);
+  buf.set(data, inOff);
+  return buf;
+}
+
+/**
+ * Compressed write of whole clusters (the last one may end at the image
+ * end); the caller checked the range. Refuses unaligned requests before
+ * anything changes, then marks the change (beforeChange).
+ */
+export function writeCompressedGuest(s: ImageState, offset: number, data: Uint8Array): void {
+  const cs = s.clusterSize;
+  if (offset % cs !== 0 || (data.length % cs !== 0 && offset + data.length !== s.virtualSize)) {
+    throw new InvalidArgumentError('compressed writes must cover whole clusters (or reach the end of the image)');
+  }
+  s.beforeChange();
+  for (let done = 0; done < data.length; done += cs) {
+    const chunk = new Uint8Array(cs);
+    chunk.set(data.subarray(done, Math.min(done + cs, data.length)));
+    writeCompressedCluster(s, (offset + done) / cs, chunk);
+  }
+}
+
+function writeCompressedCluster(s: ImageState, vc: number, chunk: Uint8Array): void {
+  const packed = compressCluster(s.compressionType, chunk, s.clusterSize);
+  if (!packed) {
+    // Incompressible: QEMU writes the cluster uncompressed.
+    writeInCluster(s, vc, 0, chunk);
+    return;
+  }
+  const current = entryFor(s, vc);
+  if (s.layout.offset(current) !== 0 || s.layout.type(current) === ClusterType.Compressed) {
+    throw new InvalidArgumentError(`compressed write to guest cluster ${vc}, which is already allocated`);
+  }
+  const { table, index } = writableL2(s, vc);
+  const host = s.refcounts.allocBytes(packed.length);
+  s.writeData(host, packed);
+  const [hi, lo] = encodeCompressed(host, packed.length, s.clusterBits);
+  setEntry(s, table, index, { hi, lo, zero: 0, alloc: 0 });
+}

@@ -1,0 +1,127 @@
+/**
+ * Opening an image (QEMU: qcow2_do_open) and finishing a fresh one
+ * (qcow2_co_create, preallocation=metadata): read the header, then the L1
+ * table, size the caches, read the refcount and snapshot tables, open the
+ * backing file, validate bitmaps, and for a read-write open clear
+ * autoclear bits and repair a dirty image.
+ */
+import { DEFAULT_L2_CACHE_BYTES, L2_TO_REFCOUNT_CACHE_RATIO, MIN_REFCOUNT_CACHE_TABLES } from './cache.js';
+import { checkImage } from './check.js';
+import { entryParts, loadL1, registerActiveL2s, resizeL1, setEntry, writableL2 } from './cluster-map.js';
+import { createLayout } from './create.js';
+import { CorruptImageError, UnsupportedFeatureError } from './errors.js';
+import { decodeBitmapDirectory } from './format/bitmaps.js';
+import { AUTOCLEAR_BITMAPS, CRYPT_NONE, INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE, INCOMPAT_DIRTY } from './format/constants.js';
+import { ALL_SUBCLUSTERS } from './l2.js';
+import { MetaKind } from './overlap.js';
+import { Refcounts } from './refcount.js';
+import { viewSnapshot } from './snapshot.js';
+import { loadSnapshots } from './snapshot-table-io.js';
+import { ImageState } from './state.js';
+import type { BlockStorage } from './storage/types.js';
+import type { CreateOptions, OpenOptions } from './types.js';
+import { validateBitmapDirectory } from './validate.js';
+
+export function openState(storage: BlockStorage, opts: OpenOptions): ImageState {
+  const s = new ImageState(storage, opts);
+  load(s);
+  return s;
+}
+
+/** Writes a new image's first cluster and tables, opens it read-write and sizes its L1 table. */
+export function createState(storage: BlockStorage, opts: CreateOptions, open: OpenOptions): ImageState {
+  const resolved = createLayout(storage, opts);
+  const s = openState(storage, { ...open, readOnly: false });
+  s.header.size = resolved.size;
+  resizeL1(s, Math.ceil(s.header.size / s.bytesPerL1Entry));
+  if (opts.preallocation === 'metadata') preallocateMetadata(s);
+  s.flush();
+  return s;
+}
+
+function load(s: ImageState): void {
+  const h = s.header;
+  const o = s.openOptions;
+  if (h.incompatibleFeatures & INCOMPAT_CORRUPT && !s.readOnly && !o.forCheck) {
+    throw new CorruptImageError('image is marked corrupt; open it read-only, or repair it with check -r all');
+  }
+  s.meta.add(0, s.clusterSize, MetaKind.Header);
+  loadL1(s, h.l1TableOffset, h.l1Size);
+  // No more L2 tables than the L1 table can name.
+  s.makeL2Cache(Math.min(h.l1Size, Math.floor(cacheBudget(s, 'l2') / s.clusterSize)));
+  const refTables = Math.floor(cacheBudget(s, 'refcount') / s.clusterSize);
+  s.refcounts = new Refcounts(s, h.refcountOrder, h.refcountTableOffset, h.refcountTableClusters, refTables);
+  s.refcounts.load();
+  if (h.nbSnapshots > 0) {
+    const loaded = loadSnapshots(s, o.forCheck ?? false);
+    s.snapshots = loaded.entries;
+    s.snapshotTableIncompleteAt = loaded.incompleteAt;
+    s.snapshotTableBytes = loaded.bytes;
+  }
+  registerActiveL2s(s);
+  // check never needs the backing chain (qemu-img check opens with BDRV_O_NO_BACKING).
+  if (s.backingFile !== undefined && o.openBacking && !o.forCheck) {
+    const fmt = s.ext.backingFormat;
+    if (fmt !== undefined && fmt !== 'raw' && fmt !== 'qcow2') {
+      throw new UnsupportedFeatureError(`backing file format '${fmt}' is not supported (only qcow2 and raw)`);
+    }
+    s.backing = o.openBacking(s.backingFile, fmt);
+  }
+  validateBitmaps(s);
+  if (!s.readOnly) prepareReadWrite(s);
+  if (o.snapshot !== undefined) viewSnapshot(s, o.snapshot);
+}
+
+/** Cache budgets in bytes, as qemu's l2-cache-size / refcount-cache-size options and defaults give them. */
+function cacheBudget(s: ImageState, which: 'l2' | 'refcount'): number {
+  if (which === 'l2') return s.openOptions.l2CacheSize ?? DEFAULT_L2_CACHE_BYTES;
+  return (
+    s.openOptions.refcountCacheSize ??
+    Math.max(MIN_REFCOUNT_CACHE_TABLES * s.clusterSize, DEFAULT_L2_CACHE_BYTES / L2_TO_REFCOUNT_CACHE_RATIO)
+  );
+}
+
+function prepareReadWrite(s: ImageState): void {
+  const h = s.header;
+  if (h.cryptMethod !== CRYPT_NONE) throw new UnsupportedFeatureError('encrypted images cannot be opened read-write');
+  if (h.incompatibleFeatures & INCOMPAT_DATA_FILE) {
+    throw new UnsupportedFeatureError('images with an external data file are not supported for writing');
+  }
+  if (h.autoclearFeatures !== 0n) {
+    // Autoclear bits promise consistency of features we do not maintain (bitmaps included):
+    // clear every one we will not keep up to date, as the spec asks of a writer.
+    h.autoclearFeatures = 0n;
+    s.writeHeader();
+  }
+  if (h.incompatibleFeatures & INCOMPAT_DIRTY && !s.openOptions.forCheck && (s.openOptions.repairDirty ?? true)) {
+    repairDirty(s);
+  }
+}
+
+/** Repairs the refcounts of an image left dirty by lazy refcounts (QEMU does this on open). */
+function repairDirty(s: ImageState): void {
+  checkImage(s, 'all');
+  s.clearDirtyBit();
+}
+
+/** QEMU refuses to open an image whose bitmap directory it cannot trust; so do we. */
+function validateBitmaps(s: ImageState): void {
+  const b = s.ext.bitmaps;
+  if (!b || !(s.header.autoclearFeatures & AUTOCLEAR_BITMAPS) || b.nbBitmaps === 0) return;
+  const dir = decodeBitmapDirectory(s.storage.read(b.bitmapDirectoryOffset, b.bitmapDirectorySize), b.nbBitmaps);
+  validateBitmapDirectory(s.header, dir);
+}
+
+/** preallocation=metadata: every guest cluster gets an L2 entry and a host cluster (imago preallocation.rs). */
+function preallocateMetadata(s: ImageState): void {
+  const cs = s.clusterSize;
+  const clusters = Math.ceil(s.virtualSize / cs);
+  for (let vc = 0; vc < clusters; vc++) {
+    const { table, index } = writableL2(s, vc);
+    const host = s.refcounts.allocClusters(1);
+    const e = entryParts(host, true);
+    setEntry(s, table, index, s.layout.extended ? { ...e, alloc: ALL_SUBCLUSTERS, zero: 0 } : { ...e, zero: 0, alloc: 0 });
+  }
+  const end = s.refcounts.allocatedEnd * cs;
+  if (s.storage.size() < end) s.storage.truncate(end);
+}

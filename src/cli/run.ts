@@ -37,6 +37,14 @@ export const COMMANDS: Record<string, CommandEntry> = {
     load: async () => (await import('./commands/merge.js')).mergeCommand,
   },
   bench: { summary: 'measure our engine against qemu-img/qemu-io', load: async () => (await import('./commands/bench.js')).benchCommand },
+  'target-check': {
+    summary: "check a cmd:PROGRAM's protocol handling, one line per problem",
+    // Parses its own one operand and prints to the process streams (see target-check.ts).
+    load: async () => {
+      const { targetCheckCommand } = await import('../harness/target-check.js');
+      return (argv) => targetCheckCommand(argv);
+    },
+  },
 };
 
 export function mainHelp(): string {

@@ -16,8 +16,9 @@ import { minimizeTrace } from './minimize.js';
 import { formatOp } from './ops.js';
 import { replayEntry } from './replay.js';
 import { reproScript } from './repro.js';
+import { readerReproScript } from './reader/repro.js';
 import { formatFailure, runCampaign, type CampaignStats, type FailureReport } from './runner.js';
-import { makeTarget } from './targets/index.js';
+import { makeTarget, type ProducerSpec } from './targets/index.js';
 
 /** Where a command prints (the CLI's context, or the process streams). */
 export interface Output {
@@ -29,6 +30,8 @@ export interface Output {
 
 export interface FuzzOptions {
   target: string;
+  /** Reader mode: this engine writes every image, the target reads it. */
+  producer?: ProducerSpec;
   seed: number;
   timeSec?: number;
   runs?: number;
@@ -57,6 +60,11 @@ export interface FuzzSummary {
   opsPerSecond: number;
   corpus: string[];
   failureReports: FailureReport[];
+  producer?: string;
+  /** Runs the implementation really read or ran (not declined). */
+  readRuns: number;
+  refusals: Record<string, number>;
+  declined: string[];
 }
 
 /** A campaign's counters as progress reports carry them. */
@@ -92,6 +100,7 @@ export async function runFuzz(o: FuzzOptions, out: Output, sink?: ProgressSink):
       concurrency: Math.max(2, o.jobs),
       corpusDir: o.corpusDir,
       maxOps: o.maxOps,
+      producer: o.producer,
       onProgress: (s) => progress({ runs: s.runs, ops: s.ops, failures: s.failures.length, elapsedSeconds: s.elapsedSeconds }),
     });
   }
@@ -111,6 +120,10 @@ export async function runFuzz(o: FuzzOptions, out: Output, sink?: ProgressSink):
     opsPerSecond: round1(stats.ops / Math.max(stats.elapsedSeconds, 1e-9)),
     corpus: stats.corpus,
     failureReports: stats.failures,
+    producer: o.producer ?? (stats.readerMode ? 'qemu' : undefined),
+    readRuns: stats.runs - stats.refusedRuns,
+    refusals: stats.refusals,
+    declined: stats.declined,
   };
   const human = humanSummary(summary);
   if (o.json) {
@@ -130,6 +143,14 @@ function humanSummary(s: FuzzSummary): string {
     `${s.target}: ${s.runs} runs (${s.shrinkRuns} more while shrinking), ${s.ops} ops, ${s.qemuImgChecks} qemu-img checks in ${s.elapsedSeconds} s` +
       ` (${s.runsPerSecond} runs/s, ${s.opsPerSecond} ops/s); seed ${s.seed}, shard ${s.shard}`,
   ];
+  const refusals = Object.entries(s.refusals).sort((a, b) => b[1] - a[1]);
+  if (refusals.length || s.producer) {
+    lines.push(
+      `${s.readRuns} of ${s.runs} runs really read${s.producer ? ` (images by ${s.producer})` : ''}` +
+        (refusals.length ? `; declined: ${refusals.map(([f, n]) => `${f} ${n}`).join(', ')}` : ''),
+    );
+  }
+  if (s.declined.length) lines.push(`generation steered away from: ${s.declined.join(', ')}`);
   if (s.failures === 0) lines.push('no failures');
   for (const f of s.failureReports) lines.push('FAILURE ' + formatFailure(f));
   return lines.join('\n') + '\n';
@@ -199,6 +220,12 @@ async function forkWorkers(o: {
     failures: sums.flatMap((s) => s.failureReports),
     elapsedSeconds: (Date.now() - t0) / 1000,
     corpus: [...new Set(sums.flatMap((s) => s.corpus))],
+    refusals: sums.reduce<Record<string, number>>((a, s) => {
+      for (const [f, n] of Object.entries(s.refusals ?? {})) a[f] = (a[f] ?? 0) + n;
+      return a;
+    }, {}),
+    refusedRuns: sums.reduce((a, s) => a + (s.runs - (s.readRuns ?? s.runs)), 0),
+    declined: [...new Set(sums.flatMap((s) => s.declined ?? []))].sort(),
   };
 }
 
@@ -210,7 +237,7 @@ export async function runReplay(o: { dirs: string[]; target?: string; json: bool
     const r = await replayEntry(d, { target: o.target });
     results.push({ id: r.id, dir: d, target: r.target, passed: r.passed, expected: r.expected, failure: r.failure });
     const got = r.failure ? `${r.failure.oracle}: ${r.failure.message}` : 'clean';
-    const line = `${r.passed ? 'pass' : 'FAIL'} ${r.id} [${r.target}] expected ${r.expected}; got ${got}\n`;
+    const line = `${r.passed ? 'pass' : 'FAIL'} ${r.id} [${r.target}] expected ${r.expected}; got ${got}${r.note ? `\n  ${r.note}` : ''}\n`;
     if (o.json) out.stderr(line);
     else out.stdout(line);
   }
@@ -231,10 +258,12 @@ export interface MinimizeOptions {
 
 export async function runMinimize(o: MinimizeOptions, out: Output): Promise<number> {
   const { entry, target } = o;
+  const producer = target === entry.target ? entry.producer : undefined;
   const m = await minimizeTrace(target, entry.config, entry.parsedOps, entry.oracle, {
     messageIncludes: entry.external?.messageIncludes,
     maxAttempts: o.maxAttempts,
     strict: true,
+    producer,
   });
   const say = (t: string) => (o.json ? out.stderr(t) : out.stdout(t));
   if (!m.failure) {
@@ -242,7 +271,7 @@ export async function runMinimize(o: MinimizeOptions, out: Output): Promise<numb
     if (o.json) out.stdout(JSON.stringify({ id: entry.id, fails: false, attempts: m.attempts }) + '\n');
     return 1;
   }
-  const r = await runTrace(makeTarget(target, { strict: true }), m.config, { ops: m.ops }, { keepDir: true });
+  const r = await runTrace(makeTarget(target, { strict: true, producer }), m.config, { ops: m.ops }, { keepDir: true });
   try {
     const failure = r.failure ?? m.failure;
     const e = writeEntry(o.corpusDir, {
@@ -253,9 +282,13 @@ export async function runMinimize(o: MinimizeOptions, out: Output): Promise<numb
       message: failure.message,
       opIndex: failure.opIndex,
       external: entry.external,
+      producer,
+      implementation: r.implementation ?? entry.implementation,
       imageFile: path.join(r.dir, 'image.qcow2'),
       backingFile: m.config.backing ? path.join(r.dir, backingFileName(m.config.backing)) : undefined,
-      repro: reproScript({ target, config: m.config, ops: r.ops, model: r.model!, refused: r.refused, oracle: failure.oracle, message: failure.message }),
+      repro: producer
+        ? readerReproScript({ target, producer, config: m.config, ops: r.ops, oracle: failure.oracle, message: failure.message, implementation: r.implementation })
+        : reproScript({ target, config: m.config, ops: r.ops, model: r.model!, refused: r.refused, oracle: failure.oracle, message: failure.message }),
     });
     say(
       `${entry.id}: ${entry.ops.length} ops -> ${r.ops.length} ops in ${m.attempts} attempts; saved as ${e.id}${e.duplicate ? ' (already there)' : ''}\n` +

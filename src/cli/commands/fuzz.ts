@@ -1,17 +1,19 @@
 import { all, has, intOption, last, parseArgs, type ParsedArgs } from '../args.js';
 import type { CliContext } from '../context.js';
-import { EXIT_HARNESS_USAGE, EXIT_OK, UsageError } from '../errors.js';
+import { CommandFailed, EXIT_HARNESS_USAGE, EXIT_OK, UsageError } from '../errors.js';
+import type { ProducerSpec } from '../../harness/targets/index.js';
 import { StatusLine } from '../status.js';
 import { requireQemuTools } from '../tools.js';
 
 /**
  * Every fuzz option: name, the value's placeholder (false: a flag), and its
  * help line (null: internal, not shown). A new option is one line here plus
- * the line in fuzzOptions() that reads it; --help, parsing and the command
+ * the line in fuzzCommand() that reads it; --help, parsing and the command
  * line of forked workers follow from this table.
  */
 const OPTIONS: [name: string, value: string | false, help: string | null][] = [
-  ['target', 'T', 'ts (default: our engine), qemu (qemu-io/qemu-img), cmd:PROGRAM (docs/cmd-protocol.md)'],
+  ['target', 'T', 'ts (default: our engine), qemu (qemu-io/qemu-img), libqcow (python3-libqcow, a reader),\ncmd:PROGRAM (docs/cmd-protocol.md; a program may be a writer or a reader)'],
+  ['producer', 'P', 'reader mode: qemu (default for readers) or ts writes every image, the target reads it;\nwith --target ts or qemu this makes that engine the reader'],
   ['time', 'S', 'run for S seconds'],
   ['runs', 'N', 'run N generated cases (default 100 when --time is not given)'],
   ['seed', 'N', 'campaign seed (default: random, printed); same seed, same runs'],
@@ -19,7 +21,7 @@ const OPTIONS: [name: string, value: string | false, help: string | null][] = [
   ['shard', 'i/n', 'take only shard i of n (0-based); shards split a campaign deterministically'],
   ['corpus', 'DIR', 'where minimized failures go (default: corpus)'],
   ['max-ops', 'N', 'ops per case at most (default 12)'],
-  ['json', false, 'last stdout line: {"runs","ops","qemuImgChecks","failures","elapsedSeconds","corpus":[...]}'],
+  ['json', false, 'last stdout line: {"runs","readRuns","refusals":{feature:count},"ops","qemuImgChecks","failures",\n"elapsedSeconds","corpus":[...]}'],
   ['junit', 'FILE', 'also write a JUnit XML report'],
   ['status-every', 'S', 'without a terminal, a status line every S seconds (default 10)'],
   ['progress-json', false, null], // a forked worker reports progress to its parent
@@ -35,7 +37,8 @@ function optionLines(): string {
   ]);
   shown.push(['--help', 'this text']);
   const width = Math.max(...shown.map(([flag]) => flag.length)) + 2;
-  return shown.map(([flag, help]) => `  ${flag.padEnd(width)}${help}`).join('\n');
+  // A help text's further lines go under its first one.
+  return shown.map(([flag, help]) => `  ${flag.padEnd(width)}${help.split('\n').join(`\n  ${' '.repeat(width)}`)}`).join('\n');
 }
 
 export const FUZZ_HELP = `Usage: qcow2-harness fuzz [options]
@@ -76,11 +79,13 @@ export async function fuzzCommand(argv: string[], ctx: CliContext): Promise<numb
   if (p.operands.length) throw usage(`unexpected argument '${p.operands[0]}'`);
   const int = (name: string, min: number) => intOption(p, name, min, 'fuzz', EXIT_HARNESS_USAGE);
   const target = last(p, 'target') ?? 'ts';
+  const producer = last(p, 'producer');
   const timeSec = int('time', 1);
   const runs = int('runs', 1);
   if (timeSec !== undefined && runs !== undefined) throw usage('give --time or --runs, not both');
   const o = {
     target,
+    producer: producer as ProducerSpec | undefined,
     timeSec,
     runs,
     seed: int('seed', -(2 ** 31)) ?? Math.floor(Math.random() * 2 ** 31),
@@ -94,8 +99,14 @@ export async function fuzzCommand(argv: string[], ctx: CliContext): Promise<numb
   };
   const statusEvery = int('status-every', 1) ?? 10;
   // Loaded only now: --help and a bad command line never pay for fast-check and the targets.
-  const { isTargetSpec } = await import('../../harness/targets/index.js');
+  const { isProducerSpec, isTargetSpec, libqcowMissing } = await import('../../harness/targets/index.js');
   if (!isTargetSpec(target)) throw usage(`unknown target '${target}'`);
+  if (producer !== undefined && !isProducerSpec(producer)) throw usage(`--producer must be qemu or ts, not '${producer}'`);
+  if (target === 'libqcow') {
+    const missing = libqcowMissing();
+    // Python's pyqcow is not there: the environment, said in one line (exit 2, as before).
+    if (missing) throw new CommandFailed(missing, EXIT_HARNESS_USAGE);
+  }
   requireQemuTools(target === 'qemu' ? ['qemu-img', 'qemu-io'] : ['qemu-img']);
   const { runFuzz } = await import('../../harness/commands.js');
 

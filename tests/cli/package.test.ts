@@ -27,13 +27,14 @@ function newestSource(d: string): number {
   return t;
 }
 
-/** What the tarball may hold, and what it must. */
+/** What the tarball may hold, and what it must (the libqcow target runs adapters/libqcow_adapter.py). */
 const ALLOWED = [
   /^package\.json$/,
   /^README\.md$/,
   /^docs\/[^/]+\.md$/,
   /^dist\/.+\.js$/,
   /^native\/(binding\.gyp|build\.mjs|ofd_lock\.c)$/,
+  /^adapters\/[^/]+\.py$/,
   /^src\/harness\/targets\/cmd-example-qemu\.mjs$/,
 ];
 const REQUIRED = [
@@ -45,6 +46,7 @@ const REQUIRED = [
   'native/binding.gyp',
   'native/build.mjs',
   'native/ofd_lock.c',
+  'adapters/libqcow_adapter.py',
   'src/harness/targets/cmd-example-qemu.mjs',
 ];
 
@@ -104,6 +106,10 @@ describe('the npm package', () => {
     expect(fuzz.stdout).toMatch(/^ts: 5 runs \(0 more while shrinking\)/);
     expect(fuzz.stdout).toContain('no failures');
     expect(fuzz.rc).toBe(0);
+    // The libqcow reader target runs the shipped Python adapter.
+    const reader = await packed(['fuzz', '--target', 'libqcow', '--runs', '2', '--seed', '1', '--corpus', path.join(dir, 'corpus')]);
+    expect(reader.stdout).toMatch(/^libqcow: 2 runs /);
+    expect(reader.rc).toBe(0);
   });
 
   it('without qemu-img on PATH: one line naming the package qemu-utils, exit 1', async () => {

@@ -22,10 +22,12 @@ import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
 import { prng } from './prng.js';
 
-const CASES = ['convert', 'writes', 'check', 'amend', 'startup', 'campaign'] as const;
-type CaseName = (typeof CASES)[number];
+export const BENCH_CASES = ['convert', 'writes', 'check', 'amend', 'startup', 'campaign'] as const;
+export type BenchCase = (typeof BENCH_CASES)[number];
+const CASES = BENCH_CASES;
+type CaseName = BenchCase;
 
-const USAGE = `usage: qcow2-harness bench [--json] [--dir DIR] [--size BYTES] [--writes N] [--pairs N]
+export const BENCH_USAGE = `usage: qcow2-harness bench [--json] [--dir DIR] [--size BYTES] [--writes N] [--pairs N]
                            [--only ${CASES.join(',')}] [--cache warm,cold]
                            [--campaign-seconds S] [--campaign-jobs N] [--cli PATH] [--keep]
 
@@ -69,7 +71,8 @@ export interface BenchResult {
   note?: string;
 }
 
-interface Opts {
+/** What the command line sets (src/cli parses it; benchCommand below is the stand-alone parser). */
+export interface BenchOptions {
   json: boolean;
   dir?: string;
   size: number;
@@ -85,8 +88,8 @@ interface Opts {
 
 const MiB = 1024 * 1024;
 
-function parseArgs(argv: string[]): Opts | string {
-  const o: Opts = {
+function parseArgs(argv: string[]): BenchOptions | string {
+  const o: BenchOptions = {
     json: false,
     size: 1024 * MiB,
     writes: 5000,
@@ -273,14 +276,14 @@ async function qemuCheckClean(p: string): Promise<boolean> {
 // ------------------------------------------------------------------ cases
 
 interface Ctx {
-  o: Opts;
+  o: BenchOptions;
   dir: string;
   cli: string;
   /** The fully written image at 64 KiB clusters (convert, check, amend). */
   full: string;
 }
 
-const sizeName = (o: Opts) => `${o.size / MiB} MiB`;
+const sizeName = (o: BenchOptions) => `${o.size / MiB} MiB`;
 
 async function benchConvert(c: Ctx, cache: 'warm' | 'cold'): Promise<BenchResult[]> {
   const qOut = join(c.dir, 'convert-qemu.raw');
@@ -443,14 +446,19 @@ function cacheLabel(cache: 'warm' | 'cold', dropped: boolean): 'warm' | 'cold' {
 
 export async function benchCommand(argv: string[]): Promise<number> {
   if (argv.includes('--help') || argv.includes('-h')) {
-    process.stdout.write(USAGE);
+    process.stdout.write(BENCH_USAGE);
     return 0;
   }
   const o = parseArgs(argv);
   if (typeof o === 'string') {
-    process.stderr.write(`qcow2-harness bench: ${o}\n${USAGE}`);
+    process.stderr.write(`qcow2-harness bench: ${o}\n${BENCH_USAGE}`);
     return 1;
   }
+  return runBench(o);
+}
+
+/** Runs the cases o.only names and prints the table (or JSON); 1 when a result differs or a step failed. */
+export async function runBench(o: BenchOptions): Promise<number> {
   let cli: string;
   try {
     cli = o.cli ?? cliPath();

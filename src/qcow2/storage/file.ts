@@ -116,26 +116,15 @@ export class FileStorage implements BlockStorage {
   write(offset: number, data: Uint8Array): void {
     if (this.readOnly) throw new ReadOnlyError(`'${this.path}' is open read-only`);
     checkOffset(offset);
-    const end = offset + data.length;
-    // Past the end of the file every byte already reads as zero, so zero blocks
-    // at either end of such a write need not be written: a new cluster that
-    // holds 4 KiB of guest data is one 4 KiB write and a hole, not 64 KiB of
-    // page cache to write back (QEMU gets there with handle_alloc_space's
-    // write-zeroes of the COW area). The file's length and bytes are the same.
-    let from = 0;
-    let to = data.length;
-    if (offset >= this.length && data.length >= 2 * ZERO_BLOCK) {
-      while (from < to && isZeroBlock(data, from, Math.min(from + ZERO_BLOCK, to))) from = Math.min(from + ZERO_BLOCK, to);
-      while (to > from && isZeroBlock(data, Math.max(from, to - ZERO_BLOCK), to)) to = Math.max(from, to - ZERO_BLOCK);
-    }
-    let done = from;
+    let done = 0;
     try {
-      while (done < to) done += fs.writeSync(this.fd, data, done, to - done, offset + done);
-      if (to < data.length && end > this.length) fs.ftruncateSync(this.fd, end);
+      while (done < data.length) {
+        done += fs.writeSync(this.fd, data, done, data.length - done, offset + done);
+      }
     } catch (e) {
       throw ioError(`write of ${data.length} bytes at ${offset} failed in '${this.path}'`, e);
     }
-    if (end > this.length) this.length = end;
+    if (offset + data.length > this.length) this.length = offset + data.length;
   }
 
   truncate(length: number): void {
@@ -168,15 +157,6 @@ export class FileStorage implements BlockStorage {
       this.fd = -1;
     }
   }
-}
-
-/** Granule of the zero trimming in write(): the usual file system block. */
-const ZERO_BLOCK = 4096;
-const ZEROS = Buffer.alloc(ZERO_BLOCK);
-
-/** Whether data[start, end) is all zeros (end - start <= ZERO_BLOCK); memcmp, no allocation. */
-function isZeroBlock(data: Uint8Array, start: number, end: number): boolean {
-  return ZEROS.compare(data, start, end, 0, end - start) === 0;
 }
 
 function checkOffset(offset: number): void {

@@ -56,13 +56,21 @@ export type KnownBug =
    * data past the old end in its last cluster (e.g. cut off by a shrink); the
    * model leaves those sectors unspecified (corpus: qemu-stale-tail-after-regrow).
    */
-  | 'stale-tail-after-regrow';
+  | 'stale-tail-after-regrow'
+  /**
+   * QEMU 7.2: a compressed write that fails after allocating leaves its L2
+   * entry pointing at bytes never written (reads then fail with EIO); fault
+   * ops do not wrap compressed writes (corpus: qemu-failed-compressed-write-keeps-l2-entry).
+   */
+  | 'failed-compressed-write-keeps-l2-entry';
 
 export interface Target {
   readonly name: string;
   readonly knownBugs?: ReadonlySet<KnownBug>;
   /** Op kinds this target implements; seeds of other kinds are skipped. */
   readonly capabilities: ReadonlySet<OpKind>;
+  /** Where fault ops can inject an I/O error (see src/harness/ops/fault.ts); none: no fault ops. */
+  readonly faultPoints?: readonly string[];
   /**
    * 'op': read back after every op (cheap in process). 'batch': read back
    * after each batch of guest I/O only; a metadata op's effect on the guest
@@ -86,6 +94,20 @@ export interface Target {
   readSnapshot(id: string, snapshotSize: number): Promise<Uint8Array>;
   /** Makes the image file at imagePath() current (ts: dumps memory to the file). */
   sync(): Promise<void>;
+  /**
+   * Makes the file at imagePath() show the image as it stands without ending
+   * the run (ts: flushes and dumps memory); absent when the file is always
+   * current between runs of ops (qemu). Used by reader targets.
+   */
+  writeImageFile?(): Promise<void>;
+  /**
+   * A reader target's producer: the executor verifies its view before the
+   * reader's, so the model is checked against what was written before it is
+   * checked against what was read.
+   */
+  readonly producer?: Target;
+  /** What the implementation says it is (e.g. "libqcow 20201213"), when it says. */
+  readonly implementation?: string;
   imagePath(): string;
   /** Our engine's own check of the image, for the "our check agrees" oracle (ts only). */
   ownCheck?(): Promise<CheckResult>;

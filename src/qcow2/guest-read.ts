@@ -29,6 +29,7 @@ export type SubclusterState = 'normal' | 'zero' | 'unallocated';
  */
 export function readGuest(s: ImageState, offset: number, dst: Uint8Array): void {
   const cs = s.clusterSize;
+  const plain = !s.layout.extended && !s.crypto;
   let runHost = -1; // host offset of the pending contiguous read, or -1
   let runStart = 0; // its start in dst
   let runLen = 0;
@@ -44,7 +45,8 @@ export function readGuest(s: ImageState, offset: number, dst: Uint8Array): void 
     const inOff = pos - vc * cs;
     const n = Math.min(cs - inOff, dst.length - done);
     const e = entryFor(s, vc);
-    const host = !s.layout.extended && s.layout.type(e) === ClusterType.Normal ? dataClusterOffset(s, e, vc) : -1;
+    // Encrypted data goes the per-cluster path, which decrypts it (readData).
+    const host = plain && s.layout.type(e) === ClusterType.Normal ? dataClusterOffset(s, e, vc) : -1;
     if (host >= 0) {
       if (runLen > 0 && runHost + runLen !== host + inOff) flushRun();
       if (runLen === 0) {

@@ -24,34 +24,7 @@ import { prng } from './prng.js';
 
 export const BENCH_CASES = ['convert', 'writes', 'check', 'amend', 'startup', 'campaign'] as const;
 export type BenchCase = (typeof BENCH_CASES)[number];
-const CASES = BENCH_CASES;
 type CaseName = BenchCase;
-
-export const BENCH_USAGE = `usage: qcow2-harness bench [--json] [--dir DIR] [--size BYTES] [--writes N] [--pairs N]
-                           [--only ${CASES.join(',')}] [--cache warm,cold]
-                           [--campaign-seconds S] [--campaign-jobs N] [--cli PATH] [--keep]
-
-Times our CLI against qemu-img/qemu-io on the same images and prints ours/QEMU ratios,
-each the median over --pairs pairs (default 5) measured back to back:
-  convert   convert -O raw of a fully written image (--size, default 1 GiB, 64 KiB clusters),
-            against qemu-img convert -t writeback (both flush the output once; like for like)
-            and qemu-img's default -t unsafe (which never flushes)
-  writes    --writes random 4 KiB writes (default 5000) in one 'io' process, against
-            qemu-io -t writeback (like for like) and qemu-io's default writethrough
-  check     check of the fully written image
-  amend     amend -o refcount_bits=64 (from 16) of the fully written image, 64 KiB clusters
-  startup   'qcow2-harness --version' against node -e '' (no QEMU side: the floor is Node's)
-  campaign  a ts fuzz campaign (--campaign-seconds, default 20; --campaign-jobs, default 2):
-            runs/s, and CPU seconds per run (the campaign and all its children)
-
-  --cache    warm, cold or both (default warm,cold); cold drops the page cache before each
-             timed command (needs root: echo 3 > /proc/sys/vm/drop_caches)
-  --cli      the built CLI to time (default: the one next to this file), e.g. another build
-  --json     one JSON document on stdout instead of the table
-  --dir      work directory (default: a new one under the system tmp dir, removed afterwards)
-  --keep     keep the work directory
-Needs qemu-img and qemu-io on PATH and a built CLI (npm run build).
-`;
 
 export interface BenchResult {
   name: string;
@@ -71,7 +44,7 @@ export interface BenchResult {
   note?: string;
 }
 
-/** What the command line sets (src/cli parses it; benchCommand below is the stand-alone parser). */
+/** What the command line sets (src/cli/commands/bench.ts parses it). */
 export interface BenchOptions {
   json: boolean;
   dir?: string;
@@ -87,66 +60,6 @@ export interface BenchOptions {
 }
 
 const MiB = 1024 * 1024;
-
-function parseArgs(argv: string[]): BenchOptions | string {
-  const o: BenchOptions = {
-    json: false,
-    size: 1024 * MiB,
-    writes: 5000,
-    pairs: 5,
-    only: new Set(CASES),
-    caches: ['warm', 'cold'],
-    campaignSeconds: 20,
-    campaignJobs: 2,
-    keep: false,
-  };
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i];
-    const val = (): string => {
-      const v = argv[++i];
-      if (v === undefined) throw new Error(`${a} needs a value`);
-      return v;
-    };
-    try {
-      if (a === '--json') o.json = true;
-      else if (a === '--keep') o.keep = true;
-      else if (a === '--dir') o.dir = val();
-      else if (a === '--cli') o.cli = resolve(val());
-      else if (a === '--size') o.size = parseBytes(val());
-      else if (a === '--writes') o.writes = positiveInt(val(), a);
-      else if (a === '--pairs') o.pairs = positiveInt(val(), a);
-      else if (a === '--campaign-seconds') o.campaignSeconds = positiveInt(val(), a);
-      else if (a === '--campaign-jobs') o.campaignJobs = positiveInt(val(), a);
-      else if (a === '--cache') {
-        const c = val().split(',');
-        if (c.some((x) => x !== 'warm' && x !== 'cold')) return `--cache: '${c.join(',')}' is not warm, cold or warm,cold`;
-        o.caches = [...new Set(c as ('warm' | 'cold')[])];
-      } else if (a === '--only') {
-        const names = val().split(',');
-        const bad = names.find((x) => !(CASES as readonly string[]).includes(x));
-        if (bad !== undefined) return `unknown benchmark '${bad}'`;
-        o.only = new Set(names as CaseName[]);
-      } else return `unknown argument '${a}'`;
-    } catch (e) {
-      return (e as Error).message;
-    }
-  }
-  if (o.size % (2 * MiB) !== 0) return '--size must be a multiple of 2 MiB';
-  return o;
-}
-
-function positiveInt(s: string, what: string): number {
-  const n = Number(s);
-  if (!Number.isSafeInteger(n) || n <= 0) throw new Error(`${what}: '${s}' is not a positive integer`);
-  return n;
-}
-
-function parseBytes(s: string): number {
-  const m = /^(\d+)([kKmMgG]?)$/.exec(s);
-  if (!m) throw new Error(`--size: '${s}' is not a size`);
-  const mul = { '': 1, k: 1024, m: MiB, g: 1024 * MiB }[m[2]!.toLowerCase() as '' | 'k' | 'm' | 'g'];
-  return Number(m[1]) * mul;
-}
 
 /** The built CLI next to this file (dist/harness/bench.js → dist/cli/main.js). */
 function cliPath(): string {
@@ -444,24 +357,11 @@ function cacheLabel(cache: 'warm' | 'cold', dropped: boolean): 'warm' | 'cold' {
 
 // ------------------------------------------------------------------ command
 
-export async function benchCommand(argv: string[]): Promise<number> {
-  if (argv.includes('--help') || argv.includes('-h')) {
-    process.stdout.write(BENCH_USAGE);
-    return 0;
-  }
-  const o = parseArgs(argv);
-  if (typeof o === 'string') {
-    process.stderr.write(`qcow2-harness bench: ${o}\n${BENCH_USAGE}`);
-    return 1;
-  }
-  return runBench(o);
-}
-
 /** Runs the cases o.only names and prints the table (or JSON); 1 when a result differs or a step failed. */
 export async function runBench(o: BenchOptions): Promise<number> {
   let cli: string;
   try {
-    cli = o.cli ?? cliPath();
+    cli = o.cli !== undefined ? resolve(o.cli) : cliPath();
     if (!existsSync(cli)) throw new Error(`--cli: '${cli}' does not exist`);
   } catch (e) {
     process.stderr.write(`qcow2-harness bench: ${(e as Error).message}\n`);

@@ -10,7 +10,7 @@ import { checkImage } from './check.js';
 import { entryParts, loadL1, registerActiveL2s, resizeL1, setEntry, writableL2 } from './cluster-map.js';
 import { createLayout } from './create.js';
 import { CorruptImageError, UnsupportedFeatureError } from './errors.js';
-import { decodeBitmapDirectory } from './format/bitmaps.js';
+import { loadBitmaps, markBitmapsInUse } from './bitmaps.js';
 import { AUTOCLEAR_BITMAPS, CRYPT_NONE, INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE, INCOMPAT_DIRTY } from './format/constants.js';
 import { ALL_SUBCLUSTERS } from './l2.js';
 import { MetaKind } from './overlap.js';
@@ -20,7 +20,6 @@ import { loadSnapshots } from './snapshot-table-io.js';
 import { ImageState } from './state.js';
 import type { BlockStorage } from './storage/types.js';
 import type { CreateOptions, OpenOptions } from './types.js';
-import { validateBitmapDirectory } from './validate.js';
 
 export function openState(storage: BlockStorage, opts: OpenOptions): ImageState {
   const s = new ImageState(storage, opts);
@@ -67,7 +66,7 @@ function load(s: ImageState): void {
     }
     s.backing = o.openBacking(s.backingFile, fmt);
   }
-  validateBitmaps(s);
+  loadBitmaps(s);
   if (!s.readOnly) prepareReadWrite(s);
   if (o.snapshot !== undefined) viewSnapshot(s, o.snapshot);
 }
@@ -87,12 +86,13 @@ function prepareReadWrite(s: ImageState): void {
   if (h.incompatibleFeatures & INCOMPAT_DATA_FILE) {
     throw new UnsupportedFeatureError('images with an external data file are not supported for writing');
   }
-  if (h.autoclearFeatures !== 0n) {
-    // Autoclear bits promise consistency of features we do not maintain (bitmaps included):
-    // clear every one we will not keep up to date, as the spec asks of a writer.
-    h.autoclearFeatures = 0n;
+  if (h.autoclearFeatures & ~AUTOCLEAR_BITMAPS) {
+    // Autoclear bits promise consistency of features we do not maintain: clear every one we
+    // will not keep up to date, as the spec asks of a writer. Bitmaps we keep (bitmaps.ts).
+    h.autoclearFeatures &= AUTOCLEAR_BITMAPS;
     s.writeHeader();
   }
+  markBitmapsInUse(s);
   if (h.incompatibleFeatures & INCOMPAT_DIRTY && !s.openOptions.forCheck && (s.openOptions.repairDirty ?? true)) {
     repairDirty(s);
   }
@@ -102,14 +102,6 @@ function prepareReadWrite(s: ImageState): void {
 function repairDirty(s: ImageState): void {
   checkImage(s, 'all');
   s.clearDirtyBit();
-}
-
-/** QEMU refuses to open an image whose bitmap directory it cannot trust; so do we. */
-function validateBitmaps(s: ImageState): void {
-  const b = s.ext.bitmaps;
-  if (!b || !(s.header.autoclearFeatures & AUTOCLEAR_BITMAPS) || b.nbBitmaps === 0) return;
-  const dir = decodeBitmapDirectory(s.storage.read(b.bitmapDirectoryOffset, b.bitmapDirectorySize), b.nbBitmaps);
-  validateBitmapDirectory(s.header, dir);
 }
 
 /** preallocation=metadata: every guest cluster gets an L2 entry and a host cluster (imago preallocation.rs). */

@@ -12,6 +12,7 @@
  * dependency plus depends_on_flush); flush() writes L2 tables, then
  * refcounts, then applies the frees those L2 updates allowed.
  */
+import type { BitmapSet } from './bitmap-set.js';
 import { MIN_L2_CACHE_TABLES, TableCache } from './cache.js';
 import { CorruptImageError, InvalidArgumentError, OverlapError, ReadOnlyError } from './errors.js';
 import { viewOf } from './format/bytes.js';
@@ -66,6 +67,10 @@ export class ImageState implements RefcountHost {
   /** Name of the snapshot exposed instead of the active layer (read-only opens). */
   viewingSnapshot: string | undefined;
   lastDecompressed: DecompressedCluster | undefined;
+  /** Persistent dirty bitmaps (bitmaps.ts loads them on open and stores them on close). */
+  bitmaps: BitmapSet | undefined;
+  /** Where the bitmap directory the header names lives, while it names one. */
+  bitmapDirectory: { offset: number; size: number } | undefined;
   closed = false;
   private dirtyMarked = false;
   /** Guest data written since the last storage flush (an L2 table pointing at it must wait). */

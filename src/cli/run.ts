@@ -1,4 +1,5 @@
 import { amendCommand } from './commands/amend.js';
+import { bitmapCommand } from './commands/bitmap.js';
 import { checkCommand } from './commands/check.js';
 import { convertCommand } from './commands/convert.js';
 import { createCommand } from './commands/create.js';
@@ -20,6 +21,7 @@ export const COMMANDS: Record<string, { run: Command; summary: string }> = {
   snapshot: { run: snapshotCommand, summary: 'create, apply, delete, list internal snapshots' },
   amend: { run: amendCommand, summary: 'change refcount_bits, compat, lazy_refcounts in place' },
   resize: { run: resizeCommand, summary: 'grow or shrink (--shrink) the virtual size' },
+  bitmap: { run: bitmapCommand, summary: 'add, remove, clear, enable, disable, merge persistent dirty bitmaps (qemu-img bitmap)' },
   demo: { run: demoCommand, summary: 'scripted session on a new image, verified with qemu-img check/compare' },
   ...harnessCommands,
 };

@@ -158,7 +158,11 @@ function mergeBitmap(s: ImageState, name: string, src: BitmapView): void {
       `Bitmap '${src.name}' is inconsistent and cannot be used. Try block-dirty-bitmap-remove to delete this bitmap from disk`,
     );
   }
-  if (src.size !== s.virtualSize) throw new InvalidArgumentError("Bitmaps are incompatible and can't be merged");
+  if (src.size !== s.virtualSize) {
+    throw new InvalidArgumentError(
+      `Bitmaps are of different sizes (destination size is ${s.virtualSize}, source size is ${src.size}) and can't be merged`,
+    );
+  }
   for (const [off, len] of src.dirty) setRange(dst, off, len);
 }
 

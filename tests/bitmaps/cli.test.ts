@@ -39,10 +39,11 @@ function normalized(stderr: string, file: string): string {
 }
 
 async function pair(setup: (f: string) => Promise<void>, opts = ''): Promise<[string, string]> {
-  const q = path.join(dir, `q${++seq}.qcow2`);
+  const n = ++seq;
+  const q = path.join(dir, `q${n}.qcow2`);
   ok(await qemuImg(['create', '-q', '-f', 'qcow2', ...(opts ? ['-o', opts] : []), q, '4M']), 'create');
   await setup(q);
-  const o = path.join(dir, `o${seq}.qcow2`);
+  const o = path.join(dir, `o${n}.qcow2`);
   fs.copyFileSync(q, o);
   return [q, o];
 }

@@ -1,4 +1,5 @@
 import { performance } from 'node:perf_hooks';
+import { isOpVerb, OpParseError, parseOp, specOf, type EngineSession } from '../harness/ops/index.js';
 import { SECTOR_SIZE } from '../qcow2/format/constants.js';
 import type { CliContext } from './context.js';
 import type { WritableDevice } from './open.js';
@@ -31,7 +32,7 @@ export const IO_COMMANDS_HELP = `Commands (qemu-io syntax; OFF and LEN take k, M
 Beyond qemu-io, the harness's op text form (qcow2 only), so a trace replays
 through this command as it reads:
   snapshot -c|-a|-d NAME      amend KEY=VALUE[,KEY=VALUE]      reopen
-  resize [--shrink] SIZE
+  resize [--shrink] SIZE      and any other op of the harness's op table
 `;
 
 const DEFAULT_WRITE_PATTERN = 0xcd;
@@ -299,16 +300,10 @@ export function runIoCommand(session: IoSession, line: string, ctx: CliContext):
   const words = line.trim().split(/\s+/).filter((w) => w !== '');
   if (words.length === 0) return true;
   const [name, ...args] = words as [string, ...string[]];
-  if (name === 'reopen') {
-    if (args.length) {
-      ctx.stderr(`bad argument count ${args.length} to reopen, expected 0 arguments\n`);
-      return false;
-    }
-    return attempt('reopen', ctx, () => session.reopen());
-  }
   const dev = session.dev;
   const fn = COMMANDS[name];
   if (!fn) {
+    if (isOpVerb(name)) return runTableOp(session, line, name, ctx);
     ctx.stderr(`command "${name}" not found\n`);
     return false;
   }
@@ -326,4 +321,35 @@ export function runIoCommand(session: IoSession, line: string, ctx: CliContext):
     }
     throw e;
   }
+}
+
+/**
+ * An op of the harness's op table that has no qemu-io syntax here (reopen,
+ * fault, ...): parsed in the op text form and run through the table's engine
+ * call, so a new op kind needs no new command in this file.
+ */
+function runTableOp(session: IoSession, line: string, name: string, ctx: CliContext): boolean {
+  let op;
+  try {
+    op = parseOp(line);
+  } catch (e) {
+    if (!(e instanceof OpParseError)) throw e;
+    ctx.stderr(`${e.message}\n`);
+    return false;
+  }
+  const spec = specOf(op);
+  const engine = spec.engine;
+  if (!engine) {
+    ctx.stdout(`${name} failed: not something an engine runs\n`);
+    return false;
+  }
+  const range = spec.dataRange?.(op);
+  const data = range ? new Uint8Array(range[1]).fill(DEFAULT_WRITE_PATTERN) : undefined;
+  const s: EngineSession = {
+    get image() {
+      return qcow2Of(session.dev, name);
+    },
+    reopen: () => session.reopen(),
+  };
+  return attempt(name, ctx, () => engine(s, op, data));
 }

@@ -68,6 +68,8 @@ export class CrashTracker {
 
   /** Call after every op, once the model has been updated (accepted ops only change it). */
   afterOp(op: Op, accepted: boolean): void {
+    // A fault op changes what the op it wraps changes (the model holds what the target kept).
+    if (op.kind === 'fault') return this.afterOp(op.op, accepted);
     if (op.kind === 'crash') return;
     this.allowedCache = undefined;
     if (op.kind === 'flush' || op.kind === 'reopen') {

@@ -15,7 +15,7 @@ import { CrashTracker, crashSeed, examineCrashStates } from './crash.js';
 import { makeData } from './data.js';
 import { imgCheck } from '../qemu/index.js';
 import { endOracles, type Failure } from './oracles.js';
-import { carriesData, formatOp, isRangeOp, type Op } from './ops.js';
+import { dataRangeOf, formatOp, specOf, touchedBy, type Op } from './ops.js';
 import type { StampedOp, Target } from './targets/types.js';
 import { describeMismatch, mergeRanges, verifyRange } from './verify.js';
 
@@ -111,17 +111,21 @@ async function execute(
         applyOp(model, op, index);
       } else {
         out.refused.add(index);
+        const f = await settleFailure(model, op, index, exp.verdict, target);
+        if (f) return f;
         if (op.kind === 'snapshot' && op.action === 'create' && target.knownBugs?.has('leak-after-refused-snapshot')) {
           tolerateLeaks = 'known QEMU bug: a refused snapshot create leaks a cluster';
         }
       }
+      tolerateLeaks ??= specOf(op).mayLeak;
       crash?.afterOp(op, outcome.ok);
       if (op.kind === 'crash' && outcome.ok && crash) {
         const f = await checkCrashImages(target, crash, index, out);
         if (f) return f;
       }
-      if (isRangeOp(op)) ranges.push([op.off, op.len]);
-      else if (op.kind !== 'flush' && op.kind !== 'crash') wholeDisk = true;
+      const touched = touchedBy(op);
+      if (touched === 'whole') wholeDisk = true;
+      else ranges.push(...touched);
     }
     const last = ops[ops.length - 1]!.index;
     pendingWhole ||= wholeDisk || model.size !== sizeBefore;
@@ -151,7 +155,8 @@ async function execute(
     out.ops.push(op);
     const index = out.ops.length;
     const stamped: StampedOp = { op, index };
-    if (carriesData(op)) stamped.data = makeData(index, op.off, op.len);
+    const data = dataRangeOf(op);
+    if (data) stamped.data = makeData(index, data[0], data[1]);
     if (target.batchable(op)) {
       batch.push(stamped);
       if (batch.length >= MAX_BATCH) {
@@ -169,6 +174,18 @@ async function execute(
   const end = await endOracles(target, model, config, dir, { tolerateLeaks });
   out.qemuImgChecks += end.qemuImgChecks;
   return end.failure;
+}
+
+/**
+ * An op that failed where the model let it succeed may still have changed its
+ * range part-way (a fault op): its spec settles the model on what the target
+ * shows, which must be each sector's old or new value.
+ */
+async function settleFailure(model: DiskModel, op: Op, index: number, verdict: string, target: Target): Promise<Failure | undefined> {
+  const settle = specOf(op).settleFailure;
+  if (!settle || verdict === 'refuse') return undefined;
+  const bad = await settle(model, op, index, (off, len) => target.read(off, len));
+  return bad ? { oracle: 'read', opIndex: index, message: `op #${index}: ${bad}` } : undefined;
 }
 
 /** The crash oracle at op `index`: every crash state must open, read as the tracker allows, and (those sampled) check clean. */

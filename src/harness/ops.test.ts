@@ -4,7 +4,7 @@ import { DiskModel } from '../model/disk.js';
 import { opSeedsArb, resolveOp, configArb } from './arbitraries.js';
 import { configProblems, toModelConfig } from './config.js';
 import { describeSector, makeData, sectorMatches } from './data.js';
-import { ALL_OP_KINDS, formatOp, OpParseError, parseOp, type Op } from './ops.js';
+import { ALL_OP_KINDS, applyOp, expectOp, formatOp, OpParseError, parseOp, specOf, touchedBy, type Op, type OpKind } from './ops.js';
 
 const samples: Op[] = [
   { kind: 'write', off: 0, len: 512 },
@@ -23,6 +23,9 @@ const samples: Op[] = [
   { kind: 'amend', key: 'lazy_refcounts', value: true },
   { kind: 'resize', size: 1048576, shrink: false },
   { kind: 'resize', size: 512, shrink: true },
+  { kind: 'fault', where: 'write@2', errno: 'eio', op: { kind: 'write', off: 0, len: 4096 } },
+  { kind: 'fault', where: 'l2_update', errno: 'enospc', op: { kind: 'write-zeroes', off: 512, len: 512, unmap: true } },
+  { kind: 'fault', where: 'flush@1', errno: 'eio', op: { kind: 'flush' } },
 ];
 
 describe('op text form', () => {
@@ -44,12 +47,32 @@ describe('op text form', () => {
       'amend lazy_refcounts=on',
       'resize 1048576',
       'resize --shrink 512',
+      'fault write@2 eio write 0 4096',
+      'fault l2_update enospc write -z -u 512 512',
+      'fault flush@1 eio flush',
     ]);
   });
 
-  it('round-trips every op kind', () => {
+  it('round-trips every op kind of the table, and the table covers every Op kind', () => {
     for (const op of samples) expect(parseOp(formatOp(op))).toEqual(op);
-    expect(new Set(samples.map((o) => o.kind))).toEqual(new Set(ALL_OP_KINDS));
+    // The samples name every member of the Op union (the compiler checks this
+    // record is total), and each member's kind has a spec of that kind.
+    const everyKind: Record<OpKind, true> = {
+      write: true,
+      'write-compressed': true,
+      'write-zeroes': true,
+      discard: true,
+      flush: true,
+      reopen: true,
+      crash: true,
+      snapshot: true,
+      amend: true,
+      resize: true,
+      fault: true,
+    };
+    expect(new Set(samples.map((o) => o.kind))).toEqual(new Set(Object.keys(everyKind)));
+    expect(new Set(ALL_OP_KINDS)).toEqual(new Set(Object.keys(everyKind)));
+    for (const op of samples) expect(specOf(op).kind).toBe(op.kind);
   });
 
   it('round-trips every generated op', () => {
@@ -57,7 +80,7 @@ describe('op text form', () => {
       fc.property(configArb, opSeedsArb(20), (cfg, seeds) => {
         const model = new DiskModel(toModelConfig(cfg));
         for (const s of seeds) {
-          const op = resolveOp(s, model, { capabilities: new Set(ALL_OP_KINDS) });
+          const op = resolveOp(s, model, { capabilities: new Set(ALL_OP_KINDS), faultPoints: ['read', 'flush_to_disk'] });
           if (op) expect(parseOp(formatOp(op))).toEqual(op);
         }
       }),
@@ -66,7 +89,23 @@ describe('op text form', () => {
   });
 
   it('rejects malformed lines', () => {
-    for (const bad of ['write', 'write 1', 'write 1 2 3', 'write -x 1 2', 'amend foo=1', 'amend compat=2', 'snapshot -x a', 'resize', 'nope']) {
+    for (const bad of [
+      'write',
+      'write 1',
+      'write 1 2 3',
+      'write -x 1 2',
+      'amend foo=1',
+      'amend compat=2',
+      'snapshot -x a',
+      'resize',
+      'nope',
+      'fault write@0 eio write 0 512',
+      'fault nowhere eio write 0 512',
+      'fault write@1 ebusy write 0 512',
+      'fault write@1 eio',
+      'fault write@1 eio resize 512',
+      'fault write@1 eio fault write@1 eio write 0 512',
+    ]) {
       expect(() => parseOp(bad), bad).toThrow(OpParseError);
     }
   });
@@ -83,22 +122,42 @@ describe('generated configs and ops', () => {
     );
   });
 
-  it('range ops stay inside the disk and sector aligned', () => {
+  it('range ops stay inside the disk as it is when they run, sector aligned', () => {
+    // Ops are resolved and then applied (resizes and snapshot applies change
+    // the size), so each range op is checked against the disk at its moment.
+    let ranges = 0;
+    let resized = 0;
+    let afterResize = 0;
     fc.assert(
-      fc.property(configArb, opSeedsArb(20), (cfg, seeds) => {
+      fc.property(configArb, opSeedsArb(30), (cfg, seeds) => {
         const model = new DiskModel(toModelConfig(cfg));
-        for (const s of seeds) {
-          const op = resolveOp(s, model, { capabilities: new Set(ALL_OP_KINDS) });
-          if (op && 'off' in op) {
-            expect(op.off % 512).toBe(0);
-            expect(op.len % 512).toBe(0);
-            expect(op.len).toBeGreaterThan(0);
-            expect(op.off + op.len).toBeLessThanOrEqual(model.size);
+        let sizeChanged = false;
+        seeds.forEach((s, i) => {
+          const op = resolveOp(s, model, { capabilities: new Set(ALL_OP_KINDS), faultPoints: ['write', 'l2_update'] });
+          if (!op) return;
+          const touched = touchedBy(op);
+          if (touched !== 'whole') {
+            for (const [off, len] of touched) {
+              ranges++;
+              if (sizeChanged) afterResize++;
+              expect(off % 512).toBe(0);
+              expect(len % 512).toBe(0);
+              expect(len).toBeGreaterThan(0);
+              expect(off + len).toBeLessThanOrEqual(model.size);
+            }
           }
-        }
+          const sizeBefore = model.size;
+          if (expectOp(model, op).verdict !== 'refuse') applyOp(model, op, i + 1);
+          if (model.size !== sizeBefore) {
+            resized++;
+            sizeChanged = true;
+          }
+        });
       }),
       { seed: 9, numRuns: 300 },
     );
+    // The property saw many range ops, many of them after the size changed.
+    expect({ ranges: ranges > 800, resized: resized > 80, afterResize: afterResize > 100 }).toEqual({ ranges: true, resized: true, afterResize: true });
   });
 });
 

@@ -110,7 +110,7 @@ export function judgeInfo(info: QemuInfo, model: DiskModel, config: TraceConfig)
   };
   want('virtual-size', info['virtual-size'], model.size);
   want('cluster-size', info['cluster-size'], config.clusterSize);
-  want('dirty-flag', info['dirty-flag'] ?? false, false);
+  if (!model.dirtyFlagUnknown) want('dirty-flag', info['dirty-flag'] ?? false, false);
   want('compat', d?.compat, model.meta.compat);
   want('refcount-bits', d?.['refcount-bits'], model.meta.refcountBits);
   want('lazy-refcounts', d?.['lazy-refcounts'] ?? false, model.meta.lazyRefcounts);

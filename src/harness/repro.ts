@@ -11,7 +11,7 @@ import { createOptionString } from '../qemu/img.js';
 import { backingFileName, type TraceConfig } from './config.js';
 import { BACKING_STAMP_BASE } from './data.js';
 import type { OracleName } from './oracles.js';
-import type { Op } from './ops.js';
+import { specOf, type Op } from './ops.js';
 
 /** qemu-io pattern byte standing in for a stamp (never 0, so data never reads as zeros). */
 export function patternOf(stamp: number): number {
@@ -35,21 +35,6 @@ function layerCommands(model: DiskModel, layer: Layer): string[] {
     s = e;
   }
   return out;
-}
-
-function ioCommand(op: Op, index: number): string {
-  switch (op.kind) {
-    case 'write':
-      return `write -q -P ${hex(patternOf(index))} ${op.off} ${op.len}`;
-    case 'write-compressed':
-      return `write -q -c -P ${hex(patternOf(index))} ${op.off} ${op.len}`;
-    case 'write-zeroes':
-      return `write -q -z ${op.unmap ? '-u ' : ''}${op.off} ${op.len}`;
-    case 'discard':
-      return `discard -q ${op.off} ${op.len}`;
-    default:
-      return 'flush';
-  }
 }
 
 export interface ReproInput {
@@ -116,19 +101,16 @@ export function reproScript(r: ReproInput): string {
   r.ops.forEach((op, i) => {
     const index = i + 1;
     const refused = r.refused.has(index);
-    if (['write', 'write-compressed', 'write-zeroes', 'discard', 'flush'].includes(op.kind)) {
-      batch.push(ioCommand(op, index));
+    const step = specOf(op).repro(op, hex(patternOf(index)));
+    if (step && 'io' in step) {
+      batch.push(step.io);
       batchRefused ||= refused;
       return;
     }
+    // Every other op ends the qemu-io process (a reopen is no more than that).
     flush();
-    let cmd: string | undefined;
-    if (op.kind === 'snapshot') cmd = `qemu-img snapshot -${op.action[0]} ${q(op.name)} image.qcow2`;
-    else if (op.kind === 'amend') {
-      const v = op.key === 'lazy_refcounts' ? (op.value ? 'on' : 'off') : String(op.value);
-      cmd = `qemu-img amend -f qcow2 -o ${op.key}=${v} image.qcow2`;
-    } else if (op.kind === 'resize') cmd = `qemu-img resize -q -f qcow2 ${op.shrink ? '--shrink ' : ''}image.qcow2 ${op.size}`;
-    if (!cmd) return;
+    if (!step) return;
+    const cmd = step.shell;
     L.push(refused ? `run ${cmd} 2>/dev/null && bug "op ${index} must be refused"` : `run ${cmd} || bug "op ${index} failed: ${cmd}"`);
   });
   flush();

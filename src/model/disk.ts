@@ -25,6 +25,14 @@ export class DiskModel {
   private snaps: Snapshot[] = [];
   /** Once a compressed cluster may exist anywhere, a zstd -> v2 downgrade may be refused. */
   private compressedEver = false;
+  /**
+   * With lazy refcounts, an I/O error while marking the image dirty (the flush
+   * before or after the header write) may leave the dirty bit on disk with the
+   * driver not knowing it set it, so even a clean close keeps it (QEMU 7.2's
+   * qcow2_mark_dirty does the same; the next read-write open repairs it). Set by
+   * faultedIo(); the end check then takes either value of the flag.
+   */
+  dirtyFlagUnknown = false;
 
   /**
    * regrowTail 'unspecified' mirrors QEMU 7.2 (see resize()); 'zeros' holds an
@@ -148,6 +156,29 @@ export class DiskModel {
       for (let s = cStart / SECTOR; s < cEnd / SECTOR; s++) this.active.setZero(s);
       this.active.maybeAllocated.delete(c);
     }
+  }
+
+  /**
+   * After an op that failed part-way (an injected I/O error), a sector the
+   * implementation still shows with its old value gets it back from `before`
+   * (the active layer as it was before the op).
+   */
+  restoreSector(before: Layer, sector: number): void {
+    if (before.undefinedSectors.has(sector)) this.active.undefinedSectors.add(sector);
+    else this.active.undefinedSectors.delete(sector);
+    const v = before.sectors.get(sector);
+    if (v === undefined) this.active.sectors.delete(sector);
+    else this.active.sectors.set(sector, v);
+  }
+
+  /** An op ran with an injected I/O error (failed or not): see dirtyFlagUnknown. */
+  faultedIo(): void {
+    if (this.meta.lazyRefcounts) this.dirtyFlagUnknown = true;
+  }
+
+  /** A failed op may have allocated clusters in its range whatever the range now reads. */
+  markMaybeAllocated(off: number, len: number): void {
+    this.markAllocated(off, len);
   }
 
   private markAllocated(off: number, len: number): void {

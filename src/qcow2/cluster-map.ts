@@ -87,8 +87,18 @@ export function writableL2(s: ImageState, guestCluster: number): WritableEntry {
 
 /** Points active L1 entry i at an L2 table (COPIED when nonzero) and writes that entry. */
 export function setL1Entry(s: ImageState, l1Index: number, l2Offset: number): void {
+  const was = s.l1.entryBytes(l1Index);
   s.l1.set(l1Index, l2Offset);
-  s.writeL1Entry(l1Index);
+  try {
+    s.writeL1Entry(l1Index);
+  } catch (e) {
+    // The entry is written through, never again at flush: if this write fails
+    // the table must keep the entry the disk has (QEMU's l2_allocate restores
+    // l1_table[l1_index] on failure), or later writes land in an L2 table no
+    // L1 entry on disk points to and are lost at close.
+    s.l1.restore(l1Index, was);
+    throw e;
+  }
 }
 
 /**

@@ -77,6 +77,11 @@ export class L1Table {
     this.view.setUint32(L1Table.entryPos(i) + 4, lo);
   }
 
+  /** Puts back bytes taken with entryBytes (undoing a set whose write failed). */
+  restore(i: number, bytes: Uint8Array): void {
+    this.bytes.set(bytes, L1Table.entryPos(i));
+  }
+
   /** A copy of entry i's bytes, to write it alone. */
   entryBytes(i: number): Uint8Array {
     return this.bytes.slice(L1Table.entryPos(i), L1Table.entryPos(i) + L1_ENTRY_SIZE);

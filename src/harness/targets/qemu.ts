@@ -5,18 +5,21 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { imgAmend, imgConvertToRaw, imgCreate, imgResize, imgSnapshot, qemuIoBatch } from '../../qemu/index.js';
+import { imgConvertToRaw, imgCreate, QEMU_IMG, QEMU_IO, qemuIoBatch, runTool } from '../../qemu/index.js';
 import type { ToolResult } from '../../qemu/run.js';
 import { creationOptions, type TraceConfig } from '../config.js';
 import { createBacking, readFileRange } from '../fixture.js';
-import { ALL_OP_KINDS, type Op } from '../ops.js';
+import { ALL_OP_KINDS, BLKDEBUG_EVENTS, specOf, specOfKind, type Op, type QemuRunner } from '../ops.js';
 import type { KnownBug, OpOutcome, StampedOp, Target } from './types.js';
 
-const IO_KINDS = new Set(['write', 'write-compressed', 'write-zeroes', 'discard', 'flush']);
+const fromTool = (r: ToolResult): OpOutcome => (r.rc === 0 ? { ok: true } : { ok: false, error: (r.stderr || r.stdout).trim() || `rc ${r.rc}` });
 
 export class QemuTarget implements Target {
   readonly name = 'qemu';
-  readonly capabilities = new Set(ALL_OP_KINDS.filter((k) => k !== 'crash'));
+  /** Every kind QEMU's tools can run (one qemu-io command, or a run of its own). */
+  readonly capabilities = new Set(ALL_OP_KINDS.filter((k) => specOfKind(k).qemuIo || specOfKind(k).qemu));
+  /** Fault ops open the image through blkdebug and fail at one of its events. */
+  readonly faultPoints = BLKDEBUG_EVENTS;
   /** Known QEMU bugs the oracles look past; `strict` (corpus replay of those bugs) disables that. */
   readonly knownBugs: ReadonlySet<KnownBug>;
   readonly verifyAfter = 'batch';
@@ -28,11 +31,11 @@ export class QemuTarget implements Target {
     private readonly timeoutMs?: number,
     o: { strict?: boolean } = {},
   ) {
-    this.knownBugs = new Set<KnownBug>(o.strict ? [] : ['leak-after-refused-snapshot', 'slow-refcount-amend', 'stale-tail-after-regrow']);
+    this.knownBugs = new Set<KnownBug>(o.strict ? [] : ['leak-after-refused-snapshot', 'slow-refcount-amend', 'stale-tail-after-regrow', 'failed-compressed-write-keeps-l2-entry']);
   }
 
   batchable(op: Op): boolean {
-    return IO_KINDS.has(op.kind);
+    return specOf(op).qemuIo !== undefined;
   }
 
   async setup(config: TraceConfig, dir: string): Promise<void> {
@@ -55,22 +58,20 @@ export class QemuTarget implements Target {
     this.dumpValid = false;
     if (ops.length > 0 && ops.every((o) => this.batchable(o.op))) return this.runIo(ops);
     const out: OpOutcome[] = [];
-    for (const o of ops) out.push(await this.runOne(o.op));
+    for (const o of ops) out.push(await this.runOne(o));
     return out;
   }
 
   private async runIo(ops: StampedOp[]): Promise<OpOutcome[]> {
     const files: string[] = [];
     const commands = ops.map(({ op, index, data }) => {
-      if (op.kind === 'write' || op.kind === 'write-compressed') {
-        const f = path.join(this.dir, `data.${index}`);
-        fs.writeFileSync(f, data!);
-        files.push(f);
-        return `write ${op.kind === 'write-compressed' ? '-c ' : ''}-s ${f} ${op.off} ${op.len}`;
+      let file: string | undefined;
+      if (data) {
+        file = path.join(this.dir, `data.${index}`);
+        fs.writeFileSync(file, data);
+        files.push(file);
       }
-      if (op.kind === 'write-zeroes') return `write -z ${op.unmap ? '-u ' : ''}${op.off} ${op.len}`;
-      if (op.kind === 'discard') return `discard ${op.off} ${op.len}`;
-      return 'flush';
+      return specOf(op).qemuIo!(op, file);
     });
     try {
       const r = await qemuIoBatch(this.image, commands, { timeoutMs: this.timeoutMs });
@@ -80,28 +81,35 @@ export class QemuTarget implements Target {
     }
   }
 
-  private async runOne(op: Op): Promise<OpOutcome> {
-    let r: ToolResult;
-    switch (op.kind) {
-      case 'reopen':
-        return { ok: true };
-      case 'snapshot':
-        r = await imgSnapshot(this.image, op.action === 'create' ? 'c' : op.action === 'apply' ? 'a' : 'd', op.name, this.timeoutMs);
-        break;
-      case 'amend': {
-        const v = op.key === 'lazy_refcounts' ? (op.value ? 'on' : 'off') : String(op.value);
-        r = await imgAmend(this.image, `${op.key}=${v}`, this.timeoutMs);
-        break;
-      }
-      case 'resize':
-        r = await imgResize(this.image, op.size, { shrink: op.shrink, timeoutMs: this.timeoutMs });
-        break;
-      case 'crash':
-        return { ok: false, error: 'crash is not supported by the qemu target' };
-      default:
-        return (await this.runIo([{ op, index: 0 }]))[0]!;
+  private async runOne({ op, index, data }: StampedOp): Promise<OpOutcome> {
+    const spec = specOf(op);
+    if (spec.qemuIo) return (await this.runIo([{ op, index, data }]))[0]!;
+    if (!spec.qemu) return { ok: false, error: `${op.kind} is not supported by the qemu target` };
+    const files: string[] = [];
+    const q: QemuRunner = {
+      image: this.image,
+      dir: this.dir,
+      timeoutMs: this.timeoutMs,
+      img: async (args) => fromTool(await runTool(QEMU_IMG, args, this.timeoutMs)),
+      writeData: (d) => {
+        const f = path.join(this.dir, `data.${index}`);
+        fs.writeFileSync(f, d);
+        files.push(f);
+        return f;
+      },
+      ioWithOptions: async (command, opts) => {
+        const r = await runTool(QEMU_IO, ['--image-opts', '-c', command, opts], this.timeoutMs);
+        if (/can't open/.test(r.stderr)) return { ok: false, error: r.stderr.trim() };
+        const failed = /^\w+ failed: (.*)$/m.exec(r.stdout);
+        if (failed) return { ok: false, error: failed[1]! };
+        return fromTool(r);
+      },
+    };
+    try {
+      return await spec.qemu(op, q, data);
+    } finally {
+      for (const f of files) fs.rmSync(f, { force: true });
     }
-    return r.rc === 0 ? { ok: true } : { ok: false, error: (r.stderr || r.stdout).trim() || `rc ${r.rc}` };
   }
 
   private async dump(): Promise<string> {

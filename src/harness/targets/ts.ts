@@ -9,6 +9,7 @@ import * as path from 'node:path';
 import { Qcow2Error, UnsupportedFeatureError } from '../../qcow2/errors.js';
 import { Qcow2Image } from '../../qcow2/image.js';
 import { openImageFile } from '../../qcow2/open-file.js';
+import { FaultyStorage } from '../../qcow2/storage/faulty.js';
 import { MemoryStorage } from '../../qcow2/storage/memory.js';
 import { RecordingStorage } from '../../qcow2/storage/recording.js';
 import type { BlockStorage } from '../../qcow2/storage/types.js';
@@ -16,15 +17,19 @@ import type { CheckResult, OpenOptions } from '../../qcow2/types.js';
 import { creationOptions, type TraceConfig } from '../config.js';
 import { visitCrashStates, type CrashVisit } from '../crash.js';
 import { createBacking } from '../fixture.js';
-import type { Op, OpKind } from '../ops.js';
+import { ALL_OP_KINDS, specOf, specOfKind, STORAGE_FAULT_KINDS, type EngineSession, type Op, type OpKind } from '../ops.js';
 import type { CrashCoverage, OpOutcome, StampedOp, Target } from './types.js';
 
 export class TsTarget implements Target {
   readonly name = 'ts';
   readonly verifyAfter = 'op';
   readonly capabilities: ReadonlySet<OpKind>;
+  /** Fault ops fail the n-th storage request of a kind (the image runs on a FaultyStorage). */
+  readonly faultPoints = STORAGE_FAULT_KINDS;
   private dir = '';
   private storage: RecordingStorage | undefined;
+  /** The recording storage behind a FaultyStorage that passes everything through unless a fault op arms it. */
+  private faulty: FaultyStorage | undefined;
   private img: Qcow2Image | undefined;
   private openOpts: OpenOptions = {};
 
@@ -43,8 +48,9 @@ export class TsTarget implements Target {
       openBacking: (name, format) => openImageFile(path.isAbsolute(name) ? name : path.join(dir, name), { readOnly: true, format }),
     };
     this.storage = new RecordingStorage();
+    this.faulty = new FaultyStorage(this.storage);
     this.img = Qcow2Image.create(
-      this.storage,
+      this.faulty,
       creationOptions(config, backingFile),
       this.openOpts,
     );
@@ -74,39 +80,23 @@ export class TsTarget implements Target {
   }
 
   private apply({ op, data }: StampedOp): void {
-    const img = this.image;
-    switch (op.kind) {
-      case 'write':
-        return img.write(op.off, data!);
-      case 'write-compressed':
-        return img.writeCompressed(op.off, data!);
-      case 'write-zeroes':
-        return img.writeZeroes(op.off, op.len, { unmap: op.unmap });
-      case 'discard':
-        return img.discard(op.off, op.len);
-      case 'flush':
-        return img.flush();
-      case 'reopen':
-        img.close();
-        this.img = undefined;
-        this.img = Qcow2Image.open(this.storage!, this.openOpts);
-        return;
-      case 'crash':
-        // A pure check: the executor examines crash images (crashImages) and
-        // the run goes on with the live, uncrashed image.
-        return;
-      case 'snapshot':
-        if (op.action === 'create') return img.createSnapshot(op.name);
-        if (op.action === 'apply') return img.applySnapshot(op.name);
-        return img.deleteSnapshot(op.name);
-      case 'amend':
-        if (op.key === 'refcount_bits') return img.amend({ refcountBits: op.value });
-        if (op.key === 'compat') return img.amend({ compat: op.value });
-        return img.amend({ lazyRefcounts: op.value });
-      case 'resize':
-        return img.resize(op.size, { shrink: op.shrink });
-    }
+    specOf(op).engine!(this.session, op, data);
   }
+
+  /** The engine session the op table's engine calls run in. */
+  private readonly session: EngineSession = ((t: TsTarget) => ({
+    get image(): Qcow2Image {
+      return t.image;
+    },
+    get faults(): FaultyStorage | undefined {
+      return t.faulty;
+    },
+    reopen(): void {
+      t.image.close();
+      t.img = undefined;
+      t.img = Qcow2Image.open(t.faulty!, t.openOpts);
+    },
+  }))(this);
 
   async read(off: number, len: number): Promise<Uint8Array> {
     return this.image.read(off, len);
@@ -160,24 +150,17 @@ export function tsCapabilities(): ReadonlySet<OpKind> {
   if (probed) return probed;
   const caps = new Set<OpKind>();
   const cs = 4096;
-  const tries: [OpKind, (img: Qcow2Image) => void][] = [
-    ['write', (i) => i.write(0, new Uint8Array(512).fill(1))],
-    ['write-compressed', (i) => i.writeCompressed(cs, new Uint8Array(cs).fill(2))],
-    ['write-zeroes', (i) => i.writeZeroes(0, 512)],
-    ['discard', (i) => i.discard(0, cs)],
-    ['flush', (i) => i.flush()],
-    ['reopen', (i) => i.close()],
-    ['snapshot', (i) => (i.createSnapshot('p'), i.applySnapshot('p'), i.deleteSnapshot('p'))],
-    ['amend', (i) => (i.amend({ refcountBits: 8 }), i.amend({ lazyRefcounts: true }), i.amend({ compat: '0.10' }))],
-    ['resize', (i) => (i.resize(8 * cs), i.resize(4 * cs, { shrink: true }))],
-  ];
-  // The recording storage gives crash images whatever the engine implements.
+  // The recording storage gives crash images whatever the engine implements,
+  // and the faulty storage under the image injects faults into whatever it runs.
   caps.add('crash');
-  for (const [kind, fn] of tries) {
+  caps.add('fault');
+  for (const kind of ALL_OP_KINDS) {
+    const probe = specOfKind(kind).probe;
+    if (!probe) continue;
     try {
       const img = Qcow2Image.create(new MemoryStorage(), { size: 4 * cs, clusterSize: cs });
-      fn(img);
-      if (kind !== 'reopen') img.close();
+      probe(img);
+      img.close();
       caps.add(kind);
     } catch (e) {
       const msg = (e as Error)?.message ?? '';

@@ -56,13 +56,21 @@ export type KnownBug =
    * data past the old end in its last cluster (e.g. cut off by a shrink); the
    * model leaves those sectors unspecified (corpus: qemu-stale-tail-after-regrow).
    */
-  | 'stale-tail-after-regrow';
+  | 'stale-tail-after-regrow'
+  /**
+   * QEMU 7.2: a compressed write that fails after allocating leaves its L2
+   * entry pointing at bytes never written (reads then fail with EIO); fault
+   * ops do not wrap compressed writes (corpus: qemu-failed-compressed-write-keeps-l2-entry).
+   */
+  | 'failed-compressed-write-keeps-l2-entry';
 
 export interface Target {
   readonly name: string;
   readonly knownBugs?: ReadonlySet<KnownBug>;
   /** Op kinds this target implements; seeds of other kinds are skipped. */
   readonly capabilities: ReadonlySet<OpKind>;
+  /** Where fault ops can inject an I/O error (see src/harness/ops/fault.ts); none: no fault ops. */
+  readonly faultPoints?: readonly string[];
   /**
    * 'op': read back after every op (cheap in process). 'batch': read back
    * after each batch of guest I/O only; a metadata op's effect on the guest

@@ -1,8 +1,13 @@
 /**
  * A storage that fails on demand, for I/O error injection: the n-th write
- * (or flush, or read) throws StorageIoError with EIO, as a failing disk would.
- * After a failure the engine must leave an image that opens and checks
- * without corruption (leaks are allowed).
+ * (or flush, or read) throws StorageIoError with EIO (or the errno given to
+ * arm()), as a failing disk would. After a failure the engine must leave an
+ * image that opens and checks without corruption (leaks are allowed).
+ *
+ * arm() scopes one fault to one operation of the engine, the way SQLite's
+ * fault loops and QEMU's blkdebug `once=on` rules do: counting starts at the
+ * arm, the fault fires once, and disarm() returns where the engine wrote
+ * while armed (for checks that it wrote nowhere it should not).
  */
 import { StorageIoError } from '../errors.js';
 import type { BlockStorage } from './types.js';
@@ -16,6 +21,9 @@ export class FaultyStorage implements BlockStorage {
   /** Once one fault fired, fail every later operation of any kind (a dead disk). */
   sticky = false;
   private dead = false;
+  private errno = 'EIO';
+  private once = false;
+  private log: [number, number][] | undefined;
 
   constructor(private readonly inner: BlockStorage) {}
 
@@ -23,11 +31,30 @@ export class FaultyStorage implements BlockStorage {
     return this.inner.readOnly;
   }
 
+  /** Fails the n-th request of `kind` from now on, once, with `errno`; logs writes until disarm(). */
+  arm(kind: FaultKind, n: number, errno = 'EIO'): void {
+    this.counts = { read: 0, write: 0, flush: 0 };
+    this.failAt = { [kind]: n };
+    this.errno = errno;
+    this.once = true;
+    this.log = [];
+  }
+
+  /** Ends an arm(): no more faults; returns the [offset, length] of every write (and truncate) since. */
+  disarm(): [number, number][] {
+    const log = this.log ?? [];
+    this.failAt = {};
+    this.once = false;
+    this.log = undefined;
+    return log;
+  }
+
   private maybeFail(kind: FaultKind): void {
     this.counts[kind]++;
     if (this.dead || this.counts[kind] === this.failAt[kind]) {
       if (this.sticky) this.dead = true;
-      throw new StorageIoError(`injected ${kind} error (EIO)`, 'EIO');
+      if (this.once) this.failAt = {};
+      throw new StorageIoError(`injected ${kind} error (${this.errno})`, this.errno);
     }
   }
 
@@ -44,10 +71,14 @@ export class FaultyStorage implements BlockStorage {
   }
   write(offset: number, data: Uint8Array): void {
     this.maybeFail('write');
+    this.log?.push([offset, data.length]);
     this.inner.write(offset, data);
   }
   truncate(length: number): void {
     this.maybeFail('write');
+    const old = this.inner.size();
+    // Growing writes zeros past the old end; shrinking destroys what was there.
+    if (length !== old) this.log?.push([Math.min(old, length), Math.abs(length - old)]);
     this.inner.truncate(length);
   }
   flush(): void {

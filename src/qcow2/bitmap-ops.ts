@@ -29,8 +29,8 @@ export type BitmapOp =
   /** imageName: how the refusal to make it persistent names the image (qemu-img: the node). */
   | { op: 'add'; name: string; granularity?: number; disabled?: boolean; imageName?: string }
   | { op: 'remove' | 'clear' | 'enable' | 'disable'; name: string }
-  /** Merge source ranges (guest byte ranges dirty in the source bitmap) into the target. */
-  | { op: 'merge'; name: string; source: BitmapView };
+  /** Merge a source bitmap (one of this image's, by name, or a view of another image's) into the target. */
+  | { op: 'merge'; name: string; source: BitmapView | string };
 
 /** A bitmap as its users see it (qemu-img info plus the dirty ranges qemu-nbd would export). */
 export interface BitmapView {
@@ -84,7 +84,7 @@ export function applyBitmapOp(s: ImageState, o: BitmapOp): void {
       usable(found(s, o.name)).enabled = o.op === 'enable';
       return;
     case 'merge':
-      return mergeBitmap(s, o.name, o.source);
+      return mergeBitmap(s, o.name, typeof o.source === 'string' ? bitmapView(s, found(s, o.source)) : o.source);
   }
 }
 

@@ -3,6 +3,7 @@
  * it op by op, or batch by batch for targets that can run several ops in one
  * process (qemu-io), and reads the guest view back for the oracles.
  */
+import type { BitmapView } from '../../qcow2/image.js';
 import type { CrashMode } from '../../qcow2/storage/recording.js';
 import type { CheckResult } from '../../qcow2/types.js';
 import type { TraceConfig } from '../config.js';
@@ -95,6 +96,8 @@ export interface Target {
   /** Makes the image file at imagePath() current (ts: dumps memory to the file). */
   sync(): Promise<void>;
   imagePath(): string;
+  /** The persistent bitmaps as the target reads them itself, after sync (ts only; QEMU's reading is the oracle's). */
+  bitmaps?(): Promise<BitmapView[]>;
   /** Our engine's own check of the image, for the "our check agrees" oracle (ts only). */
   ownCheck?(): Promise<CheckResult>;
   /**

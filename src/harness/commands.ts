@@ -14,8 +14,9 @@ import { minimizeTrace } from './minimize.js';
 import { formatOp } from './ops.js';
 import { replayEntry } from './replay.js';
 import { reproScript } from './repro.js';
+import { readerReproScript } from './reader/repro.js';
 import { formatFailure, runCampaign, type CampaignStats, type FailureReport } from './runner.js';
-import { isTargetSpec, makeTarget } from './targets/index.js';
+import { isProducerSpec, isTargetSpec, libqcowMissing, makeTarget } from './targets/index.js';
 
 class UsageError extends Error {}
 
@@ -69,7 +70,10 @@ async function guard(run: () => Promise<number>, usage: string): Promise<number>
 const FUZZ_USAGE = `usage: qcow2-harness fuzz [options]
   Property-based fuzzing of a qcow2 implementation against the reference model,
   with qemu-img check/compare/info after every run. Failures are shrunk and saved.
-  --target T     ts (default: our engine), qemu (qemu-io/qemu-img), cmd:PROGRAM (docs/cmd-protocol.md)
+  --target T     ts (default: our engine), qemu (qemu-io/qemu-img), libqcow (python3-libqcow, a reader),
+                 cmd:PROGRAM (docs/cmd-protocol.md; a program may be a writer or a reader)
+  --producer P   reader mode: qemu (default for readers) or ts writes every image, the target reads it;
+                 with --target ts or qemu this makes that engine the reader
   --time S       run for S seconds
   --runs N       run N generated cases (default 100 when --time is not given)
   --seed N       campaign seed (default: random, printed); same seed, same runs
@@ -77,7 +81,8 @@ const FUZZ_USAGE = `usage: qcow2-harness fuzz [options]
   --shard i/n    take only shard i of n (0-based); shards split a campaign deterministically
   --corpus DIR   where minimized failures go (default: corpus)
   --max-ops N    ops per case at most (default 12)
-  --json         last stdout line: {"runs","ops","qemuImgChecks","failures","elapsedSeconds","corpus":[...]}
+  --json         last stdout line: {"runs","readRuns","refusals":{feature:count},"ops","qemuImgChecks","failures",
+                 "elapsedSeconds","corpus":[...]}
   --junit FILE   also write a JUnit XML report
   --help         this text
 exit: 0 nothing found, 1 failures found, 2 usage error
@@ -85,6 +90,7 @@ exit: 0 nothing found, 1 failures found, 2 usage error
 
 const FUZZ_SPEC: Spec = {
   target: 'value',
+  producer: 'value',
   time: 'value',
   runs: 'value',
   seed: 'value',
@@ -112,6 +118,11 @@ interface Summary {
   opsPerSecond: number;
   corpus: string[];
   failureReports: FailureReport[];
+  producer?: string;
+  /** Runs the implementation really read or ran (not declined). */
+  readRuns: number;
+  refusals: Record<string, number>;
+  declined: string[];
 }
 
 export async function fuzzCommand(argv: string[]): Promise<number> {
@@ -124,6 +135,15 @@ export async function fuzzCommand(argv: string[]): Promise<number> {
     if (rest.length) throw new UsageError(`unexpected argument '${rest[0]}'`);
     const target = typeof opts.target === 'string' ? opts.target : 'ts';
     if (!isTargetSpec(target)) throw new UsageError(`unknown target '${target}'`);
+    const producer = typeof opts.producer === 'string' ? opts.producer : undefined;
+    if (producer !== undefined && !isProducerSpec(producer)) throw new UsageError(`--producer must be qemu or ts, not '${producer}'`);
+    if (target === 'libqcow') {
+      const missing = libqcowMissing();
+      if (missing) {
+        process.stderr.write(`error: ${missing}\n`);
+        return 2;
+      }
+    }
     const time = intOpt(opts.time, 'time', 1);
     const runs = intOpt(opts.runs, 'runs', 1);
     if (time !== undefined && runs !== undefined) throw new UsageError('give --time or --runs, not both');
@@ -168,6 +188,7 @@ export async function fuzzCommand(argv: string[]): Promise<number> {
         concurrency: Math.max(2, jobs),
         corpusDir,
         maxOps,
+        producer,
         onProgress: (s) => {
           const now = Date.now();
           if (now - lastTick < 200) return;
@@ -192,6 +213,10 @@ export async function fuzzCommand(argv: string[]): Promise<number> {
       opsPerSecond: round1(stats.ops / Math.max(stats.elapsedSeconds, 1e-9)),
       corpus: stats.corpus,
       failureReports: stats.failures,
+      producer: producer ?? (stats.readerMode ? 'qemu' : undefined),
+      readRuns: stats.runs - stats.refusedRuns,
+      refusals: stats.refusals,
+      declined: stats.declined,
     };
     const human = humanSummary(summary);
     if (json) {
@@ -212,6 +237,14 @@ function humanSummary(s: Summary): string {
     `${s.target}: ${s.runs} runs (${s.shrinkRuns} more while shrinking), ${s.ops} ops, ${s.qemuImgChecks} qemu-img checks in ${s.elapsedSeconds} s` +
       ` (${s.runsPerSecond} runs/s, ${s.opsPerSecond} ops/s); seed ${s.seed}, shard ${s.shard}`,
   ];
+  const refusals = Object.entries(s.refusals).sort((a, b) => b[1] - a[1]);
+  if (refusals.length || s.producer) {
+    lines.push(
+      `${s.readRuns} of ${s.runs} runs really read${s.producer ? ` (images by ${s.producer})` : ''}` +
+        (refusals.length ? `; declined: ${refusals.map(([f, n]) => `${f} ${n}`).join(', ')}` : ''),
+    );
+  }
+  if (s.declined.length) lines.push(`generation steered away from: ${s.declined.join(', ')}`);
   if (s.failures === 0) lines.push('no failures');
   for (const f of s.failureReports) lines.push('FAILURE ' + formatFailure(f));
   return lines.join('\n') + '\n';
@@ -282,6 +315,12 @@ async function forkWorkers(o: {
     failures: sums.flatMap((s) => s.failureReports),
     elapsedSeconds: (Date.now() - t0) / 1000,
     corpus: [...new Set(sums.flatMap((s) => s.corpus))],
+    refusals: sums.reduce<Record<string, number>>((a, s) => {
+      for (const [f, n] of Object.entries(s.refusals ?? {})) a[f] = (a[f] ?? 0) + n;
+      return a;
+    }, {}),
+    refusedRuns: sums.reduce((a, s) => a + (s.runs - (s.readRuns ?? s.runs)), 0),
+    declined: [...new Set(sums.flatMap((s) => s.declined ?? []))].sort(),
   };
 }
 
@@ -331,7 +370,7 @@ export async function replayCommand(argv: string[]): Promise<number> {
       const r = await replayEntry(d, { target });
       results.push({ id: r.id, dir: d, target: r.target, passed: r.passed, expected: r.expected, failure: r.failure });
       const got = r.failure ? `${r.failure.oracle}: ${r.failure.message}` : 'clean';
-      const line = `${r.passed ? 'pass' : 'FAIL'} ${r.id} [${r.target}] expected ${r.expected}; got ${got}\n`;
+      const line = `${r.passed ? 'pass' : 'FAIL'} ${r.id} [${r.target}] expected ${r.expected}; got ${got}${r.note ? `\n  ${r.note}` : ''}\n`;
       (opts.json ? process.stderr : process.stdout).write(line);
     }
     const failed = results.filter((r) => !r.passed).length;
@@ -361,10 +400,12 @@ export async function minimizeCommand(argv: string[]): Promise<number> {
     const target = typeof opts.target === 'string' ? opts.target : entry.target;
     if (!isTargetSpec(target)) throw new UsageError(`unknown target '${target}'`);
     const corpusDir = typeof opts.corpus === 'string' ? opts.corpus : path.dirname(path.resolve(dir));
+    const producer = target === entry.target ? entry.producer : undefined;
     const m = await minimizeTrace(target, entry.config, entry.parsedOps, entry.oracle, {
       messageIncludes: entry.external?.messageIncludes,
       maxAttempts: intOpt(opts['max-attempts'], 'max-attempts', 1),
       strict: true,
+      producer,
     });
     const out = opts.json ? process.stderr : process.stdout;
     if (!m.failure) {
@@ -372,7 +413,7 @@ export async function minimizeCommand(argv: string[]): Promise<number> {
       if (opts.json) process.stdout.write(JSON.stringify({ id: entry.id, fails: false, attempts: m.attempts }) + '\n');
       return 1;
     }
-    const r = await runTrace(makeStrict(target), m.config, { ops: m.ops }, { keepDir: true });
+    const r = await runTrace(makeTarget(target, { strict: true, producer }), m.config, { ops: m.ops }, { keepDir: true });
     try {
       const failure = r.failure ?? m.failure;
       const e = writeEntry(corpusDir, {
@@ -383,9 +424,13 @@ export async function minimizeCommand(argv: string[]): Promise<number> {
         message: failure.message,
         opIndex: failure.opIndex,
         external: entry.external,
+        producer,
+        implementation: r.implementation ?? entry.implementation,
         imageFile: path.join(r.dir, 'image.qcow2'),
         backingFile: m.config.backing ? path.join(r.dir, backingFileName(m.config.backing)) : undefined,
-        repro: reproScript({ target, config: m.config, ops: r.ops, model: r.model!, refused: r.refused, oracle: failure.oracle, message: failure.message }),
+        repro: producer
+          ? readerReproScript({ target, producer, config: m.config, ops: r.ops, oracle: failure.oracle, message: failure.message, implementation: r.implementation })
+          : reproScript({ target, config: m.config, ops: r.ops, model: r.model!, refused: r.refused, oracle: failure.oracle, message: failure.message }),
       });
       out.write(
         `${entry.id}: ${entry.ops.length} ops -> ${r.ops.length} ops in ${m.attempts} attempts; saved as ${e.id}${e.duplicate ? ' (already there)' : ''}\n` +

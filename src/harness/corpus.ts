@@ -49,6 +49,15 @@ export interface TraceFile {
   signature?: string;
   /** Present when the entry documents a bug outside this project. */
   external?: ExternalExpectation;
+  /** Reader entries: the engine that wrote the image the target misread (docs/cmd-protocol.md, protocol 2). */
+  producer?: 'qemu' | 'ts';
+  /** What the implementation under test said it is (a reader's `implementation`, e.g. "libqcow 20201213"). */
+  implementation?: string;
+}
+
+/** The target as signatures and ids see it: a reader target is named with its producer. */
+export function targetKey(target: string, producer?: string): string {
+  return producer ? `${target} producer=${producer}` : target;
 }
 
 /** A failure's shape regardless of sizes and offsets, so one bug found via many traces is saved once. */
@@ -66,7 +75,7 @@ export function corpusSignatures(corpusDir: string): Map<string, string> {
   for (const dir of listEntries(corpusDir)) {
     try {
       const t = JSON.parse(fs.readFileSync(path.join(dir, 'trace.json'), 'utf8')) as TraceFile;
-      out.set(t.signature ?? failureSignature(t.target, t.oracle, t.message), t.id);
+      out.set(t.signature ?? failureSignature(targetKey(t.target, t.producer), t.oracle, t.message), t.id);
     } catch {
       // a broken entry is reported by replay, not here
     }
@@ -90,6 +99,8 @@ export interface NewEntry {
   message: string;
   opIndex?: number;
   external?: ExternalExpectation;
+  producer?: 'qemu' | 'ts';
+  implementation?: string;
   /** The image at the failing point, copied in as image.qcow2 (with its backing file, if any). */
   imageFile?: string;
   backingFile?: string;
@@ -100,7 +111,7 @@ export interface NewEntry {
 
 /** Writes an entry atomically; returns its id and whether it already existed. */
 export function writeEntry(corpusDir: string, e: NewEntry): { id: string; dir: string; duplicate: boolean } {
-  const id = e.id ?? entryId(e.target, e.oracle, e.config, e.ops);
+  const id = e.id ?? entryId(targetKey(e.target, e.producer), e.oracle, e.config, e.ops);
   const dir = path.join(corpusDir, id);
   if (fs.existsSync(dir)) return { id, dir, duplicate: true };
   fs.mkdirSync(corpusDir, { recursive: true });
@@ -117,8 +128,10 @@ export function writeEntry(corpusDir: string, e: NewEntry): { id: string; dir: s
       oracle: e.oracle,
       message: e.message,
       opIndex: e.opIndex,
-      signature: failureSignature(e.target, e.oracle, e.message),
+      signature: failureSignature(targetKey(e.target, e.producer), e.oracle, e.message),
       external: e.external,
+      producer: e.producer,
+      implementation: e.implementation,
     };
     fs.writeFileSync(path.join(tmp, 'trace.json'), JSON.stringify(trace, null, 2) + '\n');
     if (e.imageFile && fs.existsSync(e.imageFile)) fs.copyFileSync(e.imageFile, path.join(tmp, 'image.qcow2'));

@@ -14,8 +14,10 @@ import { toModelConfig, type TraceConfig } from './config.js';
 import { CrashTracker, crashSeed, examineCrashStates } from './crash.js';
 import { makeData } from './data.js';
 import { imgCheck } from '../qemu/index.js';
-import { endOracles, type Failure } from './oracles.js';
+import { endOracles, readViews, type Failure } from './oracles.js';
 import { dataRangeOf, formatOp, specOf, touchedBy, type Op } from './ops.js';
+import { configFeatures } from './reader/features.js';
+import { RefusalError, type Refusal } from './reader/types.js';
 import type { StampedOp, Target } from './targets/types.js';
 import { describeMismatch, mergeRanges, verifyRange } from './verify.js';
 
@@ -34,6 +36,12 @@ export interface RunOutcome {
   refused: Set<number>;
   /** Working directory holding image.qcow2 (kept only when `keepDir`). */
   dir: string;
+  /** The implementation declined the configuration (counted, not a failure; docs/cmd-protocol.md). */
+  refusal?: Refusal;
+  /** The target turned out to be a reader paired with a producer. */
+  readerMode?: boolean;
+  /** What the implementation said it is, when it said (reader programs). */
+  implementation?: string;
 }
 
 export interface RunOptions {
@@ -53,12 +61,19 @@ export async function runTrace(target: Target, config: TraceConfig, source: Sour
   try {
     out.failure = await execute(target, config, source, dir, out, o);
   } catch (e) {
-    out.failure = toFailure(e, out.ops.length);
+    if (e instanceof RefusalError) out.refusal = refusalOf(e, config, out.ops.length);
+    else out.failure = toFailure(e, out.ops.length);
   } finally {
     await target.close().catch(() => undefined);
-    if (!o.keepDir) fs.rmSync(dir, { recursive: true, force: true });
+    if (!o.keepDir) fs.rmSync(dir, { recursive: true, force: true, maxRetries: 5, retryDelay: 100 });
   }
   return out;
+}
+
+function refusalOf(e: RefusalError, config: TraceConfig, atOp: number): Refusal {
+  // A program that does not name what it declines is counted against every feature the configuration uses.
+  const features = e.features.length ? e.features : configFeatures(config);
+  return { features: features.length ? features : ['(plain image)'], message: e.message, atOp };
 }
 
 function toFailure(e: unknown, opIndex: number): Failure {
@@ -79,7 +94,12 @@ async function execute(
     regrowTail: target.knownBugs?.has('stale-tail-after-regrow') ? 'unspecified' : 'zeros',
   });
   out.model = model;
-  await target.setup(config, dir);
+  try {
+    await target.setup(config, dir);
+  } finally {
+    out.readerMode = target.producer !== undefined;
+    out.implementation = target.implementation;
+  }
   let batch: StampedOp[] = [];
   let tolerateLeaks: string | undefined;
   let pendingWhole = false;
@@ -91,6 +111,7 @@ async function execute(
     try {
       outcomes = await target.run(ops);
     } catch (e) {
+      if (e instanceof RefusalError) throw e;
       return toFailure(e, ops[0]!.index);
     }
     const sizeBefore = model.size;
@@ -132,12 +153,14 @@ async function execute(
     if (target.verifyAfter === 'batch' && !ops.some((x) => target.batchable(x.op))) return undefined;
     const check: [number, number][] = pendingWhole ? wholeDiskRanges(model) : mergeRanges(ranges);
     pendingWhole = false;
-    for (const [off, len0] of check) {
-      const len = Math.min(len0, model.size - off);
-      if (len <= 0) continue;
-      const bytes = await target.read(off, len);
-      const m = verifyRange(model, model.active, off, bytes);
-      if (m) return { oracle: 'read', opIndex: last, message: describeMismatch(`after op #${last}`, m) };
+    for (const view of readViews(target)) {
+      for (const [off, len0] of check) {
+        const len = Math.min(len0, model.size - off);
+        if (len <= 0) continue;
+        const bytes = await view.target.read(off, len);
+        const m = verifyRange(model, model.active, off, bytes);
+        if (m) return { oracle: 'read', opIndex: last, message: describeMismatch(`${view.label}after op #${last}`, m) };
+      }
     }
     return undefined;
   };

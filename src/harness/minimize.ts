@@ -8,7 +8,7 @@ import type { TraceConfig } from './config.js';
 import { runTrace } from './execute.js';
 import type { Failure, OracleName } from './oracles.js';
 import type { Op } from './ops.js';
-import { makeTarget } from './targets/index.js';
+import { makeTarget, type ProducerSpec } from './targets/index.js';
 
 export interface MinimizeResult {
   config: TraceConfig;
@@ -22,13 +22,13 @@ export async function minimizeTrace(
   config: TraceConfig,
   ops: Op[],
   oracle: OracleName,
-  o: { messageIncludes?: string; maxAttempts?: number; strict?: boolean; tmpRoot?: string } = {},
+  o: { messageIncludes?: string; maxAttempts?: number; strict?: boolean; tmpRoot?: string; producer?: ProducerSpec } = {},
 ): Promise<MinimizeResult> {
   let attempts = 0;
   const max = o.maxAttempts ?? 500;
   const fails = async (c: TraceConfig, xs: Op[]): Promise<Failure | undefined> => {
     attempts++;
-    const r = await runTrace(makeTarget(targetName, { strict: o.strict }), c, { ops: xs }, { tmpRoot: o.tmpRoot });
+    const r = await runTrace(makeTarget(targetName, { strict: o.strict, producer: o.producer }), c, { ops: xs }, { tmpRoot: o.tmpRoot });
     const f = r.failure;
     if (f && f.oracle === oracle && (!o.messageIncludes || f.message.includes(o.messageIncludes))) return f;
     return undefined;

@@ -33,6 +33,31 @@ export interface EndOptions {
   tolerateLeaks?: string;
 }
 
+/**
+ * Whose reads are checked against the model, in order: a reader target's
+ * producer first (so what was written is checked before what was read), then
+ * the target. Labels stay empty for ordinary targets, keeping their messages.
+ */
+export function readViews(target: Target): { label: string; target: Target }[] {
+  if (!target.producer) return [{ label: '', target }];
+  return [
+    { label: `producer ${target.producer.name}: `, target: target.producer },
+    { label: `reader ${target.name}: `, target },
+  ];
+}
+
+/**
+ * Promise.all that waits for every promise before rethrowing the first
+ * rejection: when one reader fails, no qemu-img still writes into the run's
+ * directory while it is removed.
+ */
+async function settleAll<T extends readonly unknown[]>(ps: { readonly [K in keyof T]: Promise<T[K]> }): Promise<{ -readonly [K in keyof T]: T[K] }> {
+  const r = await Promise.allSettled(ps as readonly Promise<unknown>[]);
+  const bad = r.find((x): x is PromiseRejectedResult => x.status === 'rejected');
+  if (bad) throw bad.reason;
+  return r.map((x) => (x as PromiseFulfilledResult<unknown>).value) as unknown as { -readonly [K in keyof T]: T[K] };
+}
+
 export async function endOracles(
   target: Target,
   model: DiskModel,
@@ -50,25 +75,37 @@ export async function endOracles(
   if (early) writeModelRaw(modelRaw, model, model.active);
   const compare = () => imgCompare(image, modelRaw, { formatA: 'qcow2', formatB: 'raw' });
   // Everything that only reads the image runs at once: each is a process for the qemu target.
-  const [active, snapBytes, check, info, earlyCmp] = await Promise.all([
-    target.read(0, model.size),
-    Promise.all(snaps.map((s) => target.readSnapshot(s.id, s.layer.size))),
+  // A reader target is read twice: its producer's view, then the reader's (execute.ts readViews).
+  const views = readViews(target);
+  const [viewReads, check, info, earlyCmp] = await settleAll([
+    settleAll(
+      views.map(async (v) => {
+        const [whole, snapshots] = await settleAll([
+          v.target.read(0, model.size),
+          settleAll(snaps.map((s) => v.target.readSnapshot(s.id, s.layer.size))),
+        ] as const);
+        return { label: v.label, whole, snapshots };
+      }),
+    ),
     imgCheck(image),
     imgInfo(image, { format: 'qcow2' }),
     early ? compare() : Promise.resolve(undefined),
-  ]);
-  const m = verifyRange(model, model.active, 0, active);
-  if (m) return { failure: { oracle: 'read', message: describeMismatch('whole disk at the end', m) }, qemuImgChecks: 1 };
-  for (let i = 0; i < snaps.length; i++) {
-    const s = snaps[i]!;
-    const sm = verifyRange(model, s.layer, 0, snapBytes[i]!);
-    if (sm) {
-      return {
-        failure: { oracle: 'snapshot-read', message: describeMismatch(`snapshot id ${s.id} ('${s.name}')`, sm) },
-        qemuImgChecks: 1,
-      };
+  ] as const);
+  for (const v of viewReads) {
+    const m = verifyRange(model, model.active, 0, v.whole);
+    if (m) return { failure: { oracle: 'read', message: describeMismatch(`${v.label}whole disk at the end`, m) }, qemuImgChecks: 1 };
+    for (let i = 0; i < snaps.length; i++) {
+      const s = snaps[i]!;
+      const sm = verifyRange(model, s.layer, 0, v.snapshots[i]!);
+      if (sm) {
+        return {
+          failure: { oracle: 'snapshot-read', message: describeMismatch(`${v.label}snapshot id ${s.id} ('${s.name}')`, sm) },
+          qemuImgChecks: 1,
+        };
+      }
     }
   }
+  const active = viewReads[0]!.whole;
   if (!early) writeModelRaw(modelRaw, model, model.active, active);
   const cmp = earlyCmp ?? (await compare());
 

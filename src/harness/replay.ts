@@ -19,6 +19,8 @@ export interface ReplayResult {
   expected: string;
   failure?: Failure;
   entry: TraceFile;
+  /** Set when an external entry's bug no longer shows: what to do about it. */
+  note?: string;
 }
 
 export async function replayEntry(dir: string, o: { target?: string; tmpRoot?: string } = {}): Promise<ReplayResult> {
@@ -27,7 +29,9 @@ export async function replayEntry(dir: string, o: { target?: string; tmpRoot?: s
   const cost = entry.external?.cost;
   if (cost) return { id: entry.id, dir, target: targetName, entry, ...(await replayCost(entry, cost, o.tmpRoot)) };
   // Known-bug tolerances are off: an external entry must see its bug.
-  const target = makeTarget(targetName, { strict: true, timeoutMs: entry.timeoutMs });
+  // A reader entry rebuilds its image with the producer that wrote it (unless replayed on another target).
+  const producer = o.target === undefined || o.target === entry.target ? entry.producer : undefined;
+  const target = makeTarget(targetName, { strict: true, timeoutMs: entry.timeoutMs, producer });
   const r = await runTrace(target, entry.config, { ops: entry.parsedOps }, { tmpRoot: o.tmpRoot });
   const ext = entry.external;
   let passed: boolean;
@@ -39,5 +43,11 @@ export async function replayEntry(dir: string, o: { target?: string; tmpRoot?: s
     expected = 'runs clean (regression test)';
     passed = r.failure === undefined;
   }
-  return { id: entry.id, dir, target: targetName, passed, expected, failure: r.failure, entry };
+  const note =
+    ext && !passed
+      ? r.failure
+        ? `${ext.project}: the trace now fails differently; check whether the documented bug changed`
+        : `${ext.project}: the documented bug no longer shows (fixed in ${r.implementation ?? 'this version'}?): drop "external" to keep the entry as a regression test`
+      : undefined;
+  return { id: entry.id, dir, target: targetName, passed, expected, failure: r.failure, entry, note };
 }

@@ -13,12 +13,14 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { configArb, opSeedsArb, type OpSeed } from './arbitraries.js';
 import { backingFileName, type TraceConfig } from './config.js';
-import { corpusSignatures, failureSignature, writeEntry } from './corpus.js';
+import { corpusSignatures, failureSignature, targetKey, writeEntry } from './corpus.js';
 import { runTrace, type RunOutcome } from './execute.js';
 import type { OracleName } from './oracles.js';
 import { formatOp } from './ops.js';
 import { reproScript } from './repro.js';
-import { makeTarget } from './targets/index.js';
+import { steer } from './reader/features.js';
+import { readerReproScript } from './reader/repro.js';
+import { makeTarget, type ProducerSpec } from './targets/index.js';
 
 export interface CampaignOptions {
   target: string;
@@ -34,6 +36,8 @@ export interface CampaignOptions {
   maxOps: number;
   runsPerChunk?: number;
   tmpRoot?: string;
+  /** Reader mode: the engine that writes the images the target reads (docs/cmd-protocol.md, protocol 2). */
+  producer?: ProducerSpec;
   onProgress?: (s: CampaignStats) => void;
 }
 
@@ -45,6 +49,7 @@ export interface FailureReport {
   message: string;
   config: TraceConfig;
   ops: string[];
+  producer?: ProducerSpec;
   corpusId?: string;
   duplicate?: boolean;
   /** Seconds into the campaign when the failure was found (before shrinking). */
@@ -59,6 +64,14 @@ export interface CampaignStats {
   failures: FailureReport[];
   elapsedSeconds: number;
   corpus: string[];
+  /** Declined configurations, by feature (a run declining two features counts under both). */
+  refusals: Record<string, number>;
+  /** Generated runs the implementation declined (they count as runs, not as coverage). */
+  refusedRuns: number;
+  /** Features a writer declined at create: generation steers away from them for the rest of the campaign. */
+  declined: string[];
+  /** The target turned out to be a reader (paired with a producer). */
+  readerMode?: boolean;
 }
 
 const DEFAULT_RUNS_PER_CHUNK = 25;
@@ -77,18 +90,44 @@ export function traceProperty(
   maxOps: number,
   onRun: (r: RunOutcome) => void,
   tmpRoot?: string,
-  o: { crashBias?: boolean } = {},
+  o: { crashBias?: boolean; producer?: ProducerSpec; declined?: Set<string> } = {},
 ): fc.IAsyncProperty<[TraceConfig, OpSeed[]]> {
-  return fc.asyncProperty(configArb, opSeedsArb(maxOps, o), async (config, seeds) => {
-    const r = await runTrace(makeTarget(target), config, { seeds }, { tmpRoot });
+  return fc.asyncProperty(configArb, opSeedsArb(maxOps, o), async (config0, seeds) => {
+    const config = o.declined ? steer(config0, o.declined) : config0;
+    const r = await runTrace(makeTarget(target, { producer: o.producer }), config, { seeds }, { tmpRoot });
     onRun(r);
     return r.failure === undefined;
   });
 }
 
+/** Counts a declined run; a writer's refusal at create (op 0, no producer) steers the rest of the campaign. */
+function countRefusal(stats: CampaignStats, declined: Set<string>, r: RunOutcome, readerMode: boolean): void {
+  if (!r.refusal) return;
+  stats.refusedRuns++;
+  for (const f of r.refusal.features) stats.refusals[f] = (stats.refusals[f] ?? 0) + 1;
+  if (!readerMode && r.refusal.atOp === 0) {
+    for (const f of r.refusal.features) declined.add(f);
+    stats.declined = [...declined].sort();
+  }
+}
+
 export async function runCampaign(o: CampaignOptions): Promise<CampaignStats> {
   const t0 = Date.now();
-  const stats: CampaignStats = { runs: 0, shrinkRuns: 0, ops: 0, qemuImgChecks: 0, failures: [], elapsedSeconds: 0, corpus: [] };
+  const stats: CampaignStats = {
+    runs: 0,
+    shrinkRuns: 0,
+    ops: 0,
+    qemuImgChecks: 0,
+    failures: [],
+    elapsedSeconds: 0,
+    corpus: [],
+    refusals: {},
+    refusedRuns: 0,
+    declined: [],
+  };
+  const declined = new Set<string>();
+  // Reader programs are known to be readers only once they answer; a reader's refusal never steers.
+  let readerMode = o.producer !== undefined;
   // Small run budgets get small chunks so shards and workers all get some; the
   // chunk size depends only on the budget, so a seed names the same runs however split.
   const perChunk =
@@ -125,6 +164,9 @@ export async function runCampaign(o: CampaignOptions): Promise<CampaignStats> {
           else {
             stats.runs++;
             generated++;
+            readerMode ||= r.readerMode === true;
+            stats.readerMode = readerMode;
+            countRefusal(stats, declined, r, readerMode);
           }
           stats.ops += r.ops.length;
           stats.qemuImgChecks += r.qemuImgChecks;
@@ -137,6 +179,7 @@ export async function runCampaign(o: CampaignOptions): Promise<CampaignStats> {
           o.onProgress?.(stats);
         },
         tmpRoot,
+        { producer: o.producer, declined },
       );
       // A chunk stops generating at the deadline; shrinking a found failure always completes.
       const details = await fc.check(prop, {
@@ -147,7 +190,9 @@ export async function runCampaign(o: CampaignOptions): Promise<CampaignStats> {
       });
       planned -= numRuns - generated;
       if (details.failed && details.counterexample && last) {
-        const [config, seeds] = details.counterexample;
+        const [config0, seeds] = details.counterexample;
+        // The config the shrunk run really used (steered away from declined features).
+        const config = last.config ?? config0;
         const report = await saveFailure(o, config, seeds, seed, details.counterexamplePath ?? '', tmpRoot, stats, known, last);
         report.foundAfterSeconds = Math.round(foundAt * 10) / 10;
         stats.failures.push(report);
@@ -155,7 +200,8 @@ export async function runCampaign(o: CampaignOptions): Promise<CampaignStats> {
     }
   };
   await Promise.all(Array.from({ length: Math.max(1, o.concurrency ?? 1) }, worker));
-  fs.rmSync(tmpRoot, { recursive: true, force: true });
+  // Retries: a killed program's children may still be leaving files as the campaign ends.
+  fs.rmSync(tmpRoot, { recursive: true, force: true, maxRetries: 5, retryDelay: 200 });
   stats.elapsedSeconds = (Date.now() - t0) / 1000;
   return stats;
 }
@@ -172,7 +218,9 @@ async function saveFailure(
   known: Map<string, string>,
   shrunk: RunOutcome,
 ): Promise<FailureReport> {
-  const r = await runTrace(makeTarget(o.target), config, { seeds }, { keepDir: true, tmpRoot });
+  const r = await runTrace(makeTarget(o.target, { producer: o.producer }), config, { seeds }, { keepDir: true, tmpRoot });
+  // A reader program paired with the default producer is recorded with it, so replay rebuilds the same image.
+  const producer = r.readerMode || shrunk.readerMode ? (o.producer ?? 'qemu') : undefined;
   try {
     // A failure that does not come back on a re-run is reported, never saved:
     // the corpus holds only what replays.
@@ -190,7 +238,8 @@ async function saveFailure(
       config,
       ops: (flaky ? shrunk.ops : r.ops).map(formatOp),
     };
-    const sig = failureSignature(o.target, failure.oracle, failure.message);
+    if (producer) report.producer = producer;
+    const sig = failureSignature(targetKey(o.target, producer), failure.oracle, failure.message);
     const seen = known.get(sig);
     if (seen) {
       report.corpusId = seen;
@@ -207,7 +256,11 @@ async function saveFailure(
         opIndex: failure.opIndex,
         imageFile: path.join(r.dir, 'image.qcow2'),
         backingFile: config.backing ? path.join(r.dir, backingFileName(config.backing)) : undefined,
-        repro: reproScript({ target: o.target, config, ops: r.ops, model: r.model, refused: r.refused, oracle: failure.oracle, message: failure.message }),
+        producer,
+        implementation: r.implementation,
+        repro: producer
+          ? readerReproScript({ target: o.target, producer, config, ops: r.ops, oracle: failure.oracle, message: failure.message, implementation: r.implementation })
+          : reproScript({ target: o.target, config, ops: r.ops, model: r.model, refused: r.refused, oracle: failure.oracle, message: failure.message }),
       });
       report.corpusId = e.id;
       report.duplicate = e.duplicate;
@@ -224,7 +277,7 @@ async function saveFailure(
 export function formatFailure(f: FailureReport): string {
   return [
     `${f.oracle}: ${f.message}`,
-    `  target ${f.target}, seed ${f.seed}, path "${f.path}"${f.corpusId ? `, corpus ${f.corpusId}${f.duplicate ? ' (already known)' : ''}` : ''}`,
+    `  target ${f.target}${f.producer ? ` (images by ${f.producer})` : ''}, seed ${f.seed}, path "${f.path}"${f.corpusId ? `, corpus ${f.corpusId}${f.duplicate ? ' (already known)' : ''}` : ''}`,
     `  config ${JSON.stringify(f.config)}`,
     ...f.ops.map((x, i) => `  ${String(i + 1).padStart(3)}: ${x}`),
   ].join('\n');

@@ -1,5 +1,6 @@
 import { benchCommand } from '../../harness/bench.js';
 import { fuzzCommand, minimizeCommand, replayCommand } from '../../harness/commands.js';
+import { targetCheckCommand } from '../../harness/target-check.js';
 import type { Command } from '../context.js';
 
 /*
@@ -17,4 +18,5 @@ export const harnessCommands: Record<string, { run: Command; summary: string }> 
   replay: { run: external(replayCommand), summary: 'replay a corpus entry or trace' },
   minimize: { run: external(minimizeCommand), summary: 'shrink a failing trace or image' },
   bench: { run: external(benchCommand), summary: 'measure our engine against qemu-img/qemu-io' },
+  'target-check': { run: external(targetCheckCommand), summary: "check a cmd:PROGRAM's protocol handling, one line per problem" },
 };

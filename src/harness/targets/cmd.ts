@@ -2,54 +2,72 @@
  * Any other qcow2 implementation, driven through the JSON-lines protocol of
  * docs/cmd-protocol.md: one request per line on the program's stdin, one
  * response per line on its stdout. One program process serves one run.
+ *
+ * The first request is always `create`. A writer creates the image and runs
+ * the ops (protocol 1). A reader (protocol 2) answers `{"role":"reader"}`:
+ * the run is then a reader target — a producer engine runs the ops and the
+ * program is sent `open` at every point the executor verifies.
  */
-import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import * as path from 'node:path';
-import * as readline from 'node:readline';
-import { HangError } from '../../qemu/errors.js';
 import type { CheckResult } from '../../qcow2/types.js';
-import { QemuToolError } from '../../qemu/errors.js';
 import { creationOptions, type TraceConfig } from '../config.js';
 import { createBacking } from '../fixture.js';
 import { ALL_OP_KINDS, formatOp, type Op, type OpKind } from '../ops.js';
-import type { OpOutcome, StampedOp, Target } from './types.js';
+import { RefusalError, type BackingLink, type Reader } from '../reader/types.js';
+import { CmdSession, ProtocolError, responseFeatures, type Response } from './cmd-session.js';
+import { ReaderTarget } from './reader.js';
+import type { KnownBug, OpOutcome, StampedOp, Target } from './types.js';
 
-export const CMD_PROTOCOL_VERSION = 1;
+export { ProtocolError } from './cmd-session.js';
+
+export const CMD_PROTOCOL_VERSION = 2;
 const DEFAULT_TIMEOUT_MS = 30_000;
 
-interface Response {
-  id: number;
-  ok: boolean;
-  result?: Record<string, unknown>;
-  error?: string;
-  code?: 'refused' | 'unsupported' | 'internal';
+export interface CmdTargetOptions {
+  /** Shown in results instead of `cmd:PROGRAM` (built-in adapters such as libqcow). */
+  name?: string;
+  /** Makes the producer engine a reader program is paired with. */
+  producer?: () => Target;
 }
-
-/** The program broke the protocol (bad JSON, wrong id, died): a finding against it. */
-export class ProtocolError extends QemuToolError {}
 
 export class CmdTarget implements Target {
   readonly name: string;
-  readonly verifyAfter = 'op';
-  capabilities: Set<OpKind> = new Set(ALL_OP_KINDS.filter((k) => k !== 'crash'));
-  private proc: ChildProcessWithoutNullStreams | undefined;
-  private lines: AsyncIterator<string> | undefined;
-  private nextId = 1;
+  private session: CmdSession | undefined;
   private dir = '';
-  private stderr = '';
+  private writerCaps: Set<OpKind> = new Set(ALL_OP_KINDS.filter((k) => k !== 'crash'));
+  /** Set at setup when the program turns out to be a reader. */
+  private asReader: ReaderTarget | undefined;
   /** Set at setup when the program implements `check` (the "check agrees" oracle). */
   ownCheck?: () => Promise<CheckResult>;
   private hasSnapshotRead = true;
+  implementation?: string;
 
   constructor(
     private readonly program: string,
     private readonly timeoutMs = DEFAULT_TIMEOUT_MS,
+    private readonly o: CmdTargetOptions = {},
   ) {
-    this.name = `cmd:${program}`;
+    this.name = o.name ?? `cmd:${program}`;
   }
 
-  batchable(_op: Op): boolean {
-    return false;
+  get capabilities(): ReadonlySet<OpKind> {
+    return this.asReader?.capabilities ?? this.writerCaps;
+  }
+
+  get verifyAfter(): 'op' | 'batch' {
+    return this.asReader?.verifyAfter ?? 'op';
+  }
+
+  get knownBugs(): ReadonlySet<KnownBug> | undefined {
+    return this.asReader?.knownBugs;
+  }
+
+  get producer(): Target | undefined {
+    return this.asReader?.producer;
+  }
+
+  batchable(op: Op): boolean {
+    return this.asReader?.batchable(op) ?? false;
   }
 
   imagePath(): string {
@@ -59,13 +77,9 @@ export class CmdTarget implements Target {
   async setup(config: TraceConfig, dir: string): Promise<void> {
     this.dir = dir;
     const backingFile = config.backing ? await createBacking(dir, config.backing) : null;
-    this.proc = spawn('/bin/sh', ['-c', this.program], { cwd: dir, stdio: ['pipe', 'pipe', 'pipe'] });
-    this.proc.stderr.on('data', (d: Buffer) => {
-      if (this.stderr.length < 4096) this.stderr += d.toString();
-    });
-    this.proc.stdin.on('error', () => undefined);
-    this.lines = readline.createInterface({ input: this.proc.stdout })[Symbol.asyncIterator]();
-    const r = await this.call('create', {
+    const session = new CmdSession(this.name, this.program, dir, this.timeoutMs);
+    this.session = session;
+    const r = await session.call('create', {
       protocol: CMD_PROTOCOL_VERSION,
       path: this.imagePath(),
       ...creationOptions(config, undefined),
@@ -73,98 +87,125 @@ export class CmdTarget implements Target {
       backingFile,
       backingFormat: config.backing?.format ?? null,
     });
-    if (!r.ok) throw new ProtocolError(`${this.name}: create failed: ${r.error}`);
+    if (typeof r.result?.implementation === 'string') this.implementation = r.result.implementation;
+    if (r.ok && r.result?.role === 'reader') {
+      const producer = (this.o.producer ?? defaultProducerMissing)();
+      this.asReader = new ReaderTarget(producer, new CmdReader(session, r.result?.snapshots !== false));
+      // The producer writes the backing file again, the same bytes, as it would in a run of its own.
+      await this.asReader.setup(config, dir);
+      return;
+    }
+    if (!r.ok && r.code === 'unsupported') throw new RefusalError(responseFeatures(r), `${this.name}: create declined: ${r.error ?? ''}`);
+    if (!r.ok) throw session.fail(`create failed: ${r.error}`);
     const caps = r.result?.capabilities;
-    if (Array.isArray(caps)) this.capabilities = new Set(caps.filter((c): c is OpKind => ALL_OP_KINDS.includes(c as OpKind)));
+    if (Array.isArray(caps)) this.writerCaps = new Set(caps.filter((c): c is OpKind => ALL_OP_KINDS.includes(c as OpKind)));
     this.ownCheck =
       r.result?.check === true
         ? async () => {
-            const c = await this.call('check');
-            if (!c.ok) throw new ProtocolError(`${this.name}: check failed: ${c.error}`);
+            const c = await session.call('check');
+            if (!c.ok) throw session.fail(`check failed: ${c.error}`);
             return c.result as unknown as CheckResult;
           }
         : undefined;
     this.hasSnapshotRead = r.result?.readSnapshot !== false;
   }
 
-  private async call(method: string, params: Record<string, unknown> = {}): Promise<Response> {
-    const proc = this.proc;
-    if (!proc || !this.lines) throw new ProtocolError(`${this.name}: not started`);
-    const id = this.nextId++;
-    proc.stdin.write(JSON.stringify({ id, method, params }) + '\n');
-    let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new HangError(this.name, [method], this.timeoutMs)), this.timeoutMs);
-    });
-    try {
-      const next = await Promise.race([this.lines.next(), timeout]);
-      if (next.done) throw new ProtocolError(`${this.name}: exited during '${method}': ${this.stderr.trim()}`);
-      let resp: Response;
-      try {
-        resp = JSON.parse(next.value) as Response;
-      } catch {
-        throw new ProtocolError(`${this.name}: not a JSON line in reply to '${method}': ${next.value.slice(0, 200)}`);
-      }
-      if (resp.id !== id) throw new ProtocolError(`${this.name}: reply id ${resp.id}, expected ${id}`);
-      if (!resp.ok && resp.code === 'internal') throw new ProtocolError(`${this.name}: internal error in '${method}': ${resp.error}`);
-      return resp;
-    } catch (e) {
-      if (e instanceof HangError) proc.kill('SIGKILL');
-      throw e;
-    } finally {
-      clearTimeout(timer);
-    }
+  private get s(): CmdSession {
+    if (!this.session) throw new ProtocolError(`${this.name}: not started`);
+    return this.session;
   }
 
   async run(ops: StampedOp[]): Promise<OpOutcome[]> {
+    if (this.asReader) return this.asReader.run(ops);
     const out: OpOutcome[] = [];
     for (const { op, data } of ops) {
       const params: Record<string, unknown> = { op: formatOp(op) };
       if (data) params.data = Buffer.from(data.buffer, data.byteOffset, data.length).toString('base64');
-      const r = await this.call('op', params);
+      const r = await this.s.call('op', params);
       out.push(r.ok ? { ok: true } : { ok: false, error: r.error ?? 'refused' });
     }
     return out;
   }
 
   async read(off: number, len: number): Promise<Uint8Array> {
-    const r = await this.call('read', { offset: off, length: len });
-    return this.decode(r, 'read', len);
+    if (this.asReader) return this.asReader.read(off, len);
+    return decode(this.s, await this.s.call('read', { offset: off, length: len }), 'read', len);
   }
 
   async readSnapshot(id: string, snapshotSize: number): Promise<Uint8Array> {
+    if (this.asReader) return this.asReader.readSnapshot(id, snapshotSize);
     if (!this.hasSnapshotRead) return new Uint8Array(0);
-    const r = await this.call('readSnapshot', { id, length: snapshotSize });
+    const r = await this.s.call('readSnapshot', { id, length: snapshotSize });
     if (!r.ok && r.code === 'unsupported') return new Uint8Array(0);
-    const d = this.decode(r, 'readSnapshot');
-    return d;
-  }
-
-  private decode(r: Response, what: string, len?: number): Uint8Array {
-    if (!r.ok || typeof r.result?.data !== 'string') throw new ProtocolError(`${this.name}: ${what} failed: ${r.error ?? 'no data'}`);
-    const b = Buffer.from(r.result.data, 'base64');
-    if (len !== undefined && b.length !== len) throw new ProtocolError(`${this.name}: ${what} returned ${b.length} bytes, wanted ${len}`);
-    return new Uint8Array(b.buffer, b.byteOffset, b.length);
+    return decode(this.s, r, 'readSnapshot', undefined, snapshotSize);
   }
 
   async sync(): Promise<void> {
-    const r = await this.call('sync');
-    if (!r.ok) throw new ProtocolError(`${this.name}: sync failed: ${r.error}`);
+    if (this.asReader) return this.asReader.sync();
+    const r = await this.s.call('sync');
+    if (!r.ok) throw this.s.fail(`sync failed: ${r.error}`);
+  }
+
+  async writeImageFile(): Promise<void> {
+    await this.asReader?.producer.writeImageFile?.();
   }
 
   async close(): Promise<void> {
-    const proc = this.proc;
-    if (!proc) return;
-    this.proc = undefined;
-    try {
-      proc.stdin.end(JSON.stringify({ id: this.nextId++, method: 'quit', params: {} }) + '\n');
-    } catch {
-      // already gone
-    }
-    const exited = new Promise<void>((resolve) => proc.once('exit', () => resolve()));
-    const t = setTimeout(() => proc.kill('SIGKILL'), 2000);
-    if (proc.exitCode === null && proc.signalCode === null) await exited;
-    clearTimeout(t);
+    const reader = this.asReader;
+    const session = this.session;
+    this.asReader = undefined;
+    this.session = undefined;
+    if (reader) await reader.close();
+    else await session?.close();
   }
 }
 
+function defaultProducerMissing(): Target {
+  throw new ProtocolError('a reader program needs a producer engine (--producer qemu|ts)');
+}
+
+function decode(s: CmdSession, r: Response, what: string, len?: number, max?: number): Uint8Array {
+  if (!r.ok || typeof r.result?.data !== 'string') throw s.fail(`${what} failed: ${r.error ?? 'no data in the result'}`);
+  const b = Buffer.from(r.result.data, 'base64');
+  if (len !== undefined && b.length !== len) throw s.fail(`${what} returned ${b.length} bytes, wanted ${len}`);
+  if (max !== undefined && b.length > max) throw s.fail(`${what} returned ${b.length} bytes, at most ${max} asked`);
+  return new Uint8Array(b.buffer, b.byteOffset, b.length);
+}
+
+/** A reader program (protocol 2): `open`, `read`, `readSnapshot` on the session that answered `create` as a reader. */
+class CmdReader implements Reader {
+  readonly name: string;
+
+  constructor(
+    private readonly s: CmdSession,
+    private readonly snapshots: boolean,
+  ) {
+    this.name = s.name;
+  }
+
+  async open(image: string, chain: BackingLink[]): Promise<void> {
+    const r = await this.s.call('open', {
+      path: image,
+      backing: chain.map((l) => ({ file: l.file, path: l.path, format: l.format })),
+      readOnly: true,
+    });
+    if (r.ok) return;
+    if (r.code === 'unsupported') throw new RefusalError(responseFeatures(r), `${this.name}: open declined: ${r.error ?? ''}`);
+    throw this.s.fail(`open of a valid image failed: ${r.error ?? 'no error text'}`);
+  }
+
+  async read(off: number, len: number): Promise<Uint8Array> {
+    return decode(this.s, await this.s.call('read', { offset: off, length: len }), 'read', len);
+  }
+
+  async readSnapshot(id: string, length: number): Promise<Uint8Array | undefined> {
+    if (!this.snapshots) return undefined;
+    const r = await this.s.call('readSnapshot', { id, length });
+    if (!r.ok && r.code === 'unsupported') return undefined;
+    return decode(this.s, r, 'readSnapshot', undefined, length);
+  }
+
+  async close(): Promise<void> {
+    await this.s.close();
+  }
+}

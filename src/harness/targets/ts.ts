@@ -112,6 +112,12 @@ export class TsTarget implements Target {
     }
   }
 
+  /** The image as it stands, for a reader to open mid-run (docs/cmd-protocol.md, readers). */
+  async writeImageFile(): Promise<void> {
+    this.image.flush();
+    fs.writeFileSync(this.imagePath(), this.storage!.bytes());
+  }
+
   /** Closes the image cleanly (as QEMU's tools do) and reopens it read-only for the end reads. */
   async sync(): Promise<void> {
     this.image.close();

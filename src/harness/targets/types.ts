@@ -95,6 +95,20 @@ export interface Target {
   readSnapshot(id: string, snapshotSize: number): Promise<Uint8Array>;
   /** Makes the image file at imagePath() current (ts: dumps memory to the file). */
   sync(): Promise<void>;
+  /**
+   * Makes the file at imagePath() show the image as it stands without ending
+   * the run (ts: flushes and dumps memory); absent when the file is always
+   * current between runs of ops (qemu). Used by reader targets.
+   */
+  writeImageFile?(): Promise<void>;
+  /**
+   * A reader target's producer: the executor verifies its view before the
+   * reader's, so the model is checked against what was written before it is
+   * checked against what was read.
+   */
+  readonly producer?: Target;
+  /** What the implementation says it is (e.g. "libqcow 20201213"), when it says. */
+  readonly implementation?: string;
   imagePath(): string;
   /** The persistent bitmaps as the target reads them itself, after sync (ts only; QEMU's reading is the oracle's). */
   bitmaps?(): Promise<BitmapView[]>;

@@ -1,0 +1,47 @@
+/**
+ * Configuration features, by name: what a refusal is counted against, and
+ * what a campaign steers away from once an implementation has declined it.
+ * The names are qemu-img's creation option spellings, so an adapter can name
+ * the feature it lacks the way its users know it.
+ */
+import type { TraceConfig } from '../config.js';
+
+/** Features a configuration uses beyond the plainest image (qcow2 v3, 64K clusters, 16-bit refcounts, no backing file). */
+export function configFeatures(c: TraceConfig): string[] {
+  const f: string[] = [];
+  if (c.compat === '0.10') f.push('compat=0.10');
+  if (c.extendedL2) f.push('extended_l2');
+  if (c.compressionType === 'zstd') f.push('compression_type=zstd');
+  if (c.lazyRefcounts) f.push('lazy_refcounts');
+  if (c.refcountBits !== 16) f.push(`refcount_bits=${c.refcountBits}`);
+  if (c.clusterSize !== 65536) f.push(`cluster_size=${c.clusterSize}`);
+  if (c.backing) f.push(`backing=${c.backing.format}`);
+  return f;
+}
+
+/** Features `steer` knows how to turn off; others are only counted. */
+export const STEERABLE = ['extended_l2', 'compression_type=zstd', 'compat=0.10', 'lazy_refcounts', 'backing=raw', 'backing=qcow2'] as const;
+
+/**
+ * The configuration with every declined feature turned off (a refcount width
+ * declined is replaced by 16, a cluster size by 64K): generation keeps its
+ * shape, so shrinking and the op seeds work unchanged, but never again asks
+ * for what was declined.
+ */
+export function steer(c: TraceConfig, declined: ReadonlySet<string>): TraceConfig {
+  if (declined.size === 0) return c;
+  let out: TraceConfig = { ...c };
+  if (declined.has('extended_l2')) out.extendedL2 = false;
+  if (declined.has('compression_type=zstd')) out.compressionType = 'zlib';
+  if (declined.has('lazy_refcounts')) out.lazyRefcounts = false;
+  if (declined.has(`refcount_bits=${out.refcountBits}`)) out.refcountBits = 16;
+  if (declined.has(`cluster_size=${out.clusterSize}`)) out.clusterSize = 65536;
+  if (out.compat === '0.10' && declined.has('compat=0.10')) out.compat = '1.1';
+  if (out.compat === '0.10') out = { ...out, refcountBits: 16, lazyRefcounts: false, extendedL2: false, compressionType: 'zlib' };
+  if (out.extendedL2 && out.clusterSize < 16384) out.extendedL2 = false;
+  if (out.backing && declined.has(`backing=${out.backing.format}`)) {
+    const { backing: _drop, ...rest } = out;
+    out = rest;
+  }
+  return out;
+}

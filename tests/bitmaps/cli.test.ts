@@ -117,3 +117,31 @@ describe.concurrent('qcow2-harness bitmap as qemu-img bitmap', () => {
     expect(await qemuDirtyRanges(src, 'b0')).toEqual([[65536, 65536]]);
   });
 });
+
+describe('qcow2-harness io on an image with bitmaps (issue 10: one write used to lose them)', () => {
+  it('keeps an enabled and a disabled bitmap: listed without in-use, check clean, exactly the written granules', async () => {
+    const [q, o] = await pair(async (f) => {
+      ok(await qemuImg(['bitmap', '--add', f, 'on']), 'add on');
+      ok(await qemuImg(['bitmap', '--add', '--disable', f, 'off']), 'add off');
+    });
+    const cmds = ['write 4k 4k', 'write -z 1M 128k', 'discard 3M 64k'];
+    ok(await qemuIo([...cmds.flatMap((c) => ['-c', c]), q]), 'qemu-io');
+    const mine = await ours(dir, ['io', ...cmds.flatMap((c) => ['-c', c]), o]);
+    expect(mine.rc, mine.stderr).toBe(0);
+    const info = await qemuImg(['info', o]);
+    expect(info.stderr).toBe('');
+    expect(await listed(o)).toEqual([
+      { name: 'on', flags: ['auto'], granularity: 65536 },
+      { name: 'off', flags: [], granularity: 65536 },
+    ]);
+    expect(await qemuDirtyRanges(o, 'on')).toEqual([
+      [0, 65536],
+      [1 << 20, 131072],
+      [3 << 20, 65536],
+    ]);
+    expect(await qemuDirtyRanges(o, 'on')).toEqual(await qemuDirtyRanges(q, 'on'));
+    expect(await qemuDirtyRanges(o, 'off')).toEqual([]);
+    const check = await qemuCheck(o);
+    expect([check.rc, check.corruptions, check.leaks, check.checkErrors]).toEqual([0, 0, 0, 0]);
+  });
+});

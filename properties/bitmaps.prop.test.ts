@@ -106,3 +106,18 @@ it('QEMU keeps bitmaps as the model says (fixed seed)', async () => {
   expect(t.failures).toEqual([]);
   expect(t.added).toBeGreaterThan(3);
 }, 600_000);
+
+it('a refused compressed write still dirties its granules, on both (QEMU marks every request that reached the driver)', async () => {
+  const config: TraceConfig = { size: 1 << 20, clusterSize: 65536, refcountBits: 16, compat: '1.1', lazyRefcounts: false, extendedL2: false, compressionType: 'zlib' };
+  const ops: Op[] = [
+    { kind: 'bitmap', action: 'add', name: 'fine', granularity: 512 },
+    { kind: 'write-compressed', off: 512, len: 512 },
+    { kind: 'write-compressed', off: 65536, len: 65536 },
+  ];
+  for (const target of ['ts', 'qemu']) {
+    const r = await runTrace(makeTarget(target), config, { ops }, { tmpRoot });
+    expect(r.failure, `${target}: ${r.failure?.message}`).toBeUndefined();
+    expect([...r.refused], target).toEqual([2]);
+    expect(r.model!.bitmaps.list[0]!.dirty.size, target).toBe(1 + 128);
+  }
+}, 120_000);

@@ -100,3 +100,17 @@ export function bitmapEffects(model: DiskModel, op: Op): void {
       return;
   }
 }
+
+/**
+ * What a refused op does to the model's bitmaps. QEMU sets the dirty bits of
+ * every request that reached the driver, failed or not (bdrv_co_write_req_finish
+ * runs whatever the driver returned). A compressed write in range is refused
+ * only by the driver (qcow2_co_pwritev_compressed_part: not cluster aligned),
+ * so its granules are dirty; every other refusal the model makes comes before
+ * the request (range, alignment) and dirties nothing.
+ */
+export function bitmapEffectsOfRefusal(model: DiskModel, op: Op): void {
+  if (op.kind === 'write-compressed' && op.off + op.len <= model.size && op.off % 512 === 0 && op.len % 512 === 0) {
+    model.bitmaps.markDirty(op.off, op.len);
+  }
+}

@@ -8,7 +8,7 @@
 import type { DiskModel } from '../../model/disk.js';
 import type { Expectation } from '../../model/types.js';
 import { amend } from './amend.js';
-import { bitmap, bitmapEffects, bitmapRefusal } from './bitmap.js';
+import { bitmap, bitmapEffects, bitmapEffectsOfRefusal, bitmapRefusal } from './bitmap.js';
 import { makeFault } from './fault.js';
 import { discard, flush, write, writeCompressed, writeZeroes } from './guest-io.js';
 import { resize } from './resize.js';
@@ -67,6 +67,11 @@ export function expectOp(model: DiskModel, op: Op): Expectation {
 export function applyOp(model: DiskModel, op: Op, stamp: number): void {
   specOf(op).apply(model, op, stamp);
   bitmapEffects(model, op);
+}
+
+/** What an op the target refused still does to the model (persistent bitmaps only; see ./bitmap.ts). */
+export function refusedOp(model: DiskModel, op: Op): void {
+  bitmapEffectsOfRefusal(model, op);
 }
 
 export function isRangeOp(op: Op): op is RangeOp {

@@ -15,26 +15,6 @@ import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
 import { prng } from './prng.js';
 
-const USAGE = `usage: qcow2-harness bench [--json] [--dir DIR] [--size BYTES] [--writes N]
-                           [--only convert,writes,amend] [--repeat N] [--keep]
-                           [--amend-timeout S]
-
-Times our CLI against qemu-img/qemu-io on the same images and prints ours/qemu ratios:
-  convert   convert -O raw of a fully written image (--size, default 1 GiB, 64 KiB clusters)
-  writes    --writes random 4 KiB writes (default 10000) in one qemu-io / one 'io' process,
-            against qemu-io -t writeback (like for like) and qemu-io's default writethrough
-  amend     amend -o refcount_bits=1 and =64 of a fully written image at 64 KiB clusters, and
-            refcount_bits=64 at 2 MiB clusters (qemu-img 7.2 needs tens of minutes there: its
-            time grows with the square of the cluster size; it is killed after --amend-timeout,
-            default 120 s, and the ratio reported as an upper bound)
-
-  --json     one JSON document on stdout instead of the table
-  --dir      work directory (default: a new one under the system tmp dir, removed afterwards)
-  --repeat   time each command N times and keep the fastest (default 1)
-  --keep     keep the work directory
-Needs qemu-img and qemu-io on PATH and a built CLI (npm run build).
-`;
-
 export interface BenchResult {
   name: string;
   qemuSeconds: number;
@@ -49,7 +29,8 @@ export interface BenchResult {
   note?: string;
 }
 
-interface Opts {
+/** What src/cli/commands/bench.ts reads from the command line. */
+export interface BenchOptions {
   json: boolean;
   dir?: string;
   size: number;
@@ -61,48 +42,6 @@ interface Opts {
 }
 
 const MiB = 1024 * 1024;
-
-function parseArgs(argv: string[]): Opts | string {
-  const o: Opts = { json: false, size: 1024 * MiB, writes: 10_000, only: new Set(['convert', 'writes', 'amend']), repeat: 1, keep: false, amendTimeoutS: 120 };
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i];
-    const val = (): string => {
-      const v = argv[++i];
-      if (v === undefined) throw new Error(`${a} needs a value`);
-      return v;
-    };
-    try {
-      if (a === '--json') o.json = true;
-      else if (a === '--keep') o.keep = true;
-      else if (a === '--dir') o.dir = val();
-      else if (a === '--size') o.size = parseBytes(val());
-      else if (a === '--writes') o.writes = positiveInt(val(), a);
-      else if (a === '--repeat') o.repeat = positiveInt(val(), a);
-      else if (a === '--amend-timeout') o.amendTimeoutS = positiveInt(val(), a);
-      else if (a === '--only') {
-        o.only = new Set(val().split(','));
-        for (const x of o.only) if (!['convert', 'writes', 'amend'].includes(x)) return `unknown benchmark '${x}'`;
-      } else return `unknown argument '${a}'`;
-    } catch (e) {
-      return (e as Error).message;
-    }
-  }
-  if (o.size % (2 * MiB) !== 0) return '--size must be a multiple of 2 MiB';
-  return o;
-}
-
-function positiveInt(s: string, what: string): number {
-  const n = Number(s);
-  if (!Number.isSafeInteger(n) || n <= 0) throw new Error(`${what}: '${s}' is not a positive integer`);
-  return n;
-}
-
-function parseBytes(s: string): number {
-  const m = /^(\d+)([kKmMgG]?)$/.exec(s);
-  if (!m) throw new Error(`--size: '${s}' is not a size`);
-  const mul = { '': 1, k: 1024, m: MiB, g: 1024 * MiB }[m[2].toLowerCase() as '' | 'k' | 'm' | 'g'];
-  return Number(m[1]) * mul;
-}
 
 /** The built CLI next to this file (dist/harness/bench.js → dist/cli/main.js). */
 function cliPath(): string {
@@ -178,7 +117,7 @@ async function qemuCheckClean(p: string): Promise<boolean> {
   return r.exitCode === 0;
 }
 
-async function benchConvert(o: Opts, dir: string, cli: string, raw: string): Promise<BenchResult> {
+async function benchConvert(o: BenchOptions, dir: string, cli: string, raw: string): Promise<BenchResult> {
   const src = join(dir, 'convert-src.qcow2');
   await run('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', '-o', 'cluster_size=65536', raw, src]);
   const qOut = join(dir, 'convert-qemu.raw');
@@ -209,7 +148,7 @@ async function benchConvert(o: Opts, dir: string, cli: string, raw: string): Pro
  * only at the end. The like-for-like figure is against `-t writeback`; the
  * default is reported too, so the difference is visible, not hidden.
  */
-async function benchWrites(o: Opts, dir: string, cli: string, cache: 'writeback' | 'default'): Promise<BenchResult> {
+async function benchWrites(o: BenchOptions, dir: string, cli: string, cache: 'writeback' | 'default'): Promise<BenchResult> {
   const rand = prng(0x5eed);
   const blocks = o.size / 4096;
   const cmds: string[] = [];
@@ -247,7 +186,7 @@ async function benchWrites(o: Opts, dir: string, cli: string, cache: 'writeback'
   };
 }
 
-async function benchAmend(o: Opts, dir: string, cli: string, raw: string, clusterSize: number, bits: number): Promise<BenchResult> {
+async function benchAmend(o: BenchOptions, dir: string, cli: string, raw: string, clusterSize: number, bits: number): Promise<BenchResult> {
   const base = join(dir, `amend-${clusterSize}.qcow2`);
   if (!existsSync(base)) {
     await run('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', '-o', `cluster_size=${clusterSize}`, raw, base]);
@@ -276,16 +215,8 @@ async function benchAmend(o: Opts, dir: string, cli: string, raw: string, cluste
   };
 }
 
-export async function benchCommand(argv: string[]): Promise<number> {
-  if (argv.includes('--help') || argv.includes('-h')) {
-    process.stdout.write(USAGE);
-    return 0;
-  }
-  const o = parseArgs(argv);
-  if (typeof o === 'string') {
-    process.stderr.write(`qcow2-harness bench: ${o}\n${USAGE}`);
-    return 1;
-  }
+/** Runs the benchmarks o.only names and prints the table (or JSON); 1 when a result differs or a step failed. */
+export async function runBench(o: BenchOptions): Promise<number> {
   let cli: string;
   try {
     cli = cliPath();

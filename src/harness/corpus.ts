@@ -69,6 +69,11 @@ export function failureSignature(target: string, oracle: string, message: string
   return `${target} ${oracle} ${shape}`;
 }
 
+/** An entry's signature: the one it was saved with, or (older entries) the one its failure gives. */
+export function entrySignature(t: Pick<TraceFile, 'signature' | 'target' | 'oracle' | 'message'>): string {
+  return t.signature ?? failureSignature(t.target, t.oracle, t.message);
+}
+
 /** Signatures of the entries already in a corpus, mapped to their ids. */
 export function corpusSignatures(corpusDir: string): Map<string, string> {
   const out = new Map<string, string>();

@@ -10,6 +10,9 @@ Changes format options of an existing qcow2 image in place, as 'qemu-img amend'.
 Options: refcount_bits=1|2|4|8|16|32|64, compat=0.10|1.1, lazy_refcounts=on|off.
 A change that cannot be made (a refcount that does not fit a narrower width,
 something v2 cannot express) is refused and the image left as it was.
+Exit codes: 0 success, 1 failure (a refused change, a bad command line, an
+image that cannot be opened, is invalid, corrupt or unsupported, an I/O
+error), 70 an internal error.
 `;
 
 const CREATE_ONLY = new Set(['cluster_size', 'extended_l2', 'compression_type', 'preallocation', 'encryption', 'data_file', 'data_file_raw']);

@@ -21,6 +21,8 @@ The output is written to DST.tmp and renamed onto DST once complete, so DST
 is never seen half-written; DST must therefore be a regular file or not exist
 (never a device, pipe or symlink). Zero ranges are skipped (the output stays
 sparse).
+Exit codes: 0 success, 1 failure (a bad command line, an image that cannot be
+opened, is invalid, corrupt or unsupported, an I/O error), 70 an internal error.
 `;
 
 /** Bytes copied per step: large enough to amortise per-call costs, small enough to stay cache friendly. */

@@ -14,6 +14,8 @@ as 'qemu-img info' (the JSON output uses qemu-img's field names).
   --output FMT    human (default) or json
   --backing-chain the image and every image under it (JSON: an array)
 ${FORCE_SHARE_HELP}
+Exit codes: 0 success, 1 failure (a bad command line, an image that cannot be
+opened, is invalid, corrupt or unsupported, an I/O error), 70 an internal error.
 `;
 
 /** qemu's path_combine: a relative backing name is relative to the image's directory, as the image was named. */

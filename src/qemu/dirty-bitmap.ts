@@ -32,13 +32,18 @@ export async function qemuDirtyRanges(file: string, name: string, timeoutMs = DE
     }
     return out;
   } finally {
-    stopServer(pidFile);
+    await stopServer(pidFile);
     fs.rmSync(dir, { recursive: true, force: true });
   }
 }
 
-/** qemu-nbd exits when its one client leaves; stop it by its own pid in case it has not yet. */
-function stopServer(pidFile: string): void {
+/**
+ * qemu-nbd exits when its one client leaves, but not at once: until it has,
+ * it holds its lock on the image and a writer that opens the image next is
+ * refused. So wait for it to be gone (asking it to go after a while), by its
+ * own pid.
+ */
+async function stopServer(pidFile: string): Promise<void> {
   let pid: number;
   try {
     pid = Number(fs.readFileSync(pidFile, 'utf8').trim());
@@ -46,10 +51,35 @@ function stopServer(pidFile: string): void {
     return;
   }
   if (!Number.isInteger(pid) || pid <= 0) return;
+  const deadline = Date.now() + STOP_WAIT_MS;
+  let asked = false;
+  while (alive(pid)) {
+    if (!asked && Date.now() > deadline - STOP_WAIT_MS / 2) {
+      signal(pid, 'SIGTERM');
+      asked = true;
+    }
+    if (Date.now() > deadline) {
+      signal(pid, 'SIGKILL');
+      return;
+    }
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+/** How long a finished qemu-nbd may take to exit: generous, as the machine may be busy; only a hang waits it out. */
+const STOP_WAIT_MS = 20_000;
+
+function alive(pid: number): boolean {
+  return signal(pid, 0);
+}
+
+/** Sends a signal; false when the process is gone (ESRCH). */
+function signal(pid: number, sig: NodeJS.Signals | 0): boolean {
   try {
-    process.kill(pid, 'SIGTERM');
+    process.kill(pid, sig);
+    return true;
   } catch (e) {
-    // Already gone is the usual case; anything else is a real failure.
     if ((e as NodeJS.ErrnoException).code !== 'ESRCH') throw e;
+    return false;
   }
 }

@@ -15,7 +15,7 @@ import { CrashTracker, crashSeed, examineCrashStates } from './crash.js';
 import { makeData } from './data.js';
 import { imgCheck } from '../qemu/index.js';
 import { endOracles, readViews, type Failure } from './oracles.js';
-import { dataRangeOf, formatOp, specOf, touchedBy, type Op } from './ops.js';
+import { dataRangeOf, formatOp, refusedOp, specOf, touchedBy, type Op } from './ops.js';
 import { configFeatures } from './reader/features.js';
 import { RefusalError, type Refusal } from './reader/types.js';
 import type { StampedOp, Target } from './targets/types.js';
@@ -132,6 +132,7 @@ async function execute(
         applyOp(model, op, index);
       } else {
         out.refused.add(index);
+        refusedOp(model, op);
         const f = await settleFailure(model, op, index, exp.verdict, target);
         if (f) return f;
         if (op.kind === 'snapshot' && op.action === 'create' && target.knownBugs?.has('leak-after-refused-snapshot')) {

@@ -8,12 +8,13 @@ import * as path from 'node:path';
 import type { DiskModel } from '../model/disk.js';
 import { imgCheck, imgCompare, imgInfo, type CheckOutcome, type QemuInfo } from '../qemu/index.js';
 import type { CheckResult } from '../qcow2/types.js';
+import { judgeBitmaps } from './bitmap-oracle.js';
 import type { TraceConfig } from './config.js';
 import { writeModelRaw } from './fixture.js';
 import type { Target } from './targets/types.js';
 import { describeMismatch, verifyRange } from './verify.js';
 
-export type OracleName = 'op' | 'read' | 'snapshot-read' | 'check' | 'compare' | 'info' | 'own-check' | 'crash' | 'hang' | 'exception' | 'cost';
+export type OracleName = 'op' | 'read' | 'snapshot-read' | 'check' | 'compare' | 'info' | 'bitmap' | 'own-check' | 'crash' | 'hang' | 'exception' | 'cost';
 
 export interface Failure {
   oracle: OracleName;
@@ -118,6 +119,8 @@ export async function endOracles(
   }
   const infoProblem = judgeInfo(info, model, config);
   if (infoProblem) return { failure: { oracle: 'info', message: infoProblem }, qemuImgChecks: 1 };
+  const bitmapProblem = await judgeBitmaps(target, model, image, info);
+  if (bitmapProblem) return { failure: { oracle: 'bitmap', message: bitmapProblem }, qemuImgChecks: 1 };
 
   if (target.ownCheck) {
     const own = await target.ownCheck();

@@ -7,6 +7,7 @@
  * implementation must accept it (see Verdict), and x() applies it to the model
  * (call it only when the implementation accepted the op).
  */
+import { ModelBitmaps } from './bitmaps.js';
 import { ANY, Layer, SECTOR } from './layer.js';
 import type { BackingModel, Compat, Expectation, ImageConfig, MetaModel, SnapshotModel } from './types.js';
 
@@ -22,6 +23,8 @@ export class DiskModel {
   active: Layer;
   readonly backing?: BackingModel;
   meta: MetaModel;
+  /** Persistent dirty bitmaps (the harness's bitmap ops and the ops that dirty them keep it). */
+  readonly bitmaps = new ModelBitmaps();
   /** The image has an external data file (fixed at creation; amend cannot add or drop one here). */
   private readonly dataFile: boolean;
   private snaps: Snapshot[] = [];

@@ -7,7 +7,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Qcow2Error, UnsupportedFeatureError } from '../../qcow2/errors.js';
-import { Qcow2Image } from '../../qcow2/image.js';
+import { type BitmapView, Qcow2Image } from '../../qcow2/image.js';
 import { openImageFile } from '../../qcow2/open-file.js';
 import { FaultyStorage } from '../../qcow2/storage/faulty.js';
 import { MemoryStorage } from '../../qcow2/storage/memory.js';
@@ -142,6 +142,10 @@ export class TsTarget implements Target {
     const opts: OpenOptions = data ? { ...this.openOpts, openDataFile: () => new MemoryStorage(data.read(0, data.size())) } : this.openOpts;
     const open = (s: BlockStorage) => Qcow2Image.open(s, opts);
     return visitCrashStates(this.storage!, { budget, seed, dir: this.dir, open }, visit);
+  }
+
+  async bitmaps(): Promise<BitmapView[]> {
+    return this.image.bitmaps();
   }
 
   async ownCheck(): Promise<CheckResult> {

@@ -3,6 +3,7 @@
  * it op by op, or batch by batch for targets that can run several ops in one
  * process (qemu-io), and reads the guest view back for the oracles.
  */
+import type { BitmapView } from '../../qcow2/image.js';
 import type { CrashMode } from '../../qcow2/storage/recording.js';
 import type { CheckResult } from '../../qcow2/types.js';
 import type { TraceConfig } from '../config.js';
@@ -109,6 +110,8 @@ export interface Target {
   /** What the implementation says it is (e.g. "libqcow 20201213"), when it says. */
   readonly implementation?: string;
   imagePath(): string;
+  /** The persistent bitmaps as the target reads them itself, after sync (ts only; QEMU's reading is the oracle's). */
+  bitmaps?(): Promise<BitmapView[]>;
   /** Our engine's own check of the image, for the "our check agrees" oracle (ts only). */
   ownCheck?(): Promise<CheckResult>;
   /**

@@ -44,8 +44,33 @@ interface ConfigSeed {
   sizeMode: number; // 0 small, 1 around an L2 span, 2 around a refblock span
   clusters: number;
   extraSectors: number; // makes the size not cluster aligned
-  backing: { format: 'raw' | 'qcow2'; factor: number; clusterSize: number; writes: [number, number, number][] } | null;
+  backing: BackingSeed | null;
+  prealloc: boolean;
 }
+
+interface BackingSeed {
+  format: 'raw' | 'qcow2';
+  factor: number;
+  clusterSize: number;
+  writes: [number, number, number][];
+  /** The next level of a chain (used only under a qcow2 level). */
+  lower?: BackingSeed | null;
+}
+
+const backingLevelArb = fc.record({
+  format: fc.constantFrom<'raw' | 'qcow2'>('raw', 'qcow2'),
+  factor: fc.constantFrom(1, 0.5, 1.5),
+  clusterSize: fc.constantFrom(512, 4 * KiB, 64 * KiB),
+  writes: fc.array(fc.tuple(fc.nat(1_000_000), fc.integer({ min: 1, max: 4 }), fc.constantFrom(512, 4096, 65536)), {
+    minLength: 1,
+    maxLength: 4,
+  }),
+});
+
+/** A backing file, and below a qcow2 one sometimes another: chains of up to three backing files. */
+const backingSeedArb: fc.Arbitrary<BackingSeed> = fc
+  .tuple(backingLevelArb, fc.option(fc.tuple(backingLevelArb, fc.option(backingLevelArb, { freq: 2 })), { freq: 2 }))
+  .map(([top, below]) => (below ? { ...top, lower: { ...below[0], lower: below[1] } } : top));
 
 const configSeedArb: fc.Arbitrary<ConfigSeed> = fc.record({
   v3: fc.oneof({ weight: 3, arbitrary: fc.constant(true) }, { weight: 1, arbitrary: fc.constant(false) }),
@@ -61,18 +86,8 @@ const configSeedArb: fc.Arbitrary<ConfigSeed> = fc.record({
   ),
   clusters: fc.integer({ min: 1, max: 40 }),
   extraSectors: fc.oneof({ weight: 2, arbitrary: fc.constant(0) }, { weight: 1, arbitrary: fc.integer({ min: 1, max: 4095 }) }),
-  backing: fc.option(
-    fc.record({
-      format: fc.constantFrom<'raw' | 'qcow2'>('raw', 'qcow2'),
-      factor: fc.constantFrom(1, 0.5, 1.5),
-      clusterSize: fc.constantFrom(512, 4 * KiB, 64 * KiB),
-      writes: fc.array(fc.tuple(fc.nat(1_000_000), fc.integer({ min: 1, max: 4 }), fc.constantFrom(512, 4096, 65536)), {
-        minLength: 1,
-        maxLength: 4,
-      }),
-    }),
-    { freq: 3 },
-  ),
+  backing: fc.option(backingSeedArb, { freq: 3 }),
+  prealloc: fc.oneof({ weight: 4, arbitrary: fc.constant(false) }, { weight: 1, arbitrary: fc.constant(true) }),
 });
 
 const roundSector = (n: number) => Math.max(SECTOR, Math.floor(n / SECTOR) * SECTOR);
@@ -100,19 +115,26 @@ function resolveConfig(s: ConfigSeed): TraceConfig {
     extendedL2,
     compressionType: s.v3 && s.zstd ? 'zstd' : 'zlib',
   };
-  if (s.backing) {
-    const bsize = roundSector(size * s.backing.factor);
-    const writes: [number, number][] = [];
-    for (const [frac, count, unit] of s.backing.writes) {
-      const off = roundSector((frac / 1_000_000) * bsize) - SECTOR;
-      const len = Math.min(count * unit, bsize - off, MAX_WRITE_BYTES);
-      if (len >= SECTOR) writes.push([off, roundSector(len)]);
-    }
-    const b: BackingConfig = { format: s.backing.format, size: bsize, writes };
-    if (b.format === 'qcow2') b.clusterSize = s.backing.clusterSize;
-    cfg.backing = b;
-  }
+  if (s.backing) cfg.backing = resolveBacking(s.backing, size);
+  // qcow2_co_create refuses preallocation over a backing file unless extended L2 keeps subclusters unallocated.
+  if (s.prealloc && (!cfg.backing || extendedL2)) cfg.preallocation = 'metadata';
   return cfg;
+}
+
+function resolveBacking(s: BackingSeed, above: number): BackingConfig {
+  const bsize = roundSector(above * s.factor);
+  const writes: [number, number][] = [];
+  for (const [frac, count, unit] of s.writes) {
+    const off = roundSector((frac / 1_000_000) * bsize) - SECTOR;
+    const len = Math.min(count * unit, bsize - off, MAX_WRITE_BYTES);
+    if (len >= SECTOR) writes.push([off, roundSector(len)]);
+  }
+  const b: BackingConfig = { format: s.format, size: bsize, writes };
+  if (b.format === 'qcow2') {
+    b.clusterSize = s.clusterSize;
+    if (s.lower) b.backing = resolveBacking(s.lower, bsize);
+  }
+  return b;
 }
 
 export const configArb: fc.Arbitrary<TraceConfig> = configSeedArb.map(resolveConfig);

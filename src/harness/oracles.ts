@@ -10,6 +10,7 @@ import { imgCheck, imgCompare, imgInfo, type CheckOutcome, type QemuInfo } from 
 import type { CheckResult } from '../qcow2/types.js';
 import type { TraceConfig } from './config.js';
 import { writeModelRaw } from './fixture.js';
+import { mediaSizeProblem } from './reader/size.js';
 import type { Target } from './targets/types.js';
 import { describeMismatch, verifyRange } from './verify.js';
 
@@ -90,6 +91,10 @@ export async function endOracles(
     imgInfo(image, { format: 'qcow2' }),
     early ? compare() : Promise.resolve(undefined),
   ] as const);
+  for (const v of views) {
+    const sized = await mediaSizeProblem(v.target, model.size, 'at the end', v.label);
+    if (sized) return { failure: { oracle: 'read', message: sized }, qemuImgChecks: 1 };
+  }
   for (const v of viewReads) {
     const m = verifyRange(model, model.active, 0, v.whole);
     if (m) return { failure: { oracle: 'read', message: describeMismatch(`${v.label}whole disk at the end`, m) }, qemuImgChecks: 1 };

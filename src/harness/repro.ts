@@ -8,7 +8,7 @@
 import type { DiskModel } from '../model/disk.js';
 import { ANY, SECTOR, type Layer } from '../model/layer.js';
 import { createOptionString } from '../qemu/img.js';
-import { backingFileName, type TraceConfig } from './config.js';
+import { backingChain, backingFileName, backingStamp, type TraceConfig } from './config.js';
 import { BACKING_STAMP_BASE } from './data.js';
 import type { OracleName } from './oracles.js';
 import { specOf, type Op } from './ops.js';
@@ -78,13 +78,20 @@ export function reproScript(r: ReproInput): string {
   }
   L.push('');
   L.push(`# The same ops through QEMU${r.target && r.target !== 'qemu' ? ' (the reference: for a finding against another target this part shows what QEMU does)' : ''}.`);
-  if (c.backing) {
-    const b = c.backing;
+  // The backing chain bottom up: the bottom file from a raw file, each file above it over the one below.
+  for (const l of [...backingChain(c)].reverse()) {
+    const b = l.config;
+    const pats = b.writes.map(([off, len], i) => `-c ${q(`write -q -P ${hex(patternOf(backingStamp(i, l.level)))} ${off} ${len}`)}`);
+    if (b.backing) {
+      const lower = backingFileName(b.backing, l.level + 1);
+      L.push(`qemu-img create -q -f qcow2 -o cluster_size=${b.clusterSize ?? 65536} -b ${lower} -F ${b.backing.format} ${l.file} ${b.size}`);
+      if (pats.length) L.push(`qemu-io -f qcow2 ${pats.join(' ')} ${l.file}`);
+      continue;
+    }
     L.push(`qemu-img create -q -f raw backing.src ${b.size}`);
-    const cmds = b.writes.map(([off, len], i) => `-c ${q(`write -q -P ${hex(patternOf(BACKING_STAMP_BASE + i))} ${off} ${len}`)}`);
-    if (cmds.length) L.push(`qemu-io -f raw ${cmds.join(' ')} backing.src`);
-    if (b.format === 'raw') L.push(`mv backing.src ${backingFileName(b)}`);
-    else L.push(`qemu-img convert -f raw -O qcow2 -o cluster_size=${b.clusterSize ?? 65536} backing.src ${backingFileName(b)}`);
+    if (pats.length) L.push(`qemu-io -f raw ${pats.join(' ')} backing.src`);
+    if (b.format === 'raw') L.push(`mv backing.src ${l.file}`);
+    else L.push(`qemu-img convert -f raw -O qcow2 -o cluster_size=${b.clusterSize ?? 65536} backing.src ${l.file}`);
   }
   const opts = createOptionString(c);
   const back = c.backing ? ` -b ${backingFileName(c.backing)} -F ${c.backing.format}` : '';

@@ -46,6 +46,11 @@ export class DiskModel {
     this.backing = cfg.backing;
     const backingEnd = cfg.backing ? Math.min(cfg.size, cfg.backing.size) / SECTOR : 0;
     this.active = new Layer(cfg.size, new Map(), Math.ceil(backingEnd));
+    // Preallocated clusters read as before (QEMU's preallocate_co leaves extended L2 subclusters
+    // unallocated, so a backing file still shows through) but have host offsets: compressed writes may fail.
+    if (cfg.preallocation === 'metadata') {
+      for (let c = 0; c * cfg.clusterSize < cfg.size; c++) this.active.maybeAllocated.add(c);
+    }
     this.meta = {
       compat: cfg.compat,
       refcountBits: cfg.refcountBits,

@@ -18,6 +18,8 @@ export interface ImageConfig {
   lazyRefcounts: boolean;
   extendedL2: boolean;
   compressionType: 'zlib' | 'zstd';
+  /** preallocation=metadata: every cluster starts allocated, reading zeros (or the backing file, extended L2). */
+  preallocation?: 'metadata';
   backing?: BackingModel;
 }
 

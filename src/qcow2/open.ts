@@ -12,7 +12,6 @@ import { createLayout } from './create.js';
 import { CorruptImageError, UnsupportedFeatureError } from './errors.js';
 import { decodeBitmapDirectory } from './format/bitmaps.js';
 import { AUTOCLEAR_BITMAPS, CRYPT_NONE, INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE, INCOMPAT_DIRTY } from './format/constants.js';
-import { ALL_SUBCLUSTERS } from './l2.js';
 import { MetaKind } from './overlap.js';
 import { Refcounts } from './refcount.js';
 import { viewSnapshot } from './snapshot.js';
@@ -112,7 +111,7 @@ function validateBitmaps(s: ImageState): void {
   validateBitmapDirectory(s.header, dir);
 }
 
-/** preallocation=metadata: every guest cluster gets an L2 entry and a host cluster (imago preallocation.rs). */
+/** preallocation=metadata: every guest cluster gets an L2 entry and a host cluster (QEMU's preallocate_co). */
 function preallocateMetadata(s: ImageState): void {
   const cs = s.clusterSize;
   const clusters = Math.ceil(s.virtualSize / cs);
@@ -120,7 +119,9 @@ function preallocateMetadata(s: ImageState): void {
     const { table, index } = writableL2(s, vc);
     const host = s.refcounts.allocClusters(1);
     const e = entryParts(host, true);
-    setEntry(s, table, index, s.layout.extended ? { ...e, alloc: ALL_SUBCLUSTERS, zero: 0 } : { ...e, zero: 0, alloc: 0 });
+    // QEMU 7.2's preallocate_co leaves every subcluster of an extended L2 entry unallocated
+    // (bitmap 0), so a backing file still shows through and the rest reads zeros.
+    setEntry(s, table, index, { ...e, zero: 0, alloc: 0 });
   }
   const end = s.refcounts.allocatedEnd * cs;
   if (s.storage.size() < end) s.storage.truncate(end);

@@ -46,6 +46,7 @@ interface ConfigSeed {
   extraSectors: number; // makes the size not cluster aligned
   backing: BackingSeed | null;
   prealloc: boolean;
+  dirty: boolean;
 }
 
 interface BackingSeed {
@@ -88,6 +89,7 @@ const configSeedArb: fc.Arbitrary<ConfigSeed> = fc.record({
   extraSectors: fc.oneof({ weight: 2, arbitrary: fc.constant(0) }, { weight: 1, arbitrary: fc.integer({ min: 1, max: 4095 }) }),
   backing: fc.option(backingSeedArb, { freq: 3 }),
   prealloc: fc.oneof({ weight: 4, arbitrary: fc.constant(false) }, { weight: 1, arbitrary: fc.constant(true) }),
+  dirty: fc.boolean(),
 });
 
 const roundSector = (n: number) => Math.max(SECTOR, Math.floor(n / SECTOR) * SECTOR);
@@ -118,6 +120,8 @@ function resolveConfig(s: ConfigSeed): TraceConfig {
   if (s.backing) cfg.backing = resolveBacking(s.backing, size);
   // qcow2_co_create refuses preallocation over a backing file unless extended L2 keeps subclusters unallocated.
   if (s.prealloc && (!cfg.backing || extendedL2)) cfg.preallocation = 'metadata';
+  // Half of the lazy-refcount images are never closed cleanly.
+  if (cfg.lazyRefcounts && s.dirty) cfg.dirty = true;
   return cfg;
 }
 

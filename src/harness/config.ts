@@ -30,6 +30,13 @@ export interface TraceConfig {
   compressionType: 'zlib' | 'zstd';
   /** qemu-img create -o preallocation=metadata (absent: off). */
   preallocation?: 'metadata';
+  /**
+   * The producer never closes the image cleanly (QEMU: every qemu-io process
+   * ends with `flush` then `abort`; ours: flush, then drop the image), so
+   * with lazy refcounts the image keeps the dirty bit and stale refcounts,
+   * and the next read-write open repairs it (docs/cmd-protocol.md, readers).
+   */
+  dirty?: true;
   backing?: BackingConfig;
 }
 
@@ -103,6 +110,7 @@ export function toModelConfig(c: TraceConfig): ImageConfig {
     compressionType: c.compressionType,
   };
   if (c.preallocation) cfg.preallocation = c.preallocation;
+  if (c.dirty) cfg.dirty = true;
   if (c.backing) cfg.backing = { format: c.backing.format, size: c.backing.size, sectors: chainSectors(c.backing, 0) };
   return cfg;
 }
@@ -119,6 +127,7 @@ export function describeConfig(c: TraceConfig): string {
   if (c.extendedL2) parts.push('extended_l2=on');
   if (c.compressionType !== 'zlib') parts.push(`compression_type=${c.compressionType}`);
   if (c.preallocation) parts.push(`preallocation=${c.preallocation}`);
+  if (c.dirty) parts.push('dirty');
   if (c.backing) parts.push(`backing=${backingChain(c).map((l) => `${l.config.format}:${l.config.size}`).join('>')}`);
   return parts.join(',');
 }
@@ -137,6 +146,7 @@ export function configProblems(c: TraceConfig): string[] {
     if (c.compressionType !== 'zlib') p.push('compat=0.10 has only zlib');
   }
   if (c.extendedL2 && c.clusterSize < 16384) p.push('extended L2 needs cluster_size >= 16K');
+  if (c.dirty !== undefined && (c.dirty !== true || !c.lazyRefcounts)) p.push('dirty needs lazy_refcounts (only lazy refcounts leave an image dirty)');
   if (c.preallocation !== undefined && c.preallocation !== 'metadata') p.push('preallocation must be metadata when given');
   // qcow2_co_create: preallocated clusters would hide the backing file unless subclusters can stay unallocated.
   if (c.preallocation && c.backing && !c.extendedL2) p.push('preallocation with a backing file needs extended L2');

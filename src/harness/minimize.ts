@@ -105,7 +105,11 @@ function simplerConfigs(c: TraceConfig): TraceConfig[] {
     const { preallocation: _p, ...rest } = c;
     out.push(rest);
   }
-  if (c.lazyRefcounts) out.push({ ...c, lazyRefcounts: false });
+  if (c.dirty) {
+    const { dirty: _d, ...rest } = c;
+    out.push(rest);
+  }
+  if (c.lazyRefcounts && !c.dirty) out.push({ ...c, lazyRefcounts: false });
   if (c.compressionType !== 'zlib') out.push({ ...c, compressionType: 'zlib' });
   if (c.extendedL2 && !(c.preallocation && c.backing)) out.push({ ...c, extendedL2: false });
   if (c.refcountBits !== 16) out.push({ ...c, refcountBits: 16 });

@@ -10,6 +10,7 @@ import { imgCheck, imgCompare, imgInfo, type CheckOutcome, type QemuInfo } from 
 import type { CheckResult } from '../qcow2/types.js';
 import type { TraceConfig } from './config.js';
 import { writeModelRaw } from './fixture.js';
+import { judgeDirtyCheck } from './dirty.js';
 import { mediaSizeProblem } from './reader/size.js';
 import type { Target } from './targets/types.js';
 import { describeMismatch, verifyRange } from './verify.js';
@@ -113,7 +114,9 @@ export async function endOracles(
   if (!early) writeModelRaw(modelRaw, model, model.active, active);
   const cmp = earlyCmp ?? (await compare());
 
-  const checkProblem = judgeCheck(check, o.tolerateLeaks !== undefined);
+  // An image never closed cleanly may carry stale refcounts, which repair must fix (./dirty.ts).
+  const checkProblem =
+    config.dirty && info['dirty-flag'] ? await judgeDirtyCheck(check, image, modelRaw) : judgeCheck(check, o.tolerateLeaks !== undefined);
   if (checkProblem) return { failure: { oracle: 'check', message: checkProblem }, qemuImgChecks: 1 };
   if (cmp.rc !== 0) {
     return {

@@ -48,6 +48,8 @@ export class DiskModel {
     this.active = new Layer(cfg.size, new Map(), Math.ceil(backingEnd));
     // Preallocated clusters read as before (QEMU's preallocate_co leaves extended L2 subclusters
     // unallocated, so a backing file still shows through) but have host offsets: compressed writes may fail.
+    // Whether the dirty bit is on at the end depends on whether the last session allocated.
+    if (cfg.dirty) this.dirtyFlagUnknown = true;
     if (cfg.preallocation === 'metadata') {
       for (let c = 0; c * cfg.clusterSize < cfg.size; c++) this.active.maybeAllocated.add(c);
     }

@@ -20,6 +20,8 @@ export interface ImageConfig {
   compressionType: 'zlib' | 'zstd';
   /** preallocation=metadata: every cluster starts allocated, reading zeros (or the backing file, extended L2). */
   preallocation?: 'metadata';
+  /** The image is never closed cleanly: the end may find the dirty bit either way. */
+  dirty?: boolean;
   backing?: BackingModel;
 }
 

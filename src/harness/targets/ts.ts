@@ -32,6 +32,8 @@ export class TsTarget implements Target {
   private faulty: FaultyStorage | undefined;
   private img: Qcow2Image | undefined;
   private openOpts: OpenOptions = {};
+  /** config.dirty: the image is flushed and dropped, never closed (a lazy-refcounts image stays dirty). */
+  private dirty = false;
 
   constructor(capabilities: ReadonlySet<OpKind> = tsCapabilities()) {
     this.capabilities = capabilities;
@@ -43,6 +45,7 @@ export class TsTarget implements Target {
 
   async setup(config: TraceConfig, dir: string): Promise<void> {
     this.dir = dir;
+    this.dirty = config.dirty === true;
     const backingFile = config.backing ? await createBacking(dir, config.backing) : undefined;
     this.openOpts = {
       openBacking: (name, format) => openImageFile(path.isAbsolute(name) ? name : path.join(dir, name), { readOnly: true, format }),
@@ -92,7 +95,7 @@ export class TsTarget implements Target {
       return t.faulty;
     },
     reopen(): void {
-      t.image.close();
+      t.end();
       t.img = undefined;
       t.img = Qcow2Image.open(t.faulty!, t.openOpts);
     },
@@ -118,9 +121,15 @@ export class TsTarget implements Target {
     fs.writeFileSync(this.imagePath(), this.storage!.bytes());
   }
 
-  /** Closes the image cleanly (as QEMU's tools do) and reopens it read-only for the end reads. */
+  /** Ends the session on the image: a clean close, or with config.dirty a flush and nothing more. */
+  private end(): void {
+    if (this.dirty) this.image.flush();
+    else this.image.close();
+  }
+
+  /** Closes the image (as QEMU's tools do; see end()) and reopens it read-only for the end reads. */
   async sync(): Promise<void> {
-    this.image.close();
+    this.end();
     this.img = undefined;
     fs.writeFileSync(this.imagePath(), this.storage!.bytes());
     this.img = Qcow2Image.open(this.storage!, { ...this.openOpts, readOnly: true });

@@ -12,6 +12,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { configArb, opSeedsArb, type OpSeed } from './arbitraries.js';
+import { readerExternal } from './reader/external.js';
 import { backingChain, backingFileName, type TraceConfig } from './config.js';
 import { corpusSignatures, failureSignature, targetKey, writeEntry } from './corpus.js';
 import { runTrace, type RunOutcome } from './execute.js';
@@ -259,6 +260,7 @@ async function saveFailure(
         chainFiles: backingChain(config).slice(1).map((l) => path.join(r.dir, l.file)),
         producer,
         implementation: r.implementation,
+        external: producer ? readerExternal(o.target, r.implementation, failure.oracle, failure.message, `qcow2-harness fuzz --target ${o.target} --producer ${producer} (seed ${seed})`) : undefined,
         repro: producer
           ? readerReproScript({ target: o.target, producer, config, ops: r.ops, oracle: failure.oracle, message: failure.message, implementation: r.implementation })
           : reproScript({ target: o.target, config, ops: r.ops, model: r.model, refused: r.refused, oracle: failure.oracle, message: failure.message }),

@@ -7,10 +7,12 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { spawnSync } from 'node:child_process';
 import { afterAll, describe, expect, it } from 'vitest';
 import type { TraceConfig } from '../src/harness/config.js';
 import { nonRefcountErrors } from '../src/harness/dirty.js';
 import { runTrace } from '../src/harness/execute.js';
+import { reproScript } from '../src/harness/repro.js';
 import { makeTarget } from '../src/harness/targets/index.js';
 import { imgCheck, imgInfo } from '../src/qemu/index.js';
 
@@ -65,6 +67,17 @@ describe('dirty images', () => {
     } finally {
       fs.rmSync(r.dir, { recursive: true, force: true });
     }
+  }, 60_000);
+
+  it('the qemu-only repro.sh of a dirty trace kills qemu-io after each flush and checks the repaired image (exit 0: nothing wrong)', async () => {
+    const r = await runTrace(makeTarget('qemu'), dirty, { ops });
+    const script = reproScript({ target: 'qemu', config: dirty, ops: r.ops, model: r.model!, refused: r.refused, oracle: 'check', message: 'none' });
+    expect(script).toContain('-c flush -c abort');
+    const file = path.join(tmp, 'repro.sh');
+    fs.writeFileSync(file, script, { mode: 0o755 });
+    const out = spawnSync('sh', [file], { encoding: 'utf8' });
+    expect(out.stdout).toContain('no problem found');
+    expect(out.status).toBe(0);
   }, 60_000);
 
   it('readers read dirty images of the other engine', async () => {

@@ -100,8 +100,11 @@ export function reproScript(r: ReproInput): string {
   let batchRefused = false;
   const flush = () => {
     if (!batch.length) return;
-    const tail = batchRefused ? ' # some of these fail, as they must' : ' || bug "qemu-io failed"';
-    L.push(`run qemu-io -f qcow2 ${batch.map((x) => `-c ${q(x)}`).join(' ')} image.qcow2${tail}`);
+    // A dirty config kills each qemu-io after its flush (exit 134, SIGABRT) instead of closing the image.
+    const end = c.dirty ? ` -c flush -c abort` : '';
+    const ok = c.dirty ? ' 2>/dev/null; [ $? -eq 134 ] || bug "qemu-io failed"' : ' || bug "qemu-io failed"';
+    const tail = batchRefused ? ' # some of these fail, as they must' : ok;
+    L.push(`run qemu-io -f qcow2 ${batch.map((x) => `-c ${q(x)}`).join(' ')}${end} image.qcow2${tail}`);
     batch = [];
     batchRefused = false;
   };
@@ -122,7 +125,13 @@ export function reproScript(r: ReproInput): string {
   });
   flush();
   L.push('');
-  L.push('run qemu-img check -f qcow2 image.qcow2 || bug "qemu-img check reports problems"');
+  if (c.dirty) {
+    // Lazy refcounts may be stale on a dirty image; what matters is that repair leaves it clean.
+    L.push('cp image.qcow2 repaired.qcow2; run qemu-img check -q -r all -f qcow2 repaired.qcow2 >/dev/null 2>&1');
+    L.push('run qemu-img check -f qcow2 repaired.qcow2 || bug "qemu-img check reports problems after repair"');
+  } else {
+    L.push('run qemu-img check -f qcow2 image.qcow2 || bug "qemu-img check reports problems"');
+  }
   L.push('# Expected guest view, built in a raw file.');
   L.push(`qemu-img create -q -f raw expected.raw ${r.model.size}`);
   const exp = layerCommands(r.model, r.model.active);

@@ -20,6 +20,15 @@ export interface BackingConfig {
   backing?: BackingConfig;
 }
 
+/** An external data file (qcow2 data_file), kept beside the image as DATA_FILE_NAME. */
+export interface DataFileConfig {
+  /** data_file_raw=on: the data file is always the guest view. */
+  raw: boolean;
+}
+
+/** Where a trace's data file lives, beside image.qcow2 (named by absolute path in the header). */
+export const DATA_FILE_NAME = 'image.data';
+
 export interface TraceConfig {
   size: number;
   clusterSize: number;
@@ -38,10 +47,15 @@ export interface TraceConfig {
    */
   dirty?: true;
   backing?: BackingConfig;
+  dataFile?: DataFileConfig;
 }
 
-/** The image-creation options a trace config names, the same for every target. */
-export function creationOptions(c: TraceConfig, backingFile: string | undefined) {
+/**
+ * The image-creation options a trace config names, the same for every
+ * target; dataFilePath is the absolute path the header names (the targets
+ * put it in their run directory).
+ */
+export function creationOptions(c: TraceConfig, backingFile: string | undefined, dataFilePath?: string) {
   return {
     size: c.size,
     clusterSize: c.clusterSize,
@@ -53,6 +67,7 @@ export function creationOptions(c: TraceConfig, backingFile: string | undefined)
     backingFile,
     backingFormat: c.backing?.format,
     ...(c.preallocation ? { preallocation: c.preallocation } : {}),
+    ...(c.dataFile && dataFilePath !== undefined ? { dataFile: dataFilePath, dataFileRaw: c.dataFile.raw } : {}),
   };
 }
 
@@ -112,6 +127,7 @@ export function toModelConfig(c: TraceConfig): ImageConfig {
   if (c.preallocation) cfg.preallocation = c.preallocation;
   if (c.dirty) cfg.dirty = true;
   if (c.backing) cfg.backing = { format: c.backing.format, size: c.backing.size, sectors: chainSectors(c.backing, 0) };
+  if (c.dataFile) cfg.dataFile = { raw: c.dataFile.raw };
   return cfg;
 }
 
@@ -129,6 +145,7 @@ export function describeConfig(c: TraceConfig): string {
   if (c.preallocation) parts.push(`preallocation=${c.preallocation}`);
   if (c.dirty) parts.push('dirty');
   if (c.backing) parts.push(`backing=${backingChain(c).map((l) => `${l.config.format}:${l.config.size}`).join('>')}`);
+  if (c.dataFile) parts.push(c.dataFile.raw ? 'data_file_raw=on' : 'data_file=on');
   return parts.join(',');
 }
 
@@ -153,5 +170,7 @@ export function configProblems(c: TraceConfig): string[] {
   for (const l of backingChain(c)) {
     if (l.config.backing && l.config.format !== 'qcow2') p.push(`backing file ${l.file} is raw and cannot have a backing file`);
   }
+  if (c.dataFile && c.compat === '0.10') p.push('external data files need compat=1.1');
+  if (c.dataFile?.raw && c.backing) p.push('data_file_raw cannot be used with a backing file');
   return p;
 }

@@ -23,6 +23,8 @@ export interface ImageConfig {
   /** The image is never closed cleanly: the end may find the dirty bit either way. */
   dirty?: boolean;
   backing?: BackingModel;
+  /** An external data file: QEMU refuses compressed writes, internal snapshots and downgrades there. */
+  dataFile?: { raw: boolean };
 }
 
 /**

@@ -14,6 +14,9 @@ export interface ImgCreateOptions {
   backingFile?: string;
   backingFormat?: 'qcow2' | 'raw';
   preallocation?: 'off' | 'metadata';
+  /** data_file (give an absolute path: qemu-img 7.2 takes a relative one from its current directory). */
+  dataFile?: string;
+  dataFileRaw?: boolean;
 }
 
 export interface QemuSnapshotInfo {
@@ -85,6 +88,8 @@ export function createOptionString(o: ImgCreateOptions): string {
   if (o.extendedL2 !== undefined) kv.push(`extended_l2=${o.extendedL2 ? 'on' : 'off'}`);
   if (o.compressionType !== undefined) kv.push(`compression_type=${o.compressionType}`);
   if (o.preallocation !== undefined) kv.push(`preallocation=${o.preallocation}`);
+  if (o.dataFile !== undefined) kv.push(`data_file=${o.dataFile}`);
+  if (o.dataFileRaw) kv.push('data_file_raw=on');
   return kv.join(',');
 }
 

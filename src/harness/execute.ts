@@ -15,6 +15,7 @@ import { CrashTracker, crashSeed, examineCrashStates } from './crash.js';
 import { makeData } from './data.js';
 import { imgCheck } from '../qemu/index.js';
 import { endOracles, readViews, type Failure } from './oracles.js';
+import { mediaSizeProblem } from './reader/size.js';
 import { dataRangeOf, formatOp, refusedOp, specOf, touchedBy, type Op } from './ops.js';
 import { configFeatures } from './reader/features.js';
 import { RefusalError, type Refusal } from './reader/types.js';
@@ -155,6 +156,8 @@ async function execute(
     const check: [number, number][] = pendingWhole ? wholeDiskRanges(model) : mergeRanges(ranges);
     pendingWhole = false;
     for (const view of readViews(target)) {
+      const sized = await mediaSizeProblem(view.target, model.size, `after op #${last}`, view.label);
+      if (sized) return { oracle: 'read', opIndex: last, message: sized };
       for (const [off, len0] of check) {
         const len = Math.min(len0, model.size - off);
         if (len <= 0) continue;

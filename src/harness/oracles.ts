@@ -11,6 +11,8 @@ import type { CheckResult } from '../qcow2/types.js';
 import { judgeBitmaps } from './bitmap-oracle.js';
 import type { TraceConfig } from './config.js';
 import { writeModelRaw } from './fixture.js';
+import { judgeDirtyCheck } from './dirty.js';
+import { mediaSizeProblem } from './reader/size.js';
 import type { Target } from './targets/types.js';
 import { describeMismatch, verifyRange } from './verify.js';
 
@@ -91,6 +93,10 @@ export async function endOracles(
     imgInfo(image, { format: 'qcow2' }),
     early ? compare() : Promise.resolve(undefined),
   ] as const);
+  for (const v of views) {
+    const sized = await mediaSizeProblem(v.target, model.size, 'at the end', v.label);
+    if (sized) return { failure: { oracle: 'read', message: sized }, qemuImgChecks: 1 };
+  }
   for (const v of viewReads) {
     const m = verifyRange(model, model.active, 0, v.whole);
     if (m) return { failure: { oracle: 'read', message: describeMismatch(`${v.label}whole disk at the end`, m) }, qemuImgChecks: 1 };
@@ -109,7 +115,9 @@ export async function endOracles(
   if (!early) writeModelRaw(modelRaw, model, model.active, active);
   const cmp = earlyCmp ?? (await compare());
 
-  const checkProblem = judgeCheck(check, o.tolerateLeaks !== undefined);
+  // An image never closed cleanly may carry stale refcounts, which repair must fix (./dirty.ts).
+  const checkProblem =
+    config.dirty && info['dirty-flag'] ? await judgeDirtyCheck(check, image, modelRaw) : judgeCheck(check, o.tolerateLeaks !== undefined);
   if (checkProblem) return { failure: { oracle: 'check', message: checkProblem }, qemuImgChecks: 1 };
   if (cmp.rc !== 0) {
     return {

@@ -52,6 +52,13 @@ export class DiskModel {
     this.dataFile = cfg.dataFile !== undefined;
     const backingEnd = cfg.backing ? Math.min(cfg.size, cfg.backing.size) / SECTOR : 0;
     this.active = new Layer(cfg.size, new Map(), Math.ceil(backingEnd));
+    // Preallocated clusters read as before (QEMU's preallocate_co leaves extended L2 subclusters
+    // unallocated, so a backing file still shows through) but have host offsets: compressed writes may fail.
+    // Whether the dirty bit is on at the end depends on whether the last session allocated.
+    if (cfg.dirty) this.dirtyFlagUnknown = true;
+    if (cfg.preallocation === 'metadata') {
+      for (let c = 0; c * cfg.clusterSize < cfg.size; c++) this.active.maybeAllocated.add(c);
+    }
     this.meta = {
       compat: cfg.compat,
       refcountBits: cfg.refcountBits,

@@ -14,7 +14,6 @@ import { openImageCrypto } from './crypto/image-crypto.js';
 import { CorruptImageError, InvalidArgumentError, UnsupportedFeatureError } from './errors.js';
 import { AUTOCLEAR_BITMAPS, AUTOCLEAR_DATA_FILE_RAW, CRYPT_NONE, INCOMPAT_CORRUPT, INCOMPAT_DIRTY } from './format/constants.js';
 import { allocDataCluster, openDataFile } from './data-file.js';
-import { ALL_SUBCLUSTERS } from './l2.js';
 import { MetaKind } from './overlap.js';
 import { Refcounts } from './refcount.js';
 import { viewSnapshot } from './snapshot.js';
@@ -135,7 +134,7 @@ function repairDirty(s: ImageState): void {
   s.clearDirtyBit();
 }
 
-/** preallocation=metadata: every guest cluster gets an L2 entry and a host cluster (imago preallocation.rs). */
+/** preallocation=metadata: every guest cluster gets an L2 entry and a host cluster (QEMU's preallocate_co). */
 function preallocateMetadata(s: ImageState): void {
   const cs = s.clusterSize;
   const clusters = Math.ceil(s.virtualSize / cs);
@@ -143,7 +142,9 @@ function preallocateMetadata(s: ImageState): void {
     const { table, index } = writableL2(s, vc);
     const host = allocDataCluster(s, vc);
     const e = entryParts(host, true);
-    setEntry(s, table, index, s.layout.extended ? { ...e, alloc: ALL_SUBCLUSTERS, zero: 0 } : { ...e, zero: 0, alloc: 0 });
+    // QEMU 7.2's preallocate_co leaves every subcluster of an extended L2 entry unallocated
+    // (bitmap 0), so a backing file still shows through and the rest reads zeros.
+    setEntry(s, table, index, { ...e, zero: 0, alloc: 0 });
   }
   const end = s.refcounts.allocatedEnd * cs;
   if (!s.hasDataFile && s.storage.size() < end) s.storage.truncate(end);

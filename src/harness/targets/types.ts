@@ -107,6 +107,12 @@ export interface Target {
    * checked against what was read.
    */
   readonly producer?: Target;
+  /**
+   * The virtual disk size the implementation reports for the image as it
+   * stands (a reader's `size` at open, docs/cmd-protocol.md), or undefined
+   * when it does not say. The executor holds it to the model's size.
+   */
+  mediaSize?(): Promise<number | undefined>;
   /** What the implementation says it is (e.g. "libqcow 20201213"), when it says. */
   readonly implementation?: string;
   imagePath(): string;

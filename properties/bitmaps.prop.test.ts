@@ -50,6 +50,13 @@ const itemsArb = (maxOps: number) =>
     maxLength: maxOps,
   });
 
+/**
+ * The usual configurations, but always closed cleanly: a dirty (never closed)
+ * image keeps its bitmaps marked in-use, as QEMU leaves them after a crash,
+ * and those are not kept exact by design (tests/bitmaps covers in-use bitmaps).
+ */
+const cleanConfigArb: fc.Arbitrary<TraceConfig> = configArb.map(({ dirty: _dirty, ...c }) => c);
+
 const CAPS: ReadonlySet<OpKind> = new Set<OpKind>(['write', 'write-compressed', 'write-zeroes', 'discard', 'flush', 'reopen', 'snapshot', 'resize']);
 
 /** Resolves the seeds against a model kept in step, so later ops land on the image as it then is. */
@@ -83,7 +90,7 @@ async function campaign(target: string, seed: number, numRuns: number, maxOps: n
     }
   };
   const firstAdd = bitmapOpArb.map((b): BitmapOp => (b.action === 'add' ? b : { kind: 'bitmap', action: 'add', name: b.name }));
-  const prop = fc.asyncProperty(configArb, firstAdd, itemsArb(maxOps), async (config, first, items) => {
+  const prop = fc.asyncProperty(cleanConfigArb, firstAdd, itemsArb(maxOps), async (config, first, items) => {
     const r = await runTrace(makeTarget(target), config, { ops: concrete(config, first, items) }, { tmpRoot });
     record(r);
     return r.failure === undefined;

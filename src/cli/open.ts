@@ -81,17 +81,24 @@ export interface ReadableImage {
 export function openReadable(
   ctx: CliContext,
   file: string,
-  o: { format?: ImageFormat; snapshot?: string; forceShare?: boolean } = {},
+  o: { format?: ImageFormat; snapshot?: string; forceShare?: boolean; passphrase?: string; name?: string } = {},
 ): ReadableImage {
   try {
     const format = o.format ?? probeFormat(resolvePath(ctx, file));
     if (format === 'raw' && o.snapshot !== undefined) {
       throw new CommandFailed(`Could not open '${file}': raw images have no snapshots`);
     }
-    const dev = openImageFile(resolvePath(ctx, file), { readOnly: true, format, snapshot: o.snapshot, forceShare: o.forceShare, shownAs: file });
+    const dev = openImageFile(resolvePath(ctx, file), {
+      readOnly: true,
+      format,
+      snapshot: o.snapshot,
+      forceShare: o.forceShare,
+      shownAs: file,
+      ...(o.passphrase === undefined ? {} : { passphrase: o.passphrase }),
+    });
     return { format: dev.format, device: dev, qcow2: dev.qcow2 };
   } catch (e) {
-    throw couldNotOpen(file, e);
+    throw couldNotOpen(o.name ?? file, e);
   }
 }
 
@@ -99,7 +106,7 @@ export function openReadable(
 export function openQcow2(
   ctx: CliContext,
   file: string,
-  o: { format?: ImageFormat; readOnly?: boolean; repairDirty?: boolean; forCheck?: boolean; forceShare?: boolean } = {},
+  o: { format?: ImageFormat; readOnly?: boolean; repairDirty?: boolean; forCheck?: boolean; forceShare?: boolean; passphrase?: string; name?: string } = {},
 ): Qcow2Image {
   try {
     const format = o.format ?? probeFormat(resolvePath(ctx, file));
@@ -110,9 +117,10 @@ export function openQcow2(
       forCheck: o.forCheck,
       forceShare: o.forceShare,
       shownAs: file,
+      ...(o.passphrase === undefined ? {} : { passphrase: o.passphrase }),
     });
   } catch (e) {
-    throw couldNotOpen(file, e);
+    throw couldNotOpen(o.name ?? file, e);
   }
 }
 
@@ -211,7 +219,7 @@ export class Qcow2Device implements WritableDevice {
 export function openWritable(
   ctx: CliContext,
   file: string,
-  o: { format?: ImageFormat; readOnly?: boolean; forceShare?: boolean },
+  o: { format?: ImageFormat; readOnly?: boolean; forceShare?: boolean; passphrase?: string; name?: string },
 ): WritableDevice {
   try {
     const abs = resolvePath(ctx, file);
@@ -220,8 +228,9 @@ export function openWritable(
     if (format === 'raw') {
       return new RawDevice(FileStorage.open(abs, { readOnly, lock: lockFor('raw', readOnly, o.forceShare), name: file }));
     }
-    return new Qcow2Device(openQcow2File(abs, { readOnly, forceShare: o.forceShare, shownAs: file }));
+    const passphrase = o.passphrase === undefined ? {} : { passphrase: o.passphrase };
+    return new Qcow2Device(openQcow2File(abs, { readOnly, forceShare: o.forceShare, shownAs: file, ...passphrase }));
   } catch (e) {
-    throw couldNotOpen(file, e);
+    throw couldNotOpen(o.name ?? file, e);
   }
 }

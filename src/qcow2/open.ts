@@ -10,6 +10,7 @@ import { checkImage } from './check.js';
 import { entryParts, loadL1, registerActiveL2s, resizeL1, setEntry, writableL2 } from './cluster-map.js';
 import { createLayout } from './create.js';
 import { openImageCrypto } from './crypto/image-crypto.js';
+import { setUpEncryption } from './crypto/setup.js';
 import { CorruptImageError, InvalidArgumentError, UnsupportedFeatureError } from './errors.js';
 import { decodeBitmapDirectory } from './format/bitmaps.js';
 import { AUTOCLEAR_BITMAPS, CRYPT_NONE, INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE, INCOMPAT_DIRTY } from './format/constants.js';
@@ -36,6 +37,7 @@ export function createState(storage: BlockStorage, opts: CreateOptions, open: Op
   s.header.size = resolved.size;
   resizeL1(s, Math.ceil(s.header.size / s.bytesPerL1Entry));
   if (opts.preallocation === 'metadata') preallocateMetadata(s);
+  if (opts.encrypt) setUpEncryption(s, opts.encrypt);
   s.flush();
   return s;
 }

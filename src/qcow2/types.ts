@@ -1,4 +1,6 @@
 /** Public option and result types of the qcow2 engine. */
+import type { EncryptInfo } from './crypto/image-crypto.js';
+import type { LuksCreateOptions } from './crypto/luks.js';
 
 export type CompatLevel = '0.10' | '1.1';
 export type CompressionType = 'zlib' | 'zstd';
@@ -16,6 +18,15 @@ export interface CreateOptions {
   backingFile?: string;
   backingFormat?: BackingFormat;
   preallocation?: 'off' | 'metadata';
+  /** Encrypt the new image (qemu-img create -o encrypt.format=...). */
+  encrypt?: EncryptCreate;
+}
+
+/** How a new image is encrypted: the format, the secret's passphrase, and LUKS parameters. */
+export interface EncryptCreate {
+  format: 'aes' | 'luks';
+  passphrase: string | Uint8Array;
+  luks?: LuksCreateOptions;
 }
 
 export interface OpenOptions {
@@ -79,6 +90,8 @@ export interface ImageInfo {
   backingFormat?: string;
   dataFile?: string;
   encrypted: boolean;
+  /** qemu-img info's format-specific "encrypt" object (no passphrase needed). */
+  encrypt?: EncryptInfo;
   actualSize: number;
   snapshots: SnapshotInfo[];
   bitmaps: { name: string; granularity: number; flags: string[] }[];

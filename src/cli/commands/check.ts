@@ -9,6 +9,7 @@ import {
   EXIT_OK,
   UsageError,
 } from '../errors.js';
+import { checkOpened, IMAGE_OPTS_LONG, imageSpec } from '../image-opts.js';
 import { couldNotOpen, FORCE_SHARE_HELP, forceShare, openQcow2, parseFormat, probeFormat, reason, resolvePath } from '../open.js';
 import { outputFormat } from './info.js';
 
@@ -86,7 +87,7 @@ function parseRepair(v: string | undefined): RepairMode {
 }
 
 export async function checkCommand(argv: string[], ctx: CliContext): Promise<number> {
-  const p = parseArgs(argv, { short: { f: true, r: true, q: false, U: false }, long: { output: true, 'force-share': false } }, 'check');
+  const p = parseArgs(argv, { short: { f: true, r: true, q: false, U: false }, long: { output: true, 'force-share': false, ...IMAGE_OPTS_LONG } }, 'check');
   if (has(p, 'help')) {
     ctx.stdout(CHECK_HELP);
     return EXIT_OK;
@@ -95,8 +96,9 @@ export async function checkCommand(argv: string[], ctx: CliContext): Promise<num
   const repair = parseRepair(last(p, 'r'));
   const quiet = has(p, 'q');
   if (p.operands.length !== 1) throw new UsageError(p.operands.length ? `Unexpected argument: ${p.operands[1]}` : 'Expecting one image file name', 'check');
-  const file = p.operands[0]!;
-  let format = parseFormat(last(p, 'f'), 'check');
+  const spec = imageSpec(p, p.operands[0]!, 'check');
+  const file = spec.file;
+  let format = spec.format;
   try {
     format ??= probeFormat(resolvePath(ctx, file));
   } catch (e) {
@@ -108,7 +110,17 @@ export async function checkCommand(argv: string[], ctx: CliContext): Promise<num
     return EXIT_CHECK_UNSUPPORTED;
   }
   // Like qemu-img check (BDRV_O_CHECK): no dirty-bit repair on open, the check does that job.
-  const img = openQcow2(ctx, file, { format, readOnly: repair === 'none', repairDirty: false, forCheck: true, forceShare: forceShare(p) });
+  const img = openQcow2(ctx, file, {
+    format,
+    readOnly: repair === 'none',
+    repairDirty: false,
+    forCheck: true,
+    forceShare: forceShare(p),
+    passphrase: spec.passphrase(),
+    name: spec.shownAs,
+  });
+  // qemu-img check opens without NO_IO: an encrypted image needs its key.
+  checkOpened(img, spec, true);
   try {
     let result: CheckResult;
     try {

@@ -2,6 +2,7 @@ import * as fs from 'node:fs';
 import { has, last, parseArgs } from '../args.js';
 import type { CliContext } from '../context.js';
 import { CommandFailed, EXIT_OK, UsageError } from '../errors.js';
+import { checkOpened, IMAGE_OPTS_LONG, imageSpec, type ImageSpec } from '../image-opts.js';
 import { FORCE_SHARE_HELP, forceShare, openReadable, parseFormat, resolvePath, type ImageFormat } from '../open.js';
 import { sizeToStr } from '../sizes.js';
 import { snapshotJson, snapshotTable } from '../snapshot-table.js';
@@ -39,8 +40,9 @@ interface Described {
 }
 
 /** One image's qemu-img info fields (in qemu-img's key order). */
-function describe(ctx: CliContext, file: string, format: ImageFormat | undefined, shared = false): Described {
-  const img = openReadable(ctx, file, { format, forceShare: shared });
+function describe(ctx: CliContext, file: string, format: ImageFormat | undefined, shared = false, spec?: ImageSpec): Described {
+  const img = openReadable(ctx, file, { format, forceShare: shared, name: spec?.shownAs });
+  if (img.qcow2 && spec) checkOpened(img.qcow2, spec, false);
   try {
     const actualSize = fs.statSync(resolvePath(ctx, file)).blocks * 512;
     const j: Record<string, unknown> = {};
@@ -69,6 +71,7 @@ function describe(ctx: CliContext, file: string, format: ImageFormat | undefined
     if (info.bitmaps.length) data['bitmaps'] = info.bitmaps;
     data['refcount-bits'] = info.refcountBits;
     if (info.dataFile !== undefined) data['data-file'] = info.dataFile;
+    if (info.encrypt !== undefined) data['encrypt'] = info.encrypt;
     // v2 headers have no feature bits, so qemu-img leaves these out for compat 0.10.
     if (info.version === 3) {
       data['corrupt'] = info.corrupt;
@@ -94,7 +97,7 @@ function describe(ctx: CliContext, file: string, format: ImageFormat | undefined
 const MAX_CHAIN = 64;
 
 export async function infoCommand(argv: string[], ctx: CliContext): Promise<number> {
-  const p = parseArgs(argv, { short: { f: true, U: false }, long: { output: true, 'force-share': false, 'backing-chain': false } }, 'info');
+  const p = parseArgs(argv, { short: { f: true, U: false }, long: { output: true, 'force-share': false, 'backing-chain': false, ...IMAGE_OPTS_LONG } }, 'info');
   if (has(p, 'help')) {
     ctx.stdout(INFO_HELP);
     return EXIT_OK;
@@ -102,7 +105,8 @@ export async function infoCommand(argv: string[], ctx: CliContext): Promise<numb
   const output = outputFormat(last(p, 'output'), 'info');
   if (p.operands.length !== 1) throw new UsageError(p.operands.length ? `Unexpected argument: ${p.operands[1]}` : 'Expecting one image file name', 'info');
   const shared = forceShare(p);
-  const chain: Described[] = [describe(ctx, p.operands[0]!, parseFormat(last(p, 'f'), 'info'), shared)];
+  const spec = imageSpec(p, p.operands[0]!, 'info');
+  const chain: Described[] = [describe(ctx, spec.file, spec.format, shared, spec)];
   if (has(p, 'backing-chain')) {
     for (let next = chain[0]!.next; next; next = chain[chain.length - 1]!.next) {
       if (chain.length >= MAX_CHAIN) throw new CommandFailed(`Backing chain is deeper than ${MAX_CHAIN} images (a loop?)`);
@@ -144,8 +148,23 @@ function humanInfo(j: Record<string, unknown>, snapshots: Parameters<typeof snap
         });
         continue;
       }
+      if (k === 'encrypt') {
+        s += humanTree('encrypt', v, 1);
+        continue;
+      }
       s += `    ${k.replace(/-/g, ' ')}: ${v}\n`;
     }
   }
   return s;
+}
+
+/** QEMU's dump_qobject layout (block/qapi.c): dicts and lists nest by four spaces, list items are [i]. */
+function humanTree(key: string, v: unknown, depth: number): string {
+  const pad = '    '.repeat(depth);
+  const name = key.replace(/-/g, ' ');
+  if (Array.isArray(v)) return `${pad}${name}:\n` + v.map((x, i) => humanTree(`[${i}]`, x, depth + 1)).join('');
+  if (v !== null && typeof v === 'object') {
+    return `${pad}${name}:\n` + Object.entries(v as Record<string, unknown>).map(([k, x]) => humanTree(k, x, depth + 1)).join('');
+  }
+  return `${pad}${name}: ${v}\n`;
 }

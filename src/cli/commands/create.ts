@@ -134,7 +134,7 @@ const ENCRYPT_SHOWN = [
 ];
 
 /** Removes the encrypt.* options from pairs and parses them (qcow2_co_create_opts). */
-function takeEncryptOptions(pairs: Map<string, string>, file: string, fmt: string): { parse: () => EncryptCreateOptions | undefined; shown: string[] } {
+export function takeEncryptOptions(pairs: Map<string, string>, file: string, fmt: string): { parse: () => EncryptCreateOptions | undefined; shown: string[] } {
   const enc = new Map<string, string>();
   for (const [k, v] of pairs) if (isEncryptOption(k)) enc.set(k, v);
   if (enc.size === 0) return { parse: () => undefined, shown: [] };
@@ -154,7 +154,7 @@ function takeEncryptOptions(pairs: Map<string, string>, file: string, fmt: strin
 }
 
 /** The passphrase comes from the secret encrypt.key-secret names (qcrypto_secret_lookup_as_utf8). */
-function encryptionOf(o: EncryptCreateOptions, store: ReturnType<typeof secretStore>, file: string): EncryptCreate {
+export function encryptionOf(o: EncryptCreateOptions, store: ReturnType<typeof secretStore>, file: string): EncryptCreate {
   try {
     const passphrase = store.lookupUtf8(o.keySecret!);
     return o.format === 'luks' ? { format: 'luks', passphrase, luks: o.luks } : { format: 'aes', passphrase };

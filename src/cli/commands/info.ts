@@ -62,7 +62,6 @@ function describe(ctx: CliContext, file: string, format: ImageFormat | undefined
     j['cluster-size'] = info.clusterSize;
     j['format'] = 'qcow2';
     j['actual-size'] = actualSize;
-    if (info.encrypted) j['encrypted'] = true;
     const data: Record<string, unknown> = {
       compat: info.compat,
       'compression-type': info.compressionType,
@@ -78,6 +77,8 @@ function describe(ctx: CliContext, file: string, format: ImageFormat | undefined
       data['extended-l2'] = info.extendedL2;
     }
     j['format-specific'] = { type: 'qcow2', data };
+    // qemu-img's key order puts it after format-specific.
+    if (info.encrypted) j['encrypted'] = true;
     let next: Described['next'];
     if (info.backingFile !== undefined) {
       const full = fullBackingFilename(file, info.backingFile);

@@ -9,11 +9,11 @@ import {
   EXIT_OK,
   UsageError,
 } from '../errors.js';
-import { checkOpened, IMAGE_OPTS_LONG, imageSpec } from '../image-opts.js';
-import { couldNotOpen, FORCE_SHARE_HELP, forceShare, openQcow2, parseFormat, probeFormat, reason, resolvePath } from '../open.js';
+import { checkOpened, IMAGE_OPTS_LONG, imageSpec, IMAGE_OPTS_HELP } from '../image-opts.js';
+import { couldNotOpen, FORCE_SHARE_HELP, forceShare, openQcow2, probeFormat, reason, resolvePath } from '../open.js';
 import { outputFormat } from './info.js';
 
-export const CHECK_HELP = `Usage: qcow2-harness check [-q] [-f fmt] [-r leaks|all] [--output human|json] [-U] FILE
+export const CHECK_HELP = `Usage: qcow2-harness check [-q] [-f fmt] [-r leaks|all] [--output human|json] [--object OBJ] [--image-opts] [-U] FILE
 
 Checks a qcow2 image's metadata (refcounts, L1/L2 tables, OFLAG_COPIED,
 overlaps), as 'qemu-img check', and optionally repairs it.
@@ -22,6 +22,7 @@ overlaps), as 'qemu-img check', and optionally repairs it.
   --output FMT   human (default) or json (qemu-img's field names)
   -q             quiet
 ${FORCE_SHARE_HELP} (not with -r)
+${IMAGE_OPTS_HELP}
 Exit codes (qemu-img's): 0 no errors, 1 check not completed (the image could
 not be opened or checked), 2 corruptions, 3 leaks only, 63 the format has no
 checks (raw); 70 an internal error.

@@ -2,14 +2,14 @@ import * as fs from 'node:fs';
 import { assertReplaceable, createQcow2File } from '../../qcow2/open-file.js';
 import type { CreateOptions } from '../../qcow2/types.js';
 import { all, has, last, parseArgs } from '../args.js';
-import { checkOpened, IMAGE_OPTS_LONG, imageSpec, secretStore } from '../image-opts.js';
+import { checkOpened, IMAGE_OPTS_LONG, imageSpec, secretStore, IMAGE_OPTS_HELP } from '../image-opts.js';
 import { encryptionOf, takeEncryptOptions } from './create.js';
 import type { CliContext } from '../context.js';
 import { CommandFailed, EXIT_OK, UsageError } from '../errors.js';
 import { FORCE_SHARE_HELP, forceShare, openReadable, parseFormat, reason, resolvePath, type ReadableImage } from '../open.js';
 import { CREATE_OPTION_HELP, createOptionsFrom, parseOptionList, wantsOptionHelp } from '../options.js';
 
-export const CONVERT_HELP = `Usage: qcow2-harness convert [-q] [-f fmt] -O raw|qcow2 [-o options] [-c] [-l snapshot.name=S] [-U] SRC DST
+export const CONVERT_HELP = `Usage: qcow2-harness convert [-q] [-f fmt] -O raw|qcow2 [-o options] [-c] [-l snapshot.name=S] [--object OBJ] [--image-opts] [-U] SRC DST
 
 Copies an image's guest-visible content into a new image, as 'qemu-img convert'.
   -f fmt        source format, qcow2 or raw (probed when omitted)
@@ -23,6 +23,7 @@ The output is written to DST.tmp and renamed onto DST once complete, so DST
 is never seen half-written; DST must therefore be a regular file or not exist
 (never a device, pipe or symlink). Zero ranges are skipped (the output stays
 sparse).
+${IMAGE_OPTS_HELP}
 Exit codes: 0 success, 1 failure (a bad command line, an image that cannot be
 opened, is invalid, corrupt or unsupported, an I/O error), 70 an internal error.
 `;

@@ -15,13 +15,18 @@ import { isEncryptOption, parseEncryptCreateOptions, type EncryptCreateOptions }
 import { Qcow2Error } from '../../qcow2/errors.js';
 import type { EncryptCreate } from '../../qcow2/types.js';
 
-export const CREATE_HELP = `Usage: qcow2-harness create [-q] [-f fmt] [-o options] [-b backing_file [-F backing_fmt]] [-u] FILE [SIZE]
+export const CREATE_HELP = `Usage: qcow2-harness create [-q] [-f fmt] [-o options] [-b backing_file [-F backing_fmt]] [-u] [--object OBJ] FILE [SIZE]
 
 Creates a new image, as 'qemu-img create'.
   -f fmt        qcow2 (the default here; qemu-img defaults to raw) or raw
   -o options    comma-separated k=v: size, cluster_size, refcount_bits, compat,
                 lazy_refcounts, extended_l2, compression_type, backing_file,
-                backing_fmt, preallocation (off|metadata); '-o help' lists them
+                backing_fmt, preallocation (off|metadata); '-o help' lists them;
+                encryption: encrypt.format=luks|aes, encrypt.key-secret=ID (a
+                --object secret), encrypt.cipher-alg, encrypt.cipher-mode,
+                encrypt.ivgen-alg, encrypt.ivgen-hash-alg, encrypt.hash-alg,
+                encrypt.iter-time (LUKS only); encryption=on is legacy aes
+  --object secret,id=ID,data=S|file=F[,format=raw|base64]  a secret
   -b FILE       backing file (stored as given; relative names are relative to FILE's directory)
   -F fmt        backing file format (qcow2 or raw); required with -b, as in qemu-img 7.2
   -u            do not open the backing file (then SIZE is required)

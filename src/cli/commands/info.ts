@@ -2,12 +2,12 @@ import * as fs from 'node:fs';
 import { has, last, parseArgs } from '../args.js';
 import type { CliContext } from '../context.js';
 import { CommandFailed, EXIT_OK, UsageError } from '../errors.js';
-import { checkOpened, IMAGE_OPTS_LONG, imageSpec, type ImageSpec } from '../image-opts.js';
-import { FORCE_SHARE_HELP, forceShare, openReadable, parseFormat, resolvePath, type ImageFormat } from '../open.js';
+import { checkOpened, IMAGE_OPTS_LONG, imageSpec, type ImageSpec, IMAGE_OPTS_HELP } from '../image-opts.js';
+import { FORCE_SHARE_HELP, forceShare, openReadable, resolvePath, type ImageFormat } from '../open.js';
 import { sizeToStr } from '../sizes.js';
 import { snapshotJson, snapshotTable } from '../snapshot-table.js';
 
-export const INFO_HELP = `Usage: qcow2-harness info [-f fmt] [--output human|json] [--backing-chain] [-U] FILE
+export const INFO_HELP = `Usage: qcow2-harness info [-f fmt] [--output human|json] [--backing-chain] [--object OBJ] [--image-opts] [-U] FILE
 
 Shows an image's format, sizes, backing file, snapshots and qcow2 features,
 as 'qemu-img info' (the JSON output uses qemu-img's field names).
@@ -15,6 +15,7 @@ as 'qemu-img info' (the JSON output uses qemu-img's field names).
   --output FMT    human (default) or json
   --backing-chain the image and every image under it (JSON: an array)
 ${FORCE_SHARE_HELP}
+${IMAGE_OPTS_HELP}
 Exit codes: 0 success, 1 failure (a bad command line, an image that cannot be
 opened, is invalid, corrupt or unsupported, an I/O error), 70 an internal error.
 `;

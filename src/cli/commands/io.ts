@@ -1,18 +1,19 @@
 import * as fs from 'node:fs';
-import { all, has, last, parseArgs } from '../args.js';
+import { all, has, parseArgs } from '../args.js';
 import type { CliContext } from '../context.js';
 import { EXIT_FAILURE, EXIT_OK, UsageError } from '../errors.js';
 import { IO_COMMANDS_HELP, runIoCommand, type IoSession } from '../io-commands.js';
-import { checkOpened, IMAGE_OPTS_LONG, imageSpec } from '../image-opts.js';
+import { checkOpened, IMAGE_OPTS_LONG, imageSpec, IMAGE_OPTS_HELP } from '../image-opts.js';
 import { FORCE_SHARE_HELP, forceShare, openWritable, Qcow2Device, reason, type WritableDevice } from '../open.js';
 
-export const IO_HELP = `Usage: qcow2-harness io [-f fmt] [-r [-U]] FILE -c 'CMD' [-c 'CMD' ...]
+export const IO_HELP = `Usage: qcow2-harness io [--object OBJ] [--image-opts] [-f fmt] [-r [-U]] FILE -c 'CMD' [-c 'CMD' ...]
 
 Runs qemu-io commands against an image through this project's engine, in
 order, as 'qemu-io'. Without -c, commands are read from standard input, one
 per line. A failed command (an I/O error, a failed pattern verification, a
 bad argument) is reported and the next one still runs; the exit code is then
 1, as qemu-io's.
+${IMAGE_OPTS_HELP}
 Exit codes: 0 every command succeeded, 1 a command failed, the image could not
 be opened, or a bad command line; 70 an internal error.
   -f fmt    qcow2 or raw (probed when omitted)

@@ -1,14 +1,15 @@
-import { has, last, parseArgs } from '../args.js';
+import { has, parseArgs } from '../args.js';
 import type { CliContext } from '../context.js';
 import { CommandFailed, EXIT_OK, UsageError } from '../errors.js';
-import { checkOpened, IMAGE_OPTS_LONG, imageSpec } from '../image-opts.js';
-import { openQcow2, parseFormat, reason } from '../open.js';
+import { checkOpened, IMAGE_OPTS_LONG, imageSpec, IMAGE_OPTS_HELP } from '../image-opts.js';
+import { openQcow2, reason } from '../open.js';
 import { parseImageSize } from '../sizes.js';
 
-export const RESIZE_HELP = `Usage: qcow2-harness resize [-q] [-f fmt] [--shrink] FILE [+|-]SIZE
+export const RESIZE_HELP = `Usage: qcow2-harness resize [-q] [-f fmt] [--object OBJ] [--image-opts] [--shrink] FILE [+|-]SIZE
 
 Changes the virtual size of a qcow2 image, as 'qemu-img resize'. A new area
 reads as zeros. Shrinking needs --shrink and drops the data past the new end.
+${IMAGE_OPTS_HELP}
 Exit codes: 0 success, 1 failure (a refused change, a bad command line, an
 image that cannot be opened, is invalid, corrupt or unsupported, an I/O
 error), 70 an internal error.

@@ -1,11 +1,11 @@
 import { has, last, parseArgs } from '../args.js';
 import type { CliContext } from '../context.js';
 import { CommandFailed, EXIT_OK, UsageError } from '../errors.js';
-import { checkOpened, IMAGE_OPTS_LONG, imageSpec } from '../image-opts.js';
-import { FORCE_SHARE_HELP, forceShare, openQcow2, parseFormat, reason } from '../open.js';
+import { checkOpened, IMAGE_OPTS_LONG, imageSpec, IMAGE_OPTS_HELP } from '../image-opts.js';
+import { FORCE_SHARE_HELP, forceShare, openQcow2, reason } from '../open.js';
 import { snapshotTable } from '../snapshot-table.js';
 
-export const SNAPSHOT_HELP = `Usage: qcow2-harness snapshot [-q] [-f fmt] -c|-a|-d NAME FILE
+export const SNAPSHOT_HELP = `Usage: qcow2-harness snapshot [-q] [-f fmt] [--object OBJ] [--image-opts] -c|-a|-d NAME FILE
        qcow2-harness snapshot [-f fmt] [-U] -l FILE
 
 Internal snapshots, as 'qemu-img snapshot'.
@@ -14,6 +14,7 @@ Internal snapshots, as 'qemu-img snapshot'.
   -d NAME   delete a snapshot, by name or id
   -l        list the snapshots
 ${FORCE_SHARE_HELP} (with -l)
+${IMAGE_OPTS_HELP}
 Exit codes: 0 success, 1 failure (a bad command line, an image that cannot be
 opened, is invalid, corrupt or unsupported, an I/O error), 70 an internal error.
 `;

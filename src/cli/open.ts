@@ -81,7 +81,7 @@ export interface ReadableImage {
 export function openReadable(
   ctx: CliContext,
   file: string,
-  o: { format?: ImageFormat; snapshot?: string; forceShare?: boolean; passphrase?: string; name?: string } = {},
+  o: { format?: ImageFormat; snapshot?: string; forceShare?: boolean; withoutDataFile?: boolean; passphrase?: string; name?: string } = {},
 ): ReadableImage {
   try {
     const format = o.format ?? probeFormat(resolvePath(ctx, file));
@@ -94,6 +94,8 @@ export function openReadable(
       snapshot: o.snapshot,
       forceShare: o.forceShare,
       shownAs: file,
+      withoutDataFile: o.withoutDataFile,
+      dataFileBase: ctx.cwd,
       ...(o.passphrase === undefined ? {} : { passphrase: o.passphrase }),
     });
     return { format: dev.format, device: dev, qcow2: dev.qcow2 };
@@ -117,6 +119,7 @@ export function openQcow2(
       forCheck: o.forCheck,
       forceShare: o.forceShare,
       shownAs: file,
+      dataFileBase: ctx.cwd,
       ...(o.passphrase === undefined ? {} : { passphrase: o.passphrase }),
     });
   } catch (e) {
@@ -229,7 +232,7 @@ export function openWritable(
       return new RawDevice(FileStorage.open(abs, { readOnly, lock: lockFor('raw', readOnly, o.forceShare), name: file }));
     }
     const passphrase = o.passphrase === undefined ? {} : { passphrase: o.passphrase };
-    return new Qcow2Device(openQcow2File(abs, { readOnly, forceShare: o.forceShare, shownAs: file, ...passphrase }));
+    return new Qcow2Device(openQcow2File(abs, { readOnly, forceShare: o.forceShare, shownAs: file, dataFileBase: ctx.cwd, ...passphrase }));
   } catch (e) {
     throw couldNotOpen(o.name ?? file, e);
   }

@@ -29,6 +29,7 @@ function readInCluster(s: ImageState, vc: number, inOff: number, dst: Uint8Array
   const type = s.layout.type(e);
   const guestBase = vc * s.clusterSize;
   if (type === ClusterType.Compressed) {
+    if (s.hasDataFile) s.corruption(`Compressed cluster entry found in image with external data file (guest cluster ${vc})`);
     dst.set(decompressed(s, e).subarray(inOff, inOff + dst.length));
     return;
   }
@@ -65,8 +66,8 @@ function readInCluster(s: ImageState, vc: number, inOff: number, dst: Uint8Array
 
 /** Data cluster bytes, decrypted for an encrypted image (qcow2_co_preadv_encrypted); compressed ones never are. */
 function readData(s: ImageState, host: number, guest: number, dst: Uint8Array): void {
-  if (s.crypto) readEncryptedData(s.crypto, s.storage, host, guest, dst);
-  else s.storage.readInto(host, dst);
+  if (s.crypto) readEncryptedData(s.crypto, s.data, host, guest, dst);
+  else s.data.readInto(host, dst);
 }
 
 /** v2 has no zero clusters; QEMU signals corruption on one ("Zero cluster entry found in pre-v3 image"). */

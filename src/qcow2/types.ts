@@ -1,6 +1,7 @@
 /** Public option and result types of the qcow2 engine. */
 import type { EncryptInfo } from './crypto/image-crypto.js';
 import type { LuksCreateOptions } from './crypto/luks.js';
+import type { BlockStorage } from './storage/types.js';
 
 export type CompatLevel = '0.10' | '1.1';
 export type CompressionType = 'zlib' | 'zstd';
@@ -18,6 +19,10 @@ export interface CreateOptions {
   backingFile?: string;
   backingFormat?: BackingFormat;
   preallocation?: 'off' | 'metadata';
+  /** data_file: name of the external data file, recorded in the header extension (opened through OpenOptions.openDataFile). */
+  dataFile?: string;
+  /** data_file_raw: keep the data file a raw image of the guest (forces preallocation=metadata, as QEMU). */
+  dataFileRaw?: boolean;
   /** Encrypt the new image (qemu-img create -o encrypt.format=...). */
   encrypt?: EncryptCreate;
 }
@@ -47,6 +52,14 @@ export interface OpenOptions {
    * dirty image is not repaired on open (check does it).
    */
   forCheck?: boolean;
+  /**
+   * Opens the external data file of an image that has one (the name is the
+   * header extension's, undefined when the image names none); null means
+   * "not available". Without it such an image is opened for metadata only.
+   */
+  openDataFile?: (name: string | undefined) => BlockStorage | null;
+  /** The user named a data file (data-file=): refused for an image without one, as QEMU refuses it. */
+  dataFileExplicit?: boolean;
   /**
    * Passphrase of an encrypted image (the secret encrypt.key-secret names). A
    * wrong one fails the open before anything is written; without one an
@@ -89,6 +102,8 @@ export interface ImageInfo {
   backingFile?: string;
   backingFormat?: string;
   dataFile?: string;
+  /** Present when the image has an external data file (autoclear bit data_file_raw). */
+  dataFileRaw?: boolean;
   encrypted: boolean;
   /** qemu-img info's format-specific "encrypt" object (no passphrase needed). */
   encrypt?: EncryptInfo;

@@ -24,7 +24,7 @@ image that cannot be opened, is invalid, corrupt or unsupported, an I/O
 error), 70 an internal error.
 `;
 
-const CREATE_ONLY = new Set(['cluster_size', 'extended_l2', 'compression_type', 'preallocation', 'encryption', 'data_file', 'data_file_raw']);
+const CREATE_ONLY = new Set(['cluster_size', 'extended_l2', 'compression_type', 'preallocation', 'encryption']);
 
 export async function amendCommand(argv: string[], ctx: CliContext): Promise<number> {
   const p = parseArgs(argv, { short: { f: true, o: true, q: false, p: false }, long: { force: false, ...IMAGE_OPTS_LONG } }, 'amend');
@@ -34,7 +34,7 @@ export async function amendCommand(argv: string[], ctx: CliContext): Promise<num
   }
   const texts = all(p, 'o');
   if (wantsOptionHelp(texts)) {
-    ctx.stdout('Amend options for qcow2:\n  compat=<str>  lazy_refcounts=<bool (on/off)>  refcount_bits=<num>\n');
+    ctx.stdout('Amend options for qcow2:\n  compat=<str>  lazy_refcounts=<bool (on/off)>  refcount_bits=<num>  data_file=<str>  data_file_raw=<bool (on/off)>\n');
     return EXIT_OK;
   }
   if (texts.length === 0) throw new UsageError('Must specify options (-o)', 'amend');
@@ -51,6 +51,8 @@ export async function amendCommand(argv: string[], ctx: CliContext): Promise<num
     if (k === 'refcount_bits') o.refcountBits = parseRefcountBits(v, file).valueOf();
     else if (k === 'compat') o.compat = parseCompat(v, file);
     else if (k === 'lazy_refcounts') o.lazyRefcounts = parseBool(k, v, file);
+    else if (k === 'data_file') o.dataFile = v;
+    else if (k === 'data_file_raw') o.dataFileRaw = parseBool(k, v, file);
     else if (CREATE_ONLY.has(k)) throw new CommandFailed(`Invalid parameter '${k}'; This option is only supported for image creation`);
     else if (k === 'size' || k === 'backing_file' || k === 'backing_fmt') throw new CommandFailed(`Changing '${k}' with amend is not supported by qcow2-harness (use resize for the size)`);
     else throw new CommandFailed(`Invalid parameter '${k}'`);

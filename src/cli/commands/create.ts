@@ -117,7 +117,7 @@ export async function createCommand(argv: string[], ctx: CliContext): Promise<nu
         fs.closeSync(fd);
       }
     } else {
-      createQcow2File(abs, full, { shownAs: file }).close();
+      createQcow2File(abs, full, { shownAs: file, dataFileBase: ctx.cwd }).close();
     }
   } catch (e) {
     throw new CommandFailed(`${file}: ${reason(e)}`);

@@ -42,7 +42,8 @@ interface Described {
 
 /** One image's qemu-img info fields (in qemu-img's key order). */
 function describe(ctx: CliContext, file: string, format: ImageFormat | undefined, shared = false, spec?: ImageSpec): Described {
-  const img = openReadable(ctx, file, { format, forceShare: shared, name: spec?.shownAs });
+  // qemu-img info opens with BDRV_O_NO_IO: an image's external data file need not be there.
+  const img = openReadable(ctx, file, { format, forceShare: shared, withoutDataFile: true, name: spec?.shownAs });
   if (img.qcow2 && spec) checkOpened(img.qcow2, spec, false);
   try {
     const actualSize = fs.statSync(resolvePath(ctx, file)).blocks * 512;
@@ -71,6 +72,7 @@ function describe(ctx: CliContext, file: string, format: ImageFormat | undefined
     if (info.bitmaps.length) data['bitmaps'] = info.bitmaps;
     data['refcount-bits'] = info.refcountBits;
     if (info.dataFile !== undefined) data['data-file'] = info.dataFile;
+    if (info.dataFileRaw !== undefined) data['data-file-raw'] = info.dataFileRaw;
     if (info.encrypt !== undefined) data['encrypt'] = info.encrypt;
     // v2 headers have no feature bits, so qemu-img leaves these out for compat 0.10.
     if (info.version === 3) {

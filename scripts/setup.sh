@@ -17,6 +17,9 @@ missing=()
 # Debian's python3 (not a pyenv one first on PATH) is the one that sees pyqcow.
 /usr/bin/python3 -c 'import pyqcow' >/dev/null 2>&1 || missing+=(python3-libqcow)
 command -v qcowinfo >/dev/null 2>&1 || missing+=(libqcow-utils)
+# valgrind counts qemu-img's instructions for the slow-amend corpus entry (a
+# verdict that does not depend on machine speed).
+command -v valgrind >/dev/null 2>&1 || missing+=(valgrind)
 
 if [ "${#missing[@]}" -gt 0 ]; then
   SUDO=()
@@ -36,7 +39,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
     echo "setup: install QEMU's tools (Debian/Ubuntu package qemu-utils) by hand, then re-run." >&2
     exit 1
   else
-    echo "setup: ${missing[*]} not installed ($why): the libqcow target will be unavailable." >&2
+    echo "setup: ${missing[*]} not installed ($why): the libqcow target (python3-libqcow) or the slow-amend replay (valgrind) will be unavailable." >&2
   fi
 fi
 

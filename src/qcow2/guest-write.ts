@@ -116,11 +116,25 @@ function writeInClusterExtended(s: ImageState, w: ExtendedWrite): void {
   freeEntryClusters(s, old);
 }
 
-/** The guest content of cluster vc with data laid over it at inOff (the COW buffer). */
+/**
+ * One COW buffer per image, reused: the caller writes it out (every storage
+ * copies what it is given) before the next cluster needs it, so the hot path
+ * of a random write allocates nothing cluster-sized.
+ */
+const cowBuffers = new WeakMap<ImageState, Uint8Array>();
+
+/** The guest content of cluster vc with data laid over it at inOff (the COW buffer, valid until the next call). */
 function clusterWithOverlay(s: ImageState, vc: number, inOff: number, data: Uint8Array, zeroIfNoBacking: boolean): Uint8Array {
   const cs = s.clusterSize;
-  const buf = new Uint8Array(cs);
-  if (data.length < cs && !(zeroIfNoBacking && !s.backing)) readGuest(s, vc * cs, buf);
+  let buf = cowBuffers.get(s);
+  if (buf?.length !== cs) {
+    buf = new Uint8Array(cs);
+    cowBuffers.set(s, buf);
+  }
+  if (data.length < cs) {
+    if (zeroIfNoBacking && !s.backing) buf.fill(0);
+    else readGuest(s, vc * cs, buf);
+  }
   buf.set(data, inOff);
   return buf;
 }

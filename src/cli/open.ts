@@ -81,7 +81,7 @@ export interface ReadableImage {
 export function openReadable(
   ctx: CliContext,
   file: string,
-  o: { format?: ImageFormat; snapshot?: string; forceShare?: boolean; withoutDataFile?: boolean } = {},
+  o: { format?: ImageFormat; snapshot?: string; forceShare?: boolean; withoutDataFile?: boolean; passphrase?: string; name?: string } = {},
 ): ReadableImage {
   try {
     const format = o.format ?? probeFormat(resolvePath(ctx, file));
@@ -96,10 +96,11 @@ export function openReadable(
       shownAs: file,
       withoutDataFile: o.withoutDataFile,
       dataFileBase: ctx.cwd,
+      ...(o.passphrase === undefined ? {} : { passphrase: o.passphrase }),
     });
     return { format: dev.format, device: dev, qcow2: dev.qcow2 };
   } catch (e) {
-    throw couldNotOpen(file, e);
+    throw couldNotOpen(o.name ?? file, e);
   }
 }
 
@@ -107,7 +108,7 @@ export function openReadable(
 export function openQcow2(
   ctx: CliContext,
   file: string,
-  o: { format?: ImageFormat; readOnly?: boolean; repairDirty?: boolean; forCheck?: boolean; forceShare?: boolean } = {},
+  o: { format?: ImageFormat; readOnly?: boolean; repairDirty?: boolean; forCheck?: boolean; forceShare?: boolean; passphrase?: string; name?: string } = {},
 ): Qcow2Image {
   try {
     const format = o.format ?? probeFormat(resolvePath(ctx, file));
@@ -119,9 +120,10 @@ export function openQcow2(
       forceShare: o.forceShare,
       shownAs: file,
       dataFileBase: ctx.cwd,
+      ...(o.passphrase === undefined ? {} : { passphrase: o.passphrase }),
     });
   } catch (e) {
-    throw couldNotOpen(file, e);
+    throw couldNotOpen(o.name ?? file, e);
   }
 }
 
@@ -220,7 +222,7 @@ export class Qcow2Device implements WritableDevice {
 export function openWritable(
   ctx: CliContext,
   file: string,
-  o: { format?: ImageFormat; readOnly?: boolean; forceShare?: boolean },
+  o: { format?: ImageFormat; readOnly?: boolean; forceShare?: boolean; passphrase?: string; name?: string },
 ): WritableDevice {
   try {
     const abs = resolvePath(ctx, file);
@@ -229,8 +231,9 @@ export function openWritable(
     if (format === 'raw') {
       return new RawDevice(FileStorage.open(abs, { readOnly, lock: lockFor('raw', readOnly, o.forceShare), name: file }));
     }
-    return new Qcow2Device(openQcow2File(abs, { readOnly, forceShare: o.forceShare, shownAs: file, dataFileBase: ctx.cwd }));
+    const passphrase = o.passphrase === undefined ? {} : { passphrase: o.passphrase };
+    return new Qcow2Device(openQcow2File(abs, { readOnly, forceShare: o.forceShare, shownAs: file, dataFileBase: ctx.cwd, ...passphrase }));
   } catch (e) {
-    throw couldNotOpen(file, e);
+    throw couldNotOpen(o.name ?? file, e);
   }
 }

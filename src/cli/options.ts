@@ -189,10 +189,10 @@ export function createOptionsFrom(
 }
 
 /** The "Formatting ..." line qemu-img create prints, in its key order. */
-export function formattingLine(file: string, fmt: string, o: CreateOptions, compatAsGiven?: string): string {
+export function formattingLine(file: string, fmt: string, o: CreateOptions, compatAsGiven?: string, encryptShown: readonly string[] = []): string {
   if (fmt === 'raw') return `Formatting '${file}', fmt=raw size=${o.size}`;
   // qemu-img's order, which follows its option table, not the alphabet.
-  const parts = [`cluster_size=${o.clusterSize ?? 65536}`, `extended_l2=${o.extendedL2 ? 'on' : 'off'}`];
+  const parts = [...encryptShown, `cluster_size=${o.clusterSize ?? 65536}`, `extended_l2=${o.extendedL2 ? 'on' : 'off'}`];
   if (o.preallocation !== undefined) parts.push(`preallocation=${o.preallocation}`);
   parts.push(`compression_type=${o.compressionType ?? 'zlib'}`, `size=${o.size}`);
   // qemu-img echoes compat only when given, and as it was spelled (v3, 1.1, ...).

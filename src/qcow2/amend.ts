@@ -5,6 +5,7 @@
  * cluster expansion, and the upgrade) and lazy refcounts. A refusal leaves
  * the image untouched: everything is checked before the first write.
  */
+import { amendEncryption, type EncryptAmend } from './crypto/amend-slots.js';
 import { applyDataFileAmend, checkDataFileAmend, type DataFileAmend } from './data-file.js';
 import { InvalidArgumentError, LimitError, UnsupportedFeatureError } from './errors.js';
 import {
@@ -31,10 +32,13 @@ export interface AmendOptions extends DataFileAmend {
   refcountBits?: number;
   compat?: '0.10' | '1.1';
   lazyRefcounts?: boolean;
+  /** LUKS key slots (encrypt.state=...); done first, so a refused slot change leaves the image as it was. */
+  encrypt?: EncryptAmend;
 }
 
 export function amendImage(img: ImageState, o: AmendOptions): void {
   img.flush();
+  if (o.encrypt) amendEncryption(img, o.encrypt);
   checkDataFileAmend(img, o);
   const targetVersion = o.compat === undefined ? img.version : o.compat === '0.10' ? 2 : 3;
   const order = o.refcountBits === undefined ? img.refcounts.order : Math.log2(o.refcountBits);

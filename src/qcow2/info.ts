@@ -4,6 +4,7 @@
  */
 import { BITMAP_FLAG_AUTO, BITMAP_FLAG_IN_USE, decodeBitmapDirectory } from './format/bitmaps.js';
 import { AUTOCLEAR_BITMAPS, CRYPT_NONE, INCOMPAT_CORRUPT, INCOMPAT_DIRTY } from './format/constants.js';
+import { readEncryptInfo } from './crypto/image-crypto.js';
 import { snapshotInfos } from './snapshot-table-io.js';
 import type { ImageState } from './state.js';
 import type { ImageInfo } from './types.js';
@@ -27,10 +28,24 @@ export function imageInfo(s: ImageState): ImageInfo {
     dataFile: s.ext.dataFile,
     ...(s.hasDataFile ? { dataFileRaw: s.dataFileRaw } : {}),
     encrypted: h.cryptMethod !== CRYPT_NONE,
+    ...encryptInfo(s),
     actualSize: s.storage.size(),
     snapshots: snapshotInfos(s.snapshots),
     bitmaps,
   };
+}
+
+/** qemu-img info's "encrypt" block, read from the header alone (QEMU opens info with NO_IO). */
+function encryptInfo(s: ImageState): Pick<ImageInfo, 'encrypt'> {
+  if (s.header.cryptMethod === CRYPT_NONE) return {};
+  const encrypt = readEncryptInfo({
+    cryptMethod: s.header.cryptMethod,
+    cryptoHeader: s.ext.cryptoHeader,
+    clusterSize: s.clusterSize,
+    fileSize: s.storage.size(),
+    readFile: (off, len) => s.storage.read(off, len),
+  });
+  return encrypt ? { encrypt } : {};
 }
 
 /** Persistent bitmaps as qemu-img info lists them (only while the bitmaps autoclear bit vouches for them). */

@@ -11,6 +11,7 @@ import { entryParts, loadL1, registerActiveL2s, resizeL1, setEntry, writableL2 }
 import { createLayout } from './create.js';
 import { loadBitmaps, markBitmapsInUse } from './bitmaps.js';
 import { openImageCrypto } from './crypto/image-crypto.js';
+import { setUpEncryption } from './crypto/setup.js';
 import { CorruptImageError, InvalidArgumentError, UnsupportedFeatureError } from './errors.js';
 import { AUTOCLEAR_BITMAPS, AUTOCLEAR_DATA_FILE_RAW, CRYPT_NONE, INCOMPAT_CORRUPT, INCOMPAT_DIRTY } from './format/constants.js';
 import { allocDataCluster, openDataFile } from './data-file.js';
@@ -41,6 +42,7 @@ export function createState(storage: BlockStorage, opts: CreateOptions, open: Op
   }
   // A raw data file needs every guest cluster mapped to itself (qcow2_co_create forces metadata).
   if (opts.preallocation === 'metadata' || opts.dataFileRaw) preallocateMetadata(s);
+  if (opts.encrypt) setUpEncryption(s, opts.encrypt);
   s.flush();
   return s;
 }

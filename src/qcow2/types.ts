@@ -1,4 +1,6 @@
 /** Public option and result types of the qcow2 engine. */
+import type { EncryptInfo } from './crypto/image-crypto.js';
+import type { LuksCreateOptions } from './crypto/luks.js';
 import type { BlockStorage } from './storage/types.js';
 
 export type CompatLevel = '0.10' | '1.1';
@@ -21,6 +23,15 @@ export interface CreateOptions {
   dataFile?: string;
   /** data_file_raw: keep the data file a raw image of the guest (forces preallocation=metadata, as QEMU). */
   dataFileRaw?: boolean;
+  /** Encrypt the new image (qemu-img create -o encrypt.format=...). */
+  encrypt?: EncryptCreate;
+}
+
+/** How a new image is encrypted: the format, the secret's passphrase, and LUKS parameters. */
+export interface EncryptCreate {
+  format: 'aes' | 'luks';
+  passphrase: string | Uint8Array;
+  luks?: LuksCreateOptions;
 }
 
 export interface OpenOptions {
@@ -94,6 +105,8 @@ export interface ImageInfo {
   /** Present when the image has an external data file (autoclear bit data_file_raw). */
   dataFileRaw?: boolean;
   encrypted: boolean;
+  /** qemu-img info's format-specific "encrypt" object (no passphrase needed). */
+  encrypt?: EncryptInfo;
   actualSize: number;
   snapshots: SnapshotInfo[];
   bitmaps: { name: string; granularity: number; flags: string[] }[];

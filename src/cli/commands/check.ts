@@ -9,10 +9,11 @@ import {
   EXIT_OK,
   UsageError,
 } from '../errors.js';
-import { couldNotOpen, FORCE_SHARE_HELP, forceShare, openQcow2, parseFormat, probeFormat, reason, resolvePath } from '../open.js';
+import { checkOpened, IMAGE_OPTS_LONG, imageSpec, IMAGE_OPTS_HELP } from '../image-opts.js';
+import { couldNotOpen, FORCE_SHARE_HELP, forceShare, openQcow2, probeFormat, reason, resolvePath } from '../open.js';
 import { outputFormat } from './info.js';
 
-export const CHECK_HELP = `Usage: qcow2-harness check [-q] [-f fmt] [-r leaks|all] [--output human|json] [-U] FILE
+export const CHECK_HELP = `Usage: qcow2-harness check [-q] [-f fmt] [-r leaks|all] [--output human|json] [--object OBJ] [--image-opts] [-U] FILE
 
 Checks a qcow2 image's metadata (refcounts, L1/L2 tables, OFLAG_COPIED,
 overlaps), as 'qemu-img check', and optionally repairs it.
@@ -21,6 +22,7 @@ overlaps), as 'qemu-img check', and optionally repairs it.
   --output FMT   human (default) or json (qemu-img's field names)
   -q             quiet
 ${FORCE_SHARE_HELP} (not with -r)
+${IMAGE_OPTS_HELP}
 Exit codes (qemu-img's): 0 no errors, 1 check not completed (the image could
 not be opened or checked), 2 corruptions, 3 leaks only, 63 the format has no
 checks (raw); 70 an internal error.
@@ -86,7 +88,7 @@ function parseRepair(v: string | undefined): RepairMode {
 }
 
 export async function checkCommand(argv: string[], ctx: CliContext): Promise<number> {
-  const p = parseArgs(argv, { short: { f: true, r: true, q: false, U: false }, long: { output: true, 'force-share': false } }, 'check');
+  const p = parseArgs(argv, { short: { f: true, r: true, q: false, U: false }, long: { output: true, 'force-share': false, ...IMAGE_OPTS_LONG } }, 'check');
   if (has(p, 'help')) {
     ctx.stdout(CHECK_HELP);
     return EXIT_OK;
@@ -95,8 +97,9 @@ export async function checkCommand(argv: string[], ctx: CliContext): Promise<num
   const repair = parseRepair(last(p, 'r'));
   const quiet = has(p, 'q');
   if (p.operands.length !== 1) throw new UsageError(p.operands.length ? `Unexpected argument: ${p.operands[1]}` : 'Expecting one image file name', 'check');
-  const file = p.operands[0]!;
-  let format = parseFormat(last(p, 'f'), 'check');
+  const spec = imageSpec(p, p.operands[0]!, 'check');
+  const file = spec.file;
+  let format = spec.format;
   try {
     format ??= probeFormat(resolvePath(ctx, file));
   } catch (e) {
@@ -108,7 +111,17 @@ export async function checkCommand(argv: string[], ctx: CliContext): Promise<num
     return EXIT_CHECK_UNSUPPORTED;
   }
   // Like qemu-img check (BDRV_O_CHECK): no dirty-bit repair on open, the check does that job.
-  const img = openQcow2(ctx, file, { format, readOnly: repair === 'none', repairDirty: false, forCheck: true, forceShare: forceShare(p) });
+  const img = openQcow2(ctx, file, {
+    format,
+    readOnly: repair === 'none',
+    repairDirty: false,
+    forCheck: true,
+    forceShare: forceShare(p),
+    passphrase: spec.passphrase(),
+    name: spec.shownAs,
+  });
+  // qemu-img check opens without NO_IO: an encrypted image needs its key.
+  checkOpened(img, spec, true);
   try {
     let result: CheckResult;
     try {

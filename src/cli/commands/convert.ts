@@ -2,12 +2,14 @@ import * as fs from 'node:fs';
 import { assertReplaceable, createQcow2File } from '../../qcow2/open-file.js';
 import type { CreateOptions } from '../../qcow2/types.js';
 import { all, has, last, parseArgs } from '../args.js';
+import { checkOpened, IMAGE_OPTS_LONG, imageSpec, secretStore, IMAGE_OPTS_HELP } from '../image-opts.js';
+import { encryptionOf, takeEncryptOptions } from './create.js';
 import type { CliContext } from '../context.js';
 import { CommandFailed, EXIT_OK, UsageError } from '../errors.js';
 import { FORCE_SHARE_HELP, forceShare, openReadable, parseFormat, reason, resolvePath, type ReadableImage } from '../open.js';
 import { CREATE_OPTION_HELP, createOptionsFrom, parseOptionList, wantsOptionHelp } from '../options.js';
 
-export const CONVERT_HELP = `Usage: qcow2-harness convert [-q] [-f fmt] -O raw|qcow2 [-o options] [-c] [-l snapshot.name=S] [-U] SRC DST
+export const CONVERT_HELP = `Usage: qcow2-harness convert [-q] [-f fmt] -O raw|qcow2 [-o options] [-c] [-l snapshot.name=S] [--object OBJ] [--image-opts] [-U] SRC DST
 
 Copies an image's guest-visible content into a new image, as 'qemu-img convert'.
   -f fmt        source format, qcow2 or raw (probed when omitted)
@@ -21,6 +23,7 @@ The output is written to DST.tmp and renamed onto DST once complete, so DST
 is never seen half-written; DST must therefore be a regular file or not exist
 (never a device, pipe or symlink). Zero ranges are skipped (the output stays
 sparse).
+${IMAGE_OPTS_HELP}
 Exit codes: 0 success, 1 failure (a bad command line, an image that cannot be
 opened, is invalid, corrupt or unsupported, an I/O error), 70 an internal error.
 `;
@@ -92,7 +95,8 @@ function forEachDataChunk(src: ReadableImage, sink: (offset: number, data: Uint8
 }
 
 export async function convertCommand(argv: string[], ctx: CliContext): Promise<number> {
-  const p = parseArgs(argv, { short: { f: true, O: true, o: true, c: false, l: true, q: false, p: false, U: false }, long: { 'force-share': false } }, 'convert');
+  const p = parseArgs(argv, { short: { f: true, O: true, o: true, c: false, l: true, q: false, p: false, U: false }, long: { 'force-share': false, ...IMAGE_OPTS_LONG } }, 'convert');
+  const store = secretStore(p);
   if (has(p, 'help')) {
     ctx.stdout(CONVERT_HELP);
     return EXIT_OK;
@@ -109,18 +113,25 @@ export async function convertCommand(argv: string[], ctx: CliContext): Promise<n
   const compress = has(p, 'c');
   if (outFmt === 'raw' && compress) throw new CommandFailed('Compression not supported for this file format');
   const pairs = parseOptionList(all(p, 'o'));
+  const encryptPairs = takeEncryptOptions(pairs, dstName, outFmt);
+  const encryptOptions = encryptPairs.parse();
   if (outFmt === 'raw' && pairs.size > 0) throw new CommandFailed(`${dstName}: Invalid parameter '${[...pairs.keys()][0]}'`);
   const opts = outFmt === 'qcow2' ? createOptionsFrom(pairs, dstName) : {};
   if ('backingFile' in opts || 'backingFormat' in opts) {
     throw new CommandFailed(`${dstName}: convert writes a standalone image; backing_file is not supported here`);
   }
   if (opts.size !== undefined) throw new CommandFailed(`${dstName}: Invalid parameter 'size'`);
+  if (encryptOptions) (opts as Partial<CreateOptions>).encrypt = encryptionOf(encryptOptions, store, dstName);
   const snapshotParam = last(p, 'l');
-  const src = openReadable(ctx, srcName, {
-    format: parseFormat(last(p, 'f'), 'convert'),
+  const spec = imageSpec(p, srcName, 'convert', store);
+  const src = openReadable(ctx, spec.file, {
+    format: spec.format,
+    passphrase: spec.passphrase(),
+    name: spec.shownAs,
     snapshot: snapshotParam === undefined ? undefined : parseSnapshotParam(snapshotParam),
     forceShare: forceShare(p),
   });
+  if (src.qcow2) checkOpened(src.qcow2, spec, true);
   const dst = resolvePath(ctx, dstName);
   const tmp = `${dst}.tmp`;
   // The output is a new regular file renamed into place: renaming over a

@@ -10,14 +10,23 @@ import { parseFormat, reason, resolvePath } from '../open.js';
 import { fullBackingFilename } from './info.js';
 import { CREATE_OPTION_HELP, createOptionsFrom, formattingLine, parseOptionList, wantsOptionHelp } from '../options.js';
 import { parseImageSize } from '../sizes.js';
+import { secretStore } from '../image-opts.js';
+import { isEncryptOption, parseEncryptCreateOptions, type EncryptCreateOptions } from '../../qcow2/crypto/secrets.js';
+import { Qcow2Error } from '../../qcow2/errors.js';
+import type { EncryptCreate } from '../../qcow2/types.js';
 
-export const CREATE_HELP = `Usage: qcow2-harness create [-q] [-f fmt] [-o options] [-b backing_file [-F backing_fmt]] [-u] FILE [SIZE]
+export const CREATE_HELP = `Usage: qcow2-harness create [-q] [-f fmt] [-o options] [-b backing_file [-F backing_fmt]] [-u] [--object OBJ] FILE [SIZE]
 
 Creates a new image, as 'qemu-img create'.
   -f fmt        qcow2 (the default here; qemu-img defaults to raw) or raw
   -o options    comma-separated k=v: size, cluster_size, refcount_bits, compat,
                 lazy_refcounts, extended_l2, compression_type, backing_file,
-                backing_fmt, preallocation (off|metadata); '-o help' lists them
+                backing_fmt, preallocation (off|metadata); '-o help' lists them;
+                encryption: encrypt.format=luks|aes, encrypt.key-secret=ID (a
+                --object secret), encrypt.cipher-alg, encrypt.cipher-mode,
+                encrypt.ivgen-alg, encrypt.ivgen-hash-alg, encrypt.hash-alg,
+                encrypt.iter-time (LUKS only); encryption=on is legacy aes
+  --object secret,id=ID,data=S|file=F[,format=raw|base64]  a secret
   -b FILE       backing file (stored as given; relative names are relative to FILE's directory)
   -F fmt        backing file format (qcow2 or raw); required with -b, as in qemu-img 7.2
   -u            do not open the backing file (then SIZE is required)
@@ -29,7 +38,8 @@ opened, is invalid, corrupt or unsupported, an I/O error), 70 an internal error.
 `;
 
 export async function createCommand(argv: string[], ctx: CliContext): Promise<number> {
-  const p = parseArgs(argv, { short: { f: true, o: true, b: true, F: true, u: false, q: false } }, 'create');
+  const p = parseArgs(argv, { short: { f: true, o: true, b: true, F: true, u: false, q: false }, long: { object: true } }, 'create');
+  const store = secretStore(p);
   if (has(p, 'help')) {
     ctx.stdout(CREATE_HELP);
     return EXIT_OK;
@@ -45,6 +55,7 @@ export async function createCommand(argv: string[], ctx: CliContext): Promise<nu
   if (extra !== undefined) throw new UsageError(`Unexpected argument: ${extra}`, 'create');
 
   const pairs = parseOptionList(optionTexts);
+  const encryptPairs = takeEncryptOptions(pairs, file, fmt);
   if (fmt === 'raw') {
     for (const k of pairs.keys()) if (k !== 'size') throw new CommandFailed(`${file}: Invalid parameter '${k}'`);
   }
@@ -91,7 +102,10 @@ export async function createCommand(argv: string[], ctx: CliContext): Promise<nu
     throw new CommandFailed(`${file}: Backing file and preallocation can only be used at the same time if extended_l2 is on`);
   }
   const full = co as CreateOptions;
-  if (!has(p, 'q')) ctx.stdout(formattingLine(file, fmt, full, pairs.get('compat')) + '\n');
+  if (!has(p, 'q')) ctx.stdout(formattingLine(file, fmt, full, pairs.get('compat'), encryptPairs.shown) + '\n');
+  // The driver reads its encryption options after the "Formatting" line, so their errors follow it.
+  const encrypt = encryptPairs.parse();
+  if (encrypt) full.encrypt = encryptionOf(encrypt, store, file);
   const abs = resolvePath(ctx, file);
   try {
     if (fmt === 'raw') {
@@ -109,4 +123,48 @@ export async function createCommand(argv: string[], ctx: CliContext): Promise<nu
     throw new CommandFailed(`${file}: ${reason(e)}`);
   }
   return EXIT_OK;
+}
+
+/** qemu-img's order of the encryption options in the "Formatting" line (qcow2_create_opts). */
+const ENCRYPT_SHOWN = [
+  'encryption',
+  'encrypt.format',
+  'encrypt.key-secret',
+  'encrypt.cipher-alg',
+  'encrypt.cipher-mode',
+  'encrypt.ivgen-alg',
+  'encrypt.ivgen-hash-alg',
+  'encrypt.hash-alg',
+  'encrypt.iter-time',
+];
+
+/** Removes the encrypt.* options from pairs and parses them (qcow2_co_create_opts). */
+export function takeEncryptOptions(pairs: Map<string, string>, file: string, fmt: string): { parse: () => EncryptCreateOptions | undefined; shown: string[] } {
+  const enc = new Map<string, string>();
+  for (const [k, v] of pairs) if (isEncryptOption(k)) enc.set(k, v);
+  if (enc.size === 0) return { parse: () => undefined, shown: [] };
+  if (fmt === 'raw') throw new CommandFailed(`${file}: Invalid parameter '${[...enc.keys()][0]}'`);
+  for (const k of enc.keys()) pairs.delete(k);
+  const shown = ENCRYPT_SHOWN.filter((k) => enc.has(k)).map((k) => `${k}=${enc.get(k)}`);
+  const parse = () => {
+    try {
+      const options = parseEncryptCreateOptions(enc);
+      return options.format === undefined ? undefined : options;
+    } catch (e) {
+      if (e instanceof Qcow2Error) throw new CommandFailed(`${file}: ${e.message}`);
+      throw e;
+    }
+  };
+  return { parse, shown };
+}
+
+/** The passphrase comes from the secret encrypt.key-secret names (qcrypto_secret_lookup_as_utf8). */
+export function encryptionOf(o: EncryptCreateOptions, store: ReturnType<typeof secretStore>, file: string): EncryptCreate {
+  try {
+    const passphrase = store.lookupUtf8(o.keySecret!);
+    return o.format === 'luks' ? { format: 'luks', passphrase, luks: o.luks } : { format: 'aes', passphrase };
+  } catch (e) {
+    if (e instanceof Qcow2Error) throw new CommandFailed(`${file}: ${e.message}`);
+    throw e;
+  }
 }

@@ -2,11 +2,12 @@ import * as fs from 'node:fs';
 import { has, last, parseArgs } from '../args.js';
 import type { CliContext } from '../context.js';
 import { CommandFailed, EXIT_OK, UsageError } from '../errors.js';
-import { FORCE_SHARE_HELP, forceShare, openReadable, parseFormat, resolvePath, type ImageFormat } from '../open.js';
+import { checkOpened, IMAGE_OPTS_LONG, imageSpec, type ImageSpec, IMAGE_OPTS_HELP } from '../image-opts.js';
+import { FORCE_SHARE_HELP, forceShare, openReadable, resolvePath, type ImageFormat } from '../open.js';
 import { sizeToStr } from '../sizes.js';
 import { snapshotJson, snapshotTable } from '../snapshot-table.js';
 
-export const INFO_HELP = `Usage: qcow2-harness info [-f fmt] [--output human|json] [--backing-chain] [-U] FILE
+export const INFO_HELP = `Usage: qcow2-harness info [-f fmt] [--output human|json] [--backing-chain] [--object OBJ] [--image-opts] [-U] FILE
 
 Shows an image's format, sizes, backing file, snapshots and qcow2 features,
 as 'qemu-img info' (the JSON output uses qemu-img's field names).
@@ -14,6 +15,7 @@ as 'qemu-img info' (the JSON output uses qemu-img's field names).
   --output FMT    human (default) or json
   --backing-chain the image and every image under it (JSON: an array)
 ${FORCE_SHARE_HELP}
+${IMAGE_OPTS_HELP}
 Exit codes: 0 success, 1 failure (a bad command line, an image that cannot be
 opened, is invalid, corrupt or unsupported, an I/O error), 70 an internal error.
 `;
@@ -39,9 +41,10 @@ interface Described {
 }
 
 /** One image's qemu-img info fields (in qemu-img's key order). */
-function describe(ctx: CliContext, file: string, format: ImageFormat | undefined, shared = false): Described {
+function describe(ctx: CliContext, file: string, format: ImageFormat | undefined, shared = false, spec?: ImageSpec): Described {
   // qemu-img info opens with BDRV_O_NO_IO: an image's external data file need not be there.
-  const img = openReadable(ctx, file, { format, forceShare: shared, withoutDataFile: true });
+  const img = openReadable(ctx, file, { format, forceShare: shared, withoutDataFile: true, name: spec?.shownAs });
+  if (img.qcow2 && spec) checkOpened(img.qcow2, spec, false);
   try {
     const actualSize = fs.statSync(resolvePath(ctx, file)).blocks * 512;
     const j: Record<string, unknown> = {};
@@ -61,7 +64,6 @@ function describe(ctx: CliContext, file: string, format: ImageFormat | undefined
     j['cluster-size'] = info.clusterSize;
     j['format'] = 'qcow2';
     j['actual-size'] = actualSize;
-    if (info.encrypted) j['encrypted'] = true;
     const data: Record<string, unknown> = {
       compat: info.compat,
       'compression-type': info.compressionType,
@@ -71,12 +73,15 @@ function describe(ctx: CliContext, file: string, format: ImageFormat | undefined
     data['refcount-bits'] = info.refcountBits;
     if (info.dataFile !== undefined) data['data-file'] = info.dataFile;
     if (info.dataFileRaw !== undefined) data['data-file-raw'] = info.dataFileRaw;
+    if (info.encrypt !== undefined) data['encrypt'] = info.encrypt;
     // v2 headers have no feature bits, so qemu-img leaves these out for compat 0.10.
     if (info.version === 3) {
       data['corrupt'] = info.corrupt;
       data['extended-l2'] = info.extendedL2;
     }
     j['format-specific'] = { type: 'qcow2', data };
+    // qemu-img's key order puts it after format-specific.
+    if (info.encrypted) j['encrypted'] = true;
     let next: Described['next'];
     if (info.backingFile !== undefined) {
       const full = fullBackingFilename(file, info.backingFile);
@@ -96,7 +101,7 @@ function describe(ctx: CliContext, file: string, format: ImageFormat | undefined
 const MAX_CHAIN = 64;
 
 export async function infoCommand(argv: string[], ctx: CliContext): Promise<number> {
-  const p = parseArgs(argv, { short: { f: true, U: false }, long: { output: true, 'force-share': false, 'backing-chain': false } }, 'info');
+  const p = parseArgs(argv, { short: { f: true, U: false }, long: { output: true, 'force-share': false, 'backing-chain': false, ...IMAGE_OPTS_LONG } }, 'info');
   if (has(p, 'help')) {
     ctx.stdout(INFO_HELP);
     return EXIT_OK;
@@ -104,7 +109,8 @@ export async function infoCommand(argv: string[], ctx: CliContext): Promise<numb
   const output = outputFormat(last(p, 'output'), 'info');
   if (p.operands.length !== 1) throw new UsageError(p.operands.length ? `Unexpected argument: ${p.operands[1]}` : 'Expecting one image file name', 'info');
   const shared = forceShare(p);
-  const chain: Described[] = [describe(ctx, p.operands[0]!, parseFormat(last(p, 'f'), 'info'), shared)];
+  const spec = imageSpec(p, p.operands[0]!, 'info');
+  const chain: Described[] = [describe(ctx, spec.file, spec.format, shared, spec)];
   if (has(p, 'backing-chain')) {
     for (let next = chain[0]!.next; next; next = chain[chain.length - 1]!.next) {
       if (chain.length >= MAX_CHAIN) throw new CommandFailed(`Backing chain is deeper than ${MAX_CHAIN} images (a loop?)`);
@@ -146,8 +152,23 @@ function humanInfo(j: Record<string, unknown>, snapshots: Parameters<typeof snap
         });
         continue;
       }
+      if (k === 'encrypt') {
+        s += humanTree('encrypt', v, 1);
+        continue;
+      }
       s += `    ${k.replace(/-/g, ' ')}: ${v}\n`;
     }
   }
   return s;
+}
+
+/** QEMU's dump_qobject layout (block/qapi.c): dicts and lists nest by four spaces, list items are [i]. */
+function humanTree(key: string, v: unknown, depth: number): string {
+  const pad = '    '.repeat(depth);
+  const name = key.replace(/-/g, ' ');
+  if (Array.isArray(v)) return `${pad}${name}:\n` + v.map((x, i) => humanTree(`[${i}]`, x, depth + 1)).join('');
+  if (v !== null && typeof v === 'object') {
+    return `${pad}${name}:\n` + Object.entries(v as Record<string, unknown>).map(([k, x]) => humanTree(k, x, depth + 1)).join('');
+  }
+  return `${pad}${name}: ${v}\n`;
 }

@@ -1,17 +1,19 @@
 import * as fs from 'node:fs';
-import { all, has, last, parseArgs } from '../args.js';
+import { all, has, parseArgs } from '../args.js';
 import type { CliContext } from '../context.js';
 import { EXIT_FAILURE, EXIT_OK, UsageError } from '../errors.js';
 import { IO_COMMANDS_HELP, runIoCommand, type IoSession } from '../io-commands.js';
-import { FORCE_SHARE_HELP, forceShare, openWritable, parseFormat, reason } from '../open.js';
+import { checkOpened, IMAGE_OPTS_LONG, imageSpec, IMAGE_OPTS_HELP } from '../image-opts.js';
+import { FORCE_SHARE_HELP, forceShare, openWritable, Qcow2Device, reason, type WritableDevice } from '../open.js';
 
-export const IO_HELP = `Usage: qcow2-harness io [-f fmt] [-r [-U]] FILE -c 'CMD' [-c 'CMD' ...]
+export const IO_HELP = `Usage: qcow2-harness io [--object OBJ] [--image-opts] [-f fmt] [-r [-U]] FILE -c 'CMD' [-c 'CMD' ...]
 
 Runs qemu-io commands against an image through this project's engine, in
 order, as 'qemu-io'. Without -c, commands are read from standard input, one
 per line. A failed command (an I/O error, a failed pattern verification, a
 bad argument) is reported and the next one still runs; the exit code is then
 1, as qemu-io's.
+${IMAGE_OPTS_HELP}
 Exit codes: 0 every command succeeded, 1 a command failed, the image could not
 be opened, or a bad command line; 70 an internal error.
   -f fmt    qcow2 or raw (probed when omitted)
@@ -23,22 +25,28 @@ ${FORCE_SHARE_HELP} (with -r)
 ${IO_COMMANDS_HELP}`;
 
 export async function ioCommand(argv: string[], ctx: CliContext): Promise<number> {
-  const p = parseArgs(argv, { short: { f: true, r: false, c: true, n: false, U: false, t: true, d: true }, long: { 'force-share': false } }, 'io');
+  const p = parseArgs(argv, { short: { f: true, r: false, c: true, n: false, U: false, t: true, d: true }, long: { 'force-share': false, ...IMAGE_OPTS_LONG } }, 'io');
   if (has(p, 'help')) {
     ctx.stdout(IO_HELP);
     return EXIT_OK;
   }
   if (p.operands.length !== 1) throw new UsageError(p.operands.length ? `Unexpected argument: ${p.operands[1]}` : 'Expecting one image file name', 'io');
-  const file = p.operands[0]!;
+  const spec = imageSpec(p, p.operands[0]!, 'io');
+  const file = spec.file;
   let commands = all(p, 'c');
   if (commands.length === 0) commands = fs.readFileSync(0, 'utf8').split('\n').filter((l) => l.trim() !== '' && !l.trimStart().startsWith('#'));
-  const how = { format: parseFormat(last(p, 'f'), 'io'), readOnly: has(p, 'r'), forceShare: forceShare(p) };
+  const how = { format: spec.format, readOnly: has(p, 'r'), forceShare: forceShare(p), passphrase: spec.passphrase(), name: spec.shownAs };
+  const open = (): WritableDevice => {
+    const dev = openWritable(ctx, file, how);
+    if (dev instanceof Qcow2Device) checkOpened(dev.image, spec, true);
+    return dev;
+  };
   const session: IoSession = {
-    dev: openWritable(ctx, file, how),
+    dev: open(),
     reopen() {
       // Close first: the new open must see exactly what the old one left on disk.
       this.dev.close();
-      this.dev = openWritable(ctx, file, how);
+      this.dev = open();
     },
   };
   let failed = false;

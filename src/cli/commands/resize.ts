@@ -1,13 +1,15 @@
-import { has, last, parseArgs } from '../args.js';
+import { has, parseArgs } from '../args.js';
 import type { CliContext } from '../context.js';
 import { CommandFailed, EXIT_OK, UsageError } from '../errors.js';
-import { openQcow2, parseFormat, reason } from '../open.js';
+import { checkOpened, IMAGE_OPTS_LONG, imageSpec, IMAGE_OPTS_HELP } from '../image-opts.js';
+import { openQcow2, reason } from '../open.js';
 import { parseImageSize } from '../sizes.js';
 
-export const RESIZE_HELP = `Usage: qcow2-harness resize [-q] [-f fmt] [--shrink] FILE [+|-]SIZE
+export const RESIZE_HELP = `Usage: qcow2-harness resize [-q] [-f fmt] [--object OBJ] [--image-opts] [--shrink] FILE [+|-]SIZE
 
 Changes the virtual size of a qcow2 image, as 'qemu-img resize'. A new area
 reads as zeros. Shrinking needs --shrink and drops the data past the new end.
+${IMAGE_OPTS_HELP}
 Exit codes: 0 success, 1 failure (a refused change, a bad command line, an
 image that cannot be opened, is invalid, corrupt or unsupported, an I/O
 error), 70 an internal error.
@@ -17,17 +19,19 @@ export async function resizeCommand(argv: string[], ctx: CliContext): Promise<nu
   // As qemu-img: take the size off the end first, so "-1G" is not read as an option.
   const args = [...argv];
   const sizeText = args.length && !args.includes('--help') && !args.includes('-h') ? args.pop()! : undefined;
-  const p = parseArgs(args, { short: { f: true, q: false, U: false }, long: { shrink: false, 'image-opts': false } }, 'resize');
+  const p = parseArgs(args, { short: { f: true, q: false, U: false }, long: { shrink: false, ...IMAGE_OPTS_LONG } }, 'resize');
   if (has(p, 'help') || sizeText === undefined) {
     if (sizeText === undefined && !has(p, 'help')) throw new UsageError('Expecting image file name and size', 'resize');
     ctx.stdout(RESIZE_HELP);
     return EXIT_OK;
   }
   if (p.operands.length !== 1) throw new UsageError(p.operands.length ? `Unexpected argument: ${p.operands[1]}` : 'Expecting image file name and size', 'resize');
-  const file = p.operands[0]!;
+  const spec = imageSpec(p, p.operands[0]!, 'resize');
+  const file = spec.file;
   const rel = sizeText[0] === '+' || sizeText[0] === '-' ? sizeText[0] : '';
   const amount = parseImageSize(rel ? sizeText.slice(1) : sizeText, 'resize');
-  const img = openQcow2(ctx, file, { format: parseFormat(last(p, 'f'), 'resize') });
+  const img = openQcow2(ctx, file, { format: spec.format, passphrase: spec.passphrase(), name: spec.shownAs });
+  checkOpened(img, spec, true);
   try {
     const cur = img.virtualSize;
     const size = rel === '+' ? cur + amount : rel === '-' ? cur - amount : amount;

@@ -1,10 +1,11 @@
 import { has, last, parseArgs } from '../args.js';
 import type { CliContext } from '../context.js';
 import { CommandFailed, EXIT_OK, UsageError } from '../errors.js';
-import { FORCE_SHARE_HELP, forceShare, openQcow2, parseFormat, reason } from '../open.js';
+import { checkOpened, IMAGE_OPTS_LONG, imageSpec, IMAGE_OPTS_HELP } from '../image-opts.js';
+import { FORCE_SHARE_HELP, forceShare, openQcow2, reason } from '../open.js';
 import { snapshotTable } from '../snapshot-table.js';
 
-export const SNAPSHOT_HELP = `Usage: qcow2-harness snapshot [-q] [-f fmt] -c|-a|-d NAME FILE
+export const SNAPSHOT_HELP = `Usage: qcow2-harness snapshot [-q] [-f fmt] [--object OBJ] [--image-opts] -c|-a|-d NAME FILE
        qcow2-harness snapshot [-f fmt] [-U] -l FILE
 
 Internal snapshots, as 'qemu-img snapshot'.
@@ -13,12 +14,13 @@ Internal snapshots, as 'qemu-img snapshot'.
   -d NAME   delete a snapshot, by name or id
   -l        list the snapshots
 ${FORCE_SHARE_HELP} (with -l)
+${IMAGE_OPTS_HELP}
 Exit codes: 0 success, 1 failure (a bad command line, an image that cannot be
 opened, is invalid, corrupt or unsupported, an I/O error), 70 an internal error.
 `;
 
 export async function snapshotCommand(argv: string[], ctx: CliContext): Promise<number> {
-  const p = parseArgs(argv, { short: { f: true, c: true, a: true, d: true, l: false, q: false, U: false }, long: { 'force-share': false } }, 'snapshot');
+  const p = parseArgs(argv, { short: { f: true, c: true, a: true, d: true, l: false, q: false, U: false }, long: { 'force-share': false, ...IMAGE_OPTS_LONG } }, 'snapshot');
   if (has(p, 'help')) {
     ctx.stdout(SNAPSHOT_HELP);
     return EXIT_OK;
@@ -27,9 +29,11 @@ export async function snapshotCommand(argv: string[], ctx: CliContext): Promise<
   if (actions.length > 1 || (p.values.get(actions[0] ?? '')?.length ?? 0) > 1) throw new UsageError("Cannot mix '-l', '-a', '-c', '-d'", 'snapshot');
   if (actions.length === 0) throw new UsageError('Expecting one of -c, -a, -d or -l', 'snapshot');
   if (p.operands.length !== 1) throw new UsageError(p.operands.length ? `Unexpected argument: ${p.operands[1]}` : 'Expecting one image file name', 'snapshot');
-  const file = p.operands[0]!;
+  const spec = imageSpec(p, p.operands[0]!, 'snapshot');
+  const file = spec.file;
   const action = actions[0]!;
-  const img = openQcow2(ctx, file, { format: parseFormat(last(p, 'f'), 'snapshot'), readOnly: action === 'l', forceShare: forceShare(p) });
+  const img = openQcow2(ctx, file, { format: spec.format, readOnly: action === 'l', forceShare: forceShare(p), passphrase: spec.passphrase(), name: spec.shownAs });
+  checkOpened(img, spec, action !== 'l');
   try {
     const name = last(p, action)!;
     try {

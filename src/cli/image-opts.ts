@@ -1,0 +1,104 @@
+/**
+ * qemu-img's `--object secret,...` and `--image-opts` (qemu-img.c
+ * img_open_opts): secrets are collected first, then an image named by an
+ * option string (driver=qcow2,file.filename=F,encrypt.key-secret=ID) is opened
+ * with the passphrase that secret holds. Plain file names cannot carry a key
+ * secret, so an encrypted image then opens only where QEMU opens it without
+ * one (info; not check, io, convert, ...).
+ */
+import { Qcow2Error } from '../qcow2/errors.js';
+import { checkEncryptFormat, parseImageOpts, SecretStore } from '../qcow2/crypto/secrets.js';
+import type { Qcow2Image } from '../qcow2/image.js';
+import { all, has, last, type ParsedArgs } from './args.js';
+import { CommandFailed, describeQcow2Error } from './errors.js';
+import { parseFormat, type ImageFormat } from './open.js';
+
+/** The long options every image command takes for these. */
+export const IMAGE_OPTS_LONG = { object: true, 'image-opts': false } as const;
+export const IMAGE_OPTS_HELP = `  --object secret,id=ID,data=S|file=F[,format=raw|base64]  a secret (as qemu-img --object)
+  --image-opts  the image operand is an option string: driver=qcow2,file.filename=F,encrypt.key-secret=ID`;
+
+function failed(e: unknown, prefix = ''): never {
+  if (e instanceof Qcow2Error) throw new CommandFailed(prefix + describeQcow2Error(e));
+  throw e;
+}
+
+/** The secrets of every --object, in order (a later one may name an earlier one as its keyid). */
+export function secretStore(p: ParsedArgs): SecretStore {
+  const store = new SecretStore();
+  for (const o of all(p, 'object')) {
+    try {
+      store.add(o);
+    } catch (e) {
+      failed(e);
+    }
+  }
+  return store;
+}
+
+/** The image an operand names: its file, format, and (looked up lazily) its passphrase. */
+export interface ImageSpec {
+  /** The file name to open. */
+  file: string;
+  /** What messages call the image: the operand as given (the whole option string with --image-opts). */
+  shownAs: string;
+  format?: ImageFormat;
+  keySecret?: string;
+  encryptFormat?: string;
+  /** The passphrase of encrypt.key-secret; throws qemu's message for an unknown secret. */
+  passphrase(): string | undefined;
+}
+
+export function imageSpec(p: ParsedArgs, operand: string, command: string, store = secretStore(p), imageOpts = has(p, 'image-opts')): ImageSpec {
+  const lookup = (id: string | undefined) => () => {
+    if (id === undefined) return undefined;
+    try {
+      return store.lookupUtf8(id);
+    } catch (e) {
+      failed(e, `Could not open '${operand}': `);
+    }
+  };
+  if (!imageOpts) {
+    return { file: operand, shownAs: operand, format: parseFormat(last(p, 'f'), command), passphrase: lookup(undefined) };
+  }
+  if (last(p, 'f') !== undefined) throw new CommandFailed('--image-opts and --format are mutually exclusive');
+  const o = parseImageOpts(operand);
+  if (o.filename === undefined) {
+    // A bare name is taken by qemu as a node name to look up.
+    if (!operand.includes('=')) throw new CommandFailed(`Could not open '${operand}': Cannot find device='${operand}' nor node-name='${operand}'`);
+    throw new CommandFailed(`Could not open '${operand}': A block device must be specified for "file"`);
+  }
+  const driver = o.driver;
+  if (driver !== undefined && driver !== 'qcow2' && driver !== 'raw') {
+    throw new CommandFailed(`Could not open '${operand}': Unknown driver '${driver}'`);
+  }
+  for (const k of o.all.keys()) {
+    if (!['driver', 'file', 'file.filename', 'file.driver', 'encrypt.key-secret', 'encrypt.format'].includes(k)) {
+      throw new CommandFailed(`Could not open '${operand}': Block format '${driver ?? 'qcow2'}' does not support the option '${k}'`);
+    }
+  }
+  const spec: ImageSpec = { file: o.filename, shownAs: operand, passphrase: lookup(o.keySecret) };
+  if (driver !== undefined) spec.format = driver;
+  if (o.keySecret !== undefined) spec.keySecret = o.keySecret;
+  if (o.encryptFormat !== undefined) spec.encryptFormat = o.encryptFormat;
+  return spec;
+}
+
+/**
+ * After the open: encrypt.format must match the header, and commands that do
+ * data I/O (or check) need the key, as QEMU opens them without NO_IO.
+ */
+export function checkOpened(img: Qcow2Image, spec: ImageSpec, needKey: boolean): void {
+  const info = img.info();
+  const header = info.encrypt === undefined ? undefined : ((info.encrypt as { format: 'aes' | 'luks' }).format);
+  try {
+    checkEncryptFormat(header, spec.encryptFormat);
+  } catch (e) {
+    img.close();
+    failed(e, `Could not open '${spec.shownAs}': `);
+  }
+  if (needKey && info.encrypted && spec.keySecret === undefined) {
+    img.close();
+    throw new CommandFailed(`Could not open '${spec.shownAs}': Parameter 'encrypt.key-secret' is required for cipher`);
+  }
+}

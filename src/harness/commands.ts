@@ -74,7 +74,8 @@ const FUZZ_USAGE = `usage: qcow2-harness fuzz [options]
                  cmd:PROGRAM (docs/cmd-protocol.md; a program may be a writer or a reader)
   --producer P   reader mode: qemu (default for readers) or ts writes every image, the target reads it;
                  with --target ts or qemu this makes that engine the reader
-  --time S       run for S seconds
+  --time S       run for S seconds (generation; shrinking a failure has its own budget)
+  --shrink-time S  seconds each failure may spend shrinking (default 300), whenever it was found
   --runs N       run N generated cases (default 100 when --time is not given)
   --seed N       campaign seed (default: random, printed); same seed, same runs
   --jobs N       parallel workers (processes for ts, concurrent runs for qemu/cmd)
@@ -92,6 +93,7 @@ const FUZZ_SPEC: Spec = {
   target: 'value',
   producer: 'value',
   time: 'value',
+  'shrink-time': 'value',
   runs: 'value',
   seed: 'value',
   jobs: 'value',
@@ -146,6 +148,7 @@ export async function fuzzCommand(argv: string[]): Promise<number> {
     }
     const time = intOpt(opts.time, 'time', 1);
     const runs = intOpt(opts.runs, 'runs', 1);
+    const shrinkTimeSec = intOpt(opts['shrink-time'], 'shrink-time', 1);
     if (time !== undefined && runs !== undefined) throw new UsageError('give --time or --runs, not both');
     const seed = intOpt(opts.seed, 'seed', -(2 ** 31)) ?? Math.floor(Math.random() * 2 ** 31);
     const jobs = intOpt(opts.jobs, 'jobs', 1) ?? 1;
@@ -183,6 +186,7 @@ export async function fuzzCommand(argv: string[]): Promise<number> {
         seed,
         runs,
         timeSec: time,
+        shrinkTimeSec,
         shard,
         // Two traces in flight per process: one runs engine ops while the other waits on qemu-img.
         concurrency: Math.max(2, jobs),

@@ -83,3 +83,19 @@ it('QEMU keeps data and metadata right with requests in flight (fixed seed)', as
   expect(t.groups).toBeGreaterThan(15);
   expect(t.overlapping).toBeGreaterThan(10);
 }, 120_000);
+
+const example = path.join(import.meta.dirname, '..', 'src', 'harness', 'targets', 'cmd-example-qemu.mjs');
+
+it('a cmd program that lists the aio capability gets groups, and passes (fixed seed)', async () => {
+  const t = await aioCampaign(`cmd:node ${example} --aio`, 77, 10, 6);
+  console.log(`aio suite cmd: ${t.runs} runs, ${t.groups} groups, ${t.overlapping} with overlapping requests`);
+  expect(t.failures).toEqual([]);
+  expect(t.runs).toBe(10);
+  expect(t.groups).toBeGreaterThan(3);
+}, 120_000);
+
+it('a cmd program that does not list it never gets one', async () => {
+  const t = await aioCampaign(`cmd:node ${example}`, 77, 4, 6);
+  expect(t.failures).toEqual([]);
+  expect(t.groups).toBe(0);
+}, 120_000);

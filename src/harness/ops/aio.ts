@@ -22,8 +22,8 @@ import { l2Span, MAX_WRITE_BYTES } from './seed.js';
 import { num, shq } from './text.js';
 import { OpParseError, type AioOp, type AioRequest, type Op, type OpSpec, type OpSeed } from './types.js';
 
-const AIO_SHARE = 8; // one guest write seed in AIO_SHARE becomes a group, where the target runs groups
-const AIO_PICK = 5; // pick % AIO_SHARE that chooses a group (fault ops take pick % 4 == 3: never both)
+const AIO_SHARE = 4; // one guest write seed in AIO_SHARE becomes a group, where the target runs groups
+const AIO_PICK = 1; // pick % AIO_SHARE that chooses a group (fault ops take pick % 4 == 3: never both)
 
 /** The nearest seed `pick` (0..1000) that makes a guest write an aio group (for generation biased toward groups). */
 export function aioPick(pick: number): number {

@@ -9,6 +9,7 @@ import { InvalidArgumentError, LimitError, UnsupportedFeatureError } from './err
 import {
   COMPAT_LAZY_REFCOUNTS,
   COMPRESSION_ZLIB,
+  CRYPT_NONE,
   DEFAULT_REFCOUNT_ORDER,
   HEADER_V3_LENGTH,
   INCOMPAT_COMPRESSION,
@@ -59,6 +60,11 @@ export function amendImage(img: ImageState, o: AmendOptions): void {
 }
 
 function checkDowngradePossible(img: ImageState): void {
+  // Expanding zero clusters writes zeros that would have to be encrypted; QEMU 7.2 writes them raw and
+  // the guest then reads garbage there (src/qcow2/crypto/data-path.test.ts). Refuse instead.
+  if (img.header.cryptMethod !== CRYPT_NONE) {
+    throw new UnsupportedFeatureError('Cannot downgrade an encrypted image to compat=0.10 (its zero clusters would not be encrypted)');
+  }
   // v2 snapshots cannot record a disk size of their own, nor a VM state above 4 GiB.
   for (const sn of img.snapshots) {
     if ((sn.vmStateSizeLarge ?? sn.vmStateSize) > 0xffffffff || (sn.diskSize ?? img.virtualSize) !== img.virtualSize) {

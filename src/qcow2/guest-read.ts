@@ -5,6 +5,7 @@
  * with extended L2 entries.
  */
 import { decompressCluster } from './compress.js';
+import { readEncryptedData } from './crypto/data-path.js';
 import { ClusterType, decodeCompressed } from './format/entries.js';
 import { dataClusterOffset, entryFor, forEachClusterPiece } from './cluster-map.js';
 import type { L2Entry } from './l2.js';
@@ -42,7 +43,7 @@ function readInCluster(s: ImageState, vc: number, inOff: number, dst: Uint8Array
         dst.fill(0);
         return;
       default:
-        s.storage.readInto(dataClusterOffset(s, e, vc) + inOff, dst);
+        readData(s, dataClusterOffset(s, e, vc) + inOff, guestBase + inOff, dst);
         return;
     }
   }
@@ -55,11 +56,17 @@ function readInCluster(s: ImageState, vc: number, inOff: number, dst: Uint8Array
     const n = Math.min((sc + 1) * scs - pos, dst.length - done);
     const part = dst.subarray(done, done + n);
     const st = subclusterState(s, e, type, sc, vc);
-    if (st === 'normal') s.storage.readInto(dataClusterOffset(s, e, vc) + pos, part);
+    if (st === 'normal') readData(s, dataClusterOffset(s, e, vc) + pos, guestBase + pos, part);
     else if (st === 'zero') part.fill(0);
     else readBacking(s, guestBase + pos, part);
     done += n;
   }
+}
+
+/** Data cluster bytes, decrypted for an encrypted image (qcow2_co_preadv_encrypted); compressed ones never are. */
+function readData(s: ImageState, host: number, guest: number, dst: Uint8Array): void {
+  if (s.crypto) readEncryptedData(s.crypto, s.storage, host, guest, dst);
+  else s.storage.readInto(host, dst);
 }
 
 /** v2 has no zero clusters; QEMU signals corruption on one ("Zero cluster entry found in pre-v3 image"). */

@@ -12,7 +12,8 @@
  */
 import type { CachedTable } from './cache.js';
 import { compressCluster } from './compress.js';
-import { InvalidArgumentError } from './errors.js';
+import { InvalidArgumentError, UnsupportedFeatureError } from './errors.js';
+import { CRYPT_NONE } from './format/constants.js';
 import { ClusterType, encodeCompressed, isCopied } from './format/entries.js';
 import {
   dataClusterOffset,
@@ -41,7 +42,7 @@ function writeInCluster(s: ImageState, vc: number, inOff: number, data: Uint8Arr
   const copied = isCopied(old.hi);
   if (!s.layout.extended) {
     if (copied && type === ClusterType.Normal) {
-      s.writeData(dataClusterOffset(s, old, vc) + inOff, data);
+      s.writeData(dataClusterOffset(s, old, vc) + inOff, data, vc * cs + inOff);
       return;
     }
     if (copied && type === ClusterType.ZeroAlloc) {
@@ -49,13 +50,13 @@ function writeInCluster(s: ImageState, vc: number, inOff: number, data: Uint8Arr
       const host = dataClusterOffset(s, old, vc);
       const buf = new Uint8Array(cs);
       buf.set(data, inOff);
-      s.writeData(host, buf);
+      s.writeData(host, buf, vc * cs);
       setEntry(s, table, index, entryWith(host, true));
       return;
     }
     const buf = clusterWithOverlay(s, vc, inOff, data, type === ClusterType.Unallocated || type === ClusterType.ZeroPlain);
     const host = s.refcounts.allocClusters(1);
-    s.writeData(host, buf);
+    s.writeData(host, buf, vc * cs);
     setEntry(s, table, index, entryWith(host, true));
     freeEntryClusters(s, old);
     return;
@@ -85,14 +86,14 @@ function writeInClusterExtended(s: ImageState, w: ExtendedWrite): void {
     const host = dataClusterOffset(s, old, vc);
     for (let sc = first; sc <= last; sc++) subclusterState(s, old, type, sc, vc);
     if ((old.alloc & touched) === touched) {
-      s.writeData(host + inOff, data);
+      s.writeData(host + inOff, data, vc * s.clusterSize + inOff);
     } else {
       // Partially written subclusters that were not allocated get their old content around the data.
       const start = first * scs;
       const buf = new Uint8Array((last + 1) * scs - start);
       readGuest(s, vc * s.clusterSize + start, buf);
       buf.set(data, inOff - start);
-      s.writeData(host + start, buf);
+      s.writeData(host + start, buf, vc * s.clusterSize + start);
     }
     setEntry(s, table, index, { hi: old.hi, lo: old.lo, alloc: (old.alloc | touched) >>> 0, zero: (old.zero & ~touched) >>> 0 });
     return;
@@ -109,7 +110,7 @@ function writeInClusterExtended(s: ImageState, w: ExtendedWrite): void {
     zero = (old.zero & ~touched) >>> 0;
   }
   const buf = clusterWithOverlay(s, vc, inOff, data, false);
-  s.writeData(host, buf);
+  s.writeData(host, buf, vc * s.clusterSize);
   setEntry(s, table, index, { ...entryParts(host, true), alloc, zero });
   freeEntryClusters(s, old);
 }
@@ -132,6 +133,10 @@ export function writeCompressedGuest(s: ImageState, offset: number, data: Uint8A
   const cs = s.clusterSize;
   if (offset % cs !== 0 || (data.length % cs !== 0 && offset + data.length !== s.virtualSize)) {
     throw new InvalidArgumentError('compressed writes must cover whole clusters (or reach the end of the image)');
+  }
+  // QEMU 7.2 stores compressed clusters of encrypted images unencrypted; refuse rather than leak guest data.
+  if (s.header.cryptMethod !== CRYPT_NONE) {
+    throw new UnsupportedFeatureError('compressed writes to encrypted images are not supported (they would be stored unencrypted)');
   }
   s.beforeChange();
   for (let done = 0; done < data.length; done += cs) {

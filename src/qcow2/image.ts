@@ -152,7 +152,8 @@ export class Qcow2Image implements GuestDevice {
   }
 
   check(repair: RepairMode = 'none'): CheckResult {
-    this.assertOpen();
+    // check reads metadata only: an encrypted image needs no passphrase (QEMU opens it with NO_IO).
+    this.assertOpen(false);
     return checkImage(this.s, repair);
   }
 
@@ -169,9 +170,11 @@ export class Qcow2Image implements GuestDevice {
     }
   }
 
-  private assertOpen(): void {
+  private assertOpen(data = true): void {
     if (this.s.closed) throw new InvalidArgumentError('image is closed');
-    if (this.s.header.cryptMethod !== CRYPT_NONE) throw new UnsupportedFeatureError('reading encrypted images is not supported');
+    if (data && this.s.header.cryptMethod !== CRYPT_NONE && !this.s.crypto) {
+      throw new UnsupportedFeatureError("encrypted image opened without a passphrase: Parameter 'encrypt.key-secret' is required for cipher");
+    }
     if (this.s.header.incompatibleFeatures & INCOMPAT_DATA_FILE) {
       throw new UnsupportedFeatureError('images with an external data file are not supported');
     }

@@ -9,7 +9,8 @@ import { DEFAULT_L2_CACHE_BYTES, L2_TO_REFCOUNT_CACHE_RATIO, MIN_REFCOUNT_CACHE_
 import { checkImage } from './check.js';
 import { entryParts, loadL1, registerActiveL2s, resizeL1, setEntry, writableL2 } from './cluster-map.js';
 import { createLayout } from './create.js';
-import { CorruptImageError, UnsupportedFeatureError } from './errors.js';
+import { openImageCrypto } from './crypto/image-crypto.js';
+import { CorruptImageError, InvalidArgumentError, UnsupportedFeatureError } from './errors.js';
 import { decodeBitmapDirectory } from './format/bitmaps.js';
 import { AUTOCLEAR_BITMAPS, CRYPT_NONE, INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE, INCOMPAT_DIRTY } from './format/constants.js';
 import { ALL_SUBCLUSTERS } from './l2.js';
@@ -68,6 +69,8 @@ function load(s: ImageState): void {
     s.backing = o.openBacking(s.backingFile, fmt);
   }
   validateBitmaps(s);
+  // Before prepareReadWrite, which may write the header: a wrong passphrase leaves the image untouched.
+  if (h.cryptMethod !== CRYPT_NONE) openEncryption(s);
   if (!s.readOnly) prepareReadWrite(s);
   if (o.snapshot !== undefined) viewSnapshot(s, o.snapshot);
 }
@@ -81,9 +84,29 @@ function cacheBudget(s: ImageState, which: 'l2' | 'refcount'): number {
   );
 }
 
+/**
+ * Unlocks an encrypted image (QEMU: qcow2_update_options_part2 opening s->crypto).
+ * Without a passphrase it still opens read-only or for check, as qemu-img info
+ * and check do (QCRYPTO_BLOCK_OPEN_NO_IO), and data I/O is refused later.
+ */
+function openEncryption(s: ImageState): void {
+  const o = s.openOptions;
+  if (o.passphrase === undefined) {
+    if (!s.readOnly && !o.forCheck) throw new InvalidArgumentError("Parameter 'encrypt.key-secret' is required for cipher");
+    return;
+  }
+  s.crypto = openImageCrypto({
+    cryptMethod: s.header.cryptMethod,
+    cryptoHeader: s.ext.cryptoHeader,
+    clusterSize: s.clusterSize,
+    fileSize: s.storage.size(),
+    readFile: (off, len) => s.storage.read(off, len),
+    passphrase: o.passphrase,
+  });
+}
+
 function prepareReadWrite(s: ImageState): void {
   const h = s.header;
-  if (h.cryptMethod !== CRYPT_NONE) throw new UnsupportedFeatureError('encrypted images cannot be opened read-write');
   if (h.incompatibleFeatures & INCOMPAT_DATA_FILE) {
     throw new UnsupportedFeatureError('images with an external data file are not supported for writing');
   }

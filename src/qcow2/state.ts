@@ -13,6 +13,8 @@
  * refcounts, then applies the frees those L2 updates allowed.
  */
 import { MIN_L2_CACHE_TABLES, TableCache } from './cache.js';
+import { writeEncryptedData } from './crypto/data-path.js';
+import type { ImageCrypto } from './crypto/image-crypto.js';
 import { CorruptImageError, InvalidArgumentError, OverlapError, ReadOnlyError } from './errors.js';
 import { viewOf } from './format/bytes.js';
 import {
@@ -58,6 +60,8 @@ export class ImageState implements RefcountHost {
   refcounts!: Refcounts;
   l2Cache!: TableCache;
   backing: GuestDevice | null = null;
+  /** The unlocked encryption of an encrypted image; undefined when unencrypted or opened without a passphrase. */
+  crypto: ImageCrypto | undefined = undefined;
   readOnly: boolean;
   snapshots: SnapshotEntry[] = [];
   /** Index of the first snapshot table entry that runs past the end of the file (check reports it). */
@@ -190,10 +194,15 @@ export class ImageState implements RefcountHost {
 
   // ---------------------------------------------------------------- data and table writes
 
-  /** Guest data to a host offset, behind the overlap check; an L2 table pointing at it waits for a barrier. */
-  writeData(host: number, data: Uint8Array): void {
+  /**
+   * Guest data to a host offset, behind the overlap check; an L2 table pointing at it waits for a barrier.
+   * guest is the guest offset of the first byte: encrypted images need it (legacy AES IVs) and encrypt
+   * here; compressed data passes guest undefined and is never encrypted (QEMU 7.2 stores it in the clear).
+   */
+  writeData(host: number, data: Uint8Array, guest?: number): void {
     this.overlapCheck(host, data.length, undefined);
-    this.storage.write(host, data);
+    if (this.crypto && guest !== undefined) writeEncryptedData(this.crypto, this.storage, host, guest, data);
+    else this.storage.write(host, data);
     this.unsyncedData = true;
   }
 

@@ -36,6 +36,12 @@ export interface OpenOptions {
    * dirty image is not repaired on open (check does it).
    */
   forCheck?: boolean;
+  /**
+   * Passphrase of an encrypted image (the secret encrypt.key-secret names). A
+   * wrong one fails the open before anything is written; without one an
+   * encrypted image opens only read-only or for check, and refuses data I/O.
+   */
+  passphrase?: string | Uint8Array;
 }
 
 /** Anything a guest can read: a qcow2 image, or a raw file used as a backing file. */

@@ -10,9 +10,9 @@ import { TsTarget } from './targets/ts.js';
 import { runCampaign, type CampaignOptions, type CampaignStats } from './runner.js';
 
 /**
- * Our engine with a planted bug: once a trace has run three plain writes,
+ * Our engine with a planted bug: once a trace has run two plain writes,
  * every read returns its first byte flipped. Any failing trace shrinks to
- * three writes, and the writes themselves shrink further.
+ * two writes, and the writes themselves shrink further.
  */
 class PlantedTarget extends TsTarget {
   private writes = 0;
@@ -26,7 +26,7 @@ class PlantedTarget extends TsTarget {
   }
   override async read(off: number, len: number): Promise<Uint8Array> {
     const b = await super.read(off, len);
-    if (this.writes >= 3 && b.length > 0) {
+    if (this.writes >= 2 && b.length > 0) {
       this.onMisread();
       b[0] = b[0]! ^ 0xff;
     }
@@ -50,10 +50,11 @@ describe('shrinking has a budget of its own', () => {
   }, 120_000);
 
   it('a failure found as the deadline passes is shrunk to the same trace as with no deadline', async () => {
-    expect(free.failures.length).toBe(1);
+    // The first failing chunk's failure (later chunks may find more).
+    expect(free.failures.length).toBeGreaterThanOrEqual(1);
     const full = free.failures[0]!;
     expect(full.shrinkComplete).toBe(true);
-    expect(full.ops.filter((x) => x.startsWith('write ')).length, full.ops.join('; ')).toBe(3);
+    expect(full.ops.filter((x) => x.startsWith('write ')).length, full.ops.join('; ')).toBe(2);
 
     // A 60 s campaign whose clock jumps past the deadline the moment the planted bug first shows.
     const t = steppedClock();
@@ -93,7 +94,7 @@ describe('shrinking has a budget of its own', () => {
           if (++misreads === 4) t.jump();
         }),
     });
-    expect(cut.failures.length).toBe(1);
+    expect(cut.failures.length).toBeGreaterThanOrEqual(1);
     const f = cut.failures[0]!;
     expect(f.shrinkComplete).toBe(false);
     expect(f.shrinkSeconds).toBeGreaterThanOrEqual(10);

@@ -4,11 +4,7 @@
 # (see --help); --json prints one JSON document.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ ! -f dist/harness/bench.js ] || [ ! -f dist/cli/main.js ]; then
+if [ ! -f dist/cli/commands/bench.js ] || [ ! -f dist/harness/bench.js ]; then
   npm run build >&2
 fi
-# Calls the harness directly so the bench runs whether or not the CLI wires `bench` yet.
-exec node --input-type=module -e '
-import { benchCommand } from "./dist/harness/bench.js";
-process.exitCode = await benchCommand(process.argv.slice(1));
-' -- "$@"
+exec node dist/cli/main.js bench "$@"

@@ -12,6 +12,8 @@ export interface OptionSpec {
   short?: Record<string, boolean>;
   /** Long options: name → true when it takes a value. */
   long?: Record<string, boolean>;
+  /** Exit code of a usage error (default 1; the harness's commands use 2). */
+  usageExit?: number;
 }
 
 export interface ParsedArgs {
@@ -25,6 +27,7 @@ export function parseArgs(argv: readonly string[], spec: OptionSpec, command: st
   const long: Record<string, boolean> = { help: false, ...(spec.long ?? {}) };
   const values = new Map<string, string[]>();
   const operands: string[] = [];
+  const usage = (message: string) => new UsageError(message, command, spec.usageExit);
   const add = (k: string, v: string) => {
     const list = values.get(k);
     if (list) list.push(v);
@@ -39,15 +42,15 @@ export function parseArgs(argv: readonly string[], spec: OptionSpec, command: st
     if (a.startsWith('--')) {
       const eq = a.indexOf('=');
       const name = eq < 0 ? a.slice(2) : a.slice(2, eq);
-      if (!(name in long)) throw new UsageError(`unrecognized option '--${name}'`, command);
+      if (!(name in long)) throw usage(`unrecognized option '--${name}'`);
       if (long[name]) {
         let v: string | undefined;
         if (eq >= 0) v = a.slice(eq + 1);
         else if (i + 1 < argv.length) v = argv[++i]!;
-        else throw new UsageError(`option '--${name}' requires an argument`, command);
+        else throw usage(`option '--${name}' requires an argument`);
         add(name, v);
       } else {
-        if (eq >= 0) throw new UsageError(`option '--${name}' doesn't allow an argument`, command);
+        if (eq >= 0) throw usage(`option '--${name}' doesn't allow an argument`);
         add(name, '');
       }
       continue;
@@ -59,12 +62,12 @@ export function parseArgs(argv: readonly string[], spec: OptionSpec, command: st
           add('help', '');
           continue;
         }
-        if (!(c in short)) throw new UsageError(`invalid option -- '${c}'`, command);
+        if (!(c in short)) throw usage(`invalid option -- '${c}'`);
         if (short[c]) {
           let v: string;
           if (j + 1 < a.length) v = a.slice(j + 1);
           else if (i + 1 < argv.length) v = argv[++i]!;
-          else throw new UsageError(`option requires an argument -- '${c}'`, command);
+          else throw usage(`option requires an argument -- '${c}'`);
           add(c, v);
           break;
         }
@@ -96,4 +99,18 @@ export function expectOperands(p: ParsedArgs, min: number, max: number, command:
   if (p.operands.length < min) throw new UsageError(`Expecting ${what}`, command);
   if (p.operands.length > max) throw new UsageError(`Unexpected argument: ${p.operands[max]}`, command);
   return p.operands;
+}
+
+/**
+ * An integer option (the last one given), at least min. Undefined when absent.
+ * The message names the option as the user wrote it.
+ */
+export function intOption(p: ParsedArgs, key: string, min: number, command: string, usageExit?: number): number | undefined {
+  const v = last(p, key);
+  if (v === undefined) return undefined;
+  const flag = key.length === 1 ? `-${key}` : `--${key}`;
+  if (!/^-?\d+$/.test(v) || !Number.isSafeInteger(Number(v)) || Number(v) < min) {
+    throw new UsageError(`${flag} must be an integer >= ${min}`, command, usageExit);
+  }
+  return Number(v);
 }

@@ -23,6 +23,12 @@ export const EXIT_CHECK_CORRUPTIONS = 2;
 export const EXIT_CHECK_LEAKS = 3;
 export const EXIT_CHECK_UNSUPPORTED = 63;
 export const EXIT_INTERNAL = 70;
+/**
+ * The harness's commands (fuzz, replay, minimize, merge) use 1 for "found a
+ * failure", so a bad command line there must be told apart: 2, as grep and
+ * diff do.
+ */
+export const EXIT_HARNESS_USAGE = 2;
 
 /** Bad command line: wrong option, missing argument, bad value. */
 export class UsageError extends Error {
@@ -30,6 +36,7 @@ export class UsageError extends Error {
     message: string,
     /** The command whose --help to point at, if any. */
     readonly command?: string,
+    readonly exitCode = EXIT_FAILURE,
   ) {
     super(message);
     this.name = 'UsageError';
@@ -85,7 +92,7 @@ function isErrno(e: unknown): e is ErrnoLike {
 export function reportError(e: unknown): { message: string; exitCode: number } {
   if (e instanceof UsageError) {
     const hint = e.command ? `Try 'qcow2-harness ${e.command} --help' for more information` : "Try 'qcow2-harness --help' for more information";
-    return { message: `${oneLine(e.message)}\n${hint}`, exitCode: EXIT_FAILURE };
+    return { message: `${oneLine(e.message)}\n${hint}`, exitCode: e.exitCode };
   }
   if (e instanceof CommandFailed) return { message: oneLine(e.message), exitCode: e.exitCode };
   if (e instanceof Qcow2Error) return { message: describeQcow2Error(e), exitCode: EXIT_FAILURE };

@@ -81,14 +81,22 @@ export interface ReadableImage {
 export function openReadable(
   ctx: CliContext,
   file: string,
-  o: { format?: ImageFormat; snapshot?: string; forceShare?: boolean } = {},
+  o: { format?: ImageFormat; snapshot?: string; forceShare?: boolean; withoutDataFile?: boolean } = {},
 ): ReadableImage {
   try {
     const format = o.format ?? probeFormat(resolvePath(ctx, file));
     if (format === 'raw' && o.snapshot !== undefined) {
       throw new CommandFailed(`Could not open '${file}': raw images have no snapshots`);
     }
-    const dev = openImageFile(resolvePath(ctx, file), { readOnly: true, format, snapshot: o.snapshot, forceShare: o.forceShare, shownAs: file });
+    const dev = openImageFile(resolvePath(ctx, file), {
+      readOnly: true,
+      format,
+      snapshot: o.snapshot,
+      forceShare: o.forceShare,
+      shownAs: file,
+      withoutDataFile: o.withoutDataFile,
+      dataFileBase: ctx.cwd,
+    });
     return { format: dev.format, device: dev, qcow2: dev.qcow2 };
   } catch (e) {
     throw couldNotOpen(file, e);
@@ -110,6 +118,7 @@ export function openQcow2(
       forCheck: o.forCheck,
       forceShare: o.forceShare,
       shownAs: file,
+      dataFileBase: ctx.cwd,
     });
   } catch (e) {
     throw couldNotOpen(file, e);
@@ -220,7 +229,7 @@ export function openWritable(
     if (format === 'raw') {
       return new RawDevice(FileStorage.open(abs, { readOnly, lock: lockFor('raw', readOnly, o.forceShare), name: file }));
     }
-    return new Qcow2Device(openQcow2File(abs, { readOnly, forceShare: o.forceShare, shownAs: file }));
+    return new Qcow2Device(openQcow2File(abs, { readOnly, forceShare: o.forceShare, shownAs: file, dataFileBase: ctx.cwd }));
   } catch (e) {
     throw couldNotOpen(file, e);
   }

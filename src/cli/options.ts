@@ -88,8 +88,6 @@ function parseClusterSize(v: string, file: string): number {
 
 /** Options of qemu-img's qcow2 driver this implementation does not offer. */
 const UNSUPPORTED = new Set([
-  'data_file',
-  'data_file_raw',
   'encryption',
   'encrypt.format',
   'encrypt.key-secret',
@@ -159,6 +157,12 @@ export function createOptionsFrom(
         }
         o.preallocation = v;
         break;
+      case 'data_file':
+        o.dataFile = v;
+        break;
+      case 'data_file_raw':
+        o.dataFileRaw = parseBool(key, v, file);
+        break;
       default:
         if (UNSUPPORTED.has(key)) throw new CommandFailed(`${file}: Parameter '${key}' is not supported by qcow2-harness`);
         throw new CommandFailed(`${file}: Invalid parameter '${key}'`);
@@ -195,6 +199,8 @@ export function formattingLine(file: string, fmt: string, o: CreateOptions, comp
   if (compatAsGiven !== undefined) parts.push(`compat=${compatAsGiven}`);
   if (o.backingFile !== undefined) parts.push(`backing_file=${o.backingFile}`);
   if (o.backingFormat !== undefined) parts.push(`backing_fmt=${o.backingFormat}`);
+  if (o.dataFile !== undefined) parts.push(`data_file=${o.dataFile}`);
+  if (o.dataFileRaw !== undefined) parts.push(`data_file_raw=${o.dataFileRaw ? 'on' : 'off'}`);
   parts.push(`lazy_refcounts=${o.lazyRefcounts ? 'on' : 'off'}`, `refcount_bits=${o.refcountBits ?? 16}`);
   return `Formatting '${file}', fmt=qcow2 ${parts.join(' ')}`;
 }

@@ -1,27 +1,50 @@
-import { amendCommand } from './commands/amend.js';
-import { checkCommand } from './commands/check.js';
-import { convertCommand } from './commands/convert.js';
-import { createCommand } from './commands/create.js';
-import { demoCommand } from './commands/demo.js';
-import { harnessCommands } from './commands/harness.js';
-import { infoCommand } from './commands/info.js';
-import { ioCommand } from './commands/io.js';
-import { resizeCommand } from './commands/resize.js';
-import { snapshotCommand } from './commands/snapshot.js';
 import type { CliContext, Command } from './context.js';
 import { EXIT_FAILURE, EXIT_OK, reportError } from './errors.js';
 
-export const COMMANDS: Record<string, { run: Command; summary: string }> = {
-  create: { run: createCommand, summary: 'create a qcow2 (or raw) image, as qemu-img create' },
-  info: { run: infoCommand, summary: "show an image's format, size, backing file, snapshots (qemu-img info)" },
-  convert: { run: convertCommand, summary: 'copy an image to raw or qcow2 (qemu-img convert)' },
-  check: { run: checkCommand, summary: 'check and repair metadata, with qemu-img check exit codes' },
-  io: { run: ioCommand, summary: "run qemu-io commands (read/write/discard/flush) through our engine" },
-  snapshot: { run: snapshotCommand, summary: 'create, apply, delete, list internal snapshots' },
-  amend: { run: amendCommand, summary: 'change refcount_bits, compat, lazy_refcounts in place' },
-  resize: { run: resizeCommand, summary: 'grow or shrink (--shrink) the virtual size' },
-  demo: { run: demoCommand, summary: 'scripted session on a new image, verified with qemu-img check/compare' },
-  ...harnessCommands,
+/**
+ * Every command, loaded only when it runs: start-up cost is what the command
+ * needs (`--help` and `info` never load fast-check, execa or the harness).
+ */
+interface CommandEntry {
+  summary: string;
+  load: () => Promise<Command>;
+}
+
+export const COMMANDS: Record<string, CommandEntry> = {
+  create: { summary: 'create a qcow2 (or raw) image, as qemu-img create', load: async () => (await import('./commands/create.js')).createCommand },
+  info: {
+    summary: "show an image's format, size, backing file, snapshots (qemu-img info)",
+    load: async () => (await import('./commands/info.js')).infoCommand,
+  },
+  convert: { summary: 'copy an image to raw or qcow2 (qemu-img convert)', load: async () => (await import('./commands/convert.js')).convertCommand },
+  check: { summary: 'check and repair metadata, with qemu-img check exit codes', load: async () => (await import('./commands/check.js')).checkCommand },
+  io: { summary: 'run qemu-io commands (read/write/discard/flush) through our engine', load: async () => (await import('./commands/io.js')).ioCommand },
+  snapshot: { summary: 'create, apply, delete, list internal snapshots', load: async () => (await import('./commands/snapshot.js')).snapshotCommand },
+  amend: { summary: 'change refcount_bits, compat, lazy_refcounts in place', load: async () => (await import('./commands/amend.js')).amendCommand },
+  resize: { summary: 'grow or shrink (--shrink) the virtual size', load: async () => (await import('./commands/resize.js')).resizeCommand },
+  demo: {
+    summary: 'scripted session on a new image, verified with qemu-img check/compare',
+    load: async () => (await import('./commands/demo.js')).demoCommand,
+  },
+  fuzz: {
+    summary: 'property-based fuzzing campaign against a target (ts, qemu, cmd:PROGRAM)',
+    load: async () => (await import('./commands/fuzz.js')).fuzzCommand,
+  },
+  replay: { summary: 'replay a corpus entry or trace', load: async () => (await import('./commands/replay.js')).replayCommand },
+  minimize: { summary: 'shrink a failing trace or image', load: async () => (await import('./commands/minimize.js')).minimizeCommand },
+  merge: {
+    summary: 'merge shard corpora into one, one entry per failure signature',
+    load: async () => (await import('./commands/merge.js')).mergeCommand,
+  },
+  bench: { summary: 'measure our engine against qemu-img/qemu-io', load: async () => (await import('./commands/bench.js')).benchCommand },
+  'target-check': {
+    summary: "check a cmd:PROGRAM's protocol handling, one line per problem",
+    // Parses its own one operand and prints to the process streams (see target-check.ts).
+    load: async () => {
+      const { targetCheckCommand } = await import('../harness/target-check.js');
+      return (argv) => targetCheckCommand(argv);
+    },
+  },
 };
 
 export function mainHelp(): string {
@@ -36,6 +59,7 @@ ${Object.entries(COMMANDS)
 
 'qcow2-harness COMMAND --help' describes a command. Exit codes: 0 success,
 1 failure (as qemu-img), check: 2 corruptions, 3 leaks, 63 unsupported;
+fuzz, replay, minimize, merge: 1 failures found, 2 bad command line;
 70 an internal error (a bug in qcow2-harness).
 `;
 }
@@ -57,7 +81,7 @@ export async function runCli(argv: readonly string[], ctx: CliContext): Promise<
     return EXIT_FAILURE;
   }
   try {
-    return await cmd.run(rest, ctx);
+    return await (await cmd.load())(rest, ctx);
   } catch (e) {
     const { message, exitCode } = reportError(e);
     ctx.stderr(`qcow2-harness: ${message}\n`);

@@ -148,3 +148,16 @@ export function opSeedsArb(maxOps: number, o: { crashBias?: boolean; faultBias?:
   if (o.faultBias) one = fc.tuple(one, fc.boolean()).map(([s, f]) => (f ? { ...s, pick: faultPick(s.pick) } : s));
   return fc.array(one, { minLength: 1, maxLength: maxOps });
 }
+
+/**
+ * Configurations with an external data file (raw on or off). Kept apart from
+ * configArb so the fixed seeds of the existing suites draw what they drew
+ * before: a v3 image (data files need compat=1.1) and, with data_file_raw,
+ * no backing file (qemu-img refuses the pair).
+ */
+export const dataFileConfigArb: fc.Arbitrary<TraceConfig> = fc.tuple(configArb, fc.boolean()).map(([c, raw]) => {
+  const v3: TraceConfig = c.compat === '1.1' ? c : { ...c, compat: '1.1' };
+  const out: TraceConfig = { ...v3, dataFile: { raw } };
+  if (raw) delete out.backing;
+  return out;
+});

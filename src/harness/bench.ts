@@ -1,108 +1,65 @@
 /**
  * `qcow2-harness bench`: our CLI against qemu-img/qemu-io on the same inputs,
- * in one run on one machine, reported as ratios ours/qemu. Both sides are
- * timed as whole processes (startup included), the way a user runs them.
+ * in one run on one machine, reported as ratios ours/QEMU. Both sides are
+ * timed as whole processes (start-up included), the way a user runs them.
  *
- *   (a) convert -O raw of a fully written image (default 1 GiB, 64 KiB clusters)
- *   (b) N random 4 KiB writes in one qemu-io / one `io` process (default 10,000)
- *   (c) amend -o refcount_bits=W at 64 KiB and 2 MiB clusters
+ * The machine this runs on is usually shared, so a single timing says little.
+ * Each case is measured as N pairs, ours and QEMU back to back (the order
+ * alternating from pair to pair), and the report gives the median of the
+ * per-pair ratios: load that lasts a few seconds hits both sides of a pair.
+ * Before every timed command the inputs are restored and `sync` runs
+ * (untimed), so one command's dirty pages are never written back on the
+ * next one's time; with --cold the page cache is dropped too.
+ *
+ * Nothing here is a test verdict: timings never decide an exit code, only
+ * whether both sides produced the same result does.
  */
 import { randomBytes } from 'node:crypto';
-import { closeSync, copyFileSync, existsSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { closeSync, copyFileSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync, writeSync } from 'node:fs';
+import { loadavg, tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
 import { prng } from './prng.js';
 
-const USAGE = `usage: qcow2-harness bench [--json] [--dir DIR] [--size BYTES] [--writes N]
-                           [--only convert,writes,amend] [--repeat N] [--keep]
-                           [--amend-timeout S]
-
-Times our CLI against qemu-img/qemu-io on the same images and prints ours/qemu ratios:
-  convert   convert -O raw of a fully written image (--size, default 1 GiB, 64 KiB clusters)
-  writes    --writes random 4 KiB writes (default 10000) in one qemu-io / one 'io' process,
-            against qemu-io -t writeback (like for like) and qemu-io's default writethrough
-  amend     amend -o refcount_bits=1 and =64 of a fully written image at 64 KiB clusters, and
-            refcount_bits=64 at 2 MiB clusters (qemu-img 7.2 needs tens of minutes there: its
-            time grows with the square of the cluster size; it is killed after --amend-timeout,
-            default 120 s, and the ratio reported as an upper bound)
-
-  --json     one JSON document on stdout instead of the table
-  --dir      work directory (default: a new one under the system tmp dir, removed afterwards)
-  --repeat   time each command N times and keep the fastest (default 1)
-  --keep     keep the work directory
-Needs qemu-img and qemu-io on PATH and a built CLI (npm run build).
-`;
+export const BENCH_CASES = ['convert', 'writes', 'check', 'amend', 'startup', 'campaign'] as const;
+export type BenchCase = (typeof BENCH_CASES)[number];
+type CaseName = BenchCase;
 
 export interface BenchResult {
   name: string;
+  cache: 'warm' | 'cold' | '-';
+  /** Medians over the pairs, seconds. */
   qemuSeconds: number;
   oursSeconds: number;
+  /** Median of the per-pair ratios ours/QEMU, and their range. */
   ratio: number;
+  ratioMin: number;
+  ratioMax: number;
+  pairs: number;
   qemuCommand: string;
   oursCommand: string;
   /** Whether both sides produced the same result (bytes, or qemu-img check clean). */
   verified: boolean;
-  /** qemu was killed at the timeout: qemuSeconds is a lower bound and ratio an upper bound. */
-  qemuTimedOut?: boolean;
   note?: string;
 }
 
-interface Opts {
+/** What the command line sets (src/cli/commands/bench.ts parses it). */
+export interface BenchOptions {
   json: boolean;
   dir?: string;
   size: number;
   writes: number;
-  only: Set<string>;
-  repeat: number;
+  pairs: number;
+  only: Set<CaseName>;
+  caches: ('warm' | 'cold')[];
+  campaignSeconds: number;
+  campaignJobs: number;
+  cli?: string;
   keep: boolean;
-  amendTimeoutS: number;
 }
 
 const MiB = 1024 * 1024;
-
-function parseArgs(argv: string[]): Opts | string {
-  const o: Opts = { json: false, size: 1024 * MiB, writes: 10_000, only: new Set(['convert', 'writes', 'amend']), repeat: 1, keep: false, amendTimeoutS: 120 };
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i];
-    const val = (): string => {
-      const v = argv[++i];
-      if (v === undefined) throw new Error(`${a} needs a value`);
-      return v;
-    };
-    try {
-      if (a === '--json') o.json = true;
-      else if (a === '--keep') o.keep = true;
-      else if (a === '--dir') o.dir = val();
-      else if (a === '--size') o.size = parseBytes(val());
-      else if (a === '--writes') o.writes = positiveInt(val(), a);
-      else if (a === '--repeat') o.repeat = positiveInt(val(), a);
-      else if (a === '--amend-timeout') o.amendTimeoutS = positiveInt(val(), a);
-      else if (a === '--only') {
-        o.only = new Set(val().split(','));
-        for (const x of o.only) if (!['convert', 'writes', 'amend'].includes(x)) return `unknown benchmark '${x}'`;
-      } else return `unknown argument '${a}'`;
-    } catch (e) {
-      return (e as Error).message;
-    }
-  }
-  if (o.size % (2 * MiB) !== 0) return '--size must be a multiple of 2 MiB';
-  return o;
-}
-
-function positiveInt(s: string, what: string): number {
-  const n = Number(s);
-  if (!Number.isSafeInteger(n) || n <= 0) throw new Error(`${what}: '${s}' is not a positive integer`);
-  return n;
-}
-
-function parseBytes(s: string): number {
-  const m = /^(\d+)([kKmMgG]?)$/.exec(s);
-  if (!m) throw new Error(`--size: '${s}' is not a size`);
-  const mul = { '': 1, k: 1024, m: MiB, g: 1024 * MiB }[m[2].toLowerCase() as '' | 'k' | 'm' | 'g'];
-  return Number(m[1]) * mul;
-}
 
 /** The built CLI next to this file (dist/harness/bench.js → dist/cli/main.js). */
 function cliPath(): string {
@@ -113,49 +70,102 @@ function cliPath(): string {
   return found;
 }
 
-/** Seconds the command took; throws when it fails. With a timeout, a killed run returns the timeout. */
-async function timed(cmd: string, args: string[], timeoutS?: number): Promise<{ seconds: number; timedOut: boolean }> {
+// ------------------------------------------------------------------ timing
+
+/** Seconds the command took; throws when it fails. */
+async function timed(cmd: string, args: string[]): Promise<number> {
   const t0 = performance.now();
-  const r = await execa(cmd, args, {
-    reject: false,
-    stdout: 'ignore',
-    stderr: 'pipe',
-    env: { LC_ALL: 'C' },
-    timeout: timeoutS ? timeoutS * 1000 : undefined,
-    killSignal: 'SIGKILL',
-  });
+  const r = await execa(cmd, args, { reject: false, stdout: 'ignore', stderr: 'pipe', env: { LC_ALL: 'C' } });
   const seconds = (performance.now() - t0) / 1000;
-  if (r.timedOut) return { seconds, timedOut: true };
   if (r.exitCode !== 0) throw new Error(`${cmd} ${args.slice(0, 6).join(' ')}… exited ${r.exitCode}: ${String(r.stderr).slice(0, 500)}`);
-  return { seconds, timedOut: false };
+  return seconds;
 }
 
-async function run(cmd: string, args: string[]): Promise<number> {
-  return (await timed(cmd, args)).seconds;
+async function run(cmd: string, args: string[]): Promise<void> {
+  await timed(cmd, args);
 }
 
-/** Fastest of `repeat` runs; `prepare` restores inputs before each run. */
-async function timeBest(
-  repeat: number,
-  prepare: () => void,
-  cmd: string,
-  args: string[],
-  timeoutS?: number,
-): Promise<{ seconds: number; timedOut: boolean }> {
-  let best = { seconds: Infinity, timedOut: false };
-  for (let i = 0; i < repeat; i++) {
-    prepare();
-    const t = await timed(cmd, args, timeoutS);
-    if (t.seconds < best.seconds) best = t;
-    if (t.timedOut) break; // once is enough to know
+let coldWarned = false;
+
+/** Writes dirty pages back (and with cold, drops the page cache) so the next timed command starts settled. */
+async function settle(cache: 'warm' | 'cold'): Promise<boolean> {
+  await run('sync', []);
+  if (cache === 'warm') return true;
+  try {
+    writeFileSync('/proc/sys/vm/drop_caches', '3\n');
+    return true;
+  } catch {
+    coldWarned = true;
+    return false;
   }
-  return best;
+}
+
+interface Side {
+  cmd: string;
+  args: string[];
+  /** Restores this side's inputs (untimed). */
+  prepare?: () => Promise<void> | void;
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+}
+
+/**
+ * Times ours against each QEMU side, `pairs` times, alternating who goes
+ * first; returns the seconds per pair of every side (ours first).
+ */
+async function pairs(n: number, cache: 'warm' | 'cold', ours: Side, qemu: Side[]): Promise<{ times: number[][]; cold: boolean }> {
+  const times: number[][] = [[], ...qemu.map(() => [])];
+  let cold = cache === 'cold';
+  const sides = [ours, ...qemu];
+  for (let i = 0; i < n; i++) {
+    const order = sides.map((_, k) => k);
+    if (i % 2 === 1) order.reverse();
+    for (const k of order) {
+      const s = sides[k]!;
+      await s.prepare?.();
+      cold = (await settle(cache)) && cold;
+      times[k]!.push(await timed(s.cmd, s.args));
+    }
+  }
+  return { times, cold };
+}
+
+function result(
+  name: string,
+  cache: 'warm' | 'cold' | '-',
+  ours: number[],
+  qemu: number[],
+  cmds: { ours: string; qemu: string },
+  verified: boolean,
+  note?: string,
+): BenchResult {
+  const ratios = ours.map((u, i) => u / qemu[i]!);
+  return {
+    name,
+    cache,
+    qemuSeconds: median(qemu),
+    oursSeconds: median(ours),
+    ratio: median(ratios),
+    ratioMin: Math.min(...ratios),
+    ratioMax: Math.max(...ratios),
+    pairs: ratios.length,
+    qemuCommand: cmds.qemu,
+    oursCommand: cmds.ours,
+    verified,
+    note,
+  };
 }
 
 function show(cmd: string, args: string[]): string {
   const shown = args.length > 12 ? [...args.slice(0, 8), `… (${args.length} args)`] : args;
   return [cmd, ...shown].join(' ');
 }
+
+// ------------------------------------------------------------------ inputs
 
 /** A raw file of `size` bytes with no zero sector (a 1 MiB random block repeated). */
 function makeRaw(path: string, size: number): void {
@@ -169,152 +179,228 @@ function makeRaw(path: string, size: number): void {
 }
 
 async function same(a: string, b: string): Promise<boolean> {
-  const r = await execa('cmp', ['-s', a, b], { reject: false });
-  return r.exitCode === 0;
+  return (await execa('cmp', ['-s', a, b], { reject: false })).exitCode === 0;
 }
 
 async function qemuCheckClean(p: string): Promise<boolean> {
-  const r = await execa('qemu-img', ['check', '-q', p], { reject: false });
-  return r.exitCode === 0;
+  return (await execa('qemu-img', ['check', '-q', p], { reject: false })).exitCode === 0;
 }
 
-async function benchConvert(o: Opts, dir: string, cli: string, raw: string): Promise<BenchResult> {
-  const src = join(dir, 'convert-src.qcow2');
-  await run('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', '-o', 'cluster_size=65536', raw, src]);
-  const qOut = join(dir, 'convert-qemu.raw');
-  const oOut = join(dir, 'convert-ours.raw');
-  const qArgs = ['convert', '-f', 'qcow2', '-O', 'raw', src, qOut];
-  const oArgs = [cli, 'convert', '-O', 'raw', src, oOut];
+// ------------------------------------------------------------------ cases
+
+interface Ctx {
+  o: BenchOptions;
+  dir: string;
+  cli: string;
+  /** The fully written image at 64 KiB clusters (convert, check, amend). */
+  full: string;
+}
+
+const sizeName = (o: BenchOptions) => `${o.size / MiB} MiB`;
+
+async function benchConvert(c: Ctx, cache: 'warm' | 'cold'): Promise<BenchResult[]> {
+  const qOut = join(c.dir, 'convert-qemu.raw');
+  const qOutU = join(c.dir, 'convert-qemu-unsafe.raw');
+  const oOut = join(c.dir, 'convert-ours.raw');
   const clear = (p: string) => () => rmSync(p, { force: true });
-  const q = (await timeBest(o.repeat, clear(qOut), 'qemu-img', qArgs)).seconds;
-  const u = (await timeBest(o.repeat, clear(oOut), process.execPath, oArgs)).seconds;
-  const verified = await same(qOut, oOut);
-  rmSync(qOut, { force: true });
-  rmSync(oOut, { force: true });
-  rmSync(src, { force: true });
-  return {
-    name: `convert -O raw, ${o.size / MiB} MiB fully written, 64 KiB clusters`,
-    qemuSeconds: q,
-    oursSeconds: u,
-    ratio: u / q,
-    qemuCommand: show('qemu-img', qArgs),
-    oursCommand: show('node', oArgs),
-    verified,
-  };
+  const qArgs = ['convert', '-t', 'writeback', '-f', 'qcow2', '-O', 'raw', c.full, qOut];
+  const qArgsU = ['convert', '-f', 'qcow2', '-O', 'raw', c.full, qOutU];
+  const oArgs = [c.cli, 'convert', '-O', 'raw', c.full, oOut];
+  const r = await pairs(c.o.pairs, cache, { cmd: process.execPath, args: oArgs, prepare: clear(oOut) }, [
+    { cmd: 'qemu-img', args: qArgs, prepare: clear(qOut) },
+    { cmd: 'qemu-img', args: qArgsU, prepare: clear(qOutU) },
+  ]);
+  const verified = (await same(qOut, oOut)) && (await same(qOutU, oOut));
+  for (const p of [qOut, qOutU, oOut]) rmSync(p, { force: true });
+  const name = `convert -O raw, ${sizeName(c.o)} fully written, 64 KiB clusters`;
+  const k = cacheLabel(cache, r.cold);
+  return [
+    result(`${name}, vs qemu-img -t writeback (both flush)`, k, r.times[0]!, r.times[1]!, { ours: show('node', oArgs), qemu: show('qemu-img', qArgs) }, verified),
+    result(
+      `${name}, vs qemu-img default (-t unsafe: no flush)`,
+      k,
+      r.times[0]!,
+      r.times[2]!,
+      { ours: show('node', oArgs), qemu: show('qemu-img', qArgsU) },
+      verified,
+      'not like for like: ours makes the output durable before renaming it into place, qemu-img -t unsafe never flushes',
+    ),
+  ];
 }
 
 /**
- * qemu-io's default cache mode is writethrough (a flush after every write),
- * which makes it ~20x slower than its writeback mode here; our `io` flushes
- * only at the end. The like-for-like figure is against `-t writeback`; the
- * default is reported too, so the difference is visible, not hidden.
+ * qemu-io's default cache mode is writethrough (a flush after every write);
+ * our `io` flushes only at the end. The like-for-like figure is against
+ * `-t writeback`; the default is reported too, so the difference is visible.
  */
-async function benchWrites(o: Opts, dir: string, cli: string, cache: 'writeback' | 'default'): Promise<BenchResult> {
+async function benchWrites(c: Ctx, cache: 'warm' | 'cold'): Promise<BenchResult[]> {
   const rand = prng(0x5eed);
-  const blocks = o.size / 4096;
+  const blocks = c.o.size / 4096;
   const cmds: string[] = [];
-  for (let i = 0; i < o.writes; i++) {
-    const off = Math.floor(rand() * blocks) * 4096;
-    cmds.push(`write -P ${(i % 255) + 1} ${off} 4k`);
-  }
-  const args = cmds.flatMap((c) => ['-c', c]);
-  const qImg = join(dir, 'writes-qemu.qcow2');
-  const oImg = join(dir, 'writes-ours.qcow2');
+  for (let i = 0; i < c.o.writes; i++) cmds.push(`write -P ${(i % 255) + 1} ${Math.floor(rand() * blocks) * 4096} 4k`);
+  const args = cmds.flatMap((x) => ['-c', x]);
+  const img = (n: string) => join(c.dir, `writes-${n}.qcow2`);
   const fresh = (p: string) => async (): Promise<void> => {
     rmSync(p, { force: true });
-    await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', 'cluster_size=65536', p, String(o.size)]);
+    await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', 'cluster_size=65536', p, String(c.o.size)]);
   };
-  let q = Infinity;
-  let u = Infinity;
-  const qArgs = [...(cache === 'writeback' ? ['-t', 'writeback'] : []), '-f', 'qcow2', ...args, qImg];
-  const oArgs = [cli, 'io', oImg, ...args];
-  for (let i = 0; i < o.repeat; i++) {
-    await fresh(qImg)();
-    q = Math.min(q, await run('qemu-io', qArgs));
-    await fresh(oImg)();
-    u = Math.min(u, await run(process.execPath, oArgs));
-  }
-  const cmp = await execa('qemu-img', ['compare', '-q', qImg, oImg], { reject: false });
-  const verified = cmp.exitCode === 0 && (await qemuCheckClean(oImg));
-  return {
-    name: `${o.writes} random 4 KiB writes in one process, ${o.size / MiB} MiB image, 64 KiB clusters, qemu-io ${cache === 'writeback' ? '-t writeback' : 'default cache (writethrough)'}`,
-    qemuSeconds: q,
-    oursSeconds: u,
-    ratio: u / q,
-    qemuCommand: show('qemu-io', qArgs),
-    oursCommand: show('node', oArgs),
-    verified,
-  };
+  const qArgs = ['-t', 'writeback', '-f', 'qcow2', ...args, img('qemu')];
+  const qArgsD = ['-f', 'qcow2', ...args, img('qemu-wt')];
+  const oArgs = [c.cli, 'io', img('ours'), ...args];
+  const r = await pairs(c.o.pairs, cache, { cmd: process.execPath, args: oArgs, prepare: fresh(img('ours')) }, [
+    { cmd: 'qemu-io', args: qArgs, prepare: fresh(img('qemu')) },
+    { cmd: 'qemu-io', args: qArgsD, prepare: fresh(img('qemu-wt')) },
+  ]);
+  const cmp = await execa('qemu-img', ['compare', '-q', img('qemu'), img('ours')], { reject: false });
+  const verified = cmp.exitCode === 0 && (await qemuCheckClean(img('ours')));
+  const name = `${c.o.writes} random 4 KiB writes in one process, ${sizeName(c.o)} image, 64 KiB clusters`;
+  const k = cacheLabel(cache, r.cold);
+  return [
+    result(`${name}, vs qemu-io -t writeback`, k, r.times[0]!, r.times[1]!, { ours: show('node', oArgs), qemu: show('qemu-io', qArgs) }, verified),
+    result(`${name}, vs qemu-io default (writethrough)`, k, r.times[0]!, r.times[2]!, { ours: show('node', oArgs), qemu: show('qemu-io', qArgsD) }, verified,
+      'not like for like: writethrough flushes after every write'),
+  ];
 }
 
-async function benchAmend(o: Opts, dir: string, cli: string, raw: string, clusterSize: number, bits: number): Promise<BenchResult> {
-  const base = join(dir, `amend-${clusterSize}.qcow2`);
-  if (!existsSync(base)) {
-    await run('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', '-o', `cluster_size=${clusterSize}`, raw, base]);
-  }
-  const qImg = join(dir, 'amend-qemu.qcow2');
-  const oImg = join(dir, 'amend-ours.qcow2');
-  const qArgs = ['amend', '-f', 'qcow2', '-o', `refcount_bits=${bits}`, qImg];
-  const oArgs = [cli, 'amend', '-o', `refcount_bits=${bits}`, oImg];
-  const q = await timeBest(o.repeat, () => copyFileSync(base, qImg), 'qemu-img', qArgs, o.amendTimeoutS);
-  const u = (await timeBest(o.repeat, () => copyFileSync(base, oImg), process.execPath, oArgs)).seconds;
-  // The guest content must be unchanged by amend; when qemu finished, its image is the reference.
-  const sameAsQemu = q.timedOut || (await execa('qemu-img', ['compare', '-q', qImg, oImg], { reject: false })).exitCode === 0;
+async function benchCheck(c: Ctx, cache: 'warm' | 'cold'): Promise<BenchResult[]> {
+  const qArgs = ['check', c.full];
+  const oArgs = [c.cli, 'check', c.full];
+  const r = await pairs(c.o.pairs, cache, { cmd: process.execPath, args: oArgs }, [{ cmd: 'qemu-img', args: qArgs }]);
+  const name = `check, ${sizeName(c.o)} fully written, 64 KiB clusters`;
+  return [result(name, cacheLabel(cache, r.cold), r.times[0]!, r.times[1]!, { ours: show('node', oArgs), qemu: show('qemu-img', qArgs) }, true, FLOOR_NOTE)];
+}
+
+const FLOOR_NOTE = "includes Node's own start-up (see the startup line): that alone is above qemu-img's time";
+
+async function benchAmend(c: Ctx, cache: 'warm' | 'cold'): Promise<BenchResult[]> {
+  const qImg = join(c.dir, 'amend-qemu.qcow2');
+  const oImg = join(c.dir, 'amend-ours.qcow2');
+  const qArgs = ['amend', '-f', 'qcow2', '-o', 'refcount_bits=64', qImg];
+  const oArgs = [c.cli, 'amend', '-o', 'refcount_bits=64', oImg];
+  const r = await pairs(c.o.pairs, cache, { cmd: process.execPath, args: oArgs, prepare: () => copyFileSync(c.full, oImg) }, [
+    { cmd: 'qemu-img', args: qArgs, prepare: () => copyFileSync(c.full, qImg) },
+  ]);
+  // amend must leave the guest content unchanged: qemu-img's result is the reference.
+  const sameAsQemu = (await execa('qemu-img', ['compare', '-q', qImg, oImg], { reject: false })).exitCode === 0;
   const info = await execa('qemu-img', ['info', '--output=json', oImg], { reject: false });
-  const bitsOk = info.exitCode === 0 && JSON.parse(info.stdout)['format-specific']?.data?.['refcount-bits'] === bits;
+  const bitsOk = info.exitCode === 0 && JSON.parse(info.stdout)['format-specific']?.data?.['refcount-bits'] === 64;
   const verified = (await qemuCheckClean(oImg)) && sameAsQemu && bitsOk;
+  rmSync(qImg, { force: true });
+  rmSync(oImg, { force: true });
+  const name = `amend -o refcount_bits=64 (from 16), ${sizeName(c.o)} fully written, 64 KiB clusters`;
+  return [result(name, cacheLabel(cache, r.cold), r.times[0]!, r.times[1]!, { ours: show('node', oArgs), qemu: show('qemu-img', qArgs) }, verified)];
+}
+
+async function benchStartup(c: Ctx): Promise<BenchResult[]> {
+  const oArgs = [c.cli, '--version'];
+  const nArgs = ['-e', ''];
+  const r = await pairs(Math.max(c.o.pairs, 9), 'warm', { cmd: process.execPath, args: oArgs }, [{ cmd: process.execPath, args: nArgs }]);
+  return [
+    result('CLI start-up (--version) against node -e \'\'', '-', r.times[0]!, r.times[1]!, { ours: show('node', oArgs), qemu: show('node', nArgs) }, true,
+      "the 'QEMU' column is node -e '': Node's own start-up, the floor of every command"),
+  ];
+}
+
+export interface CampaignFigures {
+  seconds: number;
+  jobs: number;
+  runs: number;
+  runsPerSecond: number;
+  /** User+system CPU of the campaign process and all its children, per run. */
+  cpuSecondsPerRun: number;
+  /** runs/s a machine with `jobs` idle cores would reach at that CPU cost. */
+  idleRunsPerSecond: number;
+  loadAverage: number;
+  command: string;
+  failures: number;
+}
+
+/** CPU seconds (user+system) of this process's waited-for children: /proc/self/stat cutime+cstime. */
+function childCpuSeconds(): number {
+  const stat = readFileSync('/proc/self/stat', 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  // Fields after the command: state is index 0, so cutime (field 16) is index 13, cstime index 14.
+  return (Number(fields[13]) + Number(fields[14])) / 100;
+}
+
+async function benchCampaign(c: Ctx): Promise<CampaignFigures> {
+  const corpus = join(c.dir, 'campaign-corpus');
+  const args = [c.cli, 'fuzz', '--target', 'ts', '--time', String(c.o.campaignSeconds), '--jobs', String(c.o.campaignJobs), '--seed', '1', '--json', '--corpus', corpus];
+  const cpu0 = childCpuSeconds();
+  const load0 = loadavg()[0]!;
+  const r = await execa(process.execPath, args, { reject: false, stdout: 'pipe', stderr: 'ignore', env: { LC_ALL: 'C' } });
+  const cpu = childCpuSeconds() - cpu0;
+  const lastLine = String(r.stdout).trim().split('\n').pop() ?? '';
+  let j: { runs: number; elapsedSeconds: number; failures: number };
+  try {
+    j = JSON.parse(lastLine);
+  } catch {
+    throw new Error(`fuzz campaign printed no JSON summary (exit ${r.exitCode})`);
+  }
+  const perRun = cpu / Math.max(1, j.runs);
   return {
-    name: `amend -o refcount_bits=${bits} (from 16), ${o.size / MiB} MiB fully written, ${clusterSize / 1024} KiB clusters`,
-    qemuSeconds: q.seconds,
-    oursSeconds: u,
-    ratio: u / q.seconds,
-    qemuTimedOut: q.timedOut || undefined,
-    note: q.timedOut ? `qemu-img killed after ${o.amendTimeoutS} s: its time is a lower bound, the ratio an upper bound` : undefined,
-    qemuCommand: show('qemu-img', qArgs),
-    oursCommand: show('node', oArgs),
-    verified,
+    seconds: j.elapsedSeconds,
+    jobs: c.o.campaignJobs,
+    runs: j.runs,
+    runsPerSecond: j.runs / j.elapsedSeconds,
+    cpuSecondsPerRun: perRun,
+    idleRunsPerSecond: c.o.campaignJobs / perRun,
+    loadAverage: (load0 + loadavg()[0]!) / 2,
+    command: show('node', args),
+    failures: j.failures,
   };
 }
 
-export async function benchCommand(argv: string[]): Promise<number> {
-  if (argv.includes('--help') || argv.includes('-h')) {
-    process.stdout.write(USAGE);
-    return 0;
-  }
-  const o = parseArgs(argv);
-  if (typeof o === 'string') {
-    process.stderr.write(`qcow2-harness bench: ${o}\n${USAGE}`);
-    return 1;
-  }
+function cacheLabel(cache: 'warm' | 'cold', dropped: boolean): 'warm' | 'cold' {
+  return cache === 'cold' && !dropped ? 'warm' : cache;
+}
+
+// ------------------------------------------------------------------ command
+
+/** Runs the cases o.only names and prints the table (or JSON); 1 when a result differs or a step failed. */
+export async function runBench(o: BenchOptions): Promise<number> {
   let cli: string;
   try {
-    cli = cliPath();
+    cli = o.cli !== undefined ? resolve(o.cli) : cliPath();
+    if (!existsSync(cli)) throw new Error(`--cli: '${cli}' does not exist`);
   } catch (e) {
     process.stderr.write(`qcow2-harness bench: ${(e as Error).message}\n`);
     return 1;
   }
   const dir = o.dir ?? mkdtempSync(join(tmpdir(), 'qcow2-bench-'));
   const results: BenchResult[] = [];
+  let campaign: CampaignFigures | undefined;
   const log = (s: string): void => {
     if (!o.json) process.stderr.write(s);
   };
   try {
-    const raw = join(dir, 'full.raw');
-    if (o.only.has('convert') || o.only.has('amend')) makeRaw(raw, o.size);
-    if (o.only.has('convert')) {
-      log('convert…\n');
-      results.push(await benchConvert(o, dir, cli, raw));
+    const c: Ctx = { o, dir, cli, full: join(dir, 'full.qcow2') };
+    if (['convert', 'check', 'amend'].some((x) => o.only.has(x as CaseName))) {
+      const raw = join(dir, 'full.raw');
+      makeRaw(raw, o.size);
+      await run('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', '-o', 'cluster_size=65536', raw, c.full]);
+      rmSync(raw, { force: true });
     }
-    if (o.only.has('writes')) {
-      log('random writes…\n');
-      results.push(await benchWrites(o, dir, cli, 'writeback'));
-      results.push(await benchWrites(o, dir, cli, 'default'));
-    }
-    if (o.only.has('amend')) {
-      for (const [cs, bits] of [[64 * 1024, 1], [64 * 1024, 64], [2 * MiB, 64]] as const) {
-        log(`amend ${cs / 1024}k refcount_bits=${bits}…\n`);
-        results.push(await benchAmend(o, dir, cli, raw, cs, bits));
+    const perCache: [CaseName, (c: Ctx, k: 'warm' | 'cold') => Promise<BenchResult[]>][] = [
+      ['convert', benchConvert],
+      ['writes', benchWrites],
+      ['check', benchCheck],
+      ['amend', benchAmend],
+    ];
+    for (const [name, fn] of perCache) {
+      if (!o.only.has(name)) continue;
+      for (const k of o.caches) {
+        log(`${name} (${k} cache, ${o.pairs} pairs)…\n`);
+        results.push(...(await fn(c, k)));
       }
+    }
+    if (o.only.has('startup')) {
+      log('start-up…\n');
+      results.push(...(await benchStartup(c)));
+    }
+    if (o.only.has('campaign')) {
+      log(`ts campaign (${o.campaignSeconds} s, ${o.campaignJobs} jobs)…\n`);
+      campaign = await benchCampaign(c);
     }
   } catch (e) {
     process.stderr.write(`qcow2-harness bench: ${(e as Error).message}\n`);
@@ -322,21 +408,39 @@ export async function benchCommand(argv: string[]): Promise<number> {
   } finally {
     if (!o.keep && !o.dir) rmSync(dir, { recursive: true, force: true });
   }
-  if (o.json) {
-    process.stdout.write(`${JSON.stringify({ machine: machine(), results }, null, 2)}\n`);
-  } else {
-    process.stdout.write(`${machine()}\n`);
-    for (const r of results) {
-      process.stdout.write(
-        `${r.name}\n  qemu ${r.qemuTimedOut ? '>' : ''}${r.qemuSeconds.toFixed(3)} s   ours ${r.oursSeconds.toFixed(3)} s   ` +
-          `ratio ours/qemu ${r.qemuTimedOut ? '<' : ''}${r.ratio.toFixed(r.ratio < 0.01 ? 4 : 2)}` +
-          `${r.verified ? '' : '   (RESULTS DIFFER)'}\n  qemu: ${r.qemuCommand}\n  ours: ${r.oursCommand}\n${r.note ? `  note: ${r.note}\n` : ''}`,
-      );
-    }
-  }
+  const notes = coldWarned ? ['the page cache could not be dropped (not root?): cold rows were measured warm and say so'] : [];
+  if (o.json) process.stdout.write(`${JSON.stringify({ machine: machine(), results, campaign, notes }, null, 2)}\n`);
+  else process.stdout.write(report(results, campaign, notes));
   return results.every((r) => r.verified) ? 0 : 1;
 }
 
+function report(results: BenchResult[], campaign: CampaignFigures | undefined, notes: string[]): string {
+  const f = (x: number) => x.toFixed(x < 0.1 ? 4 : 3);
+  const lines = [`${machine()}; ratios are medians of per-pair ours/QEMU ratios (range in brackets)`];
+  for (const r of results) {
+    lines.push(
+      `${r.name} [${r.cache}]`,
+      `  QEMU ${f(r.qemuSeconds)} s   ours ${f(r.oursSeconds)} s   ratio ${r.ratio.toFixed(2)} [${r.ratioMin.toFixed(2)}–${r.ratioMax.toFixed(2)}] over ${r.pairs} pairs` +
+        `${r.verified ? '' : '   (RESULTS DIFFER)'}`,
+      `  QEMU: ${r.qemuCommand}`,
+      `  ours: ${r.oursCommand}`,
+      ...(r.note ? [`  note: ${r.note}`] : []),
+    );
+  }
+  if (campaign) {
+    lines.push(
+      `ts campaign, ${campaign.jobs} jobs, ${campaign.seconds.toFixed(1)} s: ${campaign.runs} runs, ${campaign.runsPerSecond.toFixed(1)} runs/s at load ${campaign.loadAverage.toFixed(1)}; ` +
+        `${(campaign.cpuSecondsPerRun * 1000).toFixed(1)} ms CPU per run (with children) → ${campaign.idleRunsPerSecond.toFixed(0)} runs/s on ${campaign.jobs} idle cores` +
+        `${campaign.failures ? `; ${campaign.failures} failures` : ''}`,
+      `  ${campaign.command}`,
+    );
+  }
+  for (const n of notes) lines.push(`note: ${n}`);
+  return `${lines.join('\n')}\n`;
+}
+
 function machine(): string {
-  return `node ${process.version}, ${process.platform}/${process.arch}`;
+  return `node ${process.version}, ${process.platform}/${process.arch}, load ${loadavg()
+    .map((x) => x.toFixed(1))
+    .join(' ')}`;
 }

@@ -15,6 +15,15 @@ export interface BackingConfig {
   writes: [number, number][];
 }
 
+/** An external data file (qcow2 data_file), kept beside the image as DATA_FILE_NAME. */
+export interface DataFileConfig {
+  /** data_file_raw=on: the data file is always the guest view. */
+  raw: boolean;
+}
+
+/** Where a trace's data file lives, beside image.qcow2 (named by absolute path in the header). */
+export const DATA_FILE_NAME = 'image.data';
+
 export interface TraceConfig {
   size: number;
   clusterSize: number;
@@ -24,10 +33,15 @@ export interface TraceConfig {
   extendedL2: boolean;
   compressionType: 'zlib' | 'zstd';
   backing?: BackingConfig;
+  dataFile?: DataFileConfig;
 }
 
-/** The image-creation options a trace config names, the same for every target. */
-export function creationOptions(c: TraceConfig, backingFile: string | undefined) {
+/**
+ * The image-creation options a trace config names, the same for every
+ * target; dataFilePath is the absolute path the header names (the targets
+ * put it in their run directory).
+ */
+export function creationOptions(c: TraceConfig, backingFile: string | undefined, dataFilePath?: string) {
   return {
     size: c.size,
     clusterSize: c.clusterSize,
@@ -38,6 +52,7 @@ export function creationOptions(c: TraceConfig, backingFile: string | undefined)
     compressionType: c.compressionType,
     backingFile,
     backingFormat: c.backing?.format,
+    ...(c.dataFile && dataFilePath !== undefined ? { dataFile: dataFilePath, dataFileRaw: c.dataFile.raw } : {}),
   };
 }
 
@@ -59,6 +74,7 @@ export function toModelConfig(c: TraceConfig): ImageConfig {
     extendedL2: c.extendedL2,
     compressionType: c.compressionType,
   };
+  if (c.dataFile) cfg.dataFile = { raw: c.dataFile.raw };
   if (c.backing) {
     const sectors = new Map<number, number>();
     c.backing.writes.forEach(([off, len], i) => {
@@ -81,6 +97,7 @@ export function describeConfig(c: TraceConfig): string {
   if (c.extendedL2) parts.push('extended_l2=on');
   if (c.compressionType !== 'zlib') parts.push(`compression_type=${c.compressionType}`);
   if (c.backing) parts.push(`backing=${c.backing.format}:${c.backing.size}`);
+  if (c.dataFile) parts.push(c.dataFile.raw ? 'data_file_raw=on' : 'data_file=on');
   return parts.join(',');
 }
 
@@ -98,5 +115,7 @@ export function configProblems(c: TraceConfig): string[] {
     if (c.compressionType !== 'zlib') p.push('compat=0.10 has only zlib');
   }
   if (c.extendedL2 && c.clusterSize < 16384) p.push('extended L2 needs cluster_size >= 16K');
+  if (c.dataFile && c.compat === '0.10') p.push('external data files need compat=1.1');
+  if (c.dataFile?.raw && c.backing) p.push('data_file_raw cannot be used with a backing file');
   return p;
 }

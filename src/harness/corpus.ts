@@ -69,6 +69,11 @@ export function failureSignature(target: string, oracle: string, message: string
   return `${target} ${oracle} ${shape}`;
 }
 
+/** An entry's signature: the one it was saved with, or (older entries) the one its failure gives. */
+export function entrySignature(t: Pick<TraceFile, 'signature' | 'target' | 'oracle' | 'message'>): string {
+  return t.signature ?? failureSignature(t.target, t.oracle, t.message);
+}
+
 /** Signatures of the entries already in a corpus, mapped to their ids. */
 export function corpusSignatures(corpusDir: string): Map<string, string> {
   const out = new Map<string, string>();
@@ -104,6 +109,8 @@ export interface NewEntry {
   /** The image at the failing point, copied in as image.qcow2 (with its backing file, if any). */
   imageFile?: string;
   backingFile?: string;
+  /** The external data file beside the image (configs with dataFile), copied in as image.data. */
+  dataFile?: string;
   repro: string;
   /** Override the id (named entries written by hand, e.g. external bugs). */
   id?: string;
@@ -136,6 +143,7 @@ export function writeEntry(corpusDir: string, e: NewEntry): { id: string; dir: s
     fs.writeFileSync(path.join(tmp, 'trace.json'), JSON.stringify(trace, null, 2) + '\n');
     if (e.imageFile && fs.existsSync(e.imageFile)) fs.copyFileSync(e.imageFile, path.join(tmp, 'image.qcow2'));
     if (e.backingFile && fs.existsSync(e.backingFile)) fs.copyFileSync(e.backingFile, path.join(tmp, path.basename(e.backingFile)));
+    if (e.dataFile && fs.existsSync(e.dataFile)) fs.copyFileSync(e.dataFile, path.join(tmp, path.basename(e.dataFile)));
     fs.writeFileSync(path.join(tmp, 'repro.sh'), e.repro, { mode: 0o755 });
     fs.chmodSync(tmp, 0o755); // mkdtemp makes it private; corpus entries are for everyone
     try {

@@ -8,7 +8,7 @@
 import type { DiskModel } from '../model/disk.js';
 import { ANY, SECTOR, type Layer } from '../model/layer.js';
 import { createOptionString } from '../qemu/img.js';
-import { backingFileName, type TraceConfig } from './config.js';
+import { backingFileName, DATA_FILE_NAME, type TraceConfig } from './config.js';
 import { BACKING_STAMP_BASE, PATTERN_STAMP_BASE } from './data.js';
 import type { OracleName } from './oracles.js';
 import { specOf, type Op } from './ops.js';
@@ -69,7 +69,13 @@ export function reproScript(r: ReproInput): string {
   L.push('# The image our target left behind, checked as it is (ts-target findings show here).');
   L.push('if [ -f "$here/image.qcow2" ]; then');
   L.push('  cp "$here/image.qcow2" saved.qcow2');
-  L.push('  run qemu-img check -q -f qcow2 saved.qcow2 >/dev/null 2>&1; rc=$?');
+  if (c.dataFile) {
+    // The saved image names the run directory's data file; point it at the saved copy instead.
+    L.push(`  cp "$here/${DATA_FILE_NAME}" saved.data`);
+    L.push('  run qemu-img check -q --image-opts driver=qcow2,file.filename=saved.qcow2,data-file.filename=saved.data >/dev/null 2>&1; rc=$?');
+  } else {
+    L.push('  run qemu-img check -q -f qcow2 saved.qcow2 >/dev/null 2>&1; rc=$?');
+  }
   L.push('  [ $rc -ne 0 ] && [ $rc -ne 124 ] && bug "saved image.qcow2 fails qemu-img check (rc $rc)"');
   L.push('fi');
   if (r.target && r.target !== 'qemu') {
@@ -88,7 +94,9 @@ export function reproScript(r: ReproInput): string {
     if (b.format === 'raw') L.push(`mv backing.src ${backingFileName(b)}`);
     else L.push(`qemu-img convert -f raw -O qcow2 -o cluster_size=${b.clusterSize ?? 65536} backing.src ${backingFileName(b)}`);
   }
-  const opts = createOptionString(c);
+  // The script runs in its own directory, and qemu-img 7.2 takes a relative data file name from there.
+  const { dataFile, ...rest } = c;
+  const opts = createOptionString({ ...rest, ...(dataFile ? { dataFile: DATA_FILE_NAME, dataFileRaw: dataFile.raw } : {}) });
   const back = c.backing ? ` -b ${backingFileName(c.backing)} -F ${c.backing.format}` : '';
   L.push(`qemu-img create -q -f qcow2 -o ${opts}${back} image.qcow2 ${c.size}`);
   let batch: string[] = [];

@@ -18,7 +18,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { configArb, opSeedsArb, type OpSeed } from './arbitraries.js';
-import { backingFileName, type TraceConfig } from './config.js';
+import { backingFileName, DATA_FILE_NAME, type TraceConfig } from './config.js';
 import { corpusSignatures, failureSignature, targetKey, writeEntry } from './corpus.js';
 import { runTrace, type RunOutcome } from './execute.js';
 import type { OracleName } from './oracles.js';
@@ -331,6 +331,7 @@ async function saveFailure(
         opIndex: failure.opIndex,
         imageFile: path.join(r.dir, 'image.qcow2'),
         backingFile: config.backing ? path.join(r.dir, backingFileName(config.backing)) : undefined,
+        dataFile: config.dataFile ? path.join(r.dir, DATA_FILE_NAME) : undefined,
         producer,
         implementation: r.implementation,
         repro: producer

@@ -22,6 +22,8 @@ export class DiskModel {
   active: Layer;
   readonly backing?: BackingModel;
   meta: MetaModel;
+  /** The image has an external data file (fixed at creation; amend cannot add or drop one here). */
+  private readonly dataFile: boolean;
   private snaps: Snapshot[] = [];
   /** Once a compressed cluster may exist anywhere, a zstd -> v2 downgrade may be refused. */
   private compressedEver = false;
@@ -44,6 +46,7 @@ export class DiskModel {
   ) {
     if (cfg.size % SECTOR !== 0) throw new Error(`model size ${cfg.size} is not a multiple of ${SECTOR}`);
     this.backing = cfg.backing;
+    this.dataFile = cfg.dataFile !== undefined;
     const backingEnd = cfg.backing ? Math.min(cfg.size, cfg.backing.size) / SECTOR : 0;
     this.active = new Layer(cfg.size, new Map(), Math.ceil(backingEnd));
     this.meta = {
@@ -106,6 +109,8 @@ export class DiskModel {
   expectWriteCompressed(off: number, len: number): Expectation {
     const bad = this.rangeCheck(off, len);
     if (bad) return bad;
+    // qcow2_co_pwritev_compressed_part: -ENOTSUP with an external data file.
+    if (this.dataFile) return refuse('no compressed clusters with an external data file');
     const cs = this.meta.clusterSize;
     if (off % cs !== 0) return refuse('compressed write not cluster aligned');
     const wantLen = Math.min(cs, this.size - off);
@@ -200,6 +205,8 @@ export class DiskModel {
    * allocation: "either" as soon as the width may not hold the new maximum.
    */
   expectSnapshotCreate(_name: string): Expectation {
+    // qcow2_snapshot_create: -ENOTSUP with an external data file.
+    if (this.dataFile) return refuse('no internal snapshots with an external data file');
     const bits = this.meta.refcountBits;
     if (bits < 53 && 2 ** bits - 1 < this.maxRefcount(1)) return either('a refcount may overflow the refcount width');
     return OK;
@@ -280,6 +287,7 @@ export class DiskModel {
   expectAmendCompat(compat: Compat): Expectation {
     if (compat === '1.1' || this.meta.compat === '0.10') return OK;
     if (this.meta.refcountBits !== 16) return refuse('compat=0.10 requires refcount_bits=16');
+    if (this.dataFile) return refuse('Cannot downgrade an image with a data file');
     if (this.meta.extendedL2) return refuse('v2 cannot express extended L2 entries');
     // A v2 snapshot has no virtual size of its own: every snapshot must match the image.
     if (this.snaps.some((x) => x.layer.size !== this.size)) return refuse('internal snapshots of another size prevent downgrade');

@@ -19,6 +19,8 @@ export interface ImageConfig {
   extendedL2: boolean;
   compressionType: 'zlib' | 'zstd';
   backing?: BackingModel;
+  /** An external data file: QEMU refuses compressed writes, internal snapshots and downgrades there. */
+  dataFile?: { raw: boolean };
 }
 
 /**

@@ -5,6 +5,7 @@
  * cluster expansion, and the upgrade) and lazy refcounts. A refusal leaves
  * the image untouched: everything is checked before the first write.
  */
+import { applyDataFileAmend, checkDataFileAmend, type DataFileAmend } from './data-file.js';
 import { InvalidArgumentError, LimitError, UnsupportedFeatureError } from './errors.js';
 import {
   COMPAT_LAZY_REFCOUNTS,
@@ -26,7 +27,7 @@ import { snapshotL1Problem } from './snapshot-table-io.js';
 import type { ImageState } from './state.js';
 import { STOP_WALK, walkTree } from './tree-walk.js';
 
-export interface AmendOptions {
+export interface AmendOptions extends DataFileAmend {
   refcountBits?: number;
   compat?: '0.10' | '1.1';
   lazyRefcounts?: boolean;
@@ -34,6 +35,7 @@ export interface AmendOptions {
 
 export function amendImage(img: ImageState, o: AmendOptions): void {
   img.flush();
+  checkDataFileAmend(img, o);
   const targetVersion = o.compat === undefined ? img.version : o.compat === '0.10' ? 2 : 3;
   const order = o.refcountBits === undefined ? img.refcounts.order : Math.log2(o.refcountBits);
   if (o.refcountBits !== undefined && (!Number.isInteger(order) || order < 0 || order > MAX_REFCOUNT_ORDER)) {
@@ -56,10 +58,13 @@ export function amendImage(img: ImageState, o: AmendOptions): void {
   if (order !== img.refcounts.order) changeRefcountOrder(img, order);
   if (targetVersion < img.version) downgrade(img);
   if (lazy !== img.lazyRefcounts) setLazyRefcounts(img, lazy);
+  applyDataFileAmend(img, o);
   img.flush();
 }
 
 function checkDowngradePossible(img: ImageState): void {
+  // qcow2_downgrade: v2 has no external data files.
+  if (img.hasDataFile) throw new InvalidArgumentError('Cannot downgrade an image with a data file');
   // Expanding zero clusters writes zeros that would have to be encrypted; QEMU 7.2 writes them raw and
   // the guest then reads garbage there (src/qcow2/crypto/data-path.test.ts). Refuse instead.
   if (img.header.cryptMethod !== CRYPT_NONE) {

@@ -33,6 +33,8 @@ export interface CachedTable {
 export class TableCache {
   /** Map iteration order is insertion order: the first key is the least recently used. */
   private readonly tables = new Map<number, CachedTable>();
+  /** The most recently used table: a hit on it is already in LRU order (most gets are repeats). */
+  private mru: CachedTable | undefined;
 
   constructor(
     readonly capacity: number,
@@ -43,10 +45,12 @@ export class TableCache {
   }
 
   get(offset: number): CachedTable {
+    if (this.mru?.offset === offset) return this.mru;
     const hit = this.tables.get(offset);
     if (hit) {
       this.tables.delete(offset);
       this.tables.set(offset, hit);
+      this.mru = hit;
       return hit;
     }
     return this.insert(offset, this.load(offset), false);
@@ -65,6 +69,7 @@ export class TableCache {
   /** Drops a table without writing it: its cluster was freed and may be reused as data. */
   discard(offset: number): void {
     this.tables.delete(offset);
+    if (this.mru?.offset === offset) this.mru = undefined;
   }
 
   hasDirty(): boolean {
@@ -83,12 +88,14 @@ export class TableCache {
 
   clear(): void {
     this.tables.clear();
+    this.mru = undefined;
   }
 
   private insert(offset: number, data: Uint8Array, dirty: boolean): CachedTable {
     while (this.tables.size >= this.capacity) this.evictOne();
     const t: CachedTable = { offset, data, view: viewOf(data), dirty };
     this.tables.set(offset, t);
+    this.mru = t;
     return t;
   }
 
@@ -99,5 +106,6 @@ export class TableCache {
       t.dirty = false;
     }
     this.tables.delete(offset);
+    if (this.mru === t) this.mru = undefined;
   }
 }

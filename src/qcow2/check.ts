@@ -181,6 +181,10 @@ function calculate(img: ImageState, res: CheckResult, fix: number, nbClusters: n
   const c: Counts = { table: new Float64Array(Math.max(nbClusters, 1)), size: nbClusters };
   inc(img, res, c, 0, cs);
   checkL1(img, res, c, h.l1TableOffset, h.l1Size, true, fix);
+  if (img.hasDataFile && img.snapshots.length > 0) {
+    res.messages.push(`ERROR ${img.snapshots.length} snapshots in image with data file`);
+    res.corruptions++;
+  }
   if (img.snapshotTableIncompleteAt !== undefined) {
     res.messages.push(`ERROR snapshot table entry ${img.snapshotTableIncompleteAt} is incomplete`);
     res.corruptions++;
@@ -341,7 +345,8 @@ function checkL2(img: ImageState, res: CheckResult, c: Counts, l2Offset: number,
         if (nextContiguous && offset !== nextContiguous) res.fragmentedClusters++;
         nextContiguous = offset + cs;
       }
-      inc(img, res, c, offset, cs);
+      // Data clusters in an external data file are not refcounted (check_refcounts_l2).
+      if (!img.hasDataFile) inc(img, res, c, offset, cs);
     } else if (type === ClusterType.Unallocated && layout.extended && e.alloc !== 0) {
       res.messages.push('ERROR: Unallocated cluster has corrupted subcluster allocation bitmap');
       res.corruptions++;
@@ -475,7 +480,8 @@ function checkOflagCopied(img: ImageState, res: CheckResult, fix: number): void 
     entry(e, type, j, table) {
       if (type !== ClusterType.Normal && type !== ClusterType.ZeroAlloc) return;
       // Misaligned offsets are checked too, at the cluster they fall in (QEMU: offset >> cluster_bits).
-      const drc = storedRefcount(img, Math.floor(layout.offset(e) / cs));
+      // check_oflag_copied: data file clusters always count as refcount 1.
+      const drc = img.hasDataFile ? 1 : storedRefcount(img, Math.floor(layout.offset(e) / cs));
       if (drc === undefined) return;
       if ((drc === 1) !== isCopied(e.hi)) {
         const entry = hex64(e.hi, e.lo);

@@ -12,6 +12,7 @@ import type { CachedTable } from './cache.js';
 import { alignUp } from './format/bytes.js';
 import { L1_ENTRY_SIZE } from './format/constants.js';
 import { ClusterType, decodeCompressed, makeEntry } from './format/entries.js';
+import { discardDataCluster } from './data-file.js';
 import { L1Table } from './l1-table.js';
 import { UNALLOCATED_ENTRY, type L2Entry } from './l2.js';
 import { MetaKind, metaKindName } from './overlap.js';
@@ -136,9 +137,19 @@ export function setEntry(s: ImageState, t: CachedTable, index: number, e: L2Entr
   s.layout.set(s.l2Cache.peek(t.offset) ?? s.l2Cache.get(t.offset), index, e);
 }
 
-/** Drops (after the next flush) the references an L2 entry held: normal, zero-allocated or compressed data. */
-export function freeEntryClusters(s: ImageState, e: L2Entry): void {
+/**
+ * Drops (after the next flush) the references an L2 entry held: normal,
+ * zero-allocated or compressed data. With an external data file nothing is
+ * refcounted; a guest request (discard, zero with unmap) passes the discard
+ * through instead, a COW replacement does nothing (QEMU: qcow2_free_any_cluster,
+ * QCOW2_DISCARD_REQUEST vs QCOW2_DISCARD_NEVER).
+ */
+export function freeEntryClusters(s: ImageState, e: L2Entry, passthrough = false): void {
   const type = s.layout.type(e);
+  if (s.hasDataFile) {
+    if (passthrough && (type === ClusterType.Normal || type === ClusterType.ZeroAlloc)) discardDataCluster(s, s.layout.offset(e));
+    return;
+  }
   if (type === ClusterType.Compressed) {
     const c = decodeCompressed(e.hi, e.lo, s.clusterBits);
     s.refcounts.freeLater(c.offset, c.size);
@@ -153,6 +164,15 @@ export function dataClusterOffset(s: ImageState, e: L2Entry, guestCluster: numbe
   const off = s.layout.offset(e);
   if (off % s.clusterSize !== 0) {
     s.corruption(`cluster allocation offset ${off} unaligned (guest cluster ${guestCluster})`);
+  }
+  if (s.hasDataFile) {
+    // qcow2_get_host_offset: a data file cluster must sit at its guest offset.
+    if (off !== guestCluster * s.clusterSize) {
+      s.corruption(
+        `External data file host cluster offset 0x${off.toString(16)} does not match guest cluster offset: 0x${(guestCluster * s.clusterSize).toString(16)}`,
+      );
+    }
+    return off;
   }
   if (off < s.clusterSize) s.corruption(`data cluster at offset ${off} overlaps the image header (guest cluster ${guestCluster})`);
   return off;

@@ -7,6 +7,7 @@
 import { InvalidArgumentError } from './errors.js';
 import { setU64, viewOf } from './format/bytes.js';
 import {
+  AUTOCLEAR_DATA_FILE_RAW,
   COMPAT_LAZY_REFCOUNTS,
   COMPRESSION_ZLIB,
   COMPRESSION_ZSTD,
@@ -15,6 +16,7 @@ import {
   HEADER_V2_LENGTH,
   HEADER_V3_LENGTH,
   INCOMPAT_COMPRESSION,
+  INCOMPAT_DATA_FILE,
   INCOMPAT_EXTL2,
   MAX_BACKING_FILE_NAME,
   MAX_CLUSTER_BITS,
@@ -81,6 +83,7 @@ export function resolveCreateOptions(o: CreateOptions): ResolvedCreateOptions {
   if (o.backingFile !== undefined && (o.preallocation ?? 'off') !== 'off' && !o.extendedL2) {
     throw new InvalidArgumentError('Backing file and preallocation can only be used at the same time if extended_l2 is on');
   }
+  checkDataFileOptions(o, version);
   if (!Number.isFinite(o.size) || o.size < 0) throw new InvalidArgumentError(`Invalid image size ${o.size}`);
   const size = Math.ceil(o.size / SECTOR_SIZE) * SECTOR_SIZE;
   if (size > maxVirtualSize(clusterBits, o.extendedL2 ?? false)) {
@@ -96,6 +99,7 @@ export function createLayout(storage: BlockStorage, o: CreateOptions): ResolvedC
   let incompat = 0n;
   if (r.extendedL2) incompat |= INCOMPAT_EXTL2;
   if (r.compression !== COMPRESSION_ZLIB) incompat |= INCOMPAT_COMPRESSION;
+  if (o.dataFile !== undefined) incompat |= INCOMPAT_DATA_FILE;
   const header: Qcow2Header = {
     version: r.version,
     backingFileOffset: 0,
@@ -111,7 +115,7 @@ export function createLayout(storage: BlockStorage, o: CreateOptions): ResolvedC
     snapshotsOffset: 0,
     incompatibleFeatures: incompat,
     compatibleFeatures: r.lazyRefcounts ? COMPAT_LAZY_REFCOUNTS : 0n,
-    autoclearFeatures: 0n,
+    autoclearFeatures: o.dataFile !== undefined && o.dataFileRaw ? AUTOCLEAR_DATA_FILE_RAW : 0n,
     refcountOrder: r.refcountOrder,
     headerLength: r.version === 3 ? HEADER_V3_LENGTH : HEADER_V2_LENGTH,
     compressionType: r.compression,
@@ -119,6 +123,7 @@ export function createLayout(storage: BlockStorage, o: CreateOptions): ResolvedC
   };
   const ext: HeaderExtensions = { unknown: [] };
   if (o.backingFormat !== undefined) ext.backingFormat = o.backingFormat;
+  if (o.dataFile !== undefined) ext.dataFile = o.dataFile;
   if (r.version === 3 && cs >= FEATURE_TABLE_MIN_CLUSTER) ext.featureNames = defaultFeatureNames();
   const first = encodeFirstCluster({ header, ext, backingFile: o.backingFile }, cs);
   storage.truncate(0);
@@ -132,4 +137,17 @@ export function createLayout(storage: BlockStorage, o: CreateOptions): ResolvedC
   storage.write(2 * cs, block);
   storage.flush();
   return r;
+}
+
+/** qcow2_co_create's data file rules, with qemu-img 7.2's messages. */
+function checkDataFileOptions(o: CreateOptions, version: 2 | 3): void {
+  if (o.dataFileRaw && o.dataFile === undefined) throw new InvalidArgumentError('data-file-raw requires data-file');
+  if (o.dataFile === undefined) return;
+  if (o.dataFile === '') throw new InvalidArgumentError("Could not create '': No such file or directory");
+  if (version < 3) {
+    throw new InvalidArgumentError('External data files are only supported with compatibility level 1.1 and above (use version=v3 or greater)');
+  }
+  if (o.dataFileRaw && o.backingFile !== undefined) {
+    throw new InvalidArgumentError('Backing file and data-file-raw cannot be used at the same time');
+  }
 }

@@ -7,7 +7,7 @@
 import { decompressCluster } from './compress.js';
 import { readEncryptedData } from './crypto/data-path.js';
 import { ClusterType, decodeCompressed } from './format/entries.js';
-import { dataClusterOffset, entryFor, forEachClusterPiece } from './cluster-map.js';
+import { dataClusterOffset, entryFor } from './cluster-map.js';
 import type { L2Entry } from './l2.js';
 import type { ImageState } from './state.js';
 
@@ -19,16 +19,55 @@ export interface BlockStatus {
 
 export type SubclusterState = 'normal' | 'zero' | 'unallocated';
 
-/** Reads guest bytes without the virtual-size bound (COW of the last partial cluster needs that). */
+/**
+ * Reads guest bytes without the virtual-size bound (COW of the last partial
+ * cluster needs that). Consecutive guest clusters whose data clusters are
+ * consecutive on the host are read with one storage call, as QEMU's
+ * qcow2_co_preadv_part takes the longest contiguous run qcow2_get_host_offset
+ * reports: a fully written image reads in chunk-sized calls, not per cluster.
+ * Each entry is validated (dataClusterOffset) before its bytes are read.
+ */
 export function readGuest(s: ImageState, offset: number, dst: Uint8Array): void {
-  forEachClusterPiece(s.clusterSize, offset, dst.length, (vc, inOff, done, n) => readInCluster(s, vc, inOff, dst.subarray(done, done + n)));
+  const cs = s.clusterSize;
+  const plain = !s.layout.extended && !s.crypto;
+  let runHost = -1; // host offset of the pending contiguous read, or -1
+  let runStart = 0; // its start in dst
+  let runLen = 0;
+  const flushRun = (): void => {
+    if (runLen > 0) s.storage.readInto(runHost, dst.subarray(runStart, runStart + runLen));
+    runHost = -1;
+    runLen = 0;
+  };
+  let done = 0;
+  while (done < dst.length) {
+    const pos = offset + done;
+    const vc = Math.floor(pos / cs);
+    const inOff = pos - vc * cs;
+    const n = Math.min(cs - inOff, dst.length - done);
+    const e = entryFor(s, vc);
+    // Encrypted data goes the per-cluster path, which decrypts it (readData).
+    const host = plain && s.layout.type(e) === ClusterType.Normal ? dataClusterOffset(s, e, vc) : -1;
+    if (host >= 0) {
+      if (runLen > 0 && runHost + runLen !== host + inOff) flushRun();
+      if (runLen === 0) {
+        runHost = host + inOff;
+        runStart = done;
+      }
+      runLen += n;
+    } else {
+      flushRun();
+      readInCluster(s, vc, inOff, dst.subarray(done, done + n), e);
+    }
+    done += n;
+  }
+  flushRun();
 }
 
-function readInCluster(s: ImageState, vc: number, inOff: number, dst: Uint8Array): void {
-  const e = entryFor(s, vc);
+function readInCluster(s: ImageState, vc: number, inOff: number, dst: Uint8Array, e: L2Entry): void {
   const type = s.layout.type(e);
   const guestBase = vc * s.clusterSize;
   if (type === ClusterType.Compressed) {
+    if (s.hasDataFile) s.corruption(`Compressed cluster entry found in image with external data file (guest cluster ${vc})`);
     dst.set(decompressed(s, e).subarray(inOff, inOff + dst.length));
     return;
   }
@@ -65,8 +104,8 @@ function readInCluster(s: ImageState, vc: number, inOff: number, dst: Uint8Array
 
 /** Data cluster bytes, decrypted for an encrypted image (qcow2_co_preadv_encrypted); compressed ones never are. */
 function readData(s: ImageState, host: number, guest: number, dst: Uint8Array): void {
-  if (s.crypto) readEncryptedData(s.crypto, s.storage, host, guest, dst);
-  else s.storage.readInto(host, dst);
+  if (s.crypto) readEncryptedData(s.crypto, s.data, host, guest, dst);
+  else s.data.readInto(host, dst);
 }
 
 /** v2 has no zero clusters; QEMU signals corruption on one ("Zero cluster entry found in pre-v3 image"). */

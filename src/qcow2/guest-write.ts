@@ -25,6 +25,7 @@ import {
   setEntry,
   writableL2,
 } from './cluster-map.js';
+import { allocDataCluster, refuseCompressedWithDataFile } from './data-file.js';
 import { readGuest, subclusterState } from './guest-read.js';
 import { ALL_SUBCLUSTERS, subclusterMask, type L2Entry } from './l2.js';
 import type { ImageState } from './state.js';
@@ -55,7 +56,7 @@ function writeInCluster(s: ImageState, vc: number, inOff: number, data: Uint8Arr
       return;
     }
     const buf = clusterWithOverlay(s, vc, inOff, data, type === ClusterType.Unallocated || type === ClusterType.ZeroPlain);
-    const host = s.refcounts.allocClusters(1);
+    const host = allocDataCluster(s, vc);
     s.writeData(host, buf, vc * cs);
     setEntry(s, table, index, entryWith(host, true));
     freeEntryClusters(s, old);
@@ -98,7 +99,7 @@ function writeInClusterExtended(s: ImageState, w: ExtendedWrite): void {
     setEntry(s, table, index, { hi: old.hi, lo: old.lo, alloc: (old.alloc | touched) >>> 0, zero: (old.zero & ~touched) >>> 0 });
     return;
   }
-  const host = s.refcounts.allocClusters(1);
+  const host = allocDataCluster(s, vc);
   let alloc: number;
   let zero: number;
   if (type === ClusterType.Compressed) {
@@ -115,11 +116,25 @@ function writeInClusterExtended(s: ImageState, w: ExtendedWrite): void {
   freeEntryClusters(s, old);
 }
 
-/** The guest content of cluster vc with data laid over it at inOff (the COW buffer). */
+/**
+ * One COW buffer per image, reused: the caller writes it out (every storage
+ * copies what it is given) before the next cluster needs it, so the hot path
+ * of a random write allocates nothing cluster-sized.
+ */
+const cowBuffers = new WeakMap<ImageState, Uint8Array>();
+
+/** The guest content of cluster vc with data laid over it at inOff (the COW buffer, valid until the next call). */
 function clusterWithOverlay(s: ImageState, vc: number, inOff: number, data: Uint8Array, zeroIfNoBacking: boolean): Uint8Array {
   const cs = s.clusterSize;
-  const buf = new Uint8Array(cs);
-  if (data.length < cs && !(zeroIfNoBacking && !s.backing)) readGuest(s, vc * cs, buf);
+  let buf = cowBuffers.get(s);
+  if (buf?.length !== cs) {
+    buf = new Uint8Array(cs);
+    cowBuffers.set(s, buf);
+  }
+  if (data.length < cs) {
+    if (zeroIfNoBacking && !s.backing) buf.fill(0);
+    else readGuest(s, vc * cs, buf);
+  }
   buf.set(data, inOff);
   return buf;
 }
@@ -134,6 +149,8 @@ export function writeCompressedGuest(s: ImageState, offset: number, data: Uint8A
   if (offset % cs !== 0 || (data.length % cs !== 0 && offset + data.length !== s.virtualSize)) {
     throw new InvalidArgumentError('compressed writes must cover whole clusters (or reach the end of the image)');
   }
+  // qcow2_co_pwritev_compressed_part: -ENOTSUP with an external data file.
+  refuseCompressedWithDataFile(s);
   // QEMU 7.2 stores compressed clusters of encrypted images unencrypted; refuse rather than leak guest data.
   if (s.header.cryptMethod !== CRYPT_NONE) {
     throw new UnsupportedFeatureError('compressed writes to encrypted images are not supported (they would be stored unencrypted)');

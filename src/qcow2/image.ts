@@ -12,7 +12,8 @@ import { type AmendOptions, amendImage } from './amend.js';
 import { checkImage } from './check.js';
 import { entryFor } from './cluster-map.js';
 import { InvalidArgumentError, UnsupportedFeatureError } from './errors.js';
-import { CRYPT_NONE, INCOMPAT_DATA_FILE } from './format/constants.js';
+import { CRYPT_NONE } from './format/constants.js';
+import { refuseSnapshotWithDataFile } from './data-file.js';
 import { blockStatus, readGuest, type BlockStatus } from './guest-read.js';
 import { writeCompressedGuest, writeGuest } from './guest-write.js';
 import { imageInfo } from './info.js';
@@ -127,6 +128,8 @@ export class Qcow2Image implements GuestDevice {
   }
 
   createSnapshot(name: string): void {
+    // qcow2_snapshot_create: -ENOTSUP with an external data file.
+    refuseSnapshotWithDataFile(this.s);
     this.s.beforeChange();
     createSnapshot(this.s, name);
   }
@@ -175,8 +178,8 @@ export class Qcow2Image implements GuestDevice {
     if (data && this.s.header.cryptMethod !== CRYPT_NONE && !this.s.crypto) {
       throw new UnsupportedFeatureError("encrypted image opened without a passphrase: Parameter 'encrypt.key-secret' is required for cipher");
     }
-    if (this.s.header.incompatibleFeatures & INCOMPAT_DATA_FILE) {
-      throw new UnsupportedFeatureError('images with an external data file are not supported');
+    if (data && this.s.hasDataFile && !this.s.dataStorage) {
+      throw new InvalidArgumentError("'data-file' is required for this image (it was opened without its data file)");
     }
   }
 }

@@ -25,6 +25,7 @@ export function imageInfo(s: ImageState): ImageInfo {
     backingFile: s.backingFile,
     backingFormat: s.ext.backingFormat,
     dataFile: s.ext.dataFile,
+    ...(s.hasDataFile ? { dataFileRaw: s.dataFileRaw } : {}),
     encrypted: h.cryptMethod !== CRYPT_NONE,
     actualSize: s.storage.size(),
     snapshots: snapshotInfos(s.snapshots),

@@ -5,7 +5,7 @@
  */
 import type { CachedTable } from './cache.js';
 import { L2_ENTRY_SIZE, L2_EXTENDED_ENTRY_SIZE } from './format/constants.js';
-import { ClusterType, clusterTypeOf, entryOffset } from './format/entries.js';
+import { ClusterType, clusterTypeOf, entryOffset, isCopied } from './format/entries.js';
 
 export interface L2Entry {
   hi: number;
@@ -24,6 +24,8 @@ export class L2Layout {
   constructor(
     readonly clusterSize: number,
     readonly extended: boolean,
+    /** An external data file makes offset 0 a valid host offset (see type()). */
+    readonly externalData = false,
   ) {
     // v2 images take bit 0 as the zero flag too (QEMU's qcow2_get_cluster_type); reading one is refused.
     this.entrySize = extended ? L2_EXTENDED_ENTRY_SIZE : L2_ENTRY_SIZE;
@@ -51,7 +53,11 @@ export class L2Layout {
 
   /** QEMU's qcow2_get_cluster_type: the zero flag means nothing with extended L2. */
   type(e: L2Entry): ClusterType {
-    return clusterTypeOf(e.hi, e.lo, !this.extended);
+    const t = clusterTypeOf(e.hi, e.lo, !this.extended);
+    // qcow2.txt: with an external data file, offset 0 with OFLAG_COPIED is a data cluster at host offset 0
+    // (QEMU's qcow2_get_cluster_type: data file clusters always have refcount 1).
+    if (t === ClusterType.Unallocated && this.externalData && isCopied(e.hi)) return ClusterType.Normal;
+    return t;
   }
 
   offset(e: L2Entry): number {

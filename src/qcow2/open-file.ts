@@ -7,6 +7,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { InvalidArgumentError, InvalidImageError, StorageIoError } from './errors.js';
 import { QCOW2_MAGIC } from './format/constants.js';
+import { resolveCreateOptions } from './create.js';
+import { createDataFile, dataFileOpener } from './data-file-open.js';
 import { Qcow2Image } from './image.js';
 import { FileStorage } from './storage/file.js';
 import { LOCKS, type LockRequest } from './storage/lock.js';
@@ -29,6 +31,12 @@ export interface FileOpenOptions extends OpenOptions {
   forceShare?: boolean;
   /** The name the user gave the image (messages say it, as QEMU's do); backing names are combined with it. */
   shownAs?: string;
+  /** data-file= / data-file.filename=: the external data file to use instead of the one the header names. */
+  dataFile?: string;
+  /** Open an image with an external data file for metadata only (qemu-img info: BDRV_O_NO_IO). */
+  withoutDataFile?: boolean;
+  /** Directory a relative data file name is taken from (QEMU 7.2: the current directory; default process.cwd()). */
+  dataFileBase?: string;
 }
 
 /**
@@ -105,14 +113,18 @@ function openAt(file: string, o: FileOpenOptions, depth: number): OpenedImage {
     const raw = new RawDevice(storage);
     return Object.assign(raw, { format: 'raw' as const });
   }
+  const data = dataFileOpener({ readOnly, forceShare: o.forceShare, override: o.dataFile, base: o.dataFileBase });
   try {
-    const { format: _f, forceShare: _s, shownAs: _n, ...engine } = o;
+    const { format: _f, forceShare: _s, shownAs: _n, dataFile: _d, withoutDataFile: _w, dataFileBase: _b, ...engine } = o;
     const img = Qcow2Image.open(storage, {
       ...engine,
       openBacking: o.openBacking ?? backingOpener(file, depth, o),
+      openDataFile: o.openDataFile ?? (o.withoutDataFile ? undefined : data.open),
+      dataFileExplicit: o.dataFile !== undefined,
     });
     return Object.assign(img, { format: 'qcow2' as const, qcow2: img });
   } catch (e) {
+    data.abandon();
     storage.close();
     throw e;
   }
@@ -131,13 +143,23 @@ export function openQcow2File(file: string, o: Omit<FileOpenOptions, 'format'> =
  * Creates a qcow2 file (emptying an existing one, as qemu-img create does,
  * unless another process has it open) and keeps it open read-write.
  */
-export function createQcow2File(file: string, o: CreateOptions, open: OpenOptions & { shownAs?: string } = {}): Qcow2Image {
+export function createQcow2File(
+  file: string,
+  o: CreateOptions,
+  open: OpenOptions & { shownAs?: string; dataFileBase?: string } = {},
+): Qcow2Image {
   if (o.backingFile !== undefined && o.backingFile === '') throw new InvalidArgumentError('empty backing file name');
-  const { shownAs, ...engine } = open;
+  const { shownAs, dataFileBase, ...engine } = open;
+  // qcow2_co_create refuses bad data file options before it creates either file.
+  if (o.dataFile !== undefined || o.dataFileRaw) resolveCreateOptions(o);
   const storage = FileStorage.create(file, { lock: LOCKS.qcow2ReadWrite, name: shownAs ?? file });
+  let data: BlockStorage | null = null;
   try {
-    return Qcow2Image.create(storage, o, { ...engine, openBacking: open.openBacking ?? backingOpener(file, 0, { shownAs }) });
+    if (o.dataFile !== undefined) data = createDataFile(o.dataFile, dataFileBase);
+    const openDataFile = open.openDataFile ?? (data ? () => data : undefined);
+    return Qcow2Image.create(storage, o, { ...engine, openDataFile, openBacking: open.openBacking ?? backingOpener(file, 0, { shownAs }) });
   } catch (e) {
+    data?.close();
     storage.close();
     throw e;
   }

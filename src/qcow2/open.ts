@@ -12,7 +12,8 @@ import { createLayout } from './create.js';
 import { openImageCrypto } from './crypto/image-crypto.js';
 import { CorruptImageError, InvalidArgumentError, UnsupportedFeatureError } from './errors.js';
 import { decodeBitmapDirectory } from './format/bitmaps.js';
-import { AUTOCLEAR_BITMAPS, CRYPT_NONE, INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE, INCOMPAT_DIRTY } from './format/constants.js';
+import { AUTOCLEAR_BITMAPS, AUTOCLEAR_DATA_FILE_RAW, CRYPT_NONE, INCOMPAT_CORRUPT, INCOMPAT_DIRTY } from './format/constants.js';
+import { allocDataCluster, openDataFile } from './data-file.js';
 import { ALL_SUBCLUSTERS } from './l2.js';
 import { MetaKind } from './overlap.js';
 import { Refcounts } from './refcount.js';
@@ -35,7 +36,13 @@ export function createState(storage: BlockStorage, opts: CreateOptions, open: Op
   const s = openState(storage, { ...open, readOnly: false });
   s.header.size = resolved.size;
   resizeL1(s, Math.ceil(s.header.size / s.bytesPerL1Entry));
-  if (opts.preallocation === 'metadata') preallocateMetadata(s);
+  // qcow2_co_create: the data file is created empty, as large as the disk.
+  if (s.dataStorage) {
+    s.dataStorage.truncate(0);
+    s.dataStorage.truncate(resolved.size);
+  }
+  // A raw data file needs every guest cluster mapped to itself (qcow2_co_create forces metadata).
+  if (opts.preallocation === 'metadata' || opts.dataFileRaw) preallocateMetadata(s);
   s.flush();
   return s;
 }
@@ -60,6 +67,7 @@ function load(s: ImageState): void {
     s.snapshotTableBytes = loaded.bytes;
   }
   registerActiveL2s(s);
+  openDataFile(s);
   // check never needs the backing chain (qemu-img check opens with BDRV_O_NO_BACKING).
   if (s.backingFile !== undefined && o.openBacking && !o.forCheck) {
     const fmt = s.ext.backingFormat;
@@ -107,13 +115,12 @@ function openEncryption(s: ImageState): void {
 
 function prepareReadWrite(s: ImageState): void {
   const h = s.header;
-  if (h.incompatibleFeatures & INCOMPAT_DATA_FILE) {
-    throw new UnsupportedFeatureError('images with an external data file are not supported for writing');
-  }
-  if (h.autoclearFeatures !== 0n) {
+  // data_file_raw is kept (every write, zero and discard keeps the data file the guest view).
+  const kept = h.autoclearFeatures & AUTOCLEAR_DATA_FILE_RAW;
+  if (h.autoclearFeatures !== kept) {
     // Autoclear bits promise consistency of features we do not maintain (bitmaps included):
     // clear every one we will not keep up to date, as the spec asks of a writer.
-    h.autoclearFeatures = 0n;
+    h.autoclearFeatures = kept;
     s.writeHeader();
   }
   if (h.incompatibleFeatures & INCOMPAT_DIRTY && !s.openOptions.forCheck && (s.openOptions.repairDirty ?? true)) {
@@ -141,10 +148,10 @@ function preallocateMetadata(s: ImageState): void {
   const clusters = Math.ceil(s.virtualSize / cs);
   for (let vc = 0; vc < clusters; vc++) {
     const { table, index } = writableL2(s, vc);
-    const host = s.refcounts.allocClusters(1);
+    const host = allocDataCluster(s, vc);
     const e = entryParts(host, true);
     setEntry(s, table, index, s.layout.extended ? { ...e, alloc: ALL_SUBCLUSTERS, zero: 0 } : { ...e, zero: 0, alloc: 0 });
   }
   const end = s.refcounts.allocatedEnd * cs;
-  if (s.storage.size() < end) s.storage.truncate(end);
+  if (!s.hasDataFile && s.storage.size() < end) s.storage.truncate(end);
 }

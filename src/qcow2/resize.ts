@@ -11,6 +11,8 @@ import { InvalidArgumentError, UnsupportedFeatureError } from './errors.js';
 import { alignUp } from './format/bytes.js';
 import { SECTOR_SIZE } from './format/constants.js';
 import { dropL2Table, entryFor, resizeL1 } from './cluster-map.js';
+import { resizeDataFile } from './data-file.js';
+import { growDataFile } from './data-file-grow.js';
 import type { ImageState } from './state.js';
 import { maxVirtualSize } from './validate.js';
 import { assertZeroizable, dropCluster, zeroRange } from './zero-discard.js';
@@ -42,6 +44,7 @@ export function resizeImage(img: ImageState, size: number, shrink: boolean): voi
   if (backingReaches && size > zeroStart) assertZeroizable(img, zeroStart);
   img.header.size = size;
   img.writeHeader();
+  growDataFile(img, old, size);
   // The caller called beforeChange; header.size is already the new size, so the ranges below are in bounds.
   if (backingReaches) {
     zeroRange(img, old, size - old, false);
@@ -65,5 +68,6 @@ function shrinkTo(img: ImageState, size: number): void {
   for (let i = firstL1; i < img.l1Entries; i++) dropL2Table(img, i);
   img.header.size = size;
   img.writeHeader();
+  resizeDataFile(img, size);
   img.flush();
 }

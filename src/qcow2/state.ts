@@ -19,8 +19,10 @@ import { CorruptImageError, InvalidArgumentError, OverlapError, ReadOnlyError } 
 import { viewOf } from './format/bytes.js';
 import {
   COMPAT_LAZY_REFCOUNTS,
+  AUTOCLEAR_DATA_FILE_RAW,
   COMPRESSION_ZSTD,
   INCOMPAT_CORRUPT,
+  INCOMPAT_DATA_FILE,
   INCOMPAT_DIRTY,
   INCOMPAT_EXTL2,
   SUBCLUSTERS_PER_CLUSTER,
@@ -70,6 +72,8 @@ export class ImageState implements RefcountHost {
   /** Name of the snapshot exposed instead of the active layer (read-only opens). */
   viewingSnapshot: string | undefined;
   lastDecompressed: DecompressedCluster | undefined;
+  /** The external data file, when the image has one and it was opened (data-file.ts); null otherwise. */
+  dataStorage: BlockStorage | null = null;
   closed = false;
   private dirtyMarked = false;
   /** Guest data written since the last storage flush (an L2 table pointing at it must wait). */
@@ -88,7 +92,11 @@ export class ImageState implements RefcountHost {
     this.backingFile = first.backingFile;
     this.clusterBits = first.header.clusterBits;
     this.clusterSize = 2 ** this.clusterBits;
-    this.layout = new L2Layout(this.clusterSize, (first.header.incompatibleFeatures & INCOMPAT_EXTL2) !== 0n);
+    this.layout = new L2Layout(
+      this.clusterSize,
+      (first.header.incompatibleFeatures & INCOMPAT_EXTL2) !== 0n,
+      (first.header.incompatibleFeatures & INCOMPAT_DATA_FILE) !== 0n,
+    );
     this.meta = new MetadataMap(this.clusterBits);
   }
 
@@ -126,6 +134,21 @@ export class ImageState implements RefcountHost {
 
   get compressionType(): CompressionType {
     return this.header.compressionType === COMPRESSION_ZSTD ? 'zstd' : 'zlib';
+  }
+
+  /** QEMU's has_data_file: guest data lives in an external data file. */
+  get hasDataFile(): boolean {
+    return (this.header.incompatibleFeatures & INCOMPAT_DATA_FILE) !== 0n;
+  }
+
+  /** QEMU's data_file_is_raw: the data file is a valid raw image of the guest (autoclear bit 1). */
+  get dataFileRaw(): boolean {
+    return (this.header.autoclearFeatures & AUTOCLEAR_DATA_FILE_RAW) !== 0n;
+  }
+
+  /** Where guest data clusters are read and written: the data file, or the image file itself. */
+  get data(): BlockStorage {
+    return this.dataStorage ?? this.storage;
   }
 
   get lazyRefcounts(): boolean {
@@ -189,6 +212,7 @@ export class ImageState implements RefcountHost {
   }
 
   barrier(): void {
+    this.dataStorage?.flush();
     this.storage.flush();
   }
 
@@ -200,9 +224,12 @@ export class ImageState implements RefcountHost {
    * here; compressed data passes guest undefined and is never encrypted (QEMU 7.2 stores it in the clear).
    */
   writeData(host: number, data: Uint8Array, guest?: number): void {
-    this.overlapCheck(host, data.length, undefined);
-    if (this.crypto && guest !== undefined) writeEncryptedData(this.crypto, this.storage, host, guest, data);
-    else this.storage.write(host, data);
+    // The overlap check guards the image file's metadata; an external data file holds none.
+    const target = this.dataStorage ?? this.storage;
+    if (this.dataStorage) this.assertWritable();
+    else this.overlapCheck(host, data.length, undefined);
+    if (this.crypto && guest !== undefined) writeEncryptedData(this.crypto, target, host, guest, data);
+    else target.write(host, data);
     this.unsyncedData = true;
   }
 
@@ -218,7 +245,7 @@ export class ImageState implements RefcountHost {
       barrier = true;
     }
     if (barrier) {
-      this.storage.flush();
+      this.barrier();
       this.unsyncedData = false;
     }
     this.writeMeta(t.offset, t.data, MetaKind.ActiveL2);
@@ -281,7 +308,7 @@ export class ImageState implements RefcountHost {
     if (this.closed || this.readOnly) return;
     this.l2Cache.flush();
     this.refcounts.flush();
-    this.storage.flush();
+    this.barrier();
     this.unsyncedData = false;
     if (this.refcounts.applyDeferredFrees()) {
       this.refcounts.flush();
@@ -303,6 +330,7 @@ export class ImageState implements RefcountHost {
     } finally {
       this.closed = true;
       this.backing?.close();
+      this.dataStorage?.close();
       this.storage.close();
     }
   }

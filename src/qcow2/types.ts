@@ -1,4 +1,5 @@
 /** Public option and result types of the qcow2 engine. */
+import type { BlockStorage } from './storage/types.js';
 
 export type CompatLevel = '0.10' | '1.1';
 export type CompressionType = 'zlib' | 'zstd';
@@ -16,6 +17,10 @@ export interface CreateOptions {
   backingFile?: string;
   backingFormat?: BackingFormat;
   preallocation?: 'off' | 'metadata';
+  /** data_file: name of the external data file, recorded in the header extension (opened through OpenOptions.openDataFile). */
+  dataFile?: string;
+  /** data_file_raw: keep the data file a raw image of the guest (forces preallocation=metadata, as QEMU). */
+  dataFileRaw?: boolean;
 }
 
 export interface OpenOptions {
@@ -36,6 +41,14 @@ export interface OpenOptions {
    * dirty image is not repaired on open (check does it).
    */
   forCheck?: boolean;
+  /**
+   * Opens the external data file of an image that has one (the name is the
+   * header extension's, undefined when the image names none); null means
+   * "not available". Without it such an image is opened for metadata only.
+   */
+  openDataFile?: (name: string | undefined) => BlockStorage | null;
+  /** The user named a data file (data-file=): refused for an image without one, as QEMU refuses it. */
+  dataFileExplicit?: boolean;
   /**
    * Passphrase of an encrypted image (the secret encrypt.key-secret names). A
    * wrong one fails the open before anything is written; without one an
@@ -78,6 +91,8 @@ export interface ImageInfo {
   backingFile?: string;
   backingFormat?: string;
   dataFile?: string;
+  /** Present when the image has an external data file (autoclear bit data_file_raw). */
+  dataFileRaw?: boolean;
   encrypted: boolean;
   actualSize: number;
   snapshots: SnapshotInfo[];

@@ -10,6 +10,7 @@ import { alignDown, alignUp } from './format/bytes.js';
 import { OFLAG_ZERO_LO } from './format/constants.js';
 import { ClusterType } from './format/entries.js';
 import { entryFor, freeEntryClusters, setEntry, writableL2 } from './cluster-map.js';
+import { zeroRawDataFile } from './data-file.js';
 import { blockStatus, subclusterState } from './guest-read.js';
 import { writeGuest } from './guest-write.js';
 import { ALL_SUBCLUSTERS, UNALLOCATED_ENTRY, sameEntry, subclusterMask, type L2Entry } from './l2.js';
@@ -87,6 +88,8 @@ export function assertZeroizable(s: ImageState, a: number): void {
 /** qcow2_subcluster_zeroize for [a, b), a subcluster aligned and b aligned or the image end. */
 function zeroize(s: ImageState, a: number, b: number, unmap: boolean): void {
   const cs = s.clusterSize;
+  // With data_file_raw the data file must stay the guest view: zero it first (qcow2_subcluster_zeroize).
+  zeroRawDataFile(s, a, b);
   let pos = a;
   while (pos < b) {
     const vc = Math.floor(pos / cs);
@@ -121,7 +124,7 @@ function zeroCluster(s: ImageState, vc: number, unmap: boolean): void {
   const { table, index } = writableL2(s, vc);
   const current = s.layout.get(table, index);
   setEntry(s, table, index, next);
-  if (drop) freeEntryClusters(s, current);
+  if (drop) freeEntryClusters(s, current, true);
 }
 
 function zeroSubclusters(s: ImageState, vc: number, a: number, b: number): void {
@@ -173,7 +176,7 @@ function discardCluster(s: ImageState, vc: number): void {
   const { table, index } = writableL2(s, vc);
   const current = s.layout.get(table, index);
   setEntry(s, table, index, next);
-  freeEntryClusters(s, current);
+  freeEntryClusters(s, current, true);
 }
 
 /** Full discard of one guest cluster (its entry becomes 0), for shrinking. */
@@ -183,7 +186,7 @@ export function dropCluster(s: ImageState, vc: number): void {
   const { table, index } = writableL2(s, vc);
   const current = s.layout.get(table, index);
   setEntry(s, table, index, { ...UNALLOCATED_ENTRY });
-  freeEntryClusters(s, current);
+  freeEntryClusters(s, current, true);
 }
 
 /**

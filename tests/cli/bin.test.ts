@@ -52,10 +52,14 @@ describe('the qcow2-harness command', () => {
       expect({ cmd, rc: r.rc, usage: r.stdout.startsWith('Usage: qcow2-harness ' + cmd) }).toEqual({ cmd, rc: 0, usage: true });
     }
     // The harness's commands word their own help; they must still answer it.
-    for (const cmd of ['fuzz', 'replay', 'minimize', 'bench']) {
+    for (const cmd of ['fuzz', 'replay', 'minimize', 'merge', 'bench']) {
       expect(top.stdout).toContain(`  ${cmd}`);
       const r = await run([cmd, '--help']);
       expect({ cmd, rc: r.rc, said: r.stdout.includes(cmd) }).toEqual({ cmd, rc: 0, said: true });
+    }
+    // Every command's help ends with its exit codes.
+    for (const cmd of ['create', 'info', 'convert', 'check', 'io', 'snapshot', 'amend', 'resize', 'demo', 'fuzz', 'replay', 'minimize', 'merge', 'bench']) {
+      expect({ cmd, exitCodes: /\nExit codes[^\n]*: 0 /.test((await run([cmd, '--help'])).stdout) }).toEqual({ cmd, exitCodes: true });
     }
   });
 
@@ -75,6 +79,32 @@ describe('the qcow2-harness command', () => {
     const u = await run(['frobnicate']);
     expect(u.rc).toBe(1);
     expectOneLineError(u.stderr);
+  });
+
+  it('the harness commands: a bad command line is one line and exit 2 (1 means failures found)', async () => {
+    const cases: [string[], string][] = [
+      [['fuzz', '--target', 'nope'], "unknown target 'nope'"],
+      [['fuzz', '--runs', '0'], '--runs must be an integer >= 1'],
+      [['fuzz', '--time', '5', '--runs', '5'], 'give --time or --runs, not both'],
+      [['fuzz', '--shard', '3/3'], '--shard must be i/n with 0 <= i < n'],
+      [['fuzz', '--frob'], "unrecognized option '--frob'"],
+      [['replay'], 'give a corpus entry or a corpus directory'],
+      [['replay', 'missing'], "'missing' is neither a corpus entry nor a corpus directory"],
+      [['minimize', 'missing'], "'missing' is not a corpus entry"],
+      [['merge', 'dest'], 'give DEST and at least one SRC corpus'],
+    ];
+    for (const [args, message] of cases) {
+      const r = await run(args);
+      expect({ args, rc: r.rc, stderr: r.stderr }).toEqual({
+        args,
+        rc: 2,
+        stderr: `qcow2-harness: ${message}\nTry 'qcow2-harness ${args[0]} --help' for more information\n`,
+      });
+    }
+    // bench keeps qemu-img's 1 for a bad command line (its 1 is "a result differs").
+    const b = await run(['bench', '--size', '3M']);
+    expect(b.rc).toBe(1);
+    expect(b.stderr).toBe("qcow2-harness: --size must be a multiple of 2 MiB\nTry 'qcow2-harness bench --help' for more information\n");
   });
 
   it('answers a damaged image cleanly (info, check, convert)', async () => {

@@ -35,7 +35,8 @@ export function bundle(entry: string): Promise<string> {
         platform: 'node',
         external: [/^node:/, 'zstd-napi', 'execa'],
         resolve: { extensionAlias: { '.js': ['.ts', '.js'] } },
-        output: { file: tmp, format: 'esm', sourcemap: 'inline' },
+        // One file: the CLI loads its commands with dynamic imports.
+        output: { file: tmp, format: 'esm', sourcemap: 'inline', codeSplitting: false },
         logLevel: 'warn',
       });
       renameSync(tmp, file);

@@ -1,3 +1,4 @@
+import type { AmendOptions } from '../../qcow2/amend.js';
 import { all, has, last, parseArgs } from '../args.js';
 import type { CliContext } from '../context.js';
 import { CommandFailed, EXIT_OK, UsageError } from '../errors.js';
@@ -10,9 +11,12 @@ Changes format options of an existing qcow2 image in place, as 'qemu-img amend'.
 Options: refcount_bits=1|2|4|8|16|32|64, compat=0.10|1.1, lazy_refcounts=on|off.
 A change that cannot be made (a refcount that does not fit a narrower width,
 something v2 cannot express) is refused and the image left as it was.
+Exit codes: 0 success, 1 failure (a refused change, a bad command line, an
+image that cannot be opened, is invalid, corrupt or unsupported, an I/O
+error), 70 an internal error.
 `;
 
-const CREATE_ONLY = new Set(['cluster_size', 'extended_l2', 'compression_type', 'preallocation', 'encryption', 'data_file', 'data_file_raw']);
+const CREATE_ONLY = new Set(['cluster_size', 'extended_l2', 'compression_type', 'preallocation', 'encryption']);
 
 export async function amendCommand(argv: string[], ctx: CliContext): Promise<number> {
   const p = parseArgs(argv, { short: { f: true, o: true, q: false, p: false }, long: { force: false } }, 'amend');
@@ -22,17 +26,19 @@ export async function amendCommand(argv: string[], ctx: CliContext): Promise<num
   }
   const texts = all(p, 'o');
   if (wantsOptionHelp(texts)) {
-    ctx.stdout('Amend options for qcow2:\n  compat=<str>  lazy_refcounts=<bool (on/off)>  refcount_bits=<num>\n');
+    ctx.stdout('Amend options for qcow2:\n  compat=<str>  lazy_refcounts=<bool (on/off)>  refcount_bits=<num>  data_file=<str>  data_file_raw=<bool (on/off)>\n');
     return EXIT_OK;
   }
   if (texts.length === 0) throw new UsageError('Must specify options (-o)', 'amend');
   if (p.operands.length !== 1) throw new UsageError(p.operands.length ? `Unexpected argument: ${p.operands[1]}` : 'Expecting one image file name', 'amend');
   const file = p.operands[0]!;
-  const o: { refcountBits?: number; compat?: '0.10' | '1.1'; lazyRefcounts?: boolean } = {};
+  const o: AmendOptions = {};
   for (const [k, v] of parseOptionList(texts)) {
     if (k === 'refcount_bits') o.refcountBits = parseRefcountBits(v, file).valueOf();
     else if (k === 'compat') o.compat = parseCompat(v, file);
     else if (k === 'lazy_refcounts') o.lazyRefcounts = parseBool(k, v, file);
+    else if (k === 'data_file') o.dataFile = v;
+    else if (k === 'data_file_raw') o.dataFileRaw = parseBool(k, v, file);
     else if (CREATE_ONLY.has(k)) throw new CommandFailed(`Invalid parameter '${k}'; This option is only supported for image creation`);
     else if (k === 'size' || k === 'backing_file' || k === 'backing_fmt') throw new CommandFailed(`Changing '${k}' with amend is not supported by qcow2-harness (use resize for the size)`);
     else throw new CommandFailed(`Invalid parameter '${k}'`);

@@ -23,7 +23,7 @@ overlaps), as 'qemu-img check', and optionally repairs it.
 ${FORCE_SHARE_HELP} (not with -r)
 Exit codes (qemu-img's): 0 no errors, 1 check not completed (the image could
 not be opened or checked), 2 corruptions, 3 leaks only, 63 the format has no
-checks (raw).
+checks (raw); 70 an internal error.
 `;
 
 /** Exit code qemu-img check derives from a result. */

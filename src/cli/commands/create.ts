@@ -24,6 +24,8 @@ Creates a new image, as 'qemu-img create'.
   -q            quiet: no "Formatting ..." line
 SIZE takes the suffixes k, M, G, T, P, E (powers of 1024) and may be omitted
 when a backing file gives it.
+Exit codes: 0 success, 1 failure (a bad command line, an image that cannot be
+opened, is invalid, corrupt or unsupported, an I/O error), 70 an internal error.
 `;
 
 export async function createCommand(argv: string[], ctx: CliContext): Promise<number> {
@@ -101,7 +103,7 @@ export async function createCommand(argv: string[], ctx: CliContext): Promise<nu
         fs.closeSync(fd);
       }
     } else {
-      createQcow2File(abs, full, { shownAs: file }).close();
+      createQcow2File(abs, full, { shownAs: file, dataFileBase: ctx.cwd }).close();
     }
   } catch (e) {
     throw new CommandFailed(`${file}: ${reason(e)}`);

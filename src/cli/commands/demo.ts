@@ -9,6 +9,7 @@ import type { CliContext } from '../context.js';
 import { EXIT_FAILURE, EXIT_OK, UsageError } from '../errors.js';
 import { reason } from '../open.js';
 import { parseImageSize } from '../sizes.js';
+import { requireQemuTools } from '../tools.js';
 
 export const DEMO_HELP = `Usage: qcow2-harness demo [--size SIZE] [--cluster-size SIZE] [--dir DIR] [--keep]
 
@@ -17,7 +18,9 @@ session on it (writes at aligned and unaligned offsets, a compressed cluster,
 reads, discards, write-zeroes with and without unmap, a reopen), checks every
 read against an in-memory reference disk, then asks QEMU: 'qemu-img check'
 must find no errors or leaks and 'qemu-img compare' must find the image
-identical to the reference. Exit 0 when all of that holds, 1 otherwise.
+identical to the reference.
+Exit codes: 0 all of that holds, 1 otherwise (or a bad command line), 70 an
+internal error.
   --size SIZE          virtual size (default 16M)
   --cluster-size SIZE  cluster size (default 64k)
   --dir DIR            where to put the files (default: a new temp directory, removed afterwards)
@@ -85,6 +88,7 @@ export async function demoCommand(argv: string[], ctx: CliContext): Promise<numb
   const size = parseImageSize(last(p, 'size') ?? '16M', 'demo');
   const cs = parseImageSize(last(p, 'cluster-size') ?? '64k', 'demo');
   if (size < 8 * cs || size % cs) throw new UsageError('--size must be a multiple of the cluster size and at least 8 clusters', 'demo');
+  requireQemuTools(['qemu-img']);
   const given = last(p, 'dir');
   const dir = given ? path.resolve(ctx.cwd, given) : fs.mkdtempSync(path.join(os.tmpdir(), 'qcow2-harness-demo-'));
   fs.mkdirSync(dir, { recursive: true });

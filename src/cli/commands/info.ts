@@ -14,6 +14,8 @@ as 'qemu-img info' (the JSON output uses qemu-img's field names).
   --output FMT    human (default) or json
   --backing-chain the image and every image under it (JSON: an array)
 ${FORCE_SHARE_HELP}
+Exit codes: 0 success, 1 failure (a bad command line, an image that cannot be
+opened, is invalid, corrupt or unsupported, an I/O error), 70 an internal error.
 `;
 
 /** qemu's path_combine: a relative backing name is relative to the image's directory, as the image was named. */
@@ -38,7 +40,8 @@ interface Described {
 
 /** One image's qemu-img info fields (in qemu-img's key order). */
 function describe(ctx: CliContext, file: string, format: ImageFormat | undefined, shared = false): Described {
-  const img = openReadable(ctx, file, { format, forceShare: shared });
+  // qemu-img info opens with BDRV_O_NO_IO: an image's external data file need not be there.
+  const img = openReadable(ctx, file, { format, forceShare: shared, withoutDataFile: true });
   try {
     const actualSize = fs.statSync(resolvePath(ctx, file)).blocks * 512;
     const j: Record<string, unknown> = {};
@@ -67,6 +70,7 @@ function describe(ctx: CliContext, file: string, format: ImageFormat | undefined
     if (info.bitmaps.length) data['bitmaps'] = info.bitmaps;
     data['refcount-bits'] = info.refcountBits;
     if (info.dataFile !== undefined) data['data-file'] = info.dataFile;
+    if (info.dataFileRaw !== undefined) data['data-file-raw'] = info.dataFileRaw;
     // v2 headers have no feature bits, so qemu-img leaves these out for compat 0.10.
     if (info.version === 3) {
       data['corrupt'] = info.corrupt;

@@ -12,6 +12,8 @@ order, as 'qemu-io'. Without -c, commands are read from standard input, one
 per line. A failed command (an I/O error, a failed pattern verification, a
 bad argument) is reported and the next one still runs; the exit code is then
 1, as qemu-io's.
+Exit codes: 0 every command succeeded, 1 a command failed, the image could not
+be opened, or a bad command line; 70 an internal error.
   -f fmt    qcow2 or raw (probed when omitted)
   -r        open read-only
   -c CMD    a command to run (repeatable)

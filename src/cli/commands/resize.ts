@@ -8,6 +8,9 @@ export const RESIZE_HELP = `Usage: qcow2-harness resize [-q] [-f fmt] [--shrink]
 
 Changes the virtual size of a qcow2 image, as 'qemu-img resize'. A new area
 reads as zeros. Shrinking needs --shrink and drops the data past the new end.
+Exit codes: 0 success, 1 failure (a refused change, a bad command line, an
+image that cannot be opened, is invalid, corrupt or unsupported, an I/O
+error), 70 an internal error.
 `;
 
 export async function resizeCommand(argv: string[], ctx: CliContext): Promise<number> {

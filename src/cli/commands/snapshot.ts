@@ -13,6 +13,8 @@ Internal snapshots, as 'qemu-img snapshot'.
   -d NAME   delete a snapshot, by name or id
   -l        list the snapshots
 ${FORCE_SHARE_HELP} (with -l)
+Exit codes: 0 success, 1 failure (a bad command line, an image that cannot be
+opened, is invalid, corrupt or unsupported, an I/O error), 70 an internal error.
 `;
 
 export async function snapshotCommand(argv: string[], ctx: CliContext): Promise<number> {

@@ -7,7 +7,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { imgConvertToRaw, imgCreate, QEMU_IMG, QEMU_IO, qemuIoBatch, runTool } from '../../qemu/index.js';
 import type { ToolResult } from '../../qemu/run.js';
-import { creationOptions, type TraceConfig } from '../config.js';
+import { creationOptions, DATA_FILE_NAME, type TraceConfig } from '../config.js';
 import { createBacking, readFileRange } from '../fixture.js';
 import { ALL_OP_KINDS, BLKDEBUG_EVENTS, specOf, specOfKind, type Op, type QemuRunner } from '../ops.js';
 import type { KnownBug, OpOutcome, StampedOp, Target } from './types.js';
@@ -44,7 +44,7 @@ export class QemuTarget implements Target {
     const backingFile = config.backing ? await createBacking(dir, config.backing) : undefined;
     await imgCreate(
       this.image,
-      creationOptions(config, backingFile),
+      creationOptions(config, backingFile, path.join(dir, DATA_FILE_NAME)),
       this.timeoutMs,
     );
     this.dumpValid = false;

@@ -14,7 +14,7 @@ import { MemoryStorage } from '../../qcow2/storage/memory.js';
 import { RecordingStorage } from '../../qcow2/storage/recording.js';
 import type { BlockStorage } from '../../qcow2/storage/types.js';
 import type { CheckResult, OpenOptions } from '../../qcow2/types.js';
-import { creationOptions, type TraceConfig } from '../config.js';
+import { creationOptions, DATA_FILE_NAME, type TraceConfig } from '../config.js';
 import { visitCrashStates, type CrashVisit } from '../crash.js';
 import { createBacking } from '../fixture.js';
 import { ALL_OP_KINDS, specOf, specOfKind, STORAGE_FAULT_KINDS, type EngineSession, type Op, type OpKind } from '../ops.js';
@@ -31,6 +31,8 @@ export class TsTarget implements Target {
   /** The recording storage behind a FaultyStorage that passes everything through unless a fault op arms it. */
   private faulty: FaultyStorage | undefined;
   private img: Qcow2Image | undefined;
+  /** The external data file of a data_file config (the engine closes its view of it, not the bytes). */
+  private dataStorage: MemoryStorage | undefined;
   private openOpts: OpenOptions = {};
 
   constructor(capabilities: ReadonlySet<OpKind> = tsCapabilities()) {
@@ -44,14 +46,19 @@ export class TsTarget implements Target {
   async setup(config: TraceConfig, dir: string): Promise<void> {
     this.dir = dir;
     const backingFile = config.backing ? await createBacking(dir, config.backing) : undefined;
+    // An external data file lives in memory beside the image and is written out with it (sync).
+    this.dataStorage = config.dataFile ? new MemoryStorage() : undefined;
+    const data = this.dataStorage;
     this.openOpts = {
       openBacking: (name, format) => openImageFile(path.isAbsolute(name) ? name : path.join(dir, name), { readOnly: true, format }),
+      // MemoryStorage.close keeps the bytes, so every reopen sees the same data file.
+      ...(data ? { openDataFile: () => data } : {}),
     };
     this.storage = new RecordingStorage();
     this.faulty = new FaultyStorage(this.storage);
     this.img = Qcow2Image.create(
       this.faulty,
-      creationOptions(config, backingFile),
+      creationOptions(config, backingFile, path.join(dir, DATA_FILE_NAME)),
       this.openOpts,
     );
   }
@@ -123,11 +130,17 @@ export class TsTarget implements Target {
     this.image.close();
     this.img = undefined;
     fs.writeFileSync(this.imagePath(), this.storage!.bytes());
+    if (this.dataStorage) fs.writeFileSync(path.join(this.dir, DATA_FILE_NAME), this.dataStorage.read(0, this.dataStorage.size()));
     this.img = Qcow2Image.open(this.storage!, { ...this.openOpts, readOnly: true });
   }
 
   async crashImages(budget: number, seed: number, visit: CrashVisit): Promise<CrashCoverage> {
-    const open = (s: BlockStorage) => Qcow2Image.open(s, this.openOpts);
+    const data = this.dataStorage;
+    // The data file is taken as it is now: every write to it landed (one legal crash outcome, since
+    // no L2 entry names data before a barrier). Crash states get their own copy to change.
+    if (data) fs.writeFileSync(path.join(this.dir, DATA_FILE_NAME), data.read(0, data.size()));
+    const opts: OpenOptions = data ? { ...this.openOpts, openDataFile: () => new MemoryStorage(data.read(0, data.size())) } : this.openOpts;
+    const open = (s: BlockStorage) => Qcow2Image.open(s, opts);
     return visitCrashStates(this.storage!, { budget, seed, dir: this.dir, open }, visit);
   }
 

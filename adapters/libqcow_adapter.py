@@ -65,6 +65,9 @@ class LibqcowReader(kit.Reader):
     def read(self, offset, length):
         return self.files[0].read_buffer_at_offset(length, offset)
 
+    def size(self):
+        return self.files[0].get_media_size()
+
     def close(self):
         for f in self.files:
             try:

@@ -51,6 +51,12 @@ class Reader:
         """Return exactly `length` bytes of the guest view at `offset`."""
         raise NotImplementedError
 
+    def size(self):
+        """The virtual disk size of the open image as the implementation sees it, or None to not say.
+
+        Returned in the `open` result; the harness holds it to the model's size."""
+        return None
+
     def read_snapshot(self, snapshot_id, length):
         """Return the first `length` bytes (or fewer) of internal snapshot `snapshot_id`."""
         raise Unsupported("snapshots are not readable")
@@ -116,7 +122,8 @@ def _dispatch(impl, method, params):
         return {"data": _b64(bytes(impl.read_snapshot(str(params["id"]), length))[:length])}
     if isinstance(impl, Reader) and method == "open":
         impl.open(params["path"], list(params.get("backing") or []))
-        return {}
+        size = impl.size()
+        return {} if size is None else {"size": int(size)}
     if isinstance(impl, Writer):
         if method == "op":
             data = params.get("data")

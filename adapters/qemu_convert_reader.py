@@ -5,7 +5,8 @@ Each open converts the image to a raw file once; reads come from that file;
 snapshots are converted on demand (`-l snapshot.id=`). A campaign with it
 should find nothing: it reads what QEMU reads. Options (for tests of the
 harness itself, never for a real campaign): --ignore-backing reads as if the
-image had no backing file; --stale keeps serving the first image it opened.
+image had no backing file; --stale keeps serving the first image it opened;
+--oversize reads right but reports a disk one sector bigger than it is.
 """
 import os
 import subprocess
@@ -20,9 +21,10 @@ class ConvertReader(kit.Reader):
     implementation = "qemu-img convert"
     snapshots = True
 
-    def __init__(self, ignore_backing=False, stale=False):
+    def __init__(self, ignore_backing=False, stale=False, oversize=False):
         self.ignore_backing = ignore_backing
         self.stale = stale
+        self.oversize = oversize
         self.tmp = tempfile.mkdtemp(prefix="qh-convert-")
         self.raw = None
         self.path = None
@@ -53,6 +55,10 @@ class ConvertReader(kit.Reader):
             data = f.read(length)
         return data + bytes(length - len(data))
 
+    def size(self):
+        # qemu-img convert -O raw writes exactly the virtual size.
+        return os.path.getsize(self.raw) + (512 if self.oversize else 0)
+
     def read_snapshot(self, snapshot_id, length):
         out = os.path.join(self.tmp, "snapshot.raw")
         self._convert(self.path, out, snapshot_id)
@@ -65,4 +71,5 @@ class ConvertReader(kit.Reader):
 
 
 if __name__ == "__main__":
-    sys.exit(kit.serve(ConvertReader(ignore_backing="--ignore-backing" in sys.argv, stale="--stale" in sys.argv)))
+    sys.exit(kit.serve(ConvertReader(
+        ignore_backing="--ignore-backing" in sys.argv, stale="--stale" in sys.argv, oversize="--oversize" in sys.argv)))

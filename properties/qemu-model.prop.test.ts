@@ -11,7 +11,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { configArb, opSeedsArb } from '../src/harness/arbitraries.js';
+import { classicConfigArb as configArb, opSeedsArb } from '../src/harness/arbitraries.js';
 import { runTrace } from '../src/harness/execute.js';
 import { makeTarget } from '../src/harness/targets/index.js';
 import { describeRun, TraceStats } from '../tests/support/trace.js';

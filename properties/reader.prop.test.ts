@@ -65,6 +65,47 @@ describe('reader targets', () => {
     }
   }, 30_000);
 
+  it('a reader that reports a disk one sector bigger than it is fails, though every read is right', async () => {
+    const r = await runTrace(makeTarget(`cmd:python3 ${baseline} --oversize`, { producer: 'qemu' }), plain, { ops: [write] });
+    expect(r.failure?.oracle).toBe('read');
+    expect(r.failure?.message).toMatch(/^reader cmd:.*after op #1: reports a disk of 66048 bytes, the model's is 65536$/);
+  }, 30_000);
+
+  // qcow2 over qcow2 over raw, sizes shrinking down the chain, each level written.
+  const chain: TraceConfig = {
+    ...plain,
+    backing: {
+      format: 'qcow2',
+      size: 65536,
+      clusterSize: 4096,
+      writes: [[0, 4096]],
+      backing: { format: 'qcow2', size: 49152, clusterSize: 512, writes: [[2048, 8192]], backing: { format: 'raw', size: 32768, writes: [[0, 32768]] } },
+    },
+  };
+
+  it('a backing chain reaches the reader as the image names it, and each level shows where it must', async () => {
+    const ops = [{ kind: 'write' as const, off: 1024, len: 512 }];
+    for (const [target, producer] of [[`cmd:python3 ${baseline}`, 'ts'], [`cmd:python3 ${baseline}`, 'qemu'], ['ts', 'qemu'], ['qemu', 'ts']] as const) {
+      const r = await runTrace(makeTarget(target, { producer }), chain, { ops });
+      expect(r.failure, `${target} reading ${producer}`).toBeUndefined();
+    }
+    // Cluster 0 was copied up by the write; past it the middle level's first write shows (stamp base + 1000).
+    const r = await runTrace(makeTarget(`cmd:python3 ${baseline} --ignore-backing`, { producer: 'qemu' }), chain, { ops });
+    expect(r.failure?.message).toMatch(/^reader cmd:.*at guest offset 4096 expected backing write #1000, read zeros/);
+  }, 60_000);
+
+  it('preallocation=metadata images read as zeros (or the backing file, with extended L2) both ways', async () => {
+    const ops = [write, { kind: 'write-compressed' as const, off: 8192, len: 4096 }, { kind: 'discard' as const, off: 0, len: 16384 }];
+    const pre: TraceConfig = { ...plain, preallocation: 'metadata' };
+    const preBacked: TraceConfig = { ...plain, clusterSize: 16384, extendedL2: true, preallocation: 'metadata', backing: { format: 'raw', size: 65536, writes: [[0, 65536]] } };
+    for (const config of [pre, preBacked]) {
+      for (const [target, producer] of [['ts', 'qemu'], ['qemu', 'ts']] as const) {
+        const r = await runTrace(makeTarget(target, { producer }), config, { ops });
+        expect(r.failure, `${target} reading ${producer}, ${JSON.stringify(config)}`).toBeUndefined();
+      }
+    }
+  }, 60_000);
+
   it('our engine and QEMU read each other’s images', async () => {
     const ops = [write, { kind: 'write-compressed' as const, off: 8192, len: 4096 }, { kind: 'snapshot' as const, action: 'create' as const, name: 's1' }, { kind: 'discard' as const, off: 4096, len: 4096 }];
     for (const [target, producer] of [['ts', 'qemu'], ['qemu', 'ts']] as const) {

@@ -11,8 +11,13 @@ export interface BackingConfig {
   size: number;
   /** Cluster size of a qcow2 backing file. */
   clusterSize?: number;
-  /** Ranges [off, len] written in order; write i carries stamp BACKING_STAMP_BASE + i. */
+  /** Ranges [off, len] written in order; write i carries stamp backingStamp(i, level). */
   writes: [number, number][];
+  /**
+   * This qcow2 backing file's own backing file (a chain: image over qcow2 over
+   * ... over raw). Its writes are guest writes through qemu-io over that file.
+   */
+  backing?: BackingConfig;
 }
 
 /** An external data file (qcow2 data_file), kept beside the image as DATA_FILE_NAME. */
@@ -32,6 +37,15 @@ export interface TraceConfig {
   lazyRefcounts: boolean;
   extendedL2: boolean;
   compressionType: 'zlib' | 'zstd';
+  /** qemu-img create -o preallocation=metadata (absent: off). */
+  preallocation?: 'metadata';
+  /**
+   * The producer never closes the image cleanly (QEMU: every qemu-io process
+   * ends with `flush` then `abort`; ours: flush, then drop the image), so
+   * with lazy refcounts the image keeps the dirty bit and stale refcounts,
+   * and the next read-write open repairs it (docs/cmd-protocol.md, readers).
+   */
+  dirty?: true;
   backing?: BackingConfig;
   dataFile?: DataFileConfig;
 }
@@ -52,16 +66,52 @@ export function creationOptions(c: TraceConfig, backingFile: string | undefined,
     compressionType: c.compressionType,
     backingFile,
     backingFormat: c.backing?.format,
+    ...(c.preallocation ? { preallocation: c.preallocation } : {}),
     ...(c.dataFile && dataFilePath !== undefined ? { dataFile: dataFilePath, dataFileRaw: c.dataFile.raw } : {}),
   };
 }
 
-export function backingStamp(i: number): number {
-  return BACKING_STAMP_BASE + i;
+/** Stamps per chain level are far apart, so data served from the wrong level never passes. */
+const LEVEL_STAMP_STRIDE = 1000;
+
+export function backingStamp(i: number, level = 0): number {
+  return BACKING_STAMP_BASE + level * LEVEL_STAMP_STRIDE + i;
 }
 
-export function backingFileName(b: BackingConfig): string {
-  return b.format === 'raw' ? 'backing.raw' : 'backing.qcow2';
+/** The file name of the backing file at `level` of the chain (0: the image's own backing file). */
+export function backingFileName(b: BackingConfig, level = 0): string {
+  const base = level === 0 ? 'backing' : `backing${level + 1}`;
+  return `${base}.${b.format}`;
+}
+
+export interface ChainLink {
+  config: BackingConfig;
+  level: number;
+  /** File name in the run directory, as the file above it names it. */
+  file: string;
+}
+
+/** The backing chain from the image's own backing file down to the bottom one. */
+export function backingChain(c: { backing?: BackingConfig }): ChainLink[] {
+  const out: ChainLink[] = [];
+  for (let b = c.backing, level = 0; b; b = b.backing, level++) out.push({ config: b, level, file: backingFileName(b, level) });
+  return out;
+}
+
+/**
+ * What the image's backing file shows the guest, flattened over the chain:
+ * a level's writes, else the level below within that level's size, else zeros.
+ */
+function chainSectors(b: BackingConfig, level: number): Map<number, number> {
+  const sectors = new Map<number, number>();
+  if (b.backing) {
+    const end = Math.min(b.size, b.backing.size) / SECTOR;
+    for (const [s, v] of chainSectors(b.backing, level + 1)) if (s < end) sectors.set(s, v);
+  }
+  b.writes.forEach(([off, len], i) => {
+    for (let s = off / SECTOR; s < (off + len) / SECTOR; s++) sectors.set(s, backingStamp(i, level));
+  });
+  return sectors;
 }
 
 export function toModelConfig(c: TraceConfig): ImageConfig {
@@ -74,14 +124,10 @@ export function toModelConfig(c: TraceConfig): ImageConfig {
     extendedL2: c.extendedL2,
     compressionType: c.compressionType,
   };
+  if (c.preallocation) cfg.preallocation = c.preallocation;
+  if (c.dirty) cfg.dirty = true;
+  if (c.backing) cfg.backing = { format: c.backing.format, size: c.backing.size, sectors: chainSectors(c.backing, 0) };
   if (c.dataFile) cfg.dataFile = { raw: c.dataFile.raw };
-  if (c.backing) {
-    const sectors = new Map<number, number>();
-    c.backing.writes.forEach(([off, len], i) => {
-      for (let s = off / SECTOR; s < (off + len) / SECTOR; s++) sectors.set(s, backingStamp(i));
-    });
-    cfg.backing = { format: c.backing.format, size: c.backing.size, sectors };
-  }
   return cfg;
 }
 
@@ -96,7 +142,9 @@ export function describeConfig(c: TraceConfig): string {
   if (c.lazyRefcounts) parts.push('lazy_refcounts=on');
   if (c.extendedL2) parts.push('extended_l2=on');
   if (c.compressionType !== 'zlib') parts.push(`compression_type=${c.compressionType}`);
-  if (c.backing) parts.push(`backing=${c.backing.format}:${c.backing.size}`);
+  if (c.preallocation) parts.push(`preallocation=${c.preallocation}`);
+  if (c.dirty) parts.push('dirty');
+  if (c.backing) parts.push(`backing=${backingChain(c).map((l) => `${l.config.format}:${l.config.size}`).join('>')}`);
   if (c.dataFile) parts.push(c.dataFile.raw ? 'data_file_raw=on' : 'data_file=on');
   return parts.join(',');
 }
@@ -115,6 +163,13 @@ export function configProblems(c: TraceConfig): string[] {
     if (c.compressionType !== 'zlib') p.push('compat=0.10 has only zlib');
   }
   if (c.extendedL2 && c.clusterSize < 16384) p.push('extended L2 needs cluster_size >= 16K');
+  if (c.dirty !== undefined && (c.dirty !== true || !c.lazyRefcounts)) p.push('dirty needs lazy_refcounts (only lazy refcounts leave an image dirty)');
+  if (c.preallocation !== undefined && c.preallocation !== 'metadata') p.push('preallocation must be metadata when given');
+  // qcow2_co_create: preallocated clusters would hide the backing file unless subclusters can stay unallocated.
+  if (c.preallocation && c.backing && !c.extendedL2) p.push('preallocation with a backing file needs extended L2');
+  for (const l of backingChain(c)) {
+    if (l.config.backing && l.config.format !== 'qcow2') p.push(`backing file ${l.file} is raw and cannot have a backing file`);
+  }
   if (c.dataFile && c.compat === '0.10') p.push('external data files need compat=1.1');
   if (c.dataFile?.raw && c.backing) p.push('data_file_raw cannot be used with a backing file');
   return p;

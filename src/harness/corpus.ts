@@ -109,6 +109,8 @@ export interface NewEntry {
   /** The image at the failing point, copied in as image.qcow2 (with its backing file, if any). */
   imageFile?: string;
   backingFile?: string;
+  /** Further files of a backing chain, below backingFile, copied in under their own names. */
+  chainFiles?: string[];
   /** The external data file beside the image (configs with dataFile), copied in as image.data. */
   dataFile?: string;
   repro: string;
@@ -142,7 +144,7 @@ export function writeEntry(corpusDir: string, e: NewEntry): { id: string; dir: s
     };
     fs.writeFileSync(path.join(tmp, 'trace.json'), JSON.stringify(trace, null, 2) + '\n');
     if (e.imageFile && fs.existsSync(e.imageFile)) fs.copyFileSync(e.imageFile, path.join(tmp, 'image.qcow2'));
-    if (e.backingFile && fs.existsSync(e.backingFile)) fs.copyFileSync(e.backingFile, path.join(tmp, path.basename(e.backingFile)));
+    for (const f of [e.backingFile, ...(e.chainFiles ?? [])]) if (f && fs.existsSync(f)) fs.copyFileSync(f, path.join(tmp, path.basename(f)));
     if (e.dataFile && fs.existsSync(e.dataFile)) fs.copyFileSync(e.dataFile, path.join(tmp, path.basename(e.dataFile)));
     fs.writeFileSync(path.join(tmp, 'repro.sh'), e.repro, { mode: 0o755 });
     fs.chmodSync(tmp, 0o755); // mkdtemp makes it private; corpus entries are for everyone

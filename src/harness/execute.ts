@@ -15,7 +15,8 @@ import { CrashTracker, crashSeed, examineCrashStates } from './crash.js';
 import { makeData } from './data.js';
 import { imgCheck } from '../qemu/index.js';
 import { endOracles, readViews, type Failure } from './oracles.js';
-import { dataRangeOf, formatOp, specOf, touchedBy, type Op } from './ops.js';
+import { mediaSizeProblem } from './reader/size.js';
+import { dataRangeOf, formatOp, refusedOp, specOf, touchedBy, type Op } from './ops.js';
 import { configFeatures } from './reader/features.js';
 import { RefusalError, type Refusal } from './reader/types.js';
 import type { StampedOp, Target } from './targets/types.js';
@@ -137,6 +138,7 @@ async function execute(
         } else applyOp(model, op, index);
       } else {
         out.refused.add(index);
+        refusedOp(model, op);
         const f = await settleFailure(model, op, index, exp.verdict, target);
         if (f) return f;
         if (op.kind === 'snapshot' && op.action === 'create' && target.knownBugs?.has('leak-after-refused-snapshot')) {
@@ -159,6 +161,8 @@ async function execute(
     const check: [number, number][] = pendingWhole ? wholeDiskRanges(model) : mergeRanges(ranges);
     pendingWhole = false;
     for (const view of readViews(target)) {
+      const sized = await mediaSizeProblem(view.target, model.size, `after op #${last}`, view.label);
+      if (sized) return { oracle: 'read', opIndex: last, message: sized };
       for (const [off, len0] of check) {
         const len = Math.min(len0, model.size - off);
         if (len <= 0) continue;

@@ -1,7 +1,7 @@
 /** Files every target shares: the backing file, and the model written out as a sparse raw image. */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { runTool, QEMU_IMG } from '../qemu/index.js';
+import { runTool, QEMU_IMG, QEMU_IO } from '../qemu/index.js';
 import { QemuToolError } from '../qemu/errors.js';
 import type { DiskModel } from '../model/disk.js';
 import { ANY, SECTOR } from '../model/layer.js';
@@ -9,22 +9,54 @@ import type { Layer } from '../model/layer.js';
 import { backingFileName, backingStamp, type BackingConfig } from './config.js';
 import { fillSector, makeData } from './data.js';
 
-/** Creates the backing file in `dir`; returns its file name (relative, as the overlay records it). */
-export async function createBacking(dir: string, b: BackingConfig): Promise<string> {
-  const rawPath = path.join(dir, b.format === 'raw' ? backingFileName(b) : 'backing.src.raw');
+/**
+ * Creates the backing file in `dir` (and, for a chain, the files below it
+ * first); returns its file name (relative, as the overlay records it).
+ */
+export async function createBacking(dir: string, b: BackingConfig, level = 0): Promise<string> {
+  if (b.backing) return createChainLevel(dir, b, level);
+  const name = backingFileName(b, level);
+  const rawPath = path.join(dir, b.format === 'raw' ? name : level === 0 ? 'backing.src.raw' : `${name}.src.raw`);
   const fd = fs.openSync(rawPath, 'w');
   try {
     fs.ftruncateSync(fd, b.size);
-    b.writes.forEach(([off, len], i) => fs.writeSync(fd, makeData(backingStamp(i), off, len), 0, len, off));
+    b.writes.forEach(([off, len], i) => fs.writeSync(fd, makeData(backingStamp(i, level), off, len), 0, len, off));
   } finally {
     fs.closeSync(fd);
   }
-  if (b.format === 'raw') return backingFileName(b);
-  const out = path.join(dir, backingFileName(b));
+  if (b.format === 'raw') return name;
+  const out = path.join(dir, name);
   const r = await runTool(QEMU_IMG, ['convert', '-f', 'raw', '-O', 'qcow2', '-o', `cluster_size=${b.clusterSize ?? 65536}`, rawPath, out]);
   if (r.rc !== 0) throw new QemuToolError(`creating the qcow2 backing file failed: ${r.stderr}`, r.rc, r.stderr);
   fs.rmSync(rawPath);
-  return backingFileName(b);
+  return name;
+}
+
+/**
+ * A qcow2 backing file over a backing file of its own: created over the
+ * level below, then written through qemu-io as a guest would (partial
+ * clusters copy the level below, which is what the model flattens).
+ */
+async function createChainLevel(dir: string, b: BackingConfig, level: number): Promise<string> {
+  const lower = await createBacking(dir, b.backing!, level + 1);
+  const name = backingFileName(b, level);
+  const out = path.join(dir, name);
+  const c = await runTool(QEMU_IMG, ['create', '-q', '-f', 'qcow2', '-o', `cluster_size=${b.clusterSize ?? 65536}`, '-b', lower, '-F', b.backing!.format, out, String(b.size)]);
+  if (c.rc !== 0) throw new QemuToolError(`creating the qcow2 backing file ${name} failed: ${c.stderr}`, c.rc, c.stderr);
+  const files = b.writes.map(([off, len], i) => {
+    const f = path.join(dir, `${name}.w${i}`);
+    fs.writeFileSync(f, makeData(backingStamp(i, level), off, len));
+    return f;
+  });
+  try {
+    if (files.length === 0) return name;
+    const args = ['-f', 'qcow2', ...b.writes.flatMap(([off, len], i) => ['-c', `write -s ${files[i]} ${off} ${len}`]), out];
+    const w = await runTool(QEMU_IO, args);
+    if (w.rc !== 0 || /failed/.test(w.stdout + w.stderr)) throw new QemuToolError(`writing the backing file ${name} failed: ${(w.stderr || w.stdout).trim()}`, w.rc, w.stderr);
+  } finally {
+    for (const f of files) fs.rmSync(f, { force: true });
+  }
+  return name;
 }
 
 /**

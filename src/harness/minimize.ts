@@ -4,7 +4,7 @@
  * whenever the trace still fails with the same oracle.
  */
 import { SECTOR } from '../model/layer.js';
-import type { TraceConfig } from './config.js';
+import type { BackingConfig, TraceConfig } from './config.js';
 import { runTrace } from './execute.js';
 import type { Failure, OracleName } from './oracles.js';
 import type { Op } from './ops.js';
@@ -85,15 +85,33 @@ function smallerOps(op: Op): Op[] {
   return [];
 }
 
+function dropBottom(b: BackingConfig): BackingConfig {
+  if (!b.backing?.backing) {
+    const { backing: _drop, ...rest } = b;
+    return rest;
+  }
+  return { ...b, backing: dropBottom(b.backing) };
+}
+
 function simplerConfigs(c: TraceConfig): TraceConfig[] {
   const out: TraceConfig[] = [];
   if (c.backing) {
     const { backing: _drop, ...rest } = c;
     out.push(rest);
   }
-  if (c.lazyRefcounts) out.push({ ...c, lazyRefcounts: false });
+  // A chain loses its bottom levels one at a time; preallocation goes before the features it needs.
+  if (c.backing?.backing) out.push({ ...c, backing: dropBottom(c.backing) });
+  if (c.preallocation) {
+    const { preallocation: _p, ...rest } = c;
+    out.push(rest);
+  }
+  if (c.dirty) {
+    const { dirty: _d, ...rest } = c;
+    out.push(rest);
+  }
+  if (c.lazyRefcounts && !c.dirty) out.push({ ...c, lazyRefcounts: false });
   if (c.compressionType !== 'zlib') out.push({ ...c, compressionType: 'zlib' });
-  if (c.extendedL2) out.push({ ...c, extendedL2: false });
+  if (c.extendedL2 && !(c.preallocation && c.backing)) out.push({ ...c, extendedL2: false });
   if (c.refcountBits !== 16) out.push({ ...c, refcountBits: 16 });
   return out;
 }

@@ -8,12 +8,15 @@ import * as path from 'node:path';
 import type { DiskModel } from '../model/disk.js';
 import { imgCheck, imgCompare, imgInfo, type CheckOutcome, type QemuInfo } from '../qemu/index.js';
 import type { CheckResult } from '../qcow2/types.js';
+import { judgeBitmaps } from './bitmap-oracle.js';
 import type { TraceConfig } from './config.js';
 import { writeModelRaw } from './fixture.js';
+import { judgeDirtyCheck } from './dirty.js';
+import { mediaSizeProblem } from './reader/size.js';
 import type { Target } from './targets/types.js';
 import { describeMismatch, verifyRange } from './verify.js';
 
-export type OracleName = 'op' | 'read' | 'snapshot-read' | 'check' | 'compare' | 'info' | 'own-check' | 'crash' | 'hang' | 'exception' | 'cost';
+export type OracleName = 'op' | 'read' | 'snapshot-read' | 'check' | 'compare' | 'info' | 'bitmap' | 'own-check' | 'crash' | 'hang' | 'exception' | 'cost';
 
 export interface Failure {
   oracle: OracleName;
@@ -90,6 +93,10 @@ export async function endOracles(
     imgInfo(image, { format: 'qcow2' }),
     early ? compare() : Promise.resolve(undefined),
   ] as const);
+  for (const v of views) {
+    const sized = await mediaSizeProblem(v.target, model.size, 'at the end', v.label);
+    if (sized) return { failure: { oracle: 'read', message: sized }, qemuImgChecks: 1 };
+  }
   for (const v of viewReads) {
     const m = verifyRange(model, model.active, 0, v.whole);
     if (m) return { failure: { oracle: 'read', message: describeMismatch(`${v.label}whole disk at the end`, m) }, qemuImgChecks: 1 };
@@ -108,7 +115,9 @@ export async function endOracles(
   if (!early) writeModelRaw(modelRaw, model, model.active, active);
   const cmp = earlyCmp ?? (await compare());
 
-  const checkProblem = judgeCheck(check, o.tolerateLeaks !== undefined);
+  // An image never closed cleanly may carry stale refcounts, which repair must fix (./dirty.ts).
+  const checkProblem =
+    config.dirty && info['dirty-flag'] ? await judgeDirtyCheck(check, image, modelRaw) : judgeCheck(check, o.tolerateLeaks !== undefined);
   if (checkProblem) return { failure: { oracle: 'check', message: checkProblem }, qemuImgChecks: 1 };
   if (cmp.rc !== 0) {
     return {
@@ -118,6 +127,8 @@ export async function endOracles(
   }
   const infoProblem = judgeInfo(info, model, config);
   if (infoProblem) return { failure: { oracle: 'info', message: infoProblem }, qemuImgChecks: 1 };
+  const bitmapProblem = await judgeBitmaps(target, model, image, info);
+  if (bitmapProblem) return { failure: { oracle: 'bitmap', message: bitmapProblem }, qemuImgChecks: 1 };
 
   if (target.ownCheck) {
     const own = await target.ownCheck();

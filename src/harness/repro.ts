@@ -8,7 +8,7 @@
 import type { DiskModel } from '../model/disk.js';
 import { ANY, SECTOR, type Layer } from '../model/layer.js';
 import { createOptionString } from '../qemu/img.js';
-import { backingFileName, DATA_FILE_NAME, type TraceConfig } from './config.js';
+import { backingChain, backingFileName, backingStamp, DATA_FILE_NAME, type TraceConfig } from './config.js';
 import { BACKING_STAMP_BASE, PATTERN_STAMP_BASE } from './data.js';
 import type { OracleName } from './oracles.js';
 import { specOf, type Op } from './ops.js';
@@ -86,13 +86,20 @@ export function reproScript(r: ReproInput): string {
   }
   L.push('');
   L.push(`# The same ops through QEMU${r.target && r.target !== 'qemu' ? ' (the reference: for a finding against another target this part shows what QEMU does)' : ''}.`);
-  if (c.backing) {
-    const b = c.backing;
+  // The backing chain bottom up: the bottom file from a raw file, each file above it over the one below.
+  for (const l of [...backingChain(c)].reverse()) {
+    const b = l.config;
+    const pats = b.writes.map(([off, len], i) => `-c ${q(`write -q -P ${hex(patternOf(backingStamp(i, l.level)))} ${off} ${len}`)}`);
+    if (b.backing) {
+      const lower = backingFileName(b.backing, l.level + 1);
+      L.push(`qemu-img create -q -f qcow2 -o cluster_size=${b.clusterSize ?? 65536} -b ${lower} -F ${b.backing.format} ${l.file} ${b.size}`);
+      if (pats.length) L.push(`qemu-io -f qcow2 ${pats.join(' ')} ${l.file}`);
+      continue;
+    }
     L.push(`qemu-img create -q -f raw backing.src ${b.size}`);
-    const cmds = b.writes.map(([off, len], i) => `-c ${q(`write -q -P ${hex(patternOf(BACKING_STAMP_BASE + i))} ${off} ${len}`)}`);
-    if (cmds.length) L.push(`qemu-io -f raw ${cmds.join(' ')} backing.src`);
-    if (b.format === 'raw') L.push(`mv backing.src ${backingFileName(b)}`);
-    else L.push(`qemu-img convert -f raw -O qcow2 -o cluster_size=${b.clusterSize ?? 65536} backing.src ${backingFileName(b)}`);
+    if (pats.length) L.push(`qemu-io -f raw ${pats.join(' ')} backing.src`);
+    if (b.format === 'raw') L.push(`mv backing.src ${l.file}`);
+    else L.push(`qemu-img convert -f raw -O qcow2 -o cluster_size=${b.clusterSize ?? 65536} backing.src ${l.file}`);
   }
   // The script runs in its own directory, and qemu-img 7.2 takes a relative data file name from there.
   const { dataFile, ...rest } = c;
@@ -103,8 +110,11 @@ export function reproScript(r: ReproInput): string {
   let batchRefused = false;
   const flush = () => {
     if (!batch.length) return;
-    const tail = batchRefused ? ' # some of these fail, as they must' : ' || bug "qemu-io failed"';
-    L.push(`run qemu-io -f qcow2 ${batch.map((x) => `-c ${q(x)}`).join(' ')} image.qcow2${tail}`);
+    // A dirty config kills each qemu-io after its flush (exit 134, SIGABRT) instead of closing the image.
+    const end = c.dirty ? ` -c flush -c abort` : '';
+    const ok = c.dirty ? ' 2>/dev/null; [ $? -eq 134 ] || bug "qemu-io failed"' : ' || bug "qemu-io failed"';
+    const tail = batchRefused ? ' # some of these fail, as they must' : ok;
+    L.push(`run qemu-io -f qcow2 ${batch.map((x) => `-c ${q(x)}`).join(' ')}${end} image.qcow2${tail}`);
     batch = [];
     batchRefused = false;
   };
@@ -125,7 +135,13 @@ export function reproScript(r: ReproInput): string {
   });
   flush();
   L.push('');
-  L.push('run qemu-img check -f qcow2 image.qcow2 || bug "qemu-img check reports problems"');
+  if (c.dirty) {
+    // Lazy refcounts may be stale on a dirty image; what matters is that repair leaves it clean.
+    L.push('cp image.qcow2 repaired.qcow2; run qemu-img check -q -r all -f qcow2 repaired.qcow2 >/dev/null 2>&1');
+    L.push('run qemu-img check -f qcow2 repaired.qcow2 || bug "qemu-img check reports problems after repair"');
+  } else {
+    L.push('run qemu-img check -f qcow2 image.qcow2 || bug "qemu-img check reports problems"');
+  }
   L.push('# Expected guest view, built in a raw file.');
   L.push(`qemu-img create -q -f raw expected.raw ${r.model.size}`);
   const exp = layerCommands(r.model, r.model.active);

@@ -18,7 +18,8 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { configArb, opSeedsArb, type OpSeed } from './arbitraries.js';
-import { backingFileName, DATA_FILE_NAME, type TraceConfig } from './config.js';
+import { readerExternal } from './reader/external.js';
+import { backingChain, backingFileName, DATA_FILE_NAME, type TraceConfig } from './config.js';
 import { corpusSignatures, failureSignature, targetKey, writeEntry } from './corpus.js';
 import { runTrace, type RunOutcome } from './execute.js';
 import type { OracleName } from './oracles.js';
@@ -331,9 +332,11 @@ async function saveFailure(
         opIndex: failure.opIndex,
         imageFile: path.join(r.dir, 'image.qcow2'),
         backingFile: config.backing ? path.join(r.dir, backingFileName(config.backing)) : undefined,
+        chainFiles: backingChain(config).slice(1).map((l) => path.join(r.dir, l.file)),
         dataFile: config.dataFile ? path.join(r.dir, DATA_FILE_NAME) : undefined,
         producer,
         implementation: r.implementation,
+        external: producer ? readerExternal(o.target, r.implementation, failure.oracle, failure.message, `qcow2-harness fuzz --target ${o.target} --producer ${producer} (seed ${seed})`) : undefined,
         repro: producer
           ? readerReproScript({ target: o.target, producer, config, ops: r.ops, oracle: failure.oracle, message: failure.message, implementation: r.implementation })
           : reproScript({ target: o.target, config, ops: r.ops, model: r.model, refused: r.refused, oracle: failure.oracle, message: failure.message }),

@@ -7,6 +7,7 @@
  * implementation must accept it (see Verdict), and x() applies it to the model
  * (call it only when the implementation accepted the op).
  */
+import { ModelBitmaps } from './bitmaps.js';
 import { ANY, Layer, SECTOR } from './layer.js';
 import type { BackingModel, Compat, Expectation, ImageConfig, MetaModel, SnapshotModel } from './types.js';
 
@@ -22,6 +23,8 @@ export class DiskModel {
   active: Layer;
   readonly backing?: BackingModel;
   meta: MetaModel;
+  /** Persistent dirty bitmaps (the harness's bitmap ops and the ops that dirty them keep it). */
+  readonly bitmaps = new ModelBitmaps();
   /** The image has an external data file (fixed at creation; amend cannot add or drop one here). */
   private readonly dataFile: boolean;
   private snaps: Snapshot[] = [];
@@ -49,6 +52,13 @@ export class DiskModel {
     this.dataFile = cfg.dataFile !== undefined;
     const backingEnd = cfg.backing ? Math.min(cfg.size, cfg.backing.size) / SECTOR : 0;
     this.active = new Layer(cfg.size, new Map(), Math.ceil(backingEnd));
+    // Preallocated clusters read as before (QEMU's preallocate_co leaves extended L2 subclusters
+    // unallocated, so a backing file still shows through) but have host offsets: compressed writes may fail.
+    // Whether the dirty bit is on at the end depends on whether the last session allocated.
+    if (cfg.dirty) this.dirtyFlagUnknown = true;
+    if (cfg.preallocation === 'metadata') {
+      for (let c = 0; c * cfg.clusterSize < cfg.size; c++) this.active.maybeAllocated.add(c);
+    }
     this.meta = {
       compat: cfg.compat,
       refcountBits: cfg.refcountBits,

@@ -18,6 +18,10 @@ export interface ImageConfig {
   lazyRefcounts: boolean;
   extendedL2: boolean;
   compressionType: 'zlib' | 'zstd';
+  /** preallocation=metadata: every cluster starts allocated, reading zeros (or the backing file, extended L2). */
+  preallocation?: 'metadata';
+  /** The image is never closed cleanly: the end may find the dirty bit either way. */
+  dirty?: boolean;
   backing?: BackingModel;
   /** An external data file: QEMU refuses compressed writes, internal snapshots and downgrades there. */
   dataFile?: { raw: boolean };

@@ -34,7 +34,7 @@ export function readGuest(s: ImageState, offset: number, dst: Uint8Array): void 
   let runStart = 0; // its start in dst
   let runLen = 0;
   const flushRun = (): void => {
-    if (runLen > 0) s.storage.readInto(runHost, dst.subarray(runStart, runStart + runLen));
+    if (runLen > 0) s.data.readInto(runHost, dst.subarray(runStart, runStart + runLen));
     runHost = -1;
     runLen = 0;
   };

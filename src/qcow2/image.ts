@@ -9,9 +9,11 @@
  * file. docs/DESIGN.md describes the layout and the write ordering.
  */
 import { type AmendOptions, amendImage } from './amend.js';
+import { applyBitmapOp, bitmapView, type BitmapOp, type BitmapView } from './bitmap-ops.js';
+import { bitmapsNeedStore, storeBitmaps } from './bitmaps.js';
 import { checkImage } from './check.js';
 import { entryFor } from './cluster-map.js';
-import { InvalidArgumentError, UnsupportedFeatureError } from './errors.js';
+import { InvalidArgumentError, SnapshotError, UnsupportedFeatureError } from './errors.js';
 import { CRYPT_NONE } from './format/constants.js';
 import { refuseSnapshotWithDataFile } from './data-file.js';
 import { blockStatus, readGuest, type BlockStatus } from './guest-read.js';
@@ -29,6 +31,7 @@ import type { CheckResult, CreateOptions, GuestDevice, ImageInfo, OpenOptions, R
 import { discardRange, zeroRange } from './zero-discard.js';
 
 export type { BlockStatus } from './guest-read.js';
+export type { BitmapOp, BitmapView } from './bitmap-ops.js';
 
 export class Qcow2Image implements GuestDevice {
   private constructor(private readonly s: ImageState) {}
@@ -86,11 +89,14 @@ export class Qcow2Image implements GuestDevice {
   write(offset: number, data: Uint8Array): void {
     this.checkRequest(offset, data.length);
     this.s.beforeChange();
+    this.s.bitmaps?.markDirty(offset, data.length);
     writeGuest(this.s, offset, data);
   }
 
   writeCompressed(offset: number, data: Uint8Array): void {
     this.checkRequest(offset, data.length);
+    this.s.assertWritable();
+    this.s.bitmaps?.markDirty(offset, data.length);
     writeCompressedGuest(this.s, offset, data);
   }
 
@@ -99,6 +105,7 @@ export class Qcow2Image implements GuestDevice {
     this.checkRequest(offset, length);
     if (length === 0) return;
     this.s.beforeChange();
+    this.s.bitmaps?.markDirty(offset, length);
     zeroRange(this.s, offset, length, opts.unmap ?? false);
   }
 
@@ -106,6 +113,7 @@ export class Qcow2Image implements GuestDevice {
     this.checkRequest(offset, length);
     if (length === 0) return;
     this.s.beforeChange();
+    this.s.bitmaps?.markDirty(offset, length);
     discardRange(this.s, offset, length);
   }
 
@@ -113,8 +121,13 @@ export class Qcow2Image implements GuestDevice {
     this.s.flush();
   }
 
+  /** Stores the persistent bitmaps first, as QEMU does on close (qcow2_inactivate); the state closes even if that fails. */
   close(): void {
-    this.s.close();
+    try {
+      if (!this.s.closed && bitmapsNeedStore(this.s)) storeBitmaps(this.s);
+    } finally {
+      this.s.close();
+    }
   }
 
   // ---------------------------------------------------------------- metadata operations
@@ -136,6 +149,8 @@ export class Qcow2Image implements GuestDevice {
 
   applySnapshot(nameOrId: string): void {
     this.s.beforeChange();
+    // bdrv_snapshot_goto refuses while any dirty bitmap exists, before it looks for the snapshot.
+    if (this.s.bitmaps?.list.length) throw new SnapshotError('Device has active dirty bitmaps');
     applySnapshot(this.s, nameOrId);
   }
 
@@ -152,6 +167,21 @@ export class Qcow2Image implements GuestDevice {
   resize(size: number, o: { shrink?: boolean } = {}): void {
     this.s.beforeChange();
     resizeImage(this.s, size, o.shrink ?? false);
+    this.s.bitmaps?.resize(this.s.virtualSize);
+  }
+
+  // ---------------------------------------------------------------- persistent dirty bitmaps
+
+  /** The persistent bitmaps with their dirty ranges (what qemu-nbd -B would export). */
+  bitmaps(): BitmapView[] {
+    this.assertOpen();
+    return (this.s.bitmaps?.list ?? []).map((b) => bitmapView(this.s, b));
+  }
+
+  /** One `qemu-img bitmap` operation; stored on close. */
+  bitmap(op: BitmapOp): void {
+    this.assertOpen();
+    applyBitmapOp(this.s, op);
   }
 
   check(repair: RepairMode = 'none'): CheckResult {

@@ -9,12 +9,11 @@ import { DEFAULT_L2_CACHE_BYTES, L2_TO_REFCOUNT_CACHE_RATIO, MIN_REFCOUNT_CACHE_
 import { checkImage } from './check.js';
 import { entryParts, loadL1, registerActiveL2s, resizeL1, setEntry, writableL2 } from './cluster-map.js';
 import { createLayout } from './create.js';
+import { loadBitmaps, markBitmapsInUse } from './bitmaps.js';
 import { openImageCrypto } from './crypto/image-crypto.js';
 import { CorruptImageError, InvalidArgumentError, UnsupportedFeatureError } from './errors.js';
-import { decodeBitmapDirectory } from './format/bitmaps.js';
 import { AUTOCLEAR_BITMAPS, AUTOCLEAR_DATA_FILE_RAW, CRYPT_NONE, INCOMPAT_CORRUPT, INCOMPAT_DIRTY } from './format/constants.js';
 import { allocDataCluster, openDataFile } from './data-file.js';
-import { ALL_SUBCLUSTERS } from './l2.js';
 import { MetaKind } from './overlap.js';
 import { Refcounts } from './refcount.js';
 import { viewSnapshot } from './snapshot.js';
@@ -22,7 +21,6 @@ import { loadSnapshots } from './snapshot-table-io.js';
 import { ImageState } from './state.js';
 import type { BlockStorage } from './storage/types.js';
 import type { CreateOptions, OpenOptions } from './types.js';
-import { validateBitmapDirectory } from './validate.js';
 
 export function openState(storage: BlockStorage, opts: OpenOptions): ImageState {
   const s = new ImageState(storage, opts);
@@ -76,7 +74,7 @@ function load(s: ImageState): void {
     }
     s.backing = o.openBacking(s.backingFile, fmt);
   }
-  validateBitmaps(s);
+  loadBitmaps(s);
   // Before prepareReadWrite, which may write the header: a wrong passphrase leaves the image untouched.
   if (h.cryptMethod !== CRYPT_NONE) openEncryption(s);
   if (!s.readOnly) prepareReadWrite(s);
@@ -115,14 +113,16 @@ function openEncryption(s: ImageState): void {
 
 function prepareReadWrite(s: ImageState): void {
   const h = s.header;
-  // data_file_raw is kept (every write, zero and discard keeps the data file the guest view).
-  const kept = h.autoclearFeatures & AUTOCLEAR_DATA_FILE_RAW;
+  // data_file_raw is kept (every write, zero and discard keeps the data file the guest view), and so
+  // are bitmaps (bitmaps.ts keeps them exact).
+  const kept = h.autoclearFeatures & (AUTOCLEAR_DATA_FILE_RAW | AUTOCLEAR_BITMAPS);
   if (h.autoclearFeatures !== kept) {
-    // Autoclear bits promise consistency of features we do not maintain (bitmaps included):
-    // clear every one we will not keep up to date, as the spec asks of a writer.
+    // Autoclear bits promise consistency of features we do not maintain: clear every one we
+    // will not keep up to date, as the spec asks of a writer.
     h.autoclearFeatures = kept;
     s.writeHeader();
   }
+  markBitmapsInUse(s);
   if (h.incompatibleFeatures & INCOMPAT_DIRTY && !s.openOptions.forCheck && (s.openOptions.repairDirty ?? true)) {
     repairDirty(s);
   }
@@ -134,15 +134,7 @@ function repairDirty(s: ImageState): void {
   s.clearDirtyBit();
 }
 
-/** QEMU refuses to open an image whose bitmap directory it cannot trust; so do we. */
-function validateBitmaps(s: ImageState): void {
-  const b = s.ext.bitmaps;
-  if (!b || !(s.header.autoclearFeatures & AUTOCLEAR_BITMAPS) || b.nbBitmaps === 0) return;
-  const dir = decodeBitmapDirectory(s.storage.read(b.bitmapDirectoryOffset, b.bitmapDirectorySize), b.nbBitmaps);
-  validateBitmapDirectory(s.header, dir);
-}
-
-/** preallocation=metadata: every guest cluster gets an L2 entry and a host cluster (imago preallocation.rs). */
+/** preallocation=metadata: every guest cluster gets an L2 entry and a host cluster (QEMU's preallocate_co). */
 function preallocateMetadata(s: ImageState): void {
   const cs = s.clusterSize;
   const clusters = Math.ceil(s.virtualSize / cs);
@@ -150,7 +142,9 @@ function preallocateMetadata(s: ImageState): void {
     const { table, index } = writableL2(s, vc);
     const host = allocDataCluster(s, vc);
     const e = entryParts(host, true);
-    setEntry(s, table, index, s.layout.extended ? { ...e, alloc: ALL_SUBCLUSTERS, zero: 0 } : { ...e, zero: 0, alloc: 0 });
+    // QEMU 7.2's preallocate_co leaves every subcluster of an extended L2 entry unallocated
+    // (bitmap 0), so a backing file still shows through and the rest reads zeros.
+    setEntry(s, table, index, { ...e, zero: 0, alloc: 0 });
   }
   const end = s.refcounts.allocatedEnd * cs;
   if (!s.hasDataFile && s.storage.size() < end) s.storage.truncate(end);

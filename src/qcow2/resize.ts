@@ -7,6 +7,7 @@
  * cluster past the new end and the L2 tables wholly past it; the L1 table
  * keeps its size, as QEMU's does.
  */
+import { assertBitmapsResizable } from './bitmap-ops.js';
 import { InvalidArgumentError, UnsupportedFeatureError } from './errors.js';
 import { alignUp } from './format/bytes.js';
 import { SECTOR_SIZE } from './format/constants.js';
@@ -27,6 +28,7 @@ export function resizeImage(img: ImageState, size: number, shrink: boolean): voi
   if (img.version < 3 && img.snapshots.length > 0) {
     throw new UnsupportedFeatureError("Can't resize a v2 image which has snapshots");
   }
+  assertBitmapsResizable(img);
   const old = img.virtualSize;
   if (size === old) return;
   if (size < old) {

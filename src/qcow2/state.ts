@@ -12,6 +12,7 @@
  * dependency plus depends_on_flush); flush() writes L2 tables, then
  * refcounts, then applies the frees those L2 updates allowed.
  */
+import type { BitmapSet } from './bitmap-set.js';
 import { MIN_L2_CACHE_TABLES, TableCache } from './cache.js';
 import { writeEncryptedData } from './crypto/data-path.js';
 import type { ImageCrypto } from './crypto/image-crypto.js';
@@ -72,6 +73,10 @@ export class ImageState implements RefcountHost {
   /** Name of the snapshot exposed instead of the active layer (read-only opens). */
   viewingSnapshot: string | undefined;
   lastDecompressed: DecompressedCluster | undefined;
+  /** Persistent dirty bitmaps (bitmaps.ts loads them on open and stores them on close). */
+  bitmaps: BitmapSet | undefined;
+  /** Where the bitmap directory the header names lives, while it names one. */
+  bitmapDirectory: { offset: number; size: number } | undefined;
   /** The external data file, when the image has one and it was opened (data-file.ts); null otherwise. */
   dataStorage: BlockStorage | null = null;
   closed = false;

@@ -28,7 +28,6 @@ import {
   MIN_EXTL2_CLUSTER_BITS,
 } from './format/constants.js';
 import type { FeatureName, HeaderExtensions } from './format/extensions.js';
-import type { BitmapDirEntry } from './format/bitmaps.js';
 import type { Qcow2Header } from './format/header.js';
 
 /** Guest bytes one L1 entry maps. */
@@ -143,23 +142,3 @@ export function validateFeatureExtensions(h: Qcow2Header, ext: HeaderExtensions)
   }
 }
 
-/** Bitmap directory entries as QEMU checks them on open (qcow2-bitmap.c: check_dir_entry). */
-export function validateBitmapDirectory(h: Qcow2Header, dir: BitmapDirEntry[]): void {
-  const cs = 2 ** h.clusterBits;
-  for (const e of dir) {
-    const granularity = 2 ** e.granularityBits;
-    const neededEntries = Math.ceil(Math.ceil(h.size / granularity) / (cs * 8));
-    if (
-      e.type !== 1 ||
-      e.granularityBits < 9 ||
-      e.granularityBits > 31 ||
-      e.name.length === 0 ||
-      e.bitmapTableOffset % cs !== 0 ||
-      e.bitmapTableOffset === 0 ||
-      e.bitmapTableSize !== neededEntries ||
-      (e.flags & ~7) !== 0
-    ) {
-      throw new InvalidImageError(`bitmaps_ext: bitmap '${e.name}' has an invalid directory entry`);
-    }
-  }
-}

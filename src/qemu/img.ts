@@ -13,6 +13,7 @@ export interface ImgCreateOptions {
   compressionType?: 'zlib' | 'zstd';
   backingFile?: string;
   backingFormat?: 'qcow2' | 'raw';
+  preallocation?: 'off' | 'metadata';
   /** data_file (give an absolute path: qemu-img 7.2 takes a relative one from its current directory). */
   dataFile?: string;
   dataFileRaw?: boolean;
@@ -86,6 +87,7 @@ export function createOptionString(o: ImgCreateOptions): string {
   if (o.lazyRefcounts !== undefined) kv.push(`lazy_refcounts=${o.lazyRefcounts ? 'on' : 'off'}`);
   if (o.extendedL2 !== undefined) kv.push(`extended_l2=${o.extendedL2 ? 'on' : 'off'}`);
   if (o.compressionType !== undefined) kv.push(`compression_type=${o.compressionType}`);
+  if (o.preallocation !== undefined) kv.push(`preallocation=${o.preallocation}`);
   if (o.dataFile !== undefined) kv.push(`data_file=${o.dataFile}`);
   if (o.dataFileRaw) kv.push('data_file_raw=on');
   return kv.join(',');

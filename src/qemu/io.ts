@@ -29,12 +29,15 @@ const FAILED = /^(\w+) failed: (.*)$/;
 export async function qemuIoBatch(
   path: string,
   commands: string[],
-  o: { format?: string; timeoutMs?: number } = {},
+  o: { format?: string; timeoutMs?: number; lineBuffered?: boolean } = {},
 ): Promise<IoBatchResult> {
   const args = ['-f', o.format ?? 'qcow2'];
   for (const c of commands) args.push('-c', c);
   args.push(path);
-  const r = await runTool(QEMU_IO, args, o.timeoutMs ?? DEFAULT_TIMEOUT_MS);
+  // A batch that ends in `abort` loses stdio's buffered status lines unless they go out line by line.
+  const r = o.lineBuffered
+    ? await runTool('stdbuf', ['-oL', QEMU_IO, ...args], o.timeoutMs ?? DEFAULT_TIMEOUT_MS)
+    : await runTool(QEMU_IO, args, o.timeoutMs ?? DEFAULT_TIMEOUT_MS);
   if (/can't open/.test(r.stderr)) {
     throw new QemuToolError(`qemu-io could not open ${path}: ${r.stderr.trim()}`, r.rc, r.stderr);
   }

@@ -5,7 +5,7 @@
  * reaching an op kind, a refusal or the end-of-run oracles.
  */
 import type { RunOutcome } from '../../src/harness/execute.js';
-import { formatOp, type Op, type OpKind } from '../../src/harness/ops.js';
+import { formatOp, specOfKind, type Op, type OpKind } from '../../src/harness/ops.js';
 
 /** An op's kind, split where one kind has distinct sub-operations (snapshot actions, amend keys). */
 export function opLabel(op: Op): string {
@@ -79,7 +79,9 @@ export class TraceStats {
    */
   under(kinds: ReadonlySet<OpKind>, min: number, o: { generated?: boolean; except?: string[] } = {}): Record<string, number> {
     const out: Record<string, number> = {};
-    for (const l of labelsOf(kinds)) {
+    // Kinds no seed resolves to (bitmap: its own suite generates it) cannot be asked of a seeded campaign.
+    const seeded = new Set([...kinds].filter((k) => specOfKind(k).variants || specOfKind(k).wrap));
+    for (const l of labelsOf(seeded)) {
       if (o.except?.includes(l)) continue;
       const n = o.generated ? this.generated(l) : this.executed(l);
       if (n < min) out[l] = n;

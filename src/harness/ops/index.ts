@@ -9,6 +9,7 @@ import type { DiskModel } from '../../model/disk.js';
 import type { Expectation } from '../../model/types.js';
 import { aio } from './aio.js';
 import { amend } from './amend.js';
+import { bitmap, bitmapEffects, bitmapEffectsOfRefusal, bitmapRefusal } from './bitmap.js';
 import { makeFault } from './fault.js';
 import { discard, flush, write, writeCompressed, writeZeroes } from './guest-io.js';
 import { resize } from './resize.js';
@@ -27,7 +28,7 @@ const fault = makeFault({ specOf, formatOp, parseOp });
  * reordering or reweighting changes every fixed-seed trace. Kinds without
  * variants (fault, aio) go at the end.
  */
-const SPECS: readonly OpSpec<any>[] = [write, writeCompressed, writeZeroes, discard, flush, reopen, snapshot, amend, resize, crash, fault, aio];
+const SPECS: readonly OpSpec<any>[] = [write, writeCompressed, writeZeroes, discard, flush, reopen, snapshot, amend, resize, crash, bitmap, fault, aio];
 
 const BY_KIND = new Map<OpKind, OpSpec<any>>(SPECS.map((s) => [s.kind, s]));
 
@@ -61,12 +62,18 @@ export function isOpVerb(word: string): boolean {
 }
 
 export function expectOp(model: DiskModel, op: Op): Expectation {
-  return specOf(op).expect(model, op);
+  return bitmapRefusal(model, op) ?? specOf(op).expect(model, op);
 }
 
 /** Applies an op the target accepted; `stamp` is the op's number (its data's stamp). */
 export function applyOp(model: DiskModel, op: Op, stamp: number): void {
   specOf(op).apply(model, op, stamp);
+  bitmapEffects(model, op);
+}
+
+/** What an op the target refused still does to the model (persistent bitmaps only; see ./bitmap.ts). */
+export function refusedOp(model: DiskModel, op: Op): void {
+  bitmapEffectsOfRefusal(model, op);
 }
 
 export function isRangeOp(op: Op): op is RangeOp {

@@ -59,6 +59,15 @@ export type Op =
   | { kind: 'snapshot'; action: 'create' | 'apply' | 'delete'; name: string }
   | AmendOp
   | { kind: 'resize'; size: number; shrink: boolean }
+  /** qemu-img bitmap: one action on one persistent bitmap (see ./bitmap.ts). */
+  | {
+      kind: 'bitmap';
+      action: 'add' | 'remove' | 'clear' | 'enable' | 'disable' | 'merge';
+      name: string;
+      granularity?: number;
+      disabled?: boolean;
+      source?: string;
+    }
   | FaultOp
   | AioOp;
 

@@ -7,7 +7,7 @@ import * as path from 'node:path';
 import { imgConvertToRaw } from '../../qemu/index.js';
 import { openImageFile, type OpenedImage } from '../../qcow2/open-file.js';
 import { readFileRange } from '../fixture.js';
-import type { BackingLink, Reader } from './types.js';
+import type { BackingLink, OpenInfo, Reader } from './types.js';
 
 /** Our engine opening the image file read-only, backing chain resolved from the header. */
 export class TsReader implements Reader {
@@ -15,10 +15,11 @@ export class TsReader implements Reader {
   private img: OpenedImage | undefined;
   private file = '';
 
-  async open(image: string, _chain: BackingLink[]): Promise<void> {
+  async open(image: string, _chain: BackingLink[]): Promise<OpenInfo> {
     await this.close();
     this.file = image;
     this.img = openImageFile(image, { readOnly: true, format: 'qcow2', forceShare: true });
+    return { size: this.img.virtualSize };
   }
 
   async read(off: number, len: number): Promise<Uint8Array> {
@@ -51,6 +52,11 @@ export class QemuReader implements Reader {
   async open(image: string, _chain: BackingLink[]): Promise<void> {
     this.image = image;
     this.raw = undefined;
+  }
+
+  /** The converted file's length: qemu-img convert writes the virtual size QEMU sees. */
+  async mediaSize(): Promise<number> {
+    return fs.statSync(await this.dump()).size;
   }
 
   private async dump(): Promise<string> {

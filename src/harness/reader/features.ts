@@ -16,11 +16,14 @@ export function configFeatures(c: TraceConfig): string[] {
   if (c.refcountBits !== 16) f.push(`refcount_bits=${c.refcountBits}`);
   if (c.clusterSize !== 65536) f.push(`cluster_size=${c.clusterSize}`);
   if (c.backing) f.push(`backing=${c.backing.format}`);
+  if (c.backing?.backing) f.push('backing-chain');
+  if (c.preallocation) f.push(`preallocation=${c.preallocation}`);
+  if (c.dirty) f.push('dirty');
   return f;
 }
 
 /** Features `steer` knows how to turn off; others are only counted. */
-export const STEERABLE = ['extended_l2', 'compression_type=zstd', 'compat=0.10', 'lazy_refcounts', 'backing=raw', 'backing=qcow2'] as const;
+export const STEERABLE = ['extended_l2', 'compression_type=zstd', 'compat=0.10', 'lazy_refcounts', 'backing=raw', 'backing=qcow2', 'backing-chain', 'preallocation=metadata', 'dirty'] as const;
 
 /**
  * The configuration with every declined feature turned off (a refcount width
@@ -34,11 +37,28 @@ export function steer(c: TraceConfig, declined: ReadonlySet<string>): TraceConfi
   if (declined.has('extended_l2')) out.extendedL2 = false;
   if (declined.has('compression_type=zstd')) out.compressionType = 'zlib';
   if (declined.has('lazy_refcounts')) out.lazyRefcounts = false;
+  if (out.dirty && (declined.has('dirty') || !out.lazyRefcounts)) {
+    const { dirty: _d, ...rest } = out;
+    out = rest;
+  }
   if (declined.has(`refcount_bits=${out.refcountBits}`)) out.refcountBits = 16;
   if (declined.has(`cluster_size=${out.clusterSize}`)) out.clusterSize = 65536;
   if (out.compat === '0.10' && declined.has('compat=0.10')) out.compat = '1.1';
-  if (out.compat === '0.10') out = { ...out, refcountBits: 16, lazyRefcounts: false, extendedL2: false, compressionType: 'zlib' };
+  if (out.compat === '0.10') {
+    const { dirty: _d, ...rest } = out;
+    out = { ...rest, refcountBits: 16, lazyRefcounts: false, extendedL2: false, compressionType: 'zlib' };
+  }
   if (out.extendedL2 && out.clusterSize < 16384) out.extendedL2 = false;
+  // QEMU refuses preallocation over a backing file without extended L2.
+  if (out.preallocation && out.backing && !out.extendedL2) {
+    const { preallocation: _p, ...rest } = out;
+    out = rest;
+  }
+  if (out.preallocation && declined.has(`preallocation=${out.preallocation}`)) {
+    const { preallocation: _p, ...rest } = out;
+    out = rest;
+  }
+  if (out.backing?.backing && declined.has('backing-chain')) out = { ...out, backing: { ...out.backing, backing: undefined } };
   if (out.backing && declined.has(`backing=${out.backing.format}`)) {
     const { backing: _drop, ...rest } = out;
     out = rest;

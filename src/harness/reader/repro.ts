@@ -8,7 +8,7 @@
  * is gone.
  */
 import type { TraceConfig } from '../config.js';
-import { backingFileName } from '../config.js';
+import { backingChain } from '../config.js';
 import type { OracleName } from '../oracles.js';
 import { formatOp, type Op } from '../ops.js';
 
@@ -55,7 +55,7 @@ export function readerReproScript(r: ReaderReproInput): string {
   L.push('#!/bin/sh');
   L.push(`# Reader finding: ${r.target}${r.implementation ? ` (${r.implementation})` : ''} reading an image written by ${r.producer}.`);
   L.push(`# ${r.oracle}: ${r.message.replace(/\n/g, ' ')}`);
-  L.push('# The image is saved next to this script (image.qcow2, with its backing file if any).');
+  L.push('# The image is saved next to this script (image.qcow2, with its backing chain if any).');
   L.push(`# Ops that made it (${r.producer}), for the record:`);
   r.ops.forEach((op, i) => L.push(`#   ${i + 1}: ${formatOp(op)}`));
   L.push('# Exits 1 while the misread is present, 0 once it is gone.');
@@ -64,7 +64,7 @@ export function readerReproScript(r: ReaderReproInput): string {
   L.push('w=$(mktemp -d); trap \'rm -rf "$w"\' EXIT; cd "$w"');
   L.push('bug() { echo "BUG: $*"; exit 1; }');
   L.push('cp "$here/image.qcow2" image.qcow2');
-  if (r.config.backing) L.push(`cp "$here/${backingFileName(r.config.backing)}" .`);
+  for (const l of backingChain(r.config)) L.push(`cp "$here/${l.file}" .`);
   L.push('# The image is valid: QEMU checks it clean and its reading is the reference.');
   L.push('qemu-img check -q -f qcow2 image.qcow2 || echo "note: qemu-img check is not clean (rc $?)"');
   L.push('qemu-img convert -U -f qcow2 -O raw image.qcow2 expected.raw || { echo "qemu-img convert failed"; exit 2; }');

@@ -19,11 +19,19 @@ export interface Reader {
    * Opens `image` read-only (closing whatever was open). Throws RefusalError
    * when the implementation declines the image, any other error when it fails.
    */
-  open(image: string, chain: BackingLink[]): Promise<void>;
+  open(image: string, chain: BackingLink[]): Promise<OpenInfo | void>;
+  /** The media size, when the reader learns it later than at open (qemu-img convert's output). */
+  mediaSize?(): Promise<number | undefined>;
   read(off: number, len: number): Promise<Uint8Array>;
   /** A snapshot's first `length` bytes (or fewer), or undefined when the reader cannot read snapshots. */
   readSnapshot(id: string, length: number): Promise<Uint8Array | undefined>;
   close(): Promise<void>;
+}
+
+/** What a reader says at open about the image it opened. */
+export interface OpenInfo {
+  /** The virtual disk size in bytes as the reader sees it (protocol 2 `size`, optional). */
+  size?: number;
 }
 
 /**

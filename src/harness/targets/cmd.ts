@@ -13,7 +13,7 @@ import type { CheckResult } from '../../qcow2/types.js';
 import { creationOptions, type TraceConfig } from '../config.js';
 import { createBacking } from '../fixture.js';
 import { ALL_OP_KINDS, formatOp, type Op, type OpKind } from '../ops.js';
-import { RefusalError, type BackingLink, type Reader } from '../reader/types.js';
+import { RefusalError, type BackingLink, type OpenInfo, type Reader } from '../reader/types.js';
 import { CmdSession, ProtocolError, responseFeatures, type Response } from './cmd-session.js';
 import { ReaderTarget } from './reader.js';
 import type { KnownBug, OpOutcome, StampedOp, Target } from './types.js';
@@ -61,6 +61,10 @@ export class CmdTarget implements Target {
 
   get knownBugs(): ReadonlySet<KnownBug> | undefined {
     return this.asReader?.knownBugs;
+  }
+
+  async mediaSize(): Promise<number | undefined> {
+    return this.asReader?.mediaSize();
   }
 
   get producer(): Target | undefined {
@@ -184,13 +188,18 @@ class CmdReader implements Reader {
     this.name = s.name;
   }
 
-  async open(image: string, chain: BackingLink[]): Promise<void> {
+  async open(image: string, chain: BackingLink[]): Promise<OpenInfo> {
     const r = await this.s.call('open', {
       path: image,
       backing: chain.map((l) => ({ file: l.file, path: l.path, format: l.format })),
       readOnly: true,
     });
-    if (r.ok) return;
+    if (r.ok) {
+      const size = r.result?.size;
+      if (size === undefined || size === null) return {};
+      if (typeof size !== 'number' || !Number.isSafeInteger(size) || size < 0) throw this.s.fail(`open returned size ${JSON.stringify(size)}, not a byte count`);
+      return { size };
+    }
     if (r.code === 'unsupported') throw new RefusalError(responseFeatures(r), `${this.name}: open declined: ${r.error ?? ''}`);
     throw this.s.fail(`open of a valid image failed: ${r.error ?? 'no error text'}`);
   }

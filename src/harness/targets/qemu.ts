@@ -26,6 +26,8 @@ export class QemuTarget implements Target {
   private dir = '';
   private image = '';
   private dumpValid = false;
+  /** config.dirty: every qemu-io process is killed after its flush instead of closing the image. */
+  private dirty = false;
 
   constructor(
     private readonly timeoutMs?: number,
@@ -48,6 +50,7 @@ export class QemuTarget implements Target {
       this.timeoutMs,
     );
     this.dumpValid = false;
+    this.dirty = config.dirty === true;
   }
 
   imagePath(): string {
@@ -73,9 +76,15 @@ export class QemuTarget implements Target {
       }
       return specOf(op).qemuIo!(op, file);
     });
+    // abort() leaves what the flush wrote and nothing of a clean close: the dirty bit stays set.
+    if (this.dirty) commands.push('flush', 'abort');
     try {
-      const r = await qemuIoBatch(this.image, commands, { timeoutMs: this.timeoutMs });
-      return r.results.map((x) => (x.ok ? { ok: true } : { ok: false, error: x.error ?? 'failed' }));
+      const r = await qemuIoBatch(this.image, commands, { timeoutMs: this.timeoutMs, lineBuffered: this.dirty });
+      const results = this.dirty ? r.results.slice(0, ops.length) : r.results;
+      const flushed: { ok: boolean; error?: string } = this.dirty ? r.results[ops.length]! : { ok: true };
+      const out: OpOutcome[] = results.map((x) => (x.ok ? { ok: true } : { ok: false, error: x.error ?? 'failed' }));
+      if (!flushed.ok && out[out.length - 1]!.ok) out[out.length - 1] = { ok: false, error: `the flush before abort failed: ${flushed.error}` };
+      return out;
     } finally {
       for (const f of files) fs.rmSync(f, { force: true });
     }

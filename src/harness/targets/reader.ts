@@ -8,7 +8,7 @@
  */
 import * as path from 'node:path';
 import type { TraceConfig } from '../config.js';
-import { backingFileName } from '../config.js';
+import { backingChain } from '../config.js';
 import type { Op, OpKind } from '../ops.js';
 import type { BackingLink, Reader } from '../reader/types.js';
 import type { KnownBug, OpOutcome, StampedOp, Target } from './types.js';
@@ -20,6 +20,8 @@ export class ReaderTarget implements Target {
   readonly verifyAfter: 'op' | 'batch';
   private dir = '';
   private chain: BackingLink[] = [];
+  /** The size the reader reported at its last open. */
+  private openedSize: number | undefined;
   /** The image changed since the reader last opened it. */
   private stale = true;
 
@@ -41,8 +43,8 @@ export class ReaderTarget implements Target {
   async setup(config: TraceConfig, dir: string): Promise<void> {
     this.dir = dir;
     await this.producer.setup(config, dir);
-    const b = config.backing;
-    this.chain = b ? [{ file: backingFileName(b), path: path.join(dir, backingFileName(b)), format: b.format }] : [];
+    // Top to bottom, each file named as the one above it names it (all in the run directory).
+    this.chain = backingChain(config).map((l) => ({ file: l.file, path: path.join(dir, l.file), format: l.config.format }));
     // The empty image is the first point: a reader that declines the configuration says so before any op runs.
     await this.ensureOpen();
   }
@@ -60,7 +62,9 @@ export class ReaderTarget implements Target {
     this.stale = false;
     this.opening = (async () => {
       await this.producer.writeImageFile?.();
-      await this.reader.open(this.producer.imagePath(), this.chain);
+      this.openedSize = undefined;
+      const info = await this.reader.open(this.producer.imagePath(), this.chain);
+      if (info && typeof info.size === 'number') this.openedSize = info.size;
     })();
     return this.opening;
   }
@@ -68,6 +72,11 @@ export class ReaderTarget implements Target {
   async read(off: number, len: number): Promise<Uint8Array> {
     await this.ensureOpen();
     return this.reader.read(off, len);
+  }
+
+  async mediaSize(): Promise<number | undefined> {
+    await this.ensureOpen();
+    return this.openedSize ?? (await this.reader.mediaSize?.());
   }
 
   async readSnapshot(id: string, snapshotSize: number): Promise<Uint8Array> {

@@ -7,7 +7,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Qcow2Error, UnsupportedFeatureError } from '../../qcow2/errors.js';
-import { Qcow2Image } from '../../qcow2/image.js';
+import { type BitmapView, Qcow2Image } from '../../qcow2/image.js';
 import { openImageFile } from '../../qcow2/open-file.js';
 import { FaultyStorage } from '../../qcow2/storage/faulty.js';
 import { MemoryStorage } from '../../qcow2/storage/memory.js';
@@ -34,6 +34,8 @@ export class TsTarget implements Target {
   /** The external data file of a data_file config (the engine closes its view of it, not the bytes). */
   private dataStorage: MemoryStorage | undefined;
   private openOpts: OpenOptions = {};
+  /** config.dirty: the image is flushed and dropped, never closed (a lazy-refcounts image stays dirty). */
+  private dirty = false;
 
   constructor(capabilities: ReadonlySet<OpKind> = tsCapabilities()) {
     this.capabilities = capabilities;
@@ -45,6 +47,7 @@ export class TsTarget implements Target {
 
   async setup(config: TraceConfig, dir: string): Promise<void> {
     this.dir = dir;
+    this.dirty = config.dirty === true;
     const backingFile = config.backing ? await createBacking(dir, config.backing) : undefined;
     // An external data file lives in memory beside the image and is written out with it (sync).
     this.dataStorage = config.dataFile ? new MemoryStorage() : undefined;
@@ -99,7 +102,7 @@ export class TsTarget implements Target {
       return t.faulty;
     },
     reopen(): void {
-      t.image.close();
+      t.end();
       t.img = undefined;
       t.img = Qcow2Image.open(t.faulty!, t.openOpts);
     },
@@ -125,9 +128,15 @@ export class TsTarget implements Target {
     fs.writeFileSync(this.imagePath(), this.storage!.bytes());
   }
 
-  /** Closes the image cleanly (as QEMU's tools do) and reopens it read-only for the end reads. */
+  /** Ends the session on the image: a clean close, or with config.dirty a flush and nothing more. */
+  private end(): void {
+    if (this.dirty) this.image.flush();
+    else this.image.close();
+  }
+
+  /** Closes the image (as QEMU's tools do; see end()) and reopens it read-only for the end reads. */
   async sync(): Promise<void> {
-    this.image.close();
+    this.end();
     this.img = undefined;
     fs.writeFileSync(this.imagePath(), this.storage!.bytes());
     if (this.dataStorage) fs.writeFileSync(path.join(this.dir, DATA_FILE_NAME), this.dataStorage.read(0, this.dataStorage.size()));
@@ -142,6 +151,10 @@ export class TsTarget implements Target {
     const opts: OpenOptions = data ? { ...this.openOpts, openDataFile: () => new MemoryStorage(data.read(0, data.size())) } : this.openOpts;
     const open = (s: BlockStorage) => Qcow2Image.open(s, opts);
     return visitCrashStates(this.storage!, { budget, seed, dir: this.dir, open }, visit);
+  }
+
+  async bitmaps(): Promise<BitmapView[]> {
+    return this.image.bitmaps();
   }
 
   async ownCheck(): Promise<CheckResult> {

@@ -3,6 +3,7 @@
  * it op by op, or batch by batch for targets that can run several ops in one
  * process (qemu-io), and reads the guest view back for the oracles.
  */
+import type { BitmapView } from '../../qcow2/image.js';
 import type { CrashMode } from '../../qcow2/storage/recording.js';
 import type { CheckResult } from '../../qcow2/types.js';
 import type { TraceConfig } from '../config.js';
@@ -106,9 +107,17 @@ export interface Target {
    * checked against what was read.
    */
   readonly producer?: Target;
+  /**
+   * The virtual disk size the implementation reports for the image as it
+   * stands (a reader's `size` at open, docs/cmd-protocol.md), or undefined
+   * when it does not say. The executor holds it to the model's size.
+   */
+  mediaSize?(): Promise<number | undefined>;
   /** What the implementation says it is (e.g. "libqcow 20201213"), when it says. */
   readonly implementation?: string;
   imagePath(): string;
+  /** The persistent bitmaps as the target reads them itself, after sync (ts only; QEMU's reading is the oracle's). */
+  bitmaps?(): Promise<BitmapView[]>;
   /** Our engine's own check of the image, for the "our check agrees" oracle (ts only). */
   ownCheck?(): Promise<CheckResult>;
   /**

@@ -34,6 +34,8 @@ export interface FuzzOptions {
   producer?: ProducerSpec;
   seed: number;
   timeSec?: number;
+  /** Seconds each failure may spend shrinking (runner's default when absent). */
+  shrinkTimeSec?: number;
   runs?: number;
   jobs: number;
   shard: { index: number; count: number };
@@ -95,6 +97,7 @@ export async function runFuzz(o: FuzzOptions, out: Output, sink?: ProgressSink):
       seed: o.seed,
       runs: o.runs,
       timeSec: o.timeSec,
+      shrinkTimeSec: o.shrinkTimeSec,
       shard,
       // Two traces in flight per process: one runs engine ops while the other waits on qemu-img.
       concurrency: Math.max(2, o.jobs),

@@ -72,8 +72,8 @@ export class CrashTracker {
     if (op.kind === 'fault') return this.afterOp(op.op, accepted);
     if (op.kind === 'crash') return;
     this.allowedCache = undefined;
-    if (op.kind === 'flush' || op.kind === 'reopen') {
-      // reopen closes the image, which flushes.
+    if (op.kind === 'flush' || op.kind === 'reopen' || op.kind === 'aio') {
+      // reopen closes the image, which flushes; an aio group ends with a flush.
       if (accepted) this.reset();
       return;
     }

@@ -14,8 +14,26 @@ const HEADER = 16;
 
 /** Stamps for backing-file content start here, far above any op number. */
 export const BACKING_STAMP_BASE = 1_000_000;
+/**
+ * Stamps PATTERN_STAMP_BASE + b (b = 1..255) stand for a sector filled with
+ * byte b: the data of aio group writes, which qemu-io can only fill with a
+ * pattern (aio_write has -P but no -s source file).
+ */
+export const PATTERN_STAMP_BASE = 2_000_000;
+
+export function patternStamp(byte: number): number {
+  return PATTERN_STAMP_BASE + (byte & 0xff);
+}
+
+const patternOfStamp = (stamp: number): number | undefined =>
+  stamp > PATTERN_STAMP_BASE && stamp < PATTERN_STAMP_BASE + 256 ? stamp - PATTERN_STAMP_BASE : undefined;
 
 export function fillSector(dst: Uint8Array, at: number, stamp: number, sector: number): void {
+  const pattern = patternOfStamp(stamp);
+  if (pattern !== undefined) {
+    dst.fill(pattern, at, at + SECTOR);
+    return;
+  }
   dst[at] = MAGIC[0]!;
   dst[at + 1] = MAGIC[1]!;
   dst[at + 2] = MAGIC[2]!;
@@ -67,6 +85,8 @@ export function describeSector(buf: Uint8Array, at: number): string {
 export function describeStamp(stamp: number): string {
   if (stamp === 0) return 'zeros';
   if (stamp < 0) return 'anything';
+  const pattern = patternOfStamp(stamp);
+  if (pattern !== undefined) return `pattern 0x${pattern.toString(16).padStart(2, '0')}`;
   if (stamp >= BACKING_STAMP_BASE) return `backing write #${stamp - BACKING_STAMP_BASE}`;
   return `op #${stamp}`;
 }

@@ -130,7 +130,12 @@ async function execute(
         return { oracle: 'op', opIndex: index, message: `op #${index} '${text}' succeeded but must be refused (${exp.reason})` };
       }
       if (outcome.ok) {
-        applyOp(model, op, index);
+        const settle = specOf(op).settle;
+        if (settle) {
+          // An aio group: the model follows the serial order the target's outcome shows.
+          const bad = await settle(model, op, index, (off, len) => target.read(off, len));
+          if (bad) return { oracle: 'read', opIndex: index, message: `op #${index}: ${bad}` };
+        } else applyOp(model, op, index);
       } else {
         out.refused.add(index);
         refusedOp(model, op);

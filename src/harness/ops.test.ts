@@ -30,6 +30,14 @@ const samples: Op[] = [
   { kind: 'fault', where: 'write@2', errno: 'eio', op: { kind: 'write', off: 0, len: 4096 } },
   { kind: 'fault', where: 'l2_update', errno: 'enospc', op: { kind: 'write-zeroes', off: 512, len: 512, unmap: true } },
   { kind: 'fault', where: 'flush@1', errno: 'eio', op: { kind: 'flush' } },
+  {
+    kind: 'aio',
+    reqs: [
+      { kind: 'write', pattern: 0x41, off: 0, len: 4096 },
+      { kind: 'write-zeroes', unmap: true, off: 512, len: 512 },
+      { kind: 'write-zeroes', unmap: false, off: 65536, len: 512 },
+    ],
+  },
 ];
 
 describe('op text form', () => {
@@ -58,6 +66,7 @@ describe('op text form', () => {
       'fault write@2 eio write 0 4096',
       'fault l2_update enospc write -z -u 512 512',
       'fault flush@1 eio flush',
+      'aio write -P 0x41 0 4096 ; write -z -u 512 512 ; write -z 65536 512',
     ]);
   });
 
@@ -78,6 +87,7 @@ describe('op text form', () => {
       resize: true,
       bitmap: true,
       fault: true,
+      aio: true,
     };
     expect(new Set(samples.map((o) => o.kind))).toEqual(new Set(Object.keys(everyKind)));
     expect(new Set(ALL_OP_KINDS)).toEqual(new Set(Object.keys(everyKind)));

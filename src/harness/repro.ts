@@ -9,12 +9,14 @@ import type { DiskModel } from '../model/disk.js';
 import { ANY, SECTOR, type Layer } from '../model/layer.js';
 import { createOptionString } from '../qemu/img.js';
 import { backingChain, backingFileName, backingStamp, DATA_FILE_NAME, type TraceConfig } from './config.js';
-import { BACKING_STAMP_BASE } from './data.js';
+import { BACKING_STAMP_BASE, PATTERN_STAMP_BASE } from './data.js';
 import type { OracleName } from './oracles.js';
 import { specOf, type Op } from './ops.js';
 
 /** qemu-io pattern byte standing in for a stamp (never 0, so data never reads as zeros). */
 export function patternOf(stamp: number): number {
+  // aio group writes carry their pattern byte in the op itself.
+  if (stamp > PATTERN_STAMP_BASE && stamp < PATTERN_STAMP_BASE + 256) return stamp - PATTERN_STAMP_BASE;
   const k = stamp >= BACKING_STAMP_BASE ? 200 + ((stamp - BACKING_STAMP_BASE) % 55) : stamp % 199;
   return k === 0 ? 199 : k;
 }

@@ -3,6 +3,12 @@
  * target, shrinks a failure to a minimal one, and the minimal trace is run
  * once more to leave its image behind for the corpus.
  *
+ * Each chunk generates until its first failure (or the deadline), then that
+ * failure is shrunk by a second fast-check run replaying its path with a
+ * budget of its own (`shrinkTimeSec`): the campaign deadline bounds
+ * generation only, so a failure found in the last second shrinks as far as
+ * one found in the first.
+ *
  * A campaign is a sequence of chunks; chunk k has its own seed derived from
  * the campaign seed, so the same seed gives the same runs, and `--shard i/n`
  * takes the chunks k with k % n == i (a deterministic split).
@@ -22,6 +28,7 @@ import { reproScript } from './repro.js';
 import { steer } from './reader/features.js';
 import { readerReproScript } from './reader/repro.js';
 import { makeTarget, type ProducerSpec } from './targets/index.js';
+import type { Target } from './targets/types.js';
 
 export interface CampaignOptions {
   target: string;
@@ -40,6 +47,12 @@ export interface CampaignOptions {
   /** Reader mode: the engine that writes the images the target reads (docs/cmd-protocol.md, protocol 2). */
   producer?: ProducerSpec;
   onProgress?: (s: CampaignStats) => void;
+  /** Seconds each failure may spend shrinking, apart from timeSec (default DEFAULT_SHRINK_TIME_SEC). */
+  shrinkTimeSec?: number;
+  /** The campaign's clock in ms (default Date.now): tests move it to make a deadline pass at a chosen moment. */
+  clock?: () => number;
+  /** Builds the implementation instead of makeTarget(target): tests plant a bug in a wrapper of our engine. */
+  targetFactory?: () => Target;
 }
 
 export interface FailureReport {
@@ -55,6 +68,10 @@ export interface FailureReport {
   duplicate?: boolean;
   /** Seconds into the campaign when the failure was found (before shrinking). */
   foundAfterSeconds?: number;
+  /** Seconds spent shrinking it, the runs that took, and whether shrinking ran to the end (false: its budget ran out). */
+  shrinkSeconds?: number;
+  shrinkRuns?: number;
+  shrinkComplete?: boolean;
 }
 
 export interface CampaignStats {
@@ -76,6 +93,12 @@ export interface CampaignStats {
 }
 
 const DEFAULT_RUNS_PER_CHUNK = 25;
+/**
+ * Each failure's shrink budget: generous, because a barely shrunk trace costs
+ * whoever reads it far more (a qemu run takes ~1 s, and shrinking a 12-op
+ * trace takes some tens to hundreds of runs).
+ */
+export const DEFAULT_SHRINK_TIME_SEC = 300;
 
 /** Chunk k's fast-check seed: a fixed mix of the campaign seed and k. */
 export function chunkSeed(seed: number, k: number): number {
@@ -91,11 +114,20 @@ export function traceProperty(
   maxOps: number,
   onRun: (r: RunOutcome) => void,
   tmpRoot?: string,
-  o: { crashBias?: boolean; producer?: ProducerSpec; declined?: Set<string> } = {},
+  o: {
+    crashBias?: boolean;
+    producer?: ProducerSpec;
+    declined?: Set<string>;
+    /** Checked before each run: true interrupts the fast-check run (as its own time limit would). */
+    stop?: () => boolean;
+    targetFactory?: () => Target;
+  } = {},
 ): fc.IAsyncProperty<[TraceConfig, OpSeed[]]> {
   return fc.asyncProperty(configArb, opSeedsArb(maxOps, o), async (config0, seeds) => {
+    if (o.stop?.()) throw new fc.PreconditionFailure(true);
     const config = o.declined ? steer(config0, o.declined) : config0;
-    const r = await runTrace(makeTarget(target, { producer: o.producer }), config, { seeds }, { tmpRoot });
+    const t = o.targetFactory ? o.targetFactory() : makeTarget(target, { producer: o.producer });
+    const r = await runTrace(t, config, { seeds }, { tmpRoot });
     onRun(r);
     return r.failure === undefined;
   });
@@ -113,7 +145,8 @@ function countRefusal(stats: CampaignStats, declined: Set<string>, r: RunOutcome
 }
 
 export async function runCampaign(o: CampaignOptions): Promise<CampaignStats> {
-  const t0 = Date.now();
+  const clock = o.clock ?? Date.now;
+  const t0 = clock();
   const stats: CampaignStats = {
     runs: 0,
     shrinkRuns: 0,
@@ -128,17 +161,17 @@ export async function runCampaign(o: CampaignOptions): Promise<CampaignStats> {
   };
   const declined = new Set<string>();
   // Reader programs are known to be readers only once they answer; a reader's refusal never steers.
-  let readerMode = o.producer !== undefined;
+  const c: ChunkContext = { o, clock, t0, stats, declined, readerMode: o.producer !== undefined, tmpRoot: '', deadline: 0, known: new Map() };
   // Small run budgets get small chunks so shards and workers all get some; the
   // chunk size depends only on the budget, so a seed names the same runs however split.
   const perChunk =
     o.runsPerChunk ?? (o.runs !== undefined ? Math.max(1, Math.min(DEFAULT_RUNS_PER_CHUNK, Math.ceil(o.runs / 8))) : DEFAULT_RUNS_PER_CHUNK);
   const shard = o.shard ?? { index: 0, count: 1 };
-  const tmpRoot = o.tmpRoot ?? path.join(os.tmpdir(), `qcow2-harness-${process.pid}`);
-  const deadline = o.timeSec !== undefined ? t0 + o.timeSec * 1000 : Number.POSITIVE_INFINITY;
+  c.tmpRoot = o.tmpRoot ?? path.join(os.tmpdir(), `qcow2-harness-${process.pid}`);
+  c.deadline = o.timeSec !== undefined ? t0 + o.timeSec * 1000 : Number.POSITIVE_INFINITY;
   const maxRuns = o.runs ?? (o.timeSec !== undefined ? Number.POSITIVE_INFINITY : 100);
-  if (o.runs === undefined && o.timeSec === undefined) o = { ...o, runs: maxRuns };
-  const known = o.corpusDir ? corpusSignatures(o.corpusDir) : new Map<string, string>();
+  if (o.runs === undefined && o.timeSec === undefined) c.o = o = { ...o, runs: maxRuns };
+  c.known = o.corpusDir ? corpusSignatures(o.corpusDir) : new Map<string, string>();
   let nextChunk = shard.index;
   let planned = 0;
 
@@ -147,64 +180,105 @@ export async function runCampaign(o: CampaignOptions): Promise<CampaignStats> {
   const totalChunks = o.runs !== undefined ? Math.ceil(o.runs / perChunk) : Number.POSITIVE_INFINITY;
 
   const worker = async () => {
-    while (Date.now() < deadline && planned < maxRuns && nextChunk < totalChunks) {
+    while (clock() < c.deadline && planned < maxRuns && nextChunk < totalChunks) {
       const k = nextChunk;
       nextChunk += shard.count;
       const numRuns = o.runs !== undefined ? Math.min(perChunk, o.runs - k * perChunk) : perChunk;
       planned += numRuns;
-      const seed = chunkSeed(o.seed, k);
-      let shrinking = false;
-      let foundAt = 0;
-      let last: RunOutcome | undefined;
-      let generated = 0;
-      const prop = traceProperty(
-        o.target,
-        o.maxOps,
-        (r) => {
-          if (shrinking) stats.shrinkRuns++;
-          else {
-            stats.runs++;
-            generated++;
-            readerMode ||= r.readerMode === true;
-            stats.readerMode = readerMode;
-            countRefusal(stats, declined, r, readerMode);
-          }
-          stats.ops += r.ops.length;
-          stats.qemuImgChecks += r.qemuImgChecks;
-          if (r.failure && !shrinking) foundAt = (Date.now() - t0) / 1000;
-          if (r.failure) {
-            shrinking = true;
-            last = r;
-          }
-          stats.elapsedSeconds = (Date.now() - t0) / 1000;
-          o.onProgress?.(stats);
-        },
-        tmpRoot,
-        { producer: o.producer, declined },
-      );
-      // A chunk stops generating at the deadline; shrinking a found failure always completes.
-      const details = await fc.check(prop, {
-        seed,
-        numRuns,
-        interruptAfterTimeLimit: Number.isFinite(deadline) ? Math.max(1, deadline - Date.now()) : undefined,
-        markInterruptAsFailure: false,
-      });
+      const generated = await runChunk(c, chunkSeed(o.seed, k), numRuns);
       planned -= numRuns - generated;
-      if (details.failed && details.counterexample && last) {
-        const [config0, seeds] = details.counterexample;
-        // The config the shrunk run really used (steered away from declined features).
-        const config = last.config ?? config0;
-        const report = await saveFailure(o, config, seeds, seed, details.counterexamplePath ?? '', tmpRoot, stats, known, last);
-        report.foundAfterSeconds = Math.round(foundAt * 10) / 10;
-        stats.failures.push(report);
-      }
     }
   };
   await Promise.all(Array.from({ length: Math.max(1, o.concurrency ?? 1) }, worker));
   // Retries: a killed program's children may still be leaving files as the campaign ends.
-  fs.rmSync(tmpRoot, { recursive: true, force: true, maxRetries: 5, retryDelay: 200 });
-  stats.elapsedSeconds = (Date.now() - t0) / 1000;
+  fs.rmSync(c.tmpRoot, { recursive: true, force: true, maxRetries: 5, retryDelay: 200 });
+  stats.elapsedSeconds = (clock() - t0) / 1000;
   return stats;
+}
+
+interface ChunkContext {
+  o: CampaignOptions;
+  clock: () => number;
+  t0: number;
+  stats: CampaignStats;
+  declined: Set<string>;
+  readerMode: boolean;
+  tmpRoot: string;
+  deadline: number;
+  known: Map<string, string>;
+}
+
+/**
+ * One chunk: generation until its first failure or the deadline, then a
+ * shrink of that failure under its own budget. Returns the runs generated.
+ */
+async function runChunk(c: ChunkContext, seed: number, numRuns: number): Promise<number> {
+  const { o, clock, stats } = c;
+  let shrinking = false;
+  let last: RunOutcome | undefined;
+  let generated = 0;
+  let stop = () => clock() >= c.deadline;
+  const prop = traceProperty(
+    o.target,
+    o.maxOps,
+    (r) => {
+      if (shrinking) stats.shrinkRuns++;
+      else {
+        stats.runs++;
+        generated++;
+        c.readerMode ||= r.readerMode === true;
+        stats.readerMode = c.readerMode;
+        countRefusal(stats, c.declined, r, c.readerMode);
+      }
+      stats.ops += r.ops.length;
+      stats.qemuImgChecks += r.qemuImgChecks;
+      if (r.failure) last = r;
+      stats.elapsedSeconds = (clock() - c.t0) / 1000;
+      o.onProgress?.(stats);
+    },
+    c.tmpRoot,
+    { producer: o.producer, declined: c.declined, stop: () => stop(), targetFactory: o.targetFactory },
+  );
+  // Generation ends at the first failure (endOnFailure: no shrinking here) or at the deadline.
+  const gen = await fc.check(prop, {
+    seed,
+    numRuns,
+    endOnFailure: true,
+    interruptAfterTimeLimit: Number.isFinite(c.deadline) ? Math.max(1, c.deadline - clock()) : undefined,
+    markInterruptAsFailure: false,
+  });
+  if (!gen.failed || !gen.counterexample || !last) return generated;
+  const found = last;
+  const foundAt = (clock() - c.t0) / 1000;
+  const fcPath = gen.counterexamplePath ?? '';
+
+  // The shrink: fast-check replays the failing run from its path and shrinks
+  // it, under the shrink budget and not the campaign's deadline.
+  shrinking = true;
+  const shrinkStart = clock();
+  const shrinkRuns0 = stats.shrinkRuns;
+  const budgetMs = (o.shrinkTimeSec ?? DEFAULT_SHRINK_TIME_SEC) * 1000;
+  stop = () => clock() >= shrinkStart + budgetMs;
+  const sh = await fc.check(prop, {
+    seed,
+    path: fcPath,
+    numRuns: 1,
+    interruptAfterTimeLimit: Number.isFinite(budgetMs) ? Math.max(1, budgetMs) : undefined,
+    markInterruptAsFailure: false,
+  });
+  // A replay that no longer fails (a flaky failure) leaves the failure as generation found it.
+  const replayed = sh.failed && sh.counterexample !== null;
+  const [config0, seeds] = replayed ? sh.counterexample! : gen.counterexample;
+  const shrunk = replayed ? last : found;
+  // The config the shrunk run really used (steered away from declined features).
+  const config = shrunk.config ?? config0;
+  const report = await saveFailure(o, config, seeds, seed, replayed ? (sh.counterexamplePath ?? fcPath) : fcPath, c.tmpRoot, stats, c.known, shrunk);
+  report.foundAfterSeconds = Math.round(foundAt * 10) / 10;
+  report.shrinkSeconds = Math.round((clock() - shrinkStart) / 100) / 10;
+  report.shrinkRuns = stats.shrinkRuns - shrinkRuns0;
+  report.shrinkComplete = replayed && !sh.interrupted;
+  stats.failures.push(report);
+  return generated;
 }
 
 /** Re-runs the minimal counterexample, keeping its directory, and saves it to the corpus. */
@@ -219,7 +293,8 @@ async function saveFailure(
   known: Map<string, string>,
   shrunk: RunOutcome,
 ): Promise<FailureReport> {
-  const r = await runTrace(makeTarget(o.target, { producer: o.producer }), config, { seeds }, { keepDir: true, tmpRoot });
+  const t = o.targetFactory ? o.targetFactory() : makeTarget(o.target, { producer: o.producer });
+  const r = await runTrace(t, config, { seeds }, { keepDir: true, tmpRoot });
   // A reader program paired with the default producer is recorded with it, so replay rebuilds the same image.
   const producer = r.readerMode || shrunk.readerMode ? (o.producer ?? 'qemu') : undefined;
   try {
@@ -283,6 +358,12 @@ export function formatFailure(f: FailureReport): string {
     `${f.oracle}: ${f.message}`,
     `  target ${f.target}${f.producer ? ` (images by ${f.producer})` : ''}, seed ${f.seed}, path "${f.path}"${f.corpusId ? `, corpus ${f.corpusId}${f.duplicate ? ' (already known)' : ''}` : ''}`,
     `  config ${JSON.stringify(f.config)}`,
+    ...(f.shrinkSeconds !== undefined
+      ? [
+          `  found after ${f.foundAfterSeconds} s; shrunk in ${f.shrinkSeconds} s (${f.shrinkRuns} runs)` +
+            (f.shrinkComplete ? '' : ': shrinking did not run to the end (its budget, --shrink-time, ran out, or the failure did not replay), the trace may not be minimal'),
+        ]
+      : []),
     ...f.ops.map((x, i) => `  ${String(i + 1).padStart(3)}: ${x}`),
   ].join('\n');
 }

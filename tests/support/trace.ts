@@ -54,7 +54,9 @@ export class TraceStats {
     let size: number | undefined = r.config.size;
     r.ops.forEach((op, i) => {
       if (op.kind === 'resize') size = undefined;
-      if ('off' in op && op.off === 0 && op.len === size) this.wholeDisk++;
+      // An aio group covers the whole disk when one of its requests does.
+      const ranges: { off: number; len: number }[] = op.kind === 'aio' ? op.reqs : 'off' in op ? [op] : [];
+      if (ranges.some((x) => x.off === 0 && x.len === size)) this.wholeDisk++;
       const l = opLabel(op);
       this.drawn.set(l, (this.drawn.get(l) ?? 0) + 1);
       if (!r.refused.has(i + 1)) this.done.set(l, (this.done.get(l) ?? 0) + 1);

@@ -14,7 +14,8 @@ import { requireQemuTools } from '../tools.js';
 const OPTIONS: [name: string, value: string | false, help: string | null][] = [
   ['target', 'T', 'ts (default: our engine), qemu (qemu-io/qemu-img), libqcow (python3-libqcow, a reader),\ncmd:PROGRAM (docs/cmd-protocol.md; a program may be a writer or a reader)'],
   ['producer', 'P', 'reader mode: qemu (default for readers) or ts writes every image, the target reads it;\nwith --target ts or qemu this makes that engine the reader'],
-  ['time', 'S', 'run for S seconds'],
+  ['time', 'S', 'run for S seconds (generation; shrinking a failure has its own budget)'],
+  ['shrink-time', 'S', 'seconds each failure may spend shrinking (default 300), whenever it was found'],
   ['runs', 'N', 'run N generated cases (default 100 when --time is not given)'],
   ['seed', 'N', 'campaign seed (default: random, printed); same seed, same runs'],
   ['jobs', 'N', 'parallel workers (processes for ts, concurrent runs for qemu/cmd)'],
@@ -87,6 +88,7 @@ export async function fuzzCommand(argv: string[], ctx: CliContext): Promise<numb
     target,
     producer: producer as ProducerSpec | undefined,
     timeSec,
+    shrinkTimeSec: int('shrink-time', 1),
     runs,
     seed: int('seed', -(2 ** 31)) ?? Math.floor(Math.random() * 2 ** 31),
     jobs: int('jobs', 1) ?? 1,

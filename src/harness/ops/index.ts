@@ -7,6 +7,7 @@
  */
 import type { DiskModel } from '../../model/disk.js';
 import type { Expectation } from '../../model/types.js';
+import { aio } from './aio.js';
 import { amend } from './amend.js';
 import { bitmap, bitmapEffects, bitmapEffectsOfRefusal, bitmapRefusal } from './bitmap.js';
 import { makeFault } from './fault.js';
@@ -17,6 +18,7 @@ import { snapshot } from './snapshot.js';
 import { OpParseError, type Op, type OpKind, type OpSeed, type OpSpec, type RangeOp, type ResolveContext } from './types.js';
 
 export * from './types.js';
+export { aioPick, engineOrder } from './aio.js';
 export { BLKDEBUG_EVENTS, blkdebugOptions, FaultContainmentError, faultPick, STORAGE_FAULT_KINDS, storagePoint } from './fault.js';
 
 const fault = makeFault({ specOf, formatOp, parseOp });
@@ -24,9 +26,9 @@ const fault = makeFault({ specOf, formatOp, parseOp });
 /**
  * In generation order: a seed's `kind` picks a variant by these weights, so
  * reordering or reweighting changes every fixed-seed trace. Kinds without
- * variants (fault) go at the end.
+ * variants (fault, aio) go at the end.
  */
-const SPECS: readonly OpSpec<any>[] = [write, writeCompressed, writeZeroes, discard, flush, reopen, snapshot, amend, resize, crash, bitmap, fault];
+const SPECS: readonly OpSpec<any>[] = [write, writeCompressed, writeZeroes, discard, flush, reopen, snapshot, amend, resize, crash, bitmap, fault, aio];
 
 const BY_KIND = new Map<OpKind, OpSpec<any>>(SPECS.map((s) => [s.kind, s]));
 

@@ -34,6 +34,15 @@ export interface FaultOp {
   op: Op;
 }
 
+/** One request of an aio group: a write of a pattern byte, or write-zeroes. */
+export type AioRequest = { kind: 'write'; pattern: number; off: number; len: number } | { kind: 'write-zeroes'; unmap: boolean; off: number; len: number };
+
+/** Requests in flight at once, then a flush (see ./aio.ts). */
+export interface AioOp {
+  kind: 'aio';
+  reqs: AioRequest[];
+}
+
 export type Op =
   | { kind: 'write'; off: number; len: number }
   | { kind: 'write-compressed'; off: number; len: number }
@@ -59,7 +68,8 @@ export type Op =
       disabled?: boolean;
       source?: string;
     }
-  | FaultOp;
+  | FaultOp
+  | AioOp;
 
 export type OpKind = Op['kind'];
 
@@ -91,6 +101,8 @@ export interface QemuRunner {
   writeData(data: Uint8Array): string;
   /** Runs one qemu-io command on an image given as --image-opts. */
   ioWithOptions(command: string, imageOpts: string): Promise<OpOutcome>;
+  /** Runs qemu-io commands in one process on the image (aio requests stay in flight across commands). */
+  ioCommands?(commands: string[]): Promise<OpOutcome>;
 }
 
 /** One line of repro.sh: a qemu-io command (batched with its neighbours) or a shell command of its own; null: none, but the qemu-io batch ends. */
@@ -166,6 +178,12 @@ export interface OpSpec<O extends Op = Op> {
    * old or the new value. Returns what is wrong, if anything.
    */
   settleFailure?(model: DiskModel, op: O, stamp: number, read: (off: number, len: number) => Promise<Uint8Array>): Promise<string | undefined>;
+  /**
+   * For an op whose accepted outcome the model cannot know in advance (an aio
+   * group: any serial order): replaces `apply`, settling the model on what
+   * the target shows among the outcomes allowed. Returns what is wrong, if anything.
+   */
+  settle?(model: DiskModel, op: O, stamp: number, read: (off: number, len: number) => Promise<Uint8Array>): Promise<string | undefined>;
   /** Why this op may leave leaked clusters, failed or not (the end check then tolerates leaks). */
   mayLeak?: string;
   /** Ops that may run with a fault injected into their I/O (guest I/O). */

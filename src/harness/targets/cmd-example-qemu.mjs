@@ -38,6 +38,13 @@ function op(p) {
       if (/failed/.test(out)) throw new Error(out.trim());
       return out;
     }
+    case 'aio': {
+      // Submitted together in one qemu-io process, drained by aio_flush, then flushed.
+      const reqs = p.op.slice(4).split(';').map((r) => `aio_${r.trim().replace(/^write /, 'write -q ')}`);
+      const out = run('qemu-io', ['-f', 'qcow2', ...[...reqs, 'aio_flush', 'flush'].flatMap((c) => ['-c', c]), image]);
+      if (/failed/.test(out)) throw new Error(out.trim());
+      return out;
+    }
     case 'reopen':
       return '';
     case 'snapshot':
@@ -66,7 +73,9 @@ function handle(req) {
       ].join(',');
       const back = p.backingFile ? ['-b', p.backingFile, '-F', p.backingFormat] : [];
       run('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', o, ...back, image, String(p.size)]);
-      return { capabilities: ['write', 'write-compressed', 'write-zeroes', 'discard', 'flush', 'reopen', 'snapshot', 'amend', 'resize'] };
+      // With --aio it also takes aio groups (an optional capability).
+      const caps = ['write', 'write-compressed', 'write-zeroes', 'discard', 'flush', 'reopen', 'snapshot', 'amend', 'resize'];
+      return { capabilities: process.argv.includes('--aio') ? [...caps, 'aio'] : caps };
     }
     case 'op':
       op(p);

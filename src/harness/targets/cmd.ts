@@ -34,7 +34,8 @@ export class CmdTarget implements Target {
   readonly name: string;
   private session: CmdSession | undefined;
   private dir = '';
-  private writerCaps: Set<OpKind> = new Set(ALL_OP_KINDS.filter((k) => k !== 'crash'));
+  // aio is an optional capability (docs/cmd-protocol.md): only programs that list it get groups.
+  private writerCaps: Set<OpKind> = new Set(ALL_OP_KINDS.filter((k) => k !== 'crash' && k !== 'aio'));
   /** Set at setup when the program turns out to be a reader. */
   private asReader: ReaderTarget | undefined;
   /** Set at setup when the program implements `check` (the "check agrees" oracle). */

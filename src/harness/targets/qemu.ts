@@ -113,6 +113,15 @@ export class QemuTarget implements Target {
         if (failed) return { ok: false, error: failed[1]! };
         return fromTool(r);
       },
+      // One process, so aio_write requests stay in flight together until aio_flush drains them.
+      ioCommands: async (commands) => {
+        const r = await runTool(QEMU_IO, ['-f', 'qcow2', ...commands.flatMap((c) => ['-c', c]), this.image], this.timeoutMs);
+        if (/can't open/.test(r.stderr)) return { ok: false, error: r.stderr.trim() };
+        // A failed aio request is reported at completion, and qemu-io still exits 0.
+        const failed = /^\w+ failed: (.*)$/m.exec(r.stdout + '\n' + r.stderr);
+        if (failed) return { ok: false, error: failed[1]! };
+        return fromTool(r);
+      },
     };
     try {
       return await spec.qemu(op, q, data);

@@ -31,7 +31,7 @@ export class ReaderTarget implements Target {
   ) {
     this.name = reader.name;
     // Crash images and injected faults are the producer's business; a reader reads what is on disk.
-    this.capabilities = new Set([...producer.capabilities].filter((k) => k !== 'crash' && k !== 'fault'));
+    this.capabilities = new Set([...producer.capabilities].filter((k) => k !== 'crash' && k !== 'fault' && k !== 'aio'));
     this.knownBugs = producer.knownBugs;
     this.verifyAfter = producer.verifyAfter;
   }

@@ -67,6 +67,8 @@ export interface FuzzSummary {
   readRuns: number;
   refusals: Record<string, number>;
   declined: string[];
+  /** Ops of the generated runs by kind (shrink runs not counted). */
+  opCounts: Record<string, number>;
 }
 
 /** A campaign's counters as progress reports carry them. */
@@ -127,6 +129,7 @@ export async function runFuzz(o: FuzzOptions, out: Output, sink?: ProgressSink):
     readRuns: stats.runs - stats.refusedRuns,
     refusals: stats.refusals,
     declined: stats.declined,
+    opCounts: stats.opCounts,
   };
   const human = humanSummary(summary);
   if (o.json) {
@@ -154,6 +157,8 @@ function humanSummary(s: FuzzSummary): string {
     );
   }
   if (s.declined.length) lines.push(`generation steered away from: ${s.declined.join(', ')}`);
+  const kinds = Object.entries(s.opCounts ?? {}).sort((a, b) => b[1] - a[1]);
+  if (kinds.length) lines.push(`ops by kind: ${kinds.map(([k, n]) => `${k} ${n}`).join(', ')}`);
   if (s.failures === 0) lines.push('no failures');
   for (const f of s.failureReports) lines.push('FAILURE ' + formatFailure(f));
   return lines.join('\n') + '\n';
@@ -229,6 +234,10 @@ async function forkWorkers(o: {
     }, {}),
     refusedRuns: sums.reduce((a, s) => a + (s.runs - (s.readRuns ?? s.runs)), 0),
     declined: [...new Set(sums.flatMap((s) => s.declined ?? []))].sort(),
+    opCounts: sums.reduce<Record<string, number>>((a, s) => {
+      for (const [k, n] of Object.entries(s.opCounts ?? {})) a[k] = (a[k] ?? 0) + n;
+      return a;
+    }, {}),
   };
 }
 

@@ -27,10 +27,13 @@ describe('campaign determinism and shards', () => {
     const base = { target: 'ts', seed: 7, runs: 6, maxOps: 6, runsPerChunk: 2 };
     // The campaign is chunks 0, 1, 2 of two runs each; shard 0/2 takes chunks 0 and 2, shard 1/2 chunk 1.
     const chunkOps: number[] = [];
+    const kinds: Record<string, number> = {};
     for (let k = 0; k < 3; k++) {
       let ops = 0;
       for (const [config, seeds] of fc.sample(fc.tuple(configArb, opSeedsArb(base.maxOps)), { seed: chunkSeed(base.seed, k), numRuns: 2 })) {
-        ops += (await runTrace(makeTarget('ts'), config, { seeds })).ops.length;
+        const r = await runTrace(makeTarget('ts'), config, { seeds });
+        ops += r.ops.length;
+        for (const op of r.ops) kinds[op.kind] = (kinds[op.kind] ?? 0) + 1;
       }
       chunkOps.push(ops);
     }
@@ -45,5 +48,7 @@ describe('campaign determinism and shards', () => {
     expect([again.runs, again.ops]).toEqual([whole.runs, whole.ops]);
     expect([s0.runs, s0.ops]).toEqual([4, chunkOps[0]! + chunkOps[2]!]);
     expect([s1.runs, s1.ops]).toEqual([2, chunkOps[1]!]);
+    // The summary's opCounts are the generated runs' ops, kind by kind.
+    expect(whole.opCounts).toEqual(kinds);
   }, 120_000);
 });

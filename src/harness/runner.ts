@@ -90,6 +90,8 @@ export interface CampaignStats {
   declined: string[];
   /** The target turned out to be a reader (paired with a producer). */
   readerMode?: boolean;
+  /** Ops of the generated runs (shrink runs not counted), by op kind: what the campaign really exercised. */
+  opCounts: Record<string, number>;
 }
 
 const DEFAULT_RUNS_PER_CHUNK = 25;
@@ -158,6 +160,7 @@ export async function runCampaign(o: CampaignOptions): Promise<CampaignStats> {
     refusals: {},
     refusedRuns: 0,
     declined: [],
+    opCounts: {},
   };
   const declined = new Set<string>();
   // Reader programs are known to be readers only once they answer; a reader's refusal never steers.
@@ -229,6 +232,7 @@ async function runChunk(c: ChunkContext, seed: number, numRuns: number): Promise
         c.readerMode ||= r.readerMode === true;
         stats.readerMode = c.readerMode;
         countRefusal(stats, c.declined, r, c.readerMode);
+        for (const op of r.ops) stats.opCounts[op.kind] = (stats.opCounts[op.kind] ?? 0) + 1;
       }
       stats.ops += r.ops.length;
       stats.qemuImgChecks += r.qemuImgChecks;

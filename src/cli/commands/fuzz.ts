@@ -22,7 +22,7 @@ const OPTIONS: [name: string, value: string | false, help: string | null][] = [
   ['shard', 'i/n', 'take only shard i of n (0-based); shards split a campaign deterministically'],
   ['corpus', 'DIR', 'where minimized failures go (default: corpus)'],
   ['max-ops', 'N', 'ops per case at most (default 12)'],
-  ['json', false, 'last stdout line: {"runs","readRuns","refusals":{feature:count},"ops","qemuImgChecks","failures",\n"elapsedSeconds","corpus":[...]}'],
+  ['json', false, 'last stdout line: {"runs","readRuns","refusals":{feature:count},"opCounts":{kind:count},"ops","qemuImgChecks","failures",\n"elapsedSeconds","corpus":[...]}'],
   ['junit', 'FILE', 'also write a JUnit XML report'],
   ['status-every', 'S', 'without a terminal, a status line every S seconds (default 10)'],
   ['progress-json', false, null], // a forked worker reports progress to its parent

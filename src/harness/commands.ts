@@ -5,6 +5,7 @@
  * other way); these functions take resolved options and return an exit code:
  * 0 clean, 1 something failed.
  */
+import type { Exclusions } from './exclude.js';
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -46,6 +47,8 @@ export interface FuzzOptions {
   junit?: string;
   /** The command line a forked worker starts from (without --jobs, --shard, --seed, --json, --junit). */
   workerArgv: string[];
+  /** Op kinds and features left out (--exclude). */
+  exclude?: Exclusions;
 }
 
 export interface FuzzSummary {
@@ -106,6 +109,7 @@ export async function runFuzz(o: FuzzOptions, out: Output, sink?: ProgressSink):
       corpusDir: o.corpusDir,
       maxOps: o.maxOps,
       producer: o.producer,
+      exclude: o.exclude,
       onProgress: (s) => progress({ runs: s.runs, ops: s.ops, failures: s.failures.length, elapsedSeconds: s.elapsedSeconds }),
     });
   }

@@ -27,6 +27,7 @@ import { formatOp } from './ops.js';
 import { reproScript } from './repro.js';
 import { steer } from './reader/features.js';
 import { readerReproScript } from './reader/repro.js';
+import { withoutKinds, type Exclusions } from './exclude.js';
 import { makeTarget, type ProducerSpec } from './targets/index.js';
 import type { Target } from './targets/types.js';
 
@@ -53,6 +54,8 @@ export interface CampaignOptions {
   clock?: () => number;
   /** Builds the implementation instead of makeTarget(target): tests plant a bug in a wrapper of our engine. */
   targetFactory?: () => Target;
+  /** Op kinds and configuration features left out (`fuzz --exclude`). */
+  exclude?: Exclusions;
 }
 
 export interface FailureReport {
@@ -135,6 +138,14 @@ export function traceProperty(
   });
 }
 
+/** The options with excluded op kinds taken out of every target the campaign builds (generation, shrinking, the saved re-run). */
+function withExclusions(o: CampaignOptions): CampaignOptions {
+  const kinds = o.exclude?.kinds;
+  if (!kinds || kinds.size === 0) return o;
+  const base = o.targetFactory ?? (() => makeTarget(o.target, { producer: o.producer }));
+  return { ...o, targetFactory: () => withoutKinds(base(), kinds) };
+}
+
 /** Counts a declined run; a writer's refusal at create (op 0, no producer) steers the rest of the campaign. */
 function countRefusal(stats: CampaignStats, declined: Set<string>, r: RunOutcome, readerMode: boolean): void {
   if (!r.refusal) return;
@@ -142,11 +153,12 @@ function countRefusal(stats: CampaignStats, declined: Set<string>, r: RunOutcome
   for (const f of r.refusal.features) stats.refusals[f] = (stats.refusals[f] ?? 0) + 1;
   if (!readerMode && r.refusal.atOp === 0) {
     for (const f of r.refusal.features) declined.add(f);
-    stats.declined = [...declined].sort();
+    stats.declined = [...r.refusal.features, ...stats.declined].filter((f, i, a) => a.indexOf(f) === i).sort();
   }
 }
 
-export async function runCampaign(o: CampaignOptions): Promise<CampaignStats> {
+export async function runCampaign(o0: CampaignOptions): Promise<CampaignStats> {
+  let o = withExclusions(o0);
   const clock = o.clock ?? Date.now;
   const t0 = clock();
   const stats: CampaignStats = {
@@ -162,7 +174,8 @@ export async function runCampaign(o: CampaignOptions): Promise<CampaignStats> {
     declined: [],
     opCounts: {},
   };
-  const declined = new Set<string>();
+  // Excluded features are steered away from from the start, as declined ones are once declined.
+  const declined = new Set<string>(o.exclude?.features ?? []);
   // Reader programs are known to be readers only once they answer; a reader's refusal never steers.
   const c: ChunkContext = { o, clock, t0, stats, declined, readerMode: o.producer !== undefined, tmpRoot: '', deadline: 0, known: new Map() };
   // Small run budgets get small chunks so shards and workers all get some; the

@@ -22,6 +22,7 @@ const OPTIONS: [name: string, value: string | false, help: string | null][] = [
   ['shard', 'i/n', 'take only shard i of n (0-based); shards split a campaign deterministically'],
   ['corpus', 'DIR', 'where minimized failures go (default: corpus)'],
   ['max-ops', 'N', 'ops per case at most (default 12)'],
+  ['exclude', 'LIST', 'leave out op kinds and configuration features, comma-separated (repeatable),\ne.g. write-compressed,compression_type=zstd: a known bug then does not drown new ones'],
   ['json', false, 'last stdout line: {"runs","readRuns","refusals":{feature:count},"opCounts":{kind:count},"ops","qemuImgChecks","failures",\n"elapsedSeconds","corpus":[...]}'],
   ['junit', 'FILE', 'also write a JUnit XML report'],
   ['status-every', 'S', 'without a terminal, a status line every S seconds (default 10)'],
@@ -110,6 +111,13 @@ export async function fuzzCommand(argv: string[], ctx: CliContext): Promise<numb
     if (missing) throw new CommandFailed(missing, EXIT_HARNESS_USAGE);
   }
   requireQemuTools(target === 'qemu' ? ['qemu-img', 'qemu-io'] : ['qemu-img']);
+  const { parseExclusions } = await import('../../harness/exclude.js');
+  let exclude;
+  try {
+    exclude = parseExclusions(all(p, 'exclude'));
+  } catch (e) {
+    throw usage((e as Error).message);
+  }
   const { runFuzz } = await import('../../harness/commands.js');
 
   const mode = has(p, 'progress-json') ? 'worker' : process.stderr.isTTY === true ? 'live' : 'status';
@@ -117,7 +125,7 @@ export async function fuzzCommand(argv: string[], ctx: CliContext): Promise<numb
   if (mode !== 'worker') ctx.stderr(`fuzz: target ${target}, seed ${o.seed}, shard ${o.shard.index}/${o.shard.count}\n`);
   status.start();
   try {
-    return await runFuzz(o, ctx, { update: (s) => status.update(s), done: () => status.stop() });
+    return await runFuzz({ ...o, exclude }, ctx, { update: (s) => status.update(s), done: () => status.stop() });
   } finally {
     status.stop();
   }

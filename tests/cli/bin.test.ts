@@ -8,29 +8,15 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { QCOW2_MAGIC } from '../../src/qcow2/format/constants.js';
-import { ok, qemuImg, scratchDir } from './helpers.js';
+import { ok, qemuImg, scratchDir, ensureBuilt } from './helpers.js';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const bin = path.join(root, 'dist/cli/main.js');
 const dir = scratchDir('bin');
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
 
-function newestSource(d: string): number {
-  let t = 0;
-  for (const e of fs.readdirSync(d, { withFileTypes: true })) {
-    const p = path.join(d, e.name);
-    t = Math.max(t, e.isDirectory() ? newestSource(p) : fs.statSync(p).mtimeMs);
-  }
-  return t;
-}
-
-beforeAll(async () => {
-  // The bin runs compiled code; rebuild when a source is newer than it (setup.sh builds in CI).
-  if (!fs.existsSync(bin) || fs.statSync(bin).mtimeMs < newestSource(path.join(root, 'src'))) {
-    const { execa } = await import('execa');
-    await execa('npx', ['tsc', '-p', 'tsconfig.build.json'], { cwd: root });
-  }
-}, 300_000);
+// The bin runs compiled code.
+beforeAll(ensureBuilt, 300_000);
 
 async function run(args: string[]) {
   const r = await execaNode(bin, args, { cwd: dir, reject: false, stripFinalNewline: false, env: { LC_ALL: 'C' } });

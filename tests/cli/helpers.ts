@@ -58,3 +58,24 @@ export function withoutTimings(s: string): string {
     .filter((l) => !/ ops; .* sec /.test(l))
     .join('\n');
 }
+
+/** The repository root and the compiled CLI that bin-level tests run. */
+const REPO_ROOT = path.resolve(path.dirname(new URL(import.meta.url).pathname), '../..');
+const BUILT_CLI = path.join(REPO_ROOT, 'dist/cli/main.js');
+
+function newestSource(d: string): number {
+  let t = 0;
+  for (const e of fs.readdirSync(d, { withFileTypes: true })) {
+    const p = path.join(d, e.name);
+    t = Math.max(t, e.isDirectory() ? newestSource(p) : fs.statSync(p).mtimeMs);
+  }
+  return t;
+}
+
+/** Rebuilds dist/ when a source is newer than the compiled CLI (setup.sh builds in CI; a local edit may not have). */
+export async function ensureBuilt(): Promise<void> {
+  if (!fs.existsSync(BUILT_CLI) || fs.statSync(BUILT_CLI).mtimeMs < newestSource(path.join(REPO_ROOT, 'src'))) {
+    const { execa } = await import('execa');
+    await execa('npx', ['tsc', '-p', 'tsconfig.build.json'], { cwd: REPO_ROOT });
+  }
+}

@@ -12,20 +12,11 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { scratchDir } from './helpers.js';
+import { scratchDir, ensureBuilt } from './helpers.js';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const dir = scratchDir('package');
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
-
-function newestSource(d: string): number {
-  let t = 0;
-  for (const e of fs.readdirSync(d, { withFileTypes: true })) {
-    const p = path.join(d, e.name);
-    t = Math.max(t, e.isDirectory() ? newestSource(p) : fs.statSync(p).mtimeMs);
-  }
-  return t;
-}
 
 /** What the tarball may hold, and what it must (the libqcow target runs adapters/libqcow_adapter.py). */
 const ALLOWED = [
@@ -56,11 +47,8 @@ const npm = (args: string[]) => execa('npm', [...args, '--ignore-scripts'], { cw
 let pkg = '';
 
 beforeAll(async () => {
-  // Pack what the sources build to (setup.sh builds in CI; rebuild when stale, as bin.test does).
-  const main = path.join(root, 'dist/cli/main.js');
-  if (!fs.existsSync(main) || fs.statSync(main).mtimeMs < newestSource(path.join(root, 'src'))) {
-    await execa('npx', ['tsc', '-p', 'tsconfig.build.json'], { cwd: root });
-  }
+  // Pack what the sources build to.
+  await ensureBuilt();
   const packed = JSON.parse((await npm(['pack', '--json', '--pack-destination', dir])).stdout) as { filename: string }[];
   await execa('tar', ['-xzf', path.join(dir, packed[0]!.filename), '-C', dir]);
   pkg = path.join(dir, 'package');

@@ -13,7 +13,7 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { corpusSignatures, listEntries } from '../../src/harness/corpus.js';
-import { scratchDir } from './helpers.js';
+import { scratchDir, ensureBuilt } from './helpers.js';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const bin = path.join(root, 'dist/cli/main.js');
@@ -38,22 +38,8 @@ async function fuzz(args: string[]): Promise<Summary> {
   return JSON.parse(String(r.stdout).trim().split('\n').pop()!) as Summary;
 }
 
-function newestSource(d: string): number {
-  let t = 0;
-  for (const e of fs.readdirSync(d, { withFileTypes: true })) {
-    const p = path.join(d, e.name);
-    t = Math.max(t, e.isDirectory() ? newestSource(p) : fs.statSync(p).mtimeMs);
-  }
-  return t;
-}
-
-beforeAll(async () => {
-  // The bin and the adapter run compiled code; rebuild when a source is newer (setup.sh builds in CI).
-  if (!fs.existsSync(bin) || fs.statSync(bin).mtimeMs < newestSource(path.join(root, 'src'))) {
-    const { execa } = await import('execa');
-    await execa('npx', ['tsc', '-p', 'tsconfig.build.json'], { cwd: root });
-  }
-}, 300_000);
+// The bin and the adapter run compiled code.
+beforeAll(ensureBuilt, 300_000);
 
 const sigs = (corpus: string) => [...corpusSignatures(corpus).keys()].sort();
 

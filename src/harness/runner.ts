@@ -152,8 +152,12 @@ function countRefusal(stats: CampaignStats, declined: Set<string>, r: RunOutcome
   stats.refusedRuns++;
   for (const f of r.refusal.features) stats.refusals[f] = (stats.refusals[f] ?? 0) + 1;
   if (!readerMode && r.refusal.atOp === 0) {
-    for (const f of r.refusal.features) declined.add(f);
-    stats.declined = [...r.refusal.features, ...stats.declined].filter((f, i, a) => a.indexOf(f) === i).sort();
+    // `declined` also holds the --exclude features; stats.declined lists only what the writer declined.
+    for (const f of r.refusal.features) {
+      declined.add(f);
+      if (!stats.declined.includes(f)) stats.declined.push(f);
+    }
+    stats.declined.sort();
   }
 }
 

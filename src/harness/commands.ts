@@ -72,6 +72,8 @@ export interface FuzzSummary {
   declined: string[];
   /** Ops of the generated runs by kind (shrink runs not counted). */
   opCounts: Record<string, number>;
+  /** Generated runs by configuration feature. */
+  featureCounts: Record<string, number>;
 }
 
 /** A campaign's counters as progress reports carry them. */
@@ -134,6 +136,7 @@ export async function runFuzz(o: FuzzOptions, out: Output, sink?: ProgressSink):
     refusals: stats.refusals,
     declined: stats.declined,
     opCounts: stats.opCounts,
+    featureCounts: stats.featureCounts,
   };
   const human = humanSummary(summary);
   if (o.json) {
@@ -163,6 +166,8 @@ function humanSummary(s: FuzzSummary): string {
   if (s.declined.length) lines.push(`generation steered away from: ${s.declined.join(', ')}`);
   const kinds = Object.entries(s.opCounts ?? {}).sort((a, b) => b[1] - a[1]);
   if (kinds.length) lines.push(`ops by kind: ${kinds.map(([k, n]) => `${k} ${n}`).join(', ')}`);
+  const features = Object.entries(s.featureCounts ?? {}).sort((a, b) => b[1] - a[1]);
+  if (features.length) lines.push(`runs by configuration feature: ${features.map(([k, n]) => `${k} ${n}`).join(', ')}`);
   if (s.failures === 0) lines.push('no failures');
   for (const f of s.failureReports) lines.push('FAILURE ' + formatFailure(f));
   return lines.join('\n') + '\n';
@@ -240,6 +245,10 @@ async function forkWorkers(o: {
     declined: [...new Set(sums.flatMap((s) => s.declined ?? []))].sort(),
     opCounts: sums.reduce<Record<string, number>>((a, s) => {
       for (const [k, n] of Object.entries(s.opCounts ?? {})) a[k] = (a[k] ?? 0) + n;
+      return a;
+    }, {}),
+    featureCounts: sums.reduce<Record<string, number>>((a, s) => {
+      for (const [k, n] of Object.entries(s.featureCounts ?? {})) a[k] = (a[k] ?? 0) + n;
       return a;
     }, {}),
   };

@@ -223,8 +223,9 @@ export function configProblems(c: TraceConfig): string[] {
     if (c.encrypt.format !== 'luks' && c.encrypt.format !== 'aes') p.push('encrypt.format must be luks or aes');
     // Our choice, not QEMU's (7.2 puts a LUKS header in a v2 image too): LUKS is a v3-era feature.
     if (c.encrypt.format === 'luks' && c.compat === '0.10') p.push('encrypt.format=luks is generated with compat=1.1 only');
-    // QEMU 7.2 and our engine both leave preallocated clusters of an encrypted image reading decrypted
-    // zeros (garbage), not zeros: no model for it (corpus: qemu-encrypted-preallocation-garbage).
+    // QEMU 7.2 (preallocate_co maps clusters whose file bytes are zeros, never encrypted) and our engine
+    // both leave preallocated clusters of an encrypted image reading decrypted zeros, i.e. garbage:
+    // the model has no such view, so the pair is not generated (checked: qemu-io read -P 0 fails).
     if (c.preallocation) p.push('preallocation=metadata on an encrypted image reads garbage');
     // data_file_raw promises the data file is the guest view, which ciphertext is not.
     if (c.dataFile?.raw) p.push('data_file_raw cannot be used with encryption');

@@ -228,10 +228,11 @@ export function opSeedsArb(maxOps: number, o: { crashBias?: boolean; faultBias?:
 }
 
 /**
- * Configurations with an external data file (raw on or off). Kept apart from
- * configArb so the fixed seeds of the existing suites draw what they drew
- * before: a v3 image (data files need compat=1.1) and, with data_file_raw,
- * no backing file (qemu-img refuses the pair).
+ * Configurations that all have an external data file (raw on or off), for
+ * the data-file suite: configArb has them in one run in eight, this in every
+ * run, so the suite meets the refusals only data files have on every seed. A
+ * v3 image (data files need compat=1.1) and, with data_file_raw, no backing
+ * file (qemu-img refuses the pair).
  */
 // The classic space, so the data-file suite draws what it drew before the extras (preallocation, dirty, chains).
 export const dataFileConfigArb: fc.Arbitrary<TraceConfig> = fc.tuple(classicConfigArb, fc.boolean()).map(([c, raw]) => {

@@ -10,7 +10,7 @@ import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as readline from 'node:readline';
-import { backingChain, backingFileName } from './config.js';
+import { backingChain, backingFileName, DATA_FILE_NAME } from './config.js';
 import { writeEntry, type readEntry } from './corpus.js';
 import { runTrace } from './execute.js';
 import { minimizeTrace } from './minimize.js';
@@ -312,6 +312,7 @@ export async function runMinimize(o: MinimizeOptions, out: Output): Promise<numb
       imageFile: path.join(r.dir, 'image.qcow2'),
       backingFile: m.config.backing ? path.join(r.dir, backingFileName(m.config.backing)) : undefined,
       chainFiles: backingChain(m.config).slice(1).map((l) => path.join(r.dir, l.file)),
+      dataFile: m.config.dataFile ? path.join(r.dir, DATA_FILE_NAME) : undefined,
       repro: producer
         ? readerReproScript({ target, producer, config: m.config, ops: r.ops, oracle: failure.oracle, message: failure.message, implementation: r.implementation })
         : reproScript({ target, config: m.config, ops: r.ops, model: r.model!, refused: r.refused, oracle: failure.oracle, message: failure.message }),

@@ -124,7 +124,8 @@ export function reproScript(r: ReproInput): string {
   L.push(`run() { timeout ${T} "$@"; rc=$?; [ $rc -eq 124 ] && bug "hang: $*"; return $rc; }`);
   L.push('');
   L.push('# The image our target left behind, checked as it is (ts-target findings show here).');
-  L.push('if [ -f "$here/image.qcow2" ]; then');
+  // An image with a data file is checked with it: an entry saved without one has nothing to check.
+  L.push(c.dataFile ? `if [ -f "$here/image.qcow2" ] && [ -f "$here/${DATA_FILE_NAME}" ]; then` : 'if [ -f "$here/image.qcow2" ]; then');
   L.push('  cp "$here/image.qcow2" saved.qcow2');
   const access = accessOf(c);
   // The saved image names the run directory's data file; point it at the saved copy instead.

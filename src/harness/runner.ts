@@ -25,7 +25,7 @@ import { runTrace, type RunOutcome } from './execute.js';
 import type { OracleName } from './oracles.js';
 import { formatOp } from './ops.js';
 import { reproScript } from './repro.js';
-import { configFeatures, steer } from './reader/features.js';
+import { configFeatures, PROTOCOL_LACKS, steer } from './reader/features.js';
 import { readerReproScript } from './reader/repro.js';
 import { withoutKinds, type Exclusions } from './exclude.js';
 import { makeTarget, type ProducerSpec } from './targets/index.js';
@@ -181,8 +181,10 @@ export async function runCampaign(o0: CampaignOptions): Promise<CampaignStats> {
     opCounts: {},
     featureCounts: {},
   };
-  // Excluded features are steered away from from the start, as declined ones are once declined.
-  const declined = new Set<string>(o.exclude?.features ?? []);
+  // Excluded features are steered away from from the start, as declined ones are once declined;
+  // so are those the cmd protocol and reader mode cannot carry (a data file, a secret).
+  const lacks = o.producer === undefined && (o.target === 'ts' || o.target === 'qemu') ? [] : PROTOCOL_LACKS;
+  const declined = new Set<string>([...(o.exclude?.features ?? []), ...lacks]);
   // Reader programs are known to be readers only once they answer; a reader's refusal never steers.
   const c: ChunkContext = { o, clock, t0, stats, declined, readerMode: o.producer !== undefined, tmpRoot: '', deadline: 0, known: new Map() };
   // Small run budgets get small chunks so shards and workers all get some; the

@@ -30,8 +30,11 @@ export function configFeatures(c: TraceConfig): string[] {
  * itself, before the program sees the configuration.
  */
 export function protocolLacks(c: TraceConfig): string[] {
-  return configFeatures(c).filter((f) => f === 'data_file' || f === 'data_file_raw' || f.startsWith('encrypt.format='));
+  return configFeatures(c).filter((f) => (PROTOCOL_LACKS as readonly string[]).includes(f));
 }
+
+/** Every feature protocolLacks can name: campaigns on cmd programs and readers steer away from them from the start. */
+export const PROTOCOL_LACKS = ['data_file', 'data_file_raw', 'encrypt.format=luks', 'encrypt.format=aes'] as const;
 
 /** Features `steer` knows how to turn off; others are only counted. */
 export const STEERABLE = [

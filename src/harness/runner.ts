@@ -25,7 +25,7 @@ import { runTrace, type RunOutcome } from './execute.js';
 import type { OracleName } from './oracles.js';
 import { formatOp } from './ops.js';
 import { reproScript } from './repro.js';
-import { steer } from './reader/features.js';
+import { configFeatures, PROTOCOL_LACKS, steer } from './reader/features.js';
 import { readerReproScript } from './reader/repro.js';
 import { withoutKinds, type Exclusions } from './exclude.js';
 import { makeTarget, type ProducerSpec } from './targets/index.js';
@@ -95,6 +95,8 @@ export interface CampaignStats {
   readerMode?: boolean;
   /** Ops of the generated runs (shrink runs not counted), by op kind: what the campaign really exercised. */
   opCounts: Record<string, number>;
+  /** Generated runs by configuration feature (reader/features.ts names): what the configurations exercised. */
+  featureCounts: Record<string, number>;
 }
 
 const DEFAULT_RUNS_PER_CHUNK = 25;
@@ -177,9 +179,12 @@ export async function runCampaign(o0: CampaignOptions): Promise<CampaignStats> {
     refusedRuns: 0,
     declined: [],
     opCounts: {},
+    featureCounts: {},
   };
-  // Excluded features are steered away from from the start, as declined ones are once declined.
-  const declined = new Set<string>(o.exclude?.features ?? []);
+  // Excluded features are steered away from from the start, as declined ones are once declined;
+  // so are those the cmd protocol and reader mode cannot carry (a data file, a secret).
+  const lacks = o.producer === undefined && (o.target === 'ts' || o.target === 'qemu') ? [] : PROTOCOL_LACKS;
+  const declined = new Set<string>([...(o.exclude?.features ?? []), ...lacks]);
   // Reader programs are known to be readers only once they answer; a reader's refusal never steers.
   const c: ChunkContext = { o, clock, t0, stats, declined, readerMode: o.producer !== undefined, tmpRoot: '', deadline: 0, known: new Map() };
   // Small run budgets get small chunks so shards and workers all get some; the
@@ -250,6 +255,7 @@ async function runChunk(c: ChunkContext, seed: number, numRuns: number): Promise
         stats.readerMode = c.readerMode;
         countRefusal(stats, c.declined, r, c.readerMode);
         for (const op of r.ops) stats.opCounts[op.kind] = (stats.opCounts[op.kind] ?? 0) + 1;
+        for (const f of configFeatures(r.config)) stats.featureCounts[f] = (stats.featureCounts[f] ?? 0) + 1;
       }
       stats.ops += r.ops.length;
       stats.qemuImgChecks += r.qemuImgChecks;

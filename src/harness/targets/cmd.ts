@@ -13,6 +13,7 @@ import type { CheckResult } from '../../qcow2/types.js';
 import { creationOptions, type TraceConfig } from '../config.js';
 import { createBacking } from '../fixture.js';
 import { ALL_OP_KINDS, formatOp, type Op, type OpKind } from '../ops.js';
+import { protocolLacks } from '../reader/features.js';
 import { RefusalError, type BackingLink, type OpenInfo, type Reader } from '../reader/types.js';
 import { CmdSession, ProtocolError, responseFeatures, type Response } from './cmd-session.js';
 import { ReaderTarget } from './reader.js';
@@ -81,6 +82,8 @@ export class CmdTarget implements Target {
 
   async setup(config: TraceConfig, dir: string): Promise<void> {
     this.dir = dir;
+    const lacks = protocolLacks(config);
+    if (lacks.length) throw new RefusalError(lacks, `${this.name}: the harness cannot pass ${lacks.join(', ')} through the cmd protocol`);
     const backingFile = config.backing ? await createBacking(dir, config.backing) : null;
     const session = new CmdSession(this.name, this.program, dir, this.timeoutMs);
     this.session = session;

@@ -14,7 +14,7 @@ import { MemoryStorage } from '../../qcow2/storage/memory.js';
 import { RecordingStorage } from '../../qcow2/storage/recording.js';
 import type { BlockStorage } from '../../qcow2/storage/types.js';
 import type { CheckResult, OpenOptions } from '../../qcow2/types.js';
-import { creationOptions, DATA_FILE_NAME, type TraceConfig } from '../config.js';
+import { creationOptions, DATA_FILE_NAME, passphraseOf, type TraceConfig } from '../config.js';
 import { visitCrashStates, type CrashVisit } from '../crash.js';
 import { createBacking } from '../fixture.js';
 import { ALL_OP_KINDS, specOf, specOfKind, STORAGE_FAULT_KINDS, type EngineSession, type Op, type OpKind } from '../ops.js';
@@ -52,7 +52,9 @@ export class TsTarget implements Target {
     // An external data file lives in memory beside the image and is written out with it (sync).
     this.dataStorage = config.dataFile ? new MemoryStorage() : undefined;
     const data = this.dataStorage;
+    const passphrase = passphraseOf(config);
     this.openOpts = {
+      ...(passphrase !== undefined ? { passphrase } : {}),
       openBacking: (name, format) => openImageFile(path.isAbsolute(name) ? name : path.join(dir, name), { readOnly: true, format }),
       // MemoryStorage.close keeps the bytes, so every reopen sees the same data file.
       ...(data ? { openDataFile: () => data } : {}),

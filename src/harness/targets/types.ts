@@ -63,7 +63,21 @@ export type KnownBug =
    * entry pointing at bytes never written (reads then fail with EIO); fault
    * ops do not wrap compressed writes (corpus: qemu-failed-compressed-write-keeps-l2-entry).
    */
-  | 'failed-compressed-write-keeps-l2-entry';
+  | 'failed-compressed-write-keeps-l2-entry'
+  /**
+   * QEMU 7.2: a compressed write to an encrypted image stores the guest data
+   * unencrypted (qcow2_co_pwritev_compressed_part never calls the cipher);
+   * our engine and the model refuse it, and the arbitraries do not generate
+   * it for QEMU (corpus: qemu-encrypted-compressed-write-in-clear).
+   */
+  | 'unencrypted-compressed-write'
+  /**
+   * QEMU 7.2: amend compat=0.10 of an encrypted image writes plain zeros over
+   * its zero clusters (qcow2_downgrade -> bdrv_pwrite_zeroes on the file),
+   * which the guest then reads as decrypted garbage; refused by our engine
+   * and the model, not generated for QEMU (corpus: qemu-encrypted-downgrade-garbage).
+   */
+  | 'encrypted-downgrade-garbage';
 
 export interface Target {
   readonly name: string;

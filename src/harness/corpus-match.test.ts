@@ -53,7 +53,7 @@ describe('a finding names the corpus entries it repeats', () => {
   it('same ops and a prefix are named, with whether the config is the same; other targets and other ops are not', async () => {
     const dir = path.join(root, 'b');
     const entry = (id: string, target: string, ops: string[], config = first.config) =>
-      writeEntry(dir, { id, target, config, ops: ops.map(parseOp), oracle: 'end', message: `planted entry ${id}`, repro: '#!/bin/sh\n' });
+      writeEntry(dir, { id, target, config, ops: ops.map(parseOp), oracle: 'check', message: `planted entry ${id}`, repro: '#!/bin/sh\n' });
     entry('same-other-oracle', 'ts', first.ops);
     entry('prefix-other-config', 'ts', first.ops.slice(0, -1), { ...first.config, size: first.config.size * 2 });
     entry('same-other-target', 'qemu', first.ops);

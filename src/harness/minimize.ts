@@ -1,13 +1,15 @@
 /**
  * Re-shrinking a saved trace (e.g. after a fix changed what it takes to fail):
- * greedy delta debugging over concrete ops and the config, keeping a change
- * whenever the trace still fails with the same oracle.
+ * greedy delta debugging over concrete ops and the config (an amend folded
+ * into it among the moves), keeping a change whenever the trace still fails
+ * with the same oracle.
  */
 import { SECTOR } from '../model/layer.js';
 import type { BackingConfig, TraceConfig } from './config.js';
 import { runTrace } from './execute.js';
 import type { Failure, OracleName } from './oracles.js';
 import type { Op } from './ops.js';
+import { foldMoves } from './shrink-fold.js';
 import { makeTarget, type ProducerSpec } from './targets/index.js';
 
 export interface MinimizeResult {
@@ -68,6 +70,16 @@ export async function minimizeTrace(
       if (f) {
         best = { config: c, ops: best.ops, failure: f };
         progress = true;
+      }
+    }
+    // 4. fold an amend into the config (shrink-fold.ts): the image created as the amend leaves it
+    for (const m of foldMoves(best.config, best.ops)) {
+      if (attempts >= max) break;
+      const f = await fails(m.config, m.ops);
+      if (f) {
+        best = { config: m.config, ops: m.ops, failure: f };
+        progress = true;
+        break;
       }
     }
   }

@@ -76,7 +76,7 @@ export interface FailureReport {
   shrinkSeconds?: number;
   shrinkRuns?: number;
   shrinkComplete?: boolean;
-  /** What the pass after fast-check's shrink changed (shrink-fold.ts): folded amends, dropped ops. */
+  /** What the pass after fast-check's shrink changed (shrink-fold.ts): folded amends, dropped ops (`path` then names the trace before them). */
   shrinkSteps?: string[];
   /** Corpus entries with the same ops, or whose ops begin this trace's (corpus.ts corpusMatches). */
   corpusMatches?: CorpusMatch[];

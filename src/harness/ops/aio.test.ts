@@ -187,4 +187,17 @@ describe('aio groups', () => {
     expect(kinds(makeTarget('qemu').aioRequests)).toEqual(['read', 'write', 'write-zeroes']);
     expect(kinds(makeTarget('ts').aioRequests)).toEqual(['discard', 'read', 'write', 'write-zeroes']);
   });
+
+  it('a group dirties enabled bitmaps as its requests alone would (reads do not), on our engine and on QEMU', async () => {
+    const runs: [string, string][] = [
+      ['ts', 'aio write -P 0x41 0 4096 ; discard 196608 65536 ; read 262144 512 ; write -z 131072 512'],
+      ['qemu', 'aio write -P 0x41 0 4096 ; read 262144 512 ; write -z 131072 512'],
+    ];
+    for (const [t, g] of runs) {
+      const r = await runTrace(makeTarget(t), config, { ops: ['bitmap --add b0', 'write 196608 512', g].map(parseOp) });
+      expect(r.failure, t).toBeUndefined();
+      // 64 KiB granules: 0 (the group's write), 2 (its write-zeroes), 3 (the plain write, and on ts the discard); not 4 (the read).
+      expect([...r.model!.bitmaps.find('b0')!.dirty].sort(), t).toEqual([0, 2, 3]);
+    }
+  }, 60_000);
 });

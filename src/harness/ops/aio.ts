@@ -165,6 +165,16 @@ export function parseAioReads(op: AioOp, stdout: string): Uint8Array[] | string 
   return out;
 }
 
+/**
+ * Every request that reached the driver but a read dirties the granules of
+ * its whole range in enabled bitmaps, as the same request alone does
+ * (bdrv_co_write_req_finish; ./bitmap.ts bitmapEffects): a discard its whole
+ * range, not only the clusters it frees.
+ */
+function dirtyBitmaps(m: DiskModel, op: AioOp): void {
+  for (const r of op.reqs) if (r.kind !== 'read') m.bitmaps.markDirty(r.off, r.len);
+}
+
 /** Checks a group's reads, sector by sector, against what serial orders allow; returns what is wrong. */
 function checkReads(op: AioOp, cands: (number[] | null)[][], outcome: OpOutcome): string | undefined {
   const reads = op.reqs.filter((r) => r.kind === 'read');
@@ -278,12 +288,16 @@ export const aio: OpSpec<AioOp> = {
     return { kind: 'aio', reqs };
   },
   expect: (m, op) => expectGroup(m, asGroup(op, m)),
-  apply: (m, op) => applyGroup(m, asGroup(op, m)),
+  apply: (m, op) => {
+    applyGroup(m, asGroup(op, m));
+    dirtyBitmaps(m, op);
+  },
   settle: async (m, op, _stamp, read, outcome) => {
     const reqs = asGroup(op, m);
     const badRead = checkReads(op, readCandidates(m, reqs), outcome);
     if (badRead) return badRead;
     applyGroup(m, reqs);
+    dirtyBitmaps(m, op);
     const cands = groupCandidates(reqs);
     const scratch = new Uint8Array(SECTOR);
     // Read each run of ambiguous sectors once.

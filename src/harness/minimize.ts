@@ -11,6 +11,7 @@ import type { Failure, OracleName } from './oracles.js';
 import type { Op } from './ops.js';
 import { foldMoves } from './shrink-fold.js';
 import { makeTarget, type ProducerSpec } from './targets/index.js';
+import type { Target } from './targets/types.js';
 
 export interface MinimizeResult {
   config: TraceConfig;
@@ -24,13 +25,22 @@ export async function minimizeTrace(
   config: TraceConfig,
   ops: Op[],
   oracle: OracleName,
-  o: { messageIncludes?: string; maxAttempts?: number; strict?: boolean; tmpRoot?: string; producer?: ProducerSpec } = {},
+  o: {
+    messageIncludes?: string;
+    maxAttempts?: number;
+    strict?: boolean;
+    tmpRoot?: string;
+    producer?: ProducerSpec;
+    /** Builds the implementation instead of makeTarget(targetName): tests plant a bug in a wrapper of our engine. */
+    targetFactory?: () => Target;
+  } = {},
 ): Promise<MinimizeResult> {
   let attempts = 0;
   const max = o.maxAttempts ?? 500;
   const fails = async (c: TraceConfig, xs: Op[]): Promise<Failure | undefined> => {
     attempts++;
-    const r = await runTrace(makeTarget(targetName, { strict: o.strict, producer: o.producer }), c, { ops: xs }, { tmpRoot: o.tmpRoot });
+    const t = o.targetFactory ? o.targetFactory() : makeTarget(targetName, { strict: o.strict, producer: o.producer });
+    const r = await runTrace(t, c, { ops: xs }, { tmpRoot: o.tmpRoot });
     const f = r.failure;
     if (f && f.oracle === oracle && (!o.messageIncludes || f.message.includes(o.messageIncludes))) return f;
     return undefined;

@@ -7,6 +7,7 @@ import { describe, expect, it } from 'vitest';
 import type { TraceConfig } from './config.js';
 import { runTrace } from './execute.js';
 import { parseOp, type Op } from './ops.js';
+import { minimizeTrace } from './minimize.js';
 import { runCampaign } from './runner.js';
 import { foldAndDrop, foldAmend, foldMoves, repeatMoves } from './shrink-fold.js';
 import { TsTarget } from './targets/ts.js';
@@ -129,6 +130,17 @@ describe('folding an amend into the configuration', () => {
     // The first move (the fold) was kept: the failing op is the third, so 3 ops ran and 2 are left.
     expect(r.ops.map((o) => o.kind)).toEqual(['write', 'write']);
     expect(r.config.refcountBits).toBe(2);
+  }, 60_000);
+});
+
+describe('minimize folds too', () => {
+  it('a saved trace with an amend in the middle is re-minimized onto a 2-bit image', async () => {
+    const m = await minimizeTrace('ts', config, ops('write 0 512', 'amend refcount_bits=2', 'write 4096 512', 'flush'), 'read', {
+      targetFactory: () => new TwoBitTarget(),
+    });
+    expect(m.failure?.oracle).toBe('read');
+    expect(m.config.refcountBits).toBe(2);
+    expect(m.ops.map((o) => o.kind)).toEqual(['write', 'write']);
   }, 60_000);
 });
 

@@ -200,4 +200,24 @@ describe('aio groups', () => {
       expect([...r.model!.bitmaps.find('b0')!.dirty].sort(), t).toEqual([0, 2, 3]);
     }
   }, 60_000);
+
+  it("repro.sh of a ts trace whose group holds a discard and a read runs with qemu-io alone (the discard synchronous amid the group)", async () => {
+    // Apart, so every order gives one view: the script's end check then passes.
+    const g = parseOp('aio write -P 0x41 0 4096 ; discard 131072 65536 ; read 262144 512') as AioOp;
+    const r = await runTrace(makeTarget('ts'), config, { ops: [{ kind: 'write', off: 131072, len: 65536 }, g] });
+    expect(r.failure).toBeUndefined();
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'qh-aio-repro-'));
+    try {
+      const script = path.join(dir, 'repro.sh');
+      const text = reproScript({ target: 'ts', config, ops: r.ops, model: r.model!, refused: r.refused, oracle: 'read', message: 'none' });
+      expect(text).toContain(`-c 'discard -q 131072 65536'`);
+      expect(text).toContain(`-c 'aio_read -q 262144 512'`);
+      fs.writeFileSync(script, text);
+      const run = spawnSync('sh', [script], { encoding: 'utf8' });
+      expect(run.stdout.trim().split('\n').pop()).toBe('no problem found');
+      expect(run.status).toBe(0);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  }, 60_000);
 });

@@ -133,7 +133,7 @@ async function execute(
         const settle = specOf(op).settle;
         if (settle) {
           // An aio group: the model follows the serial order the target's outcome shows.
-          const bad = await settle(model, op, index, (off, len) => target.read(off, len));
+          const bad = await settle(model, op, index, (off, len) => target.read(off, len), outcome);
           if (bad) return { oracle: 'read', opIndex: index, message: `op #${index}: ${bad}` };
         } else applyOp(model, op, index);
       } else {

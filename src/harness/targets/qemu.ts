@@ -10,7 +10,7 @@ import type { ToolResult } from '../../qemu/run.js';
 import { accessOf, creationOptions, DATA_FILE_NAME, type TraceConfig } from '../config.js';
 import { qemuDeclines } from '../declines.js';
 import { createBacking, readFileRange } from '../fixture.js';
-import { ALL_OP_KINDS, BLKDEBUG_EVENTS, specOf, specOfKind, type Op, type QemuRunner } from '../ops.js';
+import { ALL_OP_KINDS, BLKDEBUG_EVENTS, specOf, specOfKind, type AioRequestKind, type Op, type QemuRunner } from '../ops.js';
 import type { KnownBug, OpOutcome, StampedOp, Target } from './types.js';
 
 const fromTool = (r: ToolResult): OpOutcome => (r.rc === 0 ? { ok: true } : { ok: false, error: (r.stderr || r.stdout).trim() || `rc ${r.rc}` });
@@ -21,6 +21,8 @@ export class QemuTarget implements Target {
   readonly capabilities = new Set(ALL_OP_KINDS.filter((k) => specOfKind(k).qemuIo || specOfKind(k).qemu));
   /** Fault ops open the image through blkdebug and fail at one of its events. */
   readonly faultPoints = BLKDEBUG_EVENTS;
+  /** qemu-io 7.2 has aio_read and aio_write (-P, -z) but no aio_discard: groups never hold discards here. */
+  readonly aioRequests: ReadonlySet<AioRequestKind> = new Set(['write', 'write-zeroes', 'read']);
   /** Known QEMU bugs the oracles look past; `strict` (corpus replay of those bugs) disables that. */
   readonly knownBugs: ReadonlySet<KnownBug>;
   readonly verifyAfter = 'batch';
@@ -127,7 +129,8 @@ export class QemuTarget implements Target {
         // A failed aio request is reported at completion, and qemu-io still exits 0.
         const failed = /^\w+ failed: (.*)$/m.exec(r.stdout + '\n' + r.stderr);
         if (failed) return { ok: false, error: failed[1]! };
-        return fromTool(r);
+        // The output goes back: a group's reads are what aio_read -v printed.
+        return r.rc === 0 ? { ok: true, stdout: r.stdout } : fromTool(r);
       },
     };
     try {

@@ -17,7 +17,7 @@ import type { CheckResult, OpenOptions } from '../../qcow2/types.js';
 import { creationOptions, DATA_FILE_NAME, passphraseOf, type TraceConfig } from '../config.js';
 import { visitCrashStates, type CrashVisit } from '../crash.js';
 import { createBacking } from '../fixture.js';
-import { ALL_OP_KINDS, specOf, specOfKind, STORAGE_FAULT_KINDS, type EngineSession, type Op, type OpKind } from '../ops.js';
+import { ALL_OP_KINDS, specOf, specOfKind, STORAGE_FAULT_KINDS, type AioRequestKind, type EngineSession, type Op, type OpKind } from '../ops.js';
 import type { CrashCoverage, OpOutcome, StampedOp, Target } from './types.js';
 
 export class TsTarget implements Target {
@@ -26,6 +26,8 @@ export class TsTarget implements Target {
   readonly capabilities: ReadonlySet<OpKind>;
   /** Fault ops fail the n-th storage request of a kind (the image runs on a FaultyStorage). */
   readonly faultPoints = STORAGE_FAULT_KINDS;
+  /** aio groups may hold reads and discards too: the engine runs a group's requests in a serial order. */
+  readonly aioRequests: ReadonlySet<AioRequestKind> = new Set(['write', 'write-zeroes', 'read', 'discard']);
   private dir = '';
   private storage: RecordingStorage | undefined;
   /** The recording storage behind a FaultyStorage that passes everything through unless a fault op arms it. */
@@ -81,8 +83,8 @@ export class TsTarget implements Target {
     const out: OpOutcome[] = [];
     for (const o of ops) {
       try {
-        this.apply(o);
-        out.push({ ok: true });
+        const reads = this.apply(o);
+        out.push(reads ? { ok: true, reads } : { ok: true });
       } catch (e) {
         if (!(e instanceof Qcow2Error)) throw e;
         out.push({ ok: false, error: `${e.name}: ${e.message}` });
@@ -91,8 +93,8 @@ export class TsTarget implements Target {
     return out;
   }
 
-  private apply({ op, data }: StampedOp): void {
-    specOf(op).engine!(this.session, op, data);
+  private apply({ op, data }: StampedOp): void | Uint8Array[] {
+    return specOf(op).engine!(this.session, op, data);
   }
 
   /** The engine session the op table's engine calls run in. */

@@ -7,7 +7,7 @@ import type { BitmapView } from '../../qcow2/image.js';
 import type { CrashMode } from '../../qcow2/storage/recording.js';
 import type { CheckResult } from '../../qcow2/types.js';
 import type { TraceConfig } from '../config.js';
-import type { Op, OpKind } from '../ops.js';
+import type { AioRequestKind, Op, OpKind } from '../ops.js';
 
 /**
  * A crash image after the engine opened it read-write (repairing a dirty
@@ -29,7 +29,8 @@ export interface CrashCoverage {
   tornKnown: number;
 }
 
-export type OpOutcome = { ok: true } | { ok: false; error: string };
+/** `reads`: what the reads of an aio group returned, in the group's order. */
+export type OpOutcome = { ok: true; reads?: Uint8Array[] } | { ok: false; error: string };
 
 export interface StampedOp {
   op: Op;
@@ -86,6 +87,8 @@ export interface Target {
   readonly capabilities: ReadonlySet<OpKind>;
   /** Where fault ops can inject an I/O error (see src/harness/ops/fault.ts); none: no fault ops. */
   readonly faultPoints?: readonly string[];
+  /** Request kinds its aio groups may hold (see src/harness/ops/aio.ts); absent: write and write-zeroes. */
+  readonly aioRequests?: ReadonlySet<AioRequestKind>;
   /**
    * 'op': read back after every op (cheap in process). 'batch': read back
    * after each batch of guest I/O only; a metadata op's effect on the guest

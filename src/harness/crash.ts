@@ -21,7 +21,7 @@ import type { CheckOutcome } from '../qemu/index.js';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Qcow2Image } from '../qcow2/image.js';
-import { MemoryStorage } from '../qcow2/storage/memory.js';
+import type { MemoryStorage } from '../qcow2/storage/memory.js';
 import { staleSectorOrigin, type CrashFill, type CrashMode, type RecordingStorage } from '../qcow2/storage/recording.js';
 import type { BlockStorage } from '../qcow2/storage/types.js';
 import { prng } from './prng.js';
@@ -234,7 +234,7 @@ export async function visitCrashStates(
   const plan = rec.crashPlan(o.budget, prng(o.seed));
   for (let n = 0; n < plan.states.length; n++) {
     const state = plan.states[n]!;
-    const storage = new MemoryStorage(rec.crashImageOf(state, o.fill));
+    const storage = rec.crashStorageOf(state, o.fill);
     if (!(await visit(openCrashState(storage, state.label, o, n), n, plan.states.length))) break;
   }
   return { mode: plan.mode, pending: plan.pending, states: plan.states.length, torn: plan.torn, tornKnown: plan.tornKnown };

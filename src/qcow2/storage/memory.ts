@@ -20,6 +20,11 @@ export class MemoryStorage implements BlockStorage {
     return this.len;
   }
 
+  /** An independent storage holding a copy of the current contents. */
+  clone(): MemoryStorage {
+    return new MemoryStorage(this.buf.subarray(0, this.len), { readOnly: this.readOnly });
+  }
+
   /** A copy of the current contents. */
   bytes(): Uint8Array {
     return this.buf.slice(0, this.len);

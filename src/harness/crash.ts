@@ -259,7 +259,7 @@ function openCrashState(storage: MemoryStorage, label: string, o: { dir: string;
     img.close();
     img = undefined;
     const file = path.join(o.dir, `crash-${n}.qcow2`);
-    return { opened: true, label, size, guest, file: () => (fs.writeFileSync(file, storage.bytes()), file) };
+    return { opened: true, label, size, guest, file: () => (fs.writeFileSync(file, storage.view()), file) };
   } catch (e) {
     // Any exception, a Qcow2Error included: a crash image must open.
     const err = e as Error;

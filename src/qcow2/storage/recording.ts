@@ -167,6 +167,11 @@ export class RecordingStorage implements BlockStorage {
     return this.live.bytes();
   }
 
+  /** The current contents without a copy, valid until the next write or truncate (MemoryStorage.view). */
+  view(): Uint8Array {
+    return this.live.view();
+  }
+
   /** Writes and truncates issued since the last flush. */
   get pendingWrites(): number {
     return this.pending.length;

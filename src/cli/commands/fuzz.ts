@@ -1,4 +1,3 @@
-import * as os from 'node:os';
 import { all, has, intOption, last, parseArgs, type ParsedArgs } from '../args.js';
 import type { CliContext } from '../context.js';
 import { CommandFailed, EXIT_HARNESS_USAGE, EXIT_OK, UsageError } from '../errors.js';
@@ -19,7 +18,7 @@ const OPTIONS: [name: string, value: string | false, help: string | null][] = [
   ['shrink-time', 'S', 'seconds each failure may spend shrinking (default 300), whenever it was found'],
   ['runs', 'N', 'run N generated cases (default 100 when --time is not given)'],
   ['seed', 'N', 'campaign seed (default: random, printed); same seed, same runs'],
-  ['jobs', 'N', 'parallel workers (processes for ts, concurrent runs for qemu/cmd);\ndefault 2 for ts when the machine has 2 cores or more, else 1'],
+  ['jobs', 'N', 'parallel workers (processes for ts, concurrent runs for qemu/cmd)'],
   ['shard', 'i/n', 'take only shard i of n (0-based); shards split a campaign deterministically'],
   ['corpus', 'DIR', 'where minimized failures go (default: corpus)'],
   ['max-ops', 'N', 'ops per case at most (default 12)'],
@@ -63,16 +62,6 @@ function parseShard(v: string | undefined): { index: number; count: number } {
   return { index: Number(m[1]), count: Number(m[2]) };
 }
 
-/**
- * A ts campaign is CPU-bound in one Node process (the engine, the model and
- * the oracles' reads run on its thread), so by default it forks a worker per
- * core, up to two; the workers take sub-shards, so a seed still names the
- * same runs. Other targets wait on their processes and stay at one.
- */
-function defaultJobs(target: string): number {
-  return target === 'ts' ? Math.max(1, Math.min(2, os.availableParallelism())) : 1;
-}
-
 /** The parsed options again as words, for a forked worker's command line. */
 function workerArgv(p: ParsedArgs): string[] {
   const out: string[] = [];
@@ -103,7 +92,7 @@ export async function fuzzCommand(argv: string[], ctx: CliContext): Promise<numb
     shrinkTimeSec: int('shrink-time', 1),
     runs,
     seed: int('seed', -(2 ** 31)) ?? Math.floor(Math.random() * 2 ** 31),
-    jobs: int('jobs', 1) ?? defaultJobs(target),
+    jobs: int('jobs', 1) ?? 1,
     shard: parseShard(last(p, 'shard')),
     corpusDir: last(p, 'corpus') ?? 'corpus',
     maxOps: int('max-ops', 1) ?? 12,

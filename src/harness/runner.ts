@@ -15,7 +15,6 @@
  */
 import fc from 'fast-check';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { configArb, opSeedsArb, type OpSeed } from './arbitraries.js';
 import { readerExternal } from './reader/external.js';
@@ -30,6 +29,7 @@ import { configFeatures, PROTOCOL_LACKS, steer } from './reader/features.js';
 import { readerReproScript } from './reader/repro.js';
 import { withoutKinds, type Exclusions } from './exclude.js';
 import { makeTarget, type ProducerSpec } from './targets/index.js';
+import { scratchDir } from '../qemu/scratch.js';
 import type { Target } from './targets/types.js';
 
 export interface CampaignOptions {
@@ -197,7 +197,7 @@ export async function runCampaign(o0: CampaignOptions): Promise<CampaignStats> {
   const perChunk =
     o.runsPerChunk ?? (o.runs !== undefined ? Math.max(1, Math.min(DEFAULT_RUNS_PER_CHUNK, Math.ceil(o.runs / 8))) : DEFAULT_RUNS_PER_CHUNK);
   const shard = o.shard ?? { index: 0, count: 1 };
-  c.tmpRoot = o.tmpRoot ?? path.join(os.tmpdir(), `qcow2-harness-${process.pid}`);
+  c.tmpRoot = o.tmpRoot ?? path.join(scratchDir(), `qcow2-harness-${process.pid}`);
   c.deadline = o.timeSec !== undefined ? t0 + o.timeSec * 1000 : Number.POSITIVE_INFINITY;
   const maxRuns = o.runs ?? (o.timeSec !== undefined ? Number.POSITIVE_INFINITY : 100);
   if (o.runs === undefined && o.timeSec === undefined) c.o = o = { ...o, runs: maxRuns };

@@ -129,7 +129,7 @@ export class TsTarget implements Target {
   /** The image as it stands, for a reader to open mid-run (docs/cmd-protocol.md, readers). */
   async writeImageFile(): Promise<void> {
     this.image.flush();
-    fs.writeFileSync(this.imagePath(), this.storage!.bytes());
+    fs.writeFileSync(this.imagePath(), this.storage!.view());
   }
 
   /** Ends the session on the image: a clean close, or with config.dirty a flush and nothing more. */
@@ -142,8 +142,8 @@ export class TsTarget implements Target {
   async sync(): Promise<void> {
     this.end();
     this.img = undefined;
-    fs.writeFileSync(this.imagePath(), this.storage!.bytes());
-    if (this.dataStorage) fs.writeFileSync(path.join(this.dir, DATA_FILE_NAME), this.dataStorage.read(0, this.dataStorage.size()));
+    fs.writeFileSync(this.imagePath(), this.storage!.view());
+    if (this.dataStorage) fs.writeFileSync(path.join(this.dir, DATA_FILE_NAME), this.dataStorage.view());
     this.img = Qcow2Image.open(this.storage!, { ...this.openOpts, readOnly: true });
   }
 

@@ -114,14 +114,20 @@ function sectorSpan(p: { offset: number; data: Uint8Array }): [number, number] {
 export class RecordingStorage implements BlockStorage {
   readonly readOnly = false;
   private readonly live: MemoryStorage;
-  private durable: Uint8Array;
+  /**
+   * The bytes at the last flush. A flush brings it up to date by replaying
+   * the write log onto it (the same operations from the same start give the
+   * same bytes as `live`), which costs what was written since, not a copy of
+   * the whole image: the engine flushes at every barrier.
+   */
+  private readonly durable: MemoryStorage;
   private pending: Pending[] = [];
   /** staleBase() for the current write log; dropped by every write, truncate and flush. */
-  private staleCache: Uint8Array | undefined;
+  private staleCache: MemoryStorage | undefined;
 
   constructor(initial?: Uint8Array) {
     this.live = new MemoryStorage(initial);
-    this.durable = this.live.bytes();
+    this.durable = new MemoryStorage(initial);
   }
 
   size(): number {
@@ -145,7 +151,10 @@ export class RecordingStorage implements BlockStorage {
   }
   flush(): void {
     if (this.pending.length === 0) return;
-    this.durable = this.live.bytes();
+    for (const p of this.pending) {
+      if (p.kind === 'write') this.durable.write(p.offset, p.data);
+      else this.durable.truncate(p.length);
+    }
     this.pending = [];
     this.staleCache = undefined;
   }
@@ -158,6 +167,11 @@ export class RecordingStorage implements BlockStorage {
     return this.live.bytes();
   }
 
+  /** The current contents without a copy, valid until the next write or truncate (MemoryStorage.view). */
+  view(): Uint8Array {
+    return this.live.view();
+  }
+
   /** Writes and truncates issued since the last flush. */
   get pendingWrites(): number {
     return this.pending.length;
@@ -165,7 +179,12 @@ export class RecordingStorage implements BlockStorage {
 
   /** The image a crash in `state` leaves (see the crash model above). */
   crashImageOf(state: CrashState, fill: CrashFill = 'stale'): Uint8Array {
-    const img = new MemoryStorage(fill === 'stale' ? this.staleBase() : this.durable);
+    return this.crashStorageOf(state, fill).bytes();
+  }
+
+  /** crashImageOf as a storage of its own, without copying the bytes out once more. */
+  crashStorageOf(state: CrashState, fill: CrashFill = 'stale'): MemoryStorage {
+    const img = (fill === 'stale' ? this.staleBase() : this.durable).clone();
     this.pending.forEach((p, i) => {
       const fate = state.fates[i] ?? false;
       if (fate === false) return;
@@ -185,7 +204,7 @@ export class RecordingStorage implements BlockStorage {
         img.write(from, p.data.subarray(from - p.offset, to - p.offset));
       }
     });
-    return img.bytes();
+    return img;
   }
 
   /**
@@ -193,10 +212,10 @@ export class RecordingStorage implements BlockStorage {
    * the durable end (kept writes overwrite them later). Built once per crash
    * point: every crash state there starts from it.
    */
-  private staleBase(): Uint8Array {
+  private staleBase(): MemoryStorage {
     if (this.staleCache) return this.staleCache;
-    const img = new MemoryStorage(this.durable);
-    const durableEnd = this.durable.length;
+    const img = this.durable.clone();
+    const durableEnd = this.durable.size();
     const sector = new Uint8Array(SECTOR_SIZE);
     for (const p of this.pending) {
       if (p.kind !== 'write' || p.offset + p.data.length <= durableEnd) continue;
@@ -209,8 +228,8 @@ export class RecordingStorage implements BlockStorage {
         img.write(a, sector.subarray(a - s * SECTOR_SIZE, b - s * SECTOR_SIZE));
       }
     }
-    this.staleCache = img.bytes();
-    return this.staleCache;
+    this.staleCache = img;
+    return img;
   }
 
   /**

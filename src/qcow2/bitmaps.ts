@@ -92,7 +92,7 @@ function dirEntryValid(s: ImageState, e: Pick<BitmapDirEntry, 'bitmapTableOffset
 }
 
 /** bitmap_table_load: the entries, each checked (check_table_entry). */
-function loadTable(s: ImageState, offset: number, size: number): bigint[] {
+export function loadBitmapTable(s: ImageState, offset: number, size: number): bigint[] {
   const raw = s.storage.read(offset, size * BITMAP_TABLE_ENTRY_SIZE);
   const v = viewOf(raw);
   const out: bigint[] = [];
@@ -120,7 +120,7 @@ function loadOne(s: ImageState, e: BitmapDirEntry): DirtyBitmap {
   const what = `Could not read bitmap_table table from image for bitmap '${e.name}'`;
   let table: bigint[];
   try {
-    table = loadTable(s, e.bitmapTableOffset, e.bitmapTableSize);
+    table = loadBitmapTable(s, e.bitmapTableOffset, e.bitmapTableSize);
   } catch (err) {
     if (err instanceof InvalidImageError) throw new InvalidImageError(`${what}: Invalid argument`);
     throw err;

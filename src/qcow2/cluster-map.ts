@@ -188,7 +188,9 @@ export function dataClusterOffset(s: ImageState, e: L2Entry, guestCluster: numbe
  */
 export function ownedDataCluster(s: ImageState, e: L2Entry, guestCluster: number): number {
   const off = dataClusterOffset(s, e, guestCluster);
-  if (!s.hasDataFile) requireCounted(s, off, s.clusterSize, guestCluster);
+  // The hot path of a rewrite: one cached refcount lookup; the rarer conditions only when it reads 0.
+  // Data file clusters are not refcounted (dataStorage is set exactly when the image has one open).
+  if (s.dataStorage === null && s.refcounts.get(off / s.clusterSize) === 0) requireCounted(s, off, s.clusterSize, guestCluster);
   return off;
 }
 
@@ -199,7 +201,7 @@ export function ownedDataCluster(s: ImageState, e: L2Entry, guestCluster: number
  * copy). Same corruption as ownedDataCluster.
  */
 export function requireCountedSource(s: ImageState, e: L2Entry, guestCluster: number): void {
-  if (s.hasDataFile) return;
+  if (s.dataStorage !== null) return;
   const type = s.layout.type(e);
   if (type === ClusterType.Compressed) {
     const c = decodeCompressed(e.hi, e.lo, s.clusterBits);
@@ -212,12 +214,11 @@ export function requireCountedSource(s: ImageState, e: L2Entry, guestCluster: nu
 }
 
 function requireCounted(s: ImageState, offset: number, bytes: number, guestCluster: number): void {
+  const c = s.refcounts.firstUncounted(offset, bytes);
+  if (c < 0 || s.hasDataFile) return;
   // A dirty image's stored refcounts may lag its L2 tables (lazy refcounts): nothing follows from a 0.
   if (s.header.incompatibleFeatures & INCOMPAT_DIRTY) return;
-  const c = s.refcounts.firstUncounted(offset, bytes);
-  if (c >= 0) {
-    s.corruption(`guest cluster ${guestCluster} maps to host cluster ${c}, whose refcount is 0 (it could be allocated again while in use; run check -r all)`);
-  }
+  s.corruption(`guest cluster ${guestCluster} maps to host cluster ${c}, whose refcount is 0 (it could be allocated again while in use; run check -r all)`);
 }
 
 /** Unhooks and frees the L2 table of an L1 entry past the end of a shrunk image: L1 entry first, then the free. */

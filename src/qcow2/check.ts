@@ -10,7 +10,6 @@ import type { CachedTable } from './cache.js';
 import { CorruptImageError, InvalidImageError, Qcow2Error, ReadOnlyError } from './errors.js';
 import { viewOf } from './format/bytes.js';
 import {
-  AUTOCLEAR_BITMAPS,
   BITMAP_TABLE_ENTRY_SIZE,
   INCOMPAT_CORRUPT,
   INCOMPAT_DIRTY,

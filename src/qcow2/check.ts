@@ -135,9 +135,10 @@ export function checkPass(img: ImageState, fix: number): CheckResult {
     res.leaks += freshLeaks;
   } else if (fix) {
     if (state.rebuild) {
+      // qcow2_check_refcounts returns -EIO here: qemu-img says "Check failed" and prints no counts.
       res.messages.push('ERROR need to rebuild refcount structures');
       res.checkErrors++;
-      return res;
+      throw new CheckGaveUpError('the refcount structure needs a rebuild, which only check -r all does: Input/output error', res);
     }
     if (res.leaks || res.corruptions) {
       Object.assign(res, pre, { messages: pre.messages });
@@ -504,6 +505,9 @@ function compare(img: ImageState, res: CheckResult, fix: number, state: { rebuil
 }
 
 function checkOflagCopied(img: ImageState, res: CheckResult, fix: number): void {
+  // check_oflag_copied: -r all always repairs; -r leaks only when nothing else is wrong, for the
+  // refcounts are then exact (the leak repair just ran).
+  const repair = fix & FIX_ERRORS ? true : fix & FIX_LEAKS ? res.checkErrors === 0 && res.corruptions === 0 && res.leaks === 0 : false;
   const cs = img.clusterSize;
   const layout = img.layout;
   let aligned = true;
@@ -514,7 +518,7 @@ function checkOflagCopied(img: ImageState, res: CheckResult, fix: number): void 
       if (rc === undefined) return false;
       if ((rc === 1) !== img.l1.copiedAt(i)) {
         const l1Entry = img.l1.rawAt(i);
-        if (fix & FIX_ERRORS) {
+        if (repair) {
           res.messages.push(`Repairing OFLAG_COPIED L2 cluster: l1_index=${i} l1_entry=${l1Entry.toString(16)} refcount=${rc}`);
           img.l1.setHi(i, withCopied(img.l1.hiAt(i), rc === 1));
           img.writeL1Entry(i);
@@ -536,7 +540,7 @@ function checkOflagCopied(img: ImageState, res: CheckResult, fix: number): void 
       if (drc === undefined) return;
       if ((drc === 1) !== isCopied(e.hi)) {
         const entry = hex64(e.hi, e.lo);
-        if (fix & FIX_ERRORS && aligned) {
+        if (repair && aligned) {
           res.messages.push(`Repairing OFLAG_COPIED data cluster: l2_entry=${entry} refcount=${drc}`);
           layout.set(table, j, { ...e, hi: withCopied(e.hi, drc === 1) });
           res.corruptionsFixed++;
@@ -547,7 +551,7 @@ function checkOflagCopied(img: ImageState, res: CheckResult, fix: number): void 
       }
     },
   });
-  if (fix & FIX_ERRORS) img.flush();
+  if (repair) img.flush();
 }
 
 // ------------------------------------------------------------------ rebuild

@@ -87,11 +87,13 @@ export function checkImage(img: ImageState, repair: RepairMode): CheckResult {
  * then check OFLAG_COPIED.
  *
  * Returns the findings; it throws only what the storage or a repair write
- * throws (a refused write marks the image corrupt and propagates). State
- * left on failure: repairs completed before the failure are on disk (each
- * one is ordered as in normal operation), the rest are not; nothing a repair
- * writes is left half-pointed-to, since a rebuilt structure only takes
- * effect with its header write.
+ * throws (a refused write marks the image corrupt and propagates), and a
+ * CheckGaveUpError where qemu-img's check returns an error. State left on
+ * failure: entry repairs written before the failure are on disk, refcount
+ * repairs still in the refcount cache are not (a refused write makes the
+ * image read-only, so nothing more is flushed, as QEMU drops its caches);
+ * nothing a repair writes is left half-pointed-to, since a rebuilt
+ * structure only takes effect with its header write.
  */
 export function checkPass(img: ImageState, fix: number): CheckResult {
   if (!img.readOnly) img.flush();

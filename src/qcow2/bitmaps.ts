@@ -92,7 +92,7 @@ function dirEntryValid(s: ImageState, e: Pick<BitmapDirEntry, 'bitmapTableOffset
 }
 
 /** bitmap_table_load: the entries, each checked (check_table_entry). */
-function loadTable(s: ImageState, offset: number, size: number): bigint[] {
+export function loadBitmapTable(s: ImageState, offset: number, size: number): bigint[] {
   const raw = s.storage.read(offset, size * BITMAP_TABLE_ENTRY_SIZE);
   const v = viewOf(raw);
   const out: bigint[] = [];
@@ -120,7 +120,7 @@ function loadOne(s: ImageState, e: BitmapDirEntry): DirtyBitmap {
   const what = `Could not read bitmap_table table from image for bitmap '${e.name}'`;
   let table: bigint[];
   try {
-    table = loadTable(s, e.bitmapTableOffset, e.bitmapTableSize);
+    table = loadBitmapTable(s, e.bitmapTableOffset, e.bitmapTableSize);
   } catch (err) {
     if (err instanceof InvalidImageError) throw new InvalidImageError(`${what}: Invalid argument`);
     throw err;
@@ -155,6 +155,20 @@ export function loadBitmaps(s: ImageState): void {
   if (!hasBitmapDirectory(s)) return;
   for (const e of loadBitmapList(s)) s.bitmaps.list.push(loadOne(s, e));
   s.bitmapDirectory = { offset: s.ext.bitmaps!.bitmapDirectoryOffset, size: s.ext.bitmaps!.bitmapDirectorySize };
+  // The overlap map (overlap.ts): the directory, every table, the data clusters of the bitmaps loaded.
+  s.meta.add(s.bitmapDirectory.offset, s.bitmapDirectory.size, MetaKind.BitmapDirectory);
+  for (const b of s.bitmaps.list) recordBitmapClusters(s, b.table, b.dataClusters);
+}
+
+function recordBitmapClusters(s: ImageState, table: { offset: number; size: number }, dataClusters: number[]): void {
+  if (table.size > 0) s.meta.add(table.offset, table.size * BITMAP_TABLE_ENTRY_SIZE, MetaKind.BitmapTable);
+  for (const c of dataClusters) if (c !== 0) s.meta.add(c, s.clusterSize, MetaKind.BitmapData);
+}
+
+/** Writes bitmap metadata to freshly allocated clusters of the image file (never the data file), recording them. */
+function writeNewBitmapMeta(s: ImageState, offset: number, data: Uint8Array, kind: MetaKind): void {
+  s.claimNew(offset, data.length, kind);
+  s.writeMeta(offset, data, kind);
 }
 
 /** Read-write open: mark every loaded bitmap in use in the file, before any write (update_ext_header_and_dir_in_place). */
@@ -168,7 +182,7 @@ export function markBitmapsInUse(s: ImageState): void {
   s.writeHeader();
   s.barrier();
   // The autoclear bit is off while the directory changes in place: a torn write leaves bitmaps inconsistent, not wrong.
-  s.writeMeta(s.bitmapDirectory.offset, dir, MetaKind.Other);
+  s.writeMeta(s.bitmapDirectory.offset, dir, MetaKind.BitmapDirectory);
   s.barrier();
   s.header.autoclearFeatures |= AUTOCLEAR_BITMAPS;
   s.writeHeader();
@@ -198,7 +212,7 @@ export function storeBitmaps(s: ImageState): void {
   if (set.list.length > 0) {
     const dir = encodeBitmapDirectory(set.list.map(entryOf));
     const off = s.refcounts.allocClusters(Math.ceil(dir.length / s.clusterSize));
-    s.writeData(off, dir);
+    writeNewBitmapMeta(s, off, dir, MetaKind.BitmapDirectory);
     // qcow2_flush_caches: the new clusters are counted on disk before the header names them.
     s.flush();
     s.header.autoclearFeatures |= AUTOCLEAR_BITMAPS;
@@ -211,9 +225,17 @@ export function storeBitmaps(s: ImageState): void {
   }
   s.writeHeader();
   s.barrier();
-  if (old) s.refcounts.freeLater(old.offset, old.size);
+  if (old) {
+    s.meta.removeKind(old.offset, old.size, MetaKind.BitmapDirectory);
+    s.refcounts.freeLater(old.offset, old.size);
+  }
   for (const d of set.dropped.splice(0)) {
-    for (const c of d.dataClusters) if (c !== 0) s.refcounts.freeLater(c, s.clusterSize);
+    for (const c of d.dataClusters) {
+      if (c === 0) continue;
+      s.meta.removeKind(c, s.clusterSize, MetaKind.BitmapData);
+      s.refcounts.freeLater(c, s.clusterSize);
+    }
+    s.meta.removeKind(d.table.offset, d.table.size * BITMAP_TABLE_ENTRY_SIZE, MetaKind.BitmapTable);
     s.refcounts.freeLater(d.table.offset, d.table.size * BITMAP_TABLE_ENTRY_SIZE);
   }
   s.flush();
@@ -236,12 +258,12 @@ function storeOne(s: ImageState, b: DirtyBitmap): void {
     const off = s.refcounts.allocClusters(1);
     const buf = new Uint8Array(cs);
     buf.set(slice);
-    s.writeData(off, buf);
+    writeNewBitmapMeta(s, off, buf, MetaKind.BitmapData);
     setBig64(tv, i * BITMAP_TABLE_ENTRY_SIZE, BigInt(off));
     clusters.push(off);
   }
   const tOff = s.refcounts.allocClusters(Math.ceil(table.length / cs));
-  s.writeData(tOff, table);
+  writeNewBitmapMeta(s, tOff, table, MetaKind.BitmapTable);
   b.table = { offset: tOff, size };
   b.dataClusters = clusters;
 }

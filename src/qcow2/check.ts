@@ -7,12 +7,10 @@
  * then compare with the stored refcounts.
  */
 import type { CachedTable } from './cache.js';
-import { OverlapError, Qcow2Error, ReadOnlyError } from './errors.js';
+import { CorruptImageError, InvalidImageError, Qcow2Error, ReadOnlyError } from './errors.js';
 import { viewOf } from './format/bytes.js';
 import {
-  AUTOCLEAR_BITMAPS,
   BITMAP_TABLE_ENTRY_SIZE,
-  CHECK_MAX_BITMAP_DIRECTORY_BYTES,
   INCOMPAT_CORRUPT,
   INCOMPAT_DIRTY,
   INT64_LIMIT,
@@ -23,7 +21,8 @@ import {
   REFTABLE_OFFSET_ALIGN,
 } from './format/constants.js';
 import { ClusterType, decodeCompressed, entryOffset, isCopied, l1ReservedBits, l2ReservedBits, withCopied } from './format/entries.js';
-import { decodeBitmapDirectory } from './format/bitmaps.js';
+import { BITMAP_TABLE_OFFSET_MASK } from './format/bitmaps.js';
+import { hasBitmapDirectory, loadBitmapList, loadBitmapTable } from './bitmaps.js';
 import { snapshotL1Problem } from './snapshot-table-io.js';
 import { L1Table } from './l1-table.js';
 import { ALL_SUBCLUSTERS } from './l2.js';
@@ -35,6 +34,20 @@ import type { CheckResult, RepairMode } from './types.js';
 
 const FIX_LEAKS = 1;
 const FIX_ERRORS = 2;
+
+/**
+ * The check stopped where qemu-img's returns an error (-EINVAL): the image
+ * is inconsistent in a way the refcount walk cannot get past. Carries what
+ * was counted up to there; the CLI reports "Check failed" and exits 1.
+ */
+export class CheckGaveUpError extends CorruptImageError {
+  constructor(
+    message: string,
+    readonly partial: CheckResult,
+  ) {
+    super(message);
+  }
+}
 
 interface Counts {
   table: Float64Array;
@@ -74,11 +87,13 @@ export function checkImage(img: ImageState, repair: RepairMode): CheckResult {
  * then check OFLAG_COPIED.
  *
  * Returns the findings; it throws only what the storage or a repair write
- * throws (a refused write marks the image corrupt and propagates). State
- * left on failure: repairs completed before the failure are on disk (each
- * one is ordered as in normal operation), the rest are not; nothing a repair
- * writes is left half-pointed-to, since a rebuilt structure only takes
- * effect with its header write.
+ * throws (a refused write marks the image corrupt and propagates), and a
+ * CheckGaveUpError where qemu-img's check returns an error. State left on
+ * failure: entry repairs written before the failure are on disk, refcount
+ * repairs still in the refcount cache are not (a refused write makes the
+ * image read-only, so nothing more is flushed, as QEMU drops its caches);
+ * nothing a repair writes is left half-pointed-to, since a rebuilt
+ * structure only takes effect with its header write.
  */
 export function checkPass(img: ImageState, fix: number): CheckResult {
   if (!img.readOnly) img.flush();
@@ -100,8 +115,14 @@ export function checkPass(img: ImageState, fix: number): CheckResult {
     res.leaks = 0;
     state.rebuild = false;
     nbClusters = Math.ceil(img.storage.size() / cs);
-    const scratch = emptyResult();
-    counts = calculate(img, scratch, 0, nbClusters, state);
+    // qcow2_check_refcounts recounts into the same result: what the walk still finds (references
+    // past the end of the file, bad entries) stays a corruption and is not counted as fixed. The
+    // fragmentation figures of the recount are dropped: qemu-img reports its second pass's.
+    const recount = emptyResult();
+    counts = calculate(img, recount, 0, nbClusters, state);
+    res.corruptions += recount.corruptions;
+    res.checkErrors += recount.checkErrors;
+    res.messages.push(...recount.messages);
     nbClusters = Math.max(nbClusters, counts.size);
     let freshLeaks = 0;
     if (fix & FIX_LEAKS) {
@@ -116,9 +137,10 @@ export function checkPass(img: ImageState, fix: number): CheckResult {
     res.leaks += freshLeaks;
   } else if (fix) {
     if (state.rebuild) {
+      // qcow2_check_refcounts returns -EIO here: qemu-img says "Check failed" and prints no counts.
       res.messages.push('ERROR need to rebuild refcount structures');
       res.checkErrors++;
-      return res;
+      throw new CheckGaveUpError('the refcount structure needs a rebuild, which only check -r all does: Input/output error', res);
     }
     if (res.leaks || res.corruptions) {
       Object.assign(res, pre, { messages: pre.messages });
@@ -131,7 +153,9 @@ export function checkPass(img: ImageState, fix: number): CheckResult {
   return res;
 }
 
+/** qcow2_mark_clean then qcow2_mark_consistent: the repairs are durable before the header says so. */
 function markCleanAndConsistent(img: ImageState): void {
+  img.flush();
   const h = img.header;
   if (h.incompatibleFeatures & (INCOMPAT_DIRTY | INCOMPAT_CORRUPT)) {
     h.incompatibleFeatures &= ~(INCOMPAT_DIRTY | INCOMPAT_CORRUPT);
@@ -144,6 +168,12 @@ function markCleanAndConsistent(img: ImageState): void {
 
 function hex64(hi: number, lo: number): string {
   return hi === 0 ? (lo >>> 0).toString(16) : (hi >>> 0).toString(16) + (lo >>> 0).toString(16).padStart(8, '0');
+}
+
+/** The offset field of a compressed entry in hex, exact (a hostile one may pass 2^53; QEMU prints l2_entry & cluster_offset_mask). */
+function compressedOffsetHex(hi: number, lo: number, clusterBits: number): string {
+  const hiOffsetBits = 62 - (clusterBits - 8) - 32;
+  return hex64(hi & ((1 << hiOffsetBits) - 1), lo);
 }
 
 function inc(img: ImageState, res: CheckResult, c: Counts, offset: number, size: number): void {
@@ -208,32 +238,40 @@ function calculate(img: ImageState, res: CheckResult, fix: number, nbClusters: n
   return c;
 }
 
+/**
+ * qcow2_check_bitmaps_refcounts: the directory, every bitmap's table and
+ * the data clusters it names. A directory or table QEMU cannot load
+ * (bitmap_list_load, bitmap_table_load) is a corruption that ends the check
+ * with EINVAL: qemu-img says "Check failed: Invalid argument" and exits 1,
+ * whatever else it found. Open loads the same directory, but a table is
+ * loaded there only for bitmaps not in use, so an in-use bitmap's table is
+ * first validated here.
+ */
 function countBitmaps(img: ImageState, res: CheckResult, c: Counts): void {
-  const b = img.ext.bitmaps;
-  if (!b || !(img.header.autoclearFeatures & AUTOCLEAR_BITMAPS) || b.nbBitmaps === 0) return;
+  if (!hasBitmapDirectory(img)) return;
+  const b = img.ext.bitmaps!;
   const cs = img.clusterSize;
   inc(img, res, c, b.bitmapDirectoryOffset, b.bitmapDirectorySize);
-  if (b.bitmapDirectorySize > CHECK_MAX_BITMAP_DIRECTORY_BYTES) return;
-  let dir;
-  try {
-    dir = decodeBitmapDirectory(img.storage.read(b.bitmapDirectoryOffset, b.bitmapDirectorySize), b.nbBitmaps);
-  } catch (e) {
-    // An unreadable or malformed directory is a check error (QEMU: bitmap_list_load fails); bugs propagate.
-    if (!(e instanceof Qcow2Error)) throw e;
-    res.checkErrors++;
-    return;
-  }
+  const dir = loadOrGiveUp(res, 'bitmap directory', () => loadBitmapList(img));
   for (const bm of dir) {
-    const bytes = bm.bitmapTableSize * BITMAP_TABLE_ENTRY_SIZE;
-    inc(img, res, c, bm.bitmapTableOffset, bytes);
-    if (bytes > MAX_L1_BYTES) continue;
-    const t = img.storage.read(bm.bitmapTableOffset, bytes);
-    const v = viewOf(t);
-    for (let i = 0; i < bm.bitmapTableSize; i++) {
-      const pos = i * BITMAP_TABLE_ENTRY_SIZE;
-      const off = entryOffset(v.getUint32(pos), v.getUint32(pos + 4));
-      if (off > 1) inc(img, res, c, off, cs);
+    inc(img, res, c, bm.bitmapTableOffset, bm.bitmapTableSize * BITMAP_TABLE_ENTRY_SIZE);
+    const table = loadOrGiveUp(res, `bitmap table of '${bm.name}'`, () => loadBitmapTable(img, bm.bitmapTableOffset, bm.bitmapTableSize));
+    for (const entry of table) {
+      const off = Number(entry & BITMAP_TABLE_OFFSET_MASK);
+      if (off !== 0) inc(img, res, c, off, cs);
     }
+  }
+}
+
+/** Runs a bitmap load; QEMU's refusal is counted as a corruption and ends the check (CheckGaveUpError). */
+function loadOrGiveUp<T>(res: CheckResult, what: string, load: () => T): T {
+  try {
+    return load();
+  } catch (e) {
+    // Only the engine's own refusals (bad directory or table); bugs and storage errors propagate as they are.
+    if (!(e instanceof InvalidImageError)) throw e;
+    res.corruptions++;
+    throw new CheckGaveUpError(`${what} cannot be loaded (${e.message}): Invalid argument`, res);
   }
 }
 
@@ -272,23 +310,24 @@ function readL2(img: ImageState, offset: number): CachedTable {
   return { offset, data, view: viewOf(data), dirty: false };
 }
 
-/** Overwrites the standard part of one L2 entry in place (repair); false when that would hit other metadata. */
-function rewriteL2Entry(img: ImageState, l2Offset: number, index: number, lo: number): boolean {
+/**
+ * Overwrites the standard part of one L2 entry in place (repair). A write
+ * that would land on other metadata (the "L2 table" is really the header, a
+ * refcount block, ...) marks the image corrupt and throws, ending the check
+ * as QEMU's fix_l2_entry_by_zero does (its overlap check ignores only the
+ * kind of L2 table being walked: active, or inactive for a snapshot's).
+ */
+function rewriteL2Entry(img: ImageState, l2Offset: number, index: number, lo: number, active: boolean): void {
   const at = l2Offset + index * img.layout.entrySize;
   // Only the standard 8-byte part: with extended L2 the subcluster bitmap stays as it is.
   const bytes = new Uint8Array(L2_ENTRY_SIZE);
   viewOf(bytes).setUint32(4, lo);
   const cached = l2Offset % img.clusterSize === 0 ? img.l2Cache.peek(l2Offset) : undefined;
-  try {
-    img.meta.check(at, L2_ENTRY_SIZE, MetaKind.ActiveL2);
-  } catch (e) {
-    if (e instanceof OverlapError) return false;
-    throw e;
-  }
+  // Inactive L2 tables are not in the metadata map; every other kind, active L2 included, is checked.
+  img.overlapCheck(at, L2_ENTRY_SIZE, active ? MetaKind.ActiveL2 : undefined);
   img.storage.write(at, bytes);
   img.storage.flush();
   if (cached) cached.data.set(bytes, index * img.layout.entrySize);
-  return true;
 }
 
 function checkL2(img: ImageState, res: CheckResult, c: Counts, l2Offset: number, active: boolean, fix: number): void {
@@ -305,9 +344,21 @@ function checkL2(img: ImageState, res: CheckResult, c: Counts, l2Offset: number,
     }
     if (type === ClusterType.Compressed) {
       if (isCopied(e.hi)) {
-        res.messages.push(`ERROR: coffset=0x${decodeCompressed(e.hi, e.lo, img.clusterBits).offset.toString(16)}: copied flag must never be set for compressed clusters`);
+        res.messages.push(`ERROR: coffset=0x${compressedOffsetHex(e.hi, e.lo, img.clusterBits)}: copied flag must never be set for compressed clusters`);
         res.corruptions++;
         e.hi = withCopied(e.hi, false);
+      }
+      // check_refcounts_l2: a compressed entry with a data file, or with a non-zero subcluster
+      // bitmap, is a corruption and its data is not counted (so its clusters show as leaked).
+      if (img.hasDataFile) {
+        res.messages.push(`ERROR compressed cluster ${i} with data file, entry=0x${hex64(e.hi, e.lo)}`);
+        res.corruptions++;
+        continue;
+      }
+      if (layout.extended && (e.alloc | e.zero) !== 0) {
+        res.messages.push(`ERROR compressed cluster ${i} with non-zero subcluster allocation bitmap, entry=0x${hex64(e.hi, e.lo)}`);
+        res.corruptions++;
+        continue;
       }
       const cc = decodeCompressed(e.hi, e.lo, img.clusterBits);
       inc(img, res, c, cc.offset, cc.size);
@@ -331,7 +382,8 @@ function checkL2(img: ImageState, res: CheckResult, c: Counts, l2Offset: number,
             `${repair ? 'Repairing' : 'ERROR'} offset=${offset.toString(16)}: Preallocated cluster is not properly aligned; L2 entry corrupted.`,
           );
           // Nothing is lost by making it a plain zero cluster (QEMU repairs it so).
-          if (repair && rewriteL2Entry(img, l2Offset, i, layout.extended ? 0 : OFLAG_ZERO_LO)) {
+          if (repair) {
+            rewriteL2Entry(img, l2Offset, i, layout.extended ? 0 : OFLAG_ZERO_LO, active);
             res.corruptions--;
             res.corruptionsFixed++;
             continue;
@@ -448,11 +500,16 @@ function compare(img: ImageState, res: CheckResult, fix: number, state: { rebuil
     if (stored < computed) res.corruptions++;
     else res.leaks++;
   }
-  if (fix) img.refcounts.flush();
+  // The repaired refcounts stay in the cache, as update_refcount leaves them: they reach the file
+  // with the next flush (OFLAG_COPIED repair, marking the image clean, close). A later repair write
+  // that marks the image corrupt leaves them unwritten, as it leaves QEMU's.
   return highest;
 }
 
 function checkOflagCopied(img: ImageState, res: CheckResult, fix: number): void {
+  // check_oflag_copied: -r all always repairs; -r leaks only when nothing else is wrong, for the
+  // refcounts are then exact (the leak repair just ran).
+  const repair = fix & FIX_ERRORS ? true : fix & FIX_LEAKS ? res.checkErrors === 0 && res.corruptions === 0 && res.leaks === 0 : false;
   const cs = img.clusterSize;
   const layout = img.layout;
   let aligned = true;
@@ -463,7 +520,7 @@ function checkOflagCopied(img: ImageState, res: CheckResult, fix: number): void 
       if (rc === undefined) return false;
       if ((rc === 1) !== img.l1.copiedAt(i)) {
         const l1Entry = img.l1.rawAt(i);
-        if (fix & FIX_ERRORS) {
+        if (repair) {
           res.messages.push(`Repairing OFLAG_COPIED L2 cluster: l1_index=${i} l1_entry=${l1Entry.toString(16)} refcount=${rc}`);
           img.l1.setHi(i, withCopied(img.l1.hiAt(i), rc === 1));
           img.writeL1Entry(i);
@@ -485,7 +542,7 @@ function checkOflagCopied(img: ImageState, res: CheckResult, fix: number): void 
       if (drc === undefined) return;
       if ((drc === 1) !== isCopied(e.hi)) {
         const entry = hex64(e.hi, e.lo);
-        if (fix & FIX_ERRORS && aligned) {
+        if (repair && aligned) {
           res.messages.push(`Repairing OFLAG_COPIED data cluster: l2_entry=${entry} refcount=${drc}`);
           layout.set(table, j, { ...e, hi: withCopied(e.hi, drc === 1) });
           res.corruptionsFixed++;
@@ -496,7 +553,7 @@ function checkOflagCopied(img: ImageState, res: CheckResult, fix: number): void 
       }
     },
   });
-  if (fix & FIX_ERRORS) img.flush();
+  if (repair) img.flush();
 }
 
 // ------------------------------------------------------------------ rebuild

@@ -10,7 +10,7 @@
  */
 import type { CachedTable } from './cache.js';
 import { alignUp } from './format/bytes.js';
-import { L1_ENTRY_SIZE } from './format/constants.js';
+import { INCOMPAT_DIRTY, L1_ENTRY_SIZE } from './format/constants.js';
 import { ClusterType, decodeCompressed, makeEntry } from './format/entries.js';
 import { discardDataCluster } from './data-file.js';
 import { L1Table } from './l1-table.js';
@@ -176,6 +176,49 @@ export function dataClusterOffset(s: ImageState, e: L2Entry, guestCluster: numbe
   }
   if (off < s.clusterSize) s.corruption(`data cluster at offset ${off} overlaps the image header (guest cluster ${guestCluster})`);
   return off;
+}
+
+/**
+ * The host cluster of a COPIED data entry, for a write in place. COPIED
+ * promises refcount 1; a refcount of 0 means the refcount structure does not
+ * know the cluster is in use, so the allocator may hand it to another guest
+ * cluster (or a refcount block) and two owners would overwrite each other.
+ * That is corruption: the image is marked corrupt and the write refused, as
+ * QEMU does for the inconsistencies it meets during I/O (qcow2_signal_corruption).
+ */
+export function ownedDataCluster(s: ImageState, e: L2Entry, guestCluster: number): number {
+  const off = dataClusterOffset(s, e, guestCluster);
+  // The hot path of a rewrite: one cached refcount lookup; the rarer conditions only when it reads 0.
+  // Data file clusters are not refcounted (dataStorage is set exactly when the image has one open).
+  if (s.dataStorage === null && s.refcounts.get(off / s.clusterSize) === 0) requireCounted(s, off, s.clusterSize, guestCluster);
+  return off;
+}
+
+/**
+ * Before a copy-on-write replaces entry e: every host cluster it points to
+ * must be counted, or the allocation about to happen may return one of them
+ * while it still holds data (a compressed cluster's neighbours, a snapshot's
+ * copy). Same corruption as ownedDataCluster.
+ */
+export function requireCountedSource(s: ImageState, e: L2Entry, guestCluster: number): void {
+  if (s.dataStorage !== null) return;
+  const type = s.layout.type(e);
+  if (type === ClusterType.Compressed) {
+    const c = decodeCompressed(e.hi, e.lo, s.clusterBits);
+    requireCounted(s, c.offset, c.size, guestCluster);
+  } else if (type === ClusterType.Normal || type === ClusterType.ZeroAlloc) {
+    const off = s.layout.offset(e);
+    // A misaligned one is refused where its data is read (dataClusterOffset).
+    if (off % s.clusterSize === 0) requireCounted(s, off, s.clusterSize, guestCluster);
+  }
+}
+
+function requireCounted(s: ImageState, offset: number, bytes: number, guestCluster: number): void {
+  const c = s.refcounts.firstUncounted(offset, bytes);
+  if (c < 0 || s.hasDataFile) return;
+  // A dirty image's stored refcounts may lag its L2 tables (lazy refcounts): nothing follows from a 0.
+  if (s.header.incompatibleFeatures & INCOMPAT_DIRTY) return;
+  s.corruption(`guest cluster ${guestCluster} maps to host cluster ${c}, whose refcount is 0 (it could be allocated again while in use; run check -r all)`);
 }
 
 /** Unhooks and frees the L2 table of an L1 entry past the end of a shrunk image: L1 entry first, then the free. */

@@ -16,12 +16,13 @@ import { InvalidArgumentError, UnsupportedFeatureError } from './errors.js';
 import { CRYPT_NONE } from './format/constants.js';
 import { ClusterType, encodeCompressed, isCopied } from './format/entries.js';
 import {
-  dataClusterOffset,
   entryFor,
   entryParts,
   entryWith,
   forEachClusterPiece,
   freeEntryClusters,
+  ownedDataCluster,
+  requireCountedSource,
   setEntry,
   writableL2,
 } from './cluster-map.js';
@@ -43,18 +44,19 @@ function writeInCluster(s: ImageState, vc: number, inOff: number, data: Uint8Arr
   const copied = isCopied(old.hi);
   if (!s.layout.extended) {
     if (copied && type === ClusterType.Normal) {
-      s.writeData(dataClusterOffset(s, old, vc) + inOff, data, vc * cs + inOff);
+      s.writeData(ownedDataCluster(s, old, vc) + inOff, data, vc * cs + inOff);
       return;
     }
     if (copied && type === ClusterType.ZeroAlloc) {
       // Reused in place (QEMU: cluster_needs_new_alloc is false); the rest of it reads as zeros.
-      const host = dataClusterOffset(s, old, vc);
+      const host = ownedDataCluster(s, old, vc);
       const buf = new Uint8Array(cs);
       buf.set(data, inOff);
       s.writeData(host, buf, vc * cs);
       setEntry(s, table, index, entryWith(host, true));
       return;
     }
+    requireCountedSource(s, old, vc);
     const buf = clusterWithOverlay(s, vc, inOff, data, type === ClusterType.Unallocated || type === ClusterType.ZeroPlain);
     const host = allocDataCluster(s, vc);
     s.writeData(host, buf, vc * cs);
@@ -84,7 +86,7 @@ function writeInClusterExtended(s: ImageState, w: ExtendedWrite): void {
   const last = Math.floor((inOff + data.length - 1) / scs);
   const touched = subclusterMask(first, last - first + 1);
   if (copied && type === ClusterType.Normal) {
-    const host = dataClusterOffset(s, old, vc);
+    const host = ownedDataCluster(s, old, vc);
     for (let sc = first; sc <= last; sc++) subclusterState(s, old, type, sc, vc);
     if ((old.alloc & touched) === touched) {
       s.writeData(host + inOff, data, vc * s.clusterSize + inOff);
@@ -99,6 +101,7 @@ function writeInClusterExtended(s: ImageState, w: ExtendedWrite): void {
     setEntry(s, table, index, { hi: old.hi, lo: old.lo, alloc: (old.alloc | touched) >>> 0, zero: (old.zero & ~touched) >>> 0 });
     return;
   }
+  requireCountedSource(s, old, vc);
   const host = allocDataCluster(s, vc);
   let alloc: number;
   let zero: number;

@@ -1,8 +1,13 @@
 /**
  * Which host clusters hold live metadata, for the overlap check QEMU runs
  * before every metadata write (qcow2_check_metadata_overlap, "cached" mode:
- * header, L1, active L2, reftable, refblocks, snapshot table and snapshot
- * L1 tables). Kept incrementally so the check is O(clusters written).
+ * header, L1, active L2, reftable, refblocks, snapshot table, snapshot L1
+ * tables and, while the autoclear bit vouches for it, the bitmap directory).
+ * Bitmap tables and the bitmap data clusters they name are here too, which
+ * QEMU's check leaves out: neither engine rewrites them in place, so any
+ * write landing on one is a misallocation that would silently destroy the
+ * dirty bitmaps an incremental backup chain depends on. Kept incrementally
+ * so the check is O(clusters written).
  */
 import { OverlapError } from './errors.js';
 
@@ -14,10 +19,14 @@ export const enum MetaKind {
   Refblock = 5,
   SnapshotTable = 6,
   SnapshotL1 = 7,
-  /** Encryption header, bitmap directory: never rewritten by this engine. */
+  /** Metadata of no other kind (reserved; nothing is recorded as it today). */
   Other = 8,
   /** Claimed by two kinds of metadata on a damaged image: every write there is refused. */
   Conflict = 9,
+  /** QCOW2_OL_BITMAP_DIRECTORY. */
+  BitmapDirectory = 10,
+  BitmapTable = 11,
+  BitmapData = 12,
 }
 
 const KIND_NAMES: Record<MetaKind, string> = {
@@ -30,6 +39,9 @@ const KIND_NAMES: Record<MetaKind, string> = {
   [MetaKind.SnapshotL1]: 'inactive L1 table',
   [MetaKind.Other]: 'metadata',
   [MetaKind.Conflict]: 'metadata claimed by two tables',
+  [MetaKind.BitmapDirectory]: 'bitmap directory',
+  [MetaKind.BitmapTable]: 'bitmap table',
+  [MetaKind.BitmapData]: 'bitmap data cluster',
 };
 
 export function metaKindName(k: MetaKind): string {
@@ -75,6 +87,12 @@ export class MetadataMap {
   remove(offset: number, bytes: number): void {
     const [a, b] = this.clusterRange(offset, bytes);
     for (let c = a; c < b; c++) this.kinds.delete(c);
+  }
+
+  /** Like remove, for the clusters recorded as `kind` only: a conflict (or another table) stays. */
+  removeKind(offset: number, bytes: number, kind: MetaKind): void {
+    const [a, b] = this.clusterRange(offset, bytes);
+    for (let c = a; c < b; c++) if (this.kinds.get(c) === kind) this.kinds.delete(c);
   }
 
   kindAtCluster(clusterIndex: number): MetaKind | undefined {

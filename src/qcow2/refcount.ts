@@ -131,6 +131,14 @@ export class Refcounts {
     return this.get(Math.floor(offset / this.clusterSize));
   }
 
+  /** The first cluster overlapping [offset, offset+bytes) whose refcount is 0, or -1 when every one is counted. */
+  firstUncounted(offset: number, bytes: number): number {
+    const first = Math.floor(offset / this.clusterSize);
+    const last = Math.floor((offset + Math.max(bytes, 1) - 1) / this.clusterSize);
+    for (let c = first; c <= last; c++) if (this.get(c) === 0) return c;
+    return -1;
+  }
+
   /** Adds delta to the refcount of every cluster overlapping [offset, offset+bytes). */
   updateRange(offset: number, bytes: number, delta: number): void {
     if (bytes <= 0) return;

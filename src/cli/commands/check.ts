@@ -1,4 +1,5 @@
 import type { CheckResult, RepairMode } from '../../qcow2/types.js';
+import { CheckGaveUpError } from '../../qcow2/check.js';
 import { has, last, parseArgs } from '../args.js';
 import type { CliContext } from '../context.js';
 import {
@@ -140,6 +141,8 @@ export async function checkCommand(argv: string[], ctx: CliContext): Promise<num
         result = { ...again, leaksFixed: result.leaksFixed, corruptionsFixed: result.corruptionsFixed };
       }
     } catch (e) {
+      // What the check found before it gave up, as qemu-img prints it on the way.
+      if (e instanceof CheckGaveUpError) for (const m of e.partial.messages) ctx.stderr(m.endsWith('\n') ? m : m + '\n');
       ctx.stderr(`qcow2-harness: Check failed: ${reason(e)}\n`);
       return EXIT_FAILURE;
     }

@@ -110,14 +110,23 @@ function hasCompressedClusters(img: ImageState): boolean {
   return false;
 }
 
-/** Every stored refcount, by cluster, up to the last nonzero one. */
+/**
+ * Every stored refcount, by cluster, up to the last nonzero one. Refcounts of
+ * clusters past the end of the file are copied as they are, as QEMU's
+ * qcow2_change_refcount_order copies every refblock entry: a data write that
+ * failed after its allocation leaves exactly that (a leak qemu-img check does
+ * not even see, since it counts only up to the file's end), so refusing it
+ * would refuse an image no repair changes. Only entries further out than one
+ * refcount block's reach past the end are refused, which bounds the copy's
+ * memory on a hostile refcount table.
+ */
 function storedRefcounts(img: ImageState): { counts: Float64Array; size: number } {
   const rt = img.refcounts;
   const cs = img.clusterSize;
   rt.flush();
   const fileClusters = Math.ceil(img.storage.size() / cs);
-  const limit = Math.max(fileClusters, rt.allocatedEnd);
-  const counts = new Float64Array(limit);
+  const limit = Math.max(fileClusters, rt.allocatedEnd) + rt.entriesPerBlock;
+  let counts = new Float64Array(Math.max(fileClusters, rt.allocatedEnd));
   let size = 0;
   for (let bi = 0; bi < rt.table.length; bi++) {
     const off = rt.table[bi];
@@ -128,7 +137,12 @@ function storedRefcounts(img: ImageState): { counts: Float64Array; size: number 
       const v = getRefcount(block.data, block.view, i, rt.order);
       if (v === 0) continue;
       const c = bi * rt.entriesPerBlock + i;
-      if (c >= limit) throw new LimitError(`cluster ${c} past the end of the file has refcount ${v}; repair the image first`);
+      if (c >= limit) throw new LimitError(`cluster ${c} far past the end of the file has refcount ${v}; repair the image first`);
+      if (c >= counts.length) {
+        const grown = new Float64Array(Math.min(limit, Math.max(c + 1, counts.length * 2)));
+        grown.set(counts);
+        counts = grown;
+      }
       counts[c] = v;
       if (c + 1 > size) size = c + 1;
     }

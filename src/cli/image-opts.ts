@@ -16,7 +16,23 @@ import { parseFormat, type ImageFormat } from './open.js';
 /** The long options every image command takes for these. */
 export const IMAGE_OPTS_LONG = { object: true, 'image-opts': false } as const;
 export const IMAGE_OPTS_HELP = `  --object secret,id=ID,data=S|file=F[,format=raw|base64]  a secret (as qemu-img --object)
-  --image-opts  the image operand is an option string: driver=qcow2,file.filename=F,encrypt.key-secret=ID`;
+  --image-opts  the image operand is an option string: driver=qcow2,file.filename=F,encrypt.key-secret=ID,
+                data-file.filename=D (use D as the external data file instead of the one the header names)`;
+
+/** The options an --image-opts string may carry (the others are refused as QEMU refuses an unknown one). */
+const KNOWN_KEYS = [
+  'driver',
+  'file',
+  'file.filename',
+  'file.driver',
+  'encrypt.key-secret',
+  'encrypt.format',
+  'data-file',
+  'data-file.filename',
+  'data-file.driver',
+  'data-file.file.filename',
+  'data-file.file.driver',
+];
 
 function failed(e: unknown, prefix = ''): never {
   if (e instanceof Qcow2Error) throw new CommandFailed(prefix + describeQcow2Error(e));
@@ -45,6 +61,8 @@ export interface ImageSpec {
   format?: ImageFormat;
   keySecret?: string;
   encryptFormat?: string;
+  /** data-file.filename=: the external data file to use instead of the header's (qcow2_do_open's data-file child). */
+  dataFile?: string;
   /** The passphrase of encrypt.key-secret; throws qemu's message for an unknown secret. */
   passphrase(): string | undefined;
 }
@@ -73,11 +91,13 @@ export function imageSpec(p: ParsedArgs, operand: string, command: string, store
     throw new CommandFailed(`Could not open '${operand}': Unknown driver '${driver}'`);
   }
   for (const k of o.all.keys()) {
-    if (!['driver', 'file', 'file.filename', 'file.driver', 'encrypt.key-secret', 'encrypt.format'].includes(k)) {
+    if (!KNOWN_KEYS.includes(k)) {
       throw new CommandFailed(`Could not open '${operand}': Block format '${driver ?? 'qcow2'}' does not support the option '${k}'`);
     }
   }
   const spec: ImageSpec = { file: o.filename, shownAs: operand, passphrase: lookup(o.keySecret) };
+  const dataFile = dataFileOption(o.all, operand);
+  if (dataFile !== undefined) spec.dataFile = dataFile;
   if (driver !== undefined) spec.format = driver;
   if (o.keySecret !== undefined) spec.keySecret = o.keySecret;
   if (o.encryptFormat !== undefined) spec.encryptFormat = o.encryptFormat;
@@ -101,4 +121,29 @@ export function checkOpened(img: Qcow2Image, spec: ImageSpec, needKey: boolean):
     img.close();
     throw new CommandFailed(`Could not open '${spec.shownAs}': Parameter 'encrypt.key-secret' is required for cipher`);
   }
+}
+
+/**
+ * The data file an option string names, as qemu-img 7.2 reads the qcow2
+ * driver's data-file child: `data-file.filename=D` (the file protocol,
+ * `data-file.driver=file` optional) or a raw layer over it
+ * (`data-file.driver=raw,data-file.file.filename=D`). A bare `data-file=X`
+ * is a reference to a node by name, which a qemu-img command line has none of.
+ */
+function dataFileOption(all: Map<string, string>, operand: string): string | undefined {
+  const bare = all.get('data-file');
+  if (bare !== undefined) throw new CommandFailed(`Could not open '${operand}': Cannot find device='${bare}' nor node-name='${bare}'`);
+  const driver = all.get('data-file.driver') ?? 'file';
+  const fileDriver = all.get('data-file.file.driver') ?? 'file';
+  if ((driver !== 'file' && driver !== 'raw') || fileDriver !== 'file') {
+    const d = driver !== 'file' && driver !== 'raw' ? driver : fileDriver;
+    throw new CommandFailed(`Could not open '${operand}': data-file driver '${d}' is not supported here (file, or raw over file)`);
+  }
+  const name = driver === 'raw' ? all.get('data-file.file.filename') : all.get('data-file.filename');
+  // QEMU 7.2's wording when the child has a driver but not the file name that driver takes.
+  if (name === undefined && (all.has('data-file.driver') || all.has('data-file.file.driver') || all.has('data-file.file.filename'))) {
+    const why = driver === 'raw' ? 'A block device must be specified for "file"' : "The 'file' block driver requires a file name";
+    throw new CommandFailed(`Could not open '${operand}': ${why}`);
+  }
+  return name;
 }

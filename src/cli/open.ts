@@ -81,7 +81,7 @@ export interface ReadableImage {
 export function openReadable(
   ctx: CliContext,
   file: string,
-  o: { format?: ImageFormat; snapshot?: string; forceShare?: boolean; withoutDataFile?: boolean; passphrase?: string; name?: string } = {},
+  o: { format?: ImageFormat; snapshot?: string; forceShare?: boolean; withoutDataFile?: boolean; passphrase?: string; name?: string; dataFile?: string } = {},
 ): ReadableImage {
   try {
     const format = o.format ?? probeFormat(resolvePath(ctx, file));
@@ -96,6 +96,7 @@ export function openReadable(
       shownAs: file,
       withoutDataFile: o.withoutDataFile,
       dataFileBase: ctx.cwd,
+      ...(o.dataFile === undefined ? {} : { dataFile: o.dataFile }),
       ...(o.passphrase === undefined ? {} : { passphrase: o.passphrase }),
     });
     return { format: dev.format, device: dev, qcow2: dev.qcow2 };
@@ -108,7 +109,7 @@ export function openReadable(
 export function openQcow2(
   ctx: CliContext,
   file: string,
-  o: { format?: ImageFormat; readOnly?: boolean; repairDirty?: boolean; forCheck?: boolean; forceShare?: boolean; passphrase?: string; name?: string } = {},
+  o: { format?: ImageFormat; readOnly?: boolean; repairDirty?: boolean; forCheck?: boolean; forceShare?: boolean; passphrase?: string; name?: string; dataFile?: string } = {},
 ): Qcow2Image {
   try {
     const format = o.format ?? probeFormat(resolvePath(ctx, file));
@@ -121,6 +122,7 @@ export function openQcow2(
       shownAs: file,
       dataFileBase: ctx.cwd,
       ...(o.passphrase === undefined ? {} : { passphrase: o.passphrase }),
+      ...(o.dataFile === undefined ? {} : { dataFile: o.dataFile }),
     });
   } catch (e) {
     throw couldNotOpen(o.name ?? file, e);
@@ -222,7 +224,7 @@ export class Qcow2Device implements WritableDevice {
 export function openWritable(
   ctx: CliContext,
   file: string,
-  o: { format?: ImageFormat; readOnly?: boolean; forceShare?: boolean; passphrase?: string; name?: string },
+  o: { format?: ImageFormat; readOnly?: boolean; forceShare?: boolean; passphrase?: string; name?: string; dataFile?: string },
 ): WritableDevice {
   try {
     const abs = resolvePath(ctx, file);
@@ -232,7 +234,8 @@ export function openWritable(
       return new RawDevice(FileStorage.open(abs, { readOnly, lock: lockFor('raw', readOnly, o.forceShare), name: file }));
     }
     const passphrase = o.passphrase === undefined ? {} : { passphrase: o.passphrase };
-    return new Qcow2Device(openQcow2File(abs, { readOnly, forceShare: o.forceShare, shownAs: file, dataFileBase: ctx.cwd, ...passphrase }));
+    const dataFile = o.dataFile === undefined ? {} : { dataFile: o.dataFile };
+    return new Qcow2Device(openQcow2File(abs, { readOnly, forceShare: o.forceShare, shownAs: file, dataFileBase: ctx.cwd, ...passphrase, ...dataFile }));
   } catch (e) {
     throw couldNotOpen(o.name ?? file, e);
   }

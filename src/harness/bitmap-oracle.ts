@@ -6,7 +6,7 @@
  */
 import { ModelBitmaps } from '../model/bitmaps.js';
 import type { DiskModel } from '../model/disk.js';
-import { qemuDirtyRanges, type QemuInfo } from '../qemu/index.js';
+import { qemuDirtyRanges, type ImageAccess, type QemuInfo } from '../qemu/index.js';
 import type { Target } from './targets/types.js';
 
 interface ListedBitmap {
@@ -15,7 +15,7 @@ interface ListedBitmap {
   flags: string[];
 }
 
-export async function judgeBitmaps(target: Target, model: DiskModel, image: string, info: QemuInfo): Promise<string | undefined> {
+export async function judgeBitmaps(target: Target, model: DiskModel, image: string, info: QemuInfo, access?: ImageAccess): Promise<string | undefined> {
   const listed = ((info as unknown as { 'format-specific'?: { data?: { bitmaps?: ListedBitmap[] } } })['format-specific']?.data?.bitmaps ?? []).map(
     (b) => ({ name: b.name, granularity: b.granularity, flags: b.flags }),
   );
@@ -26,7 +26,7 @@ export async function judgeBitmaps(target: Target, model: DiskModel, image: stri
   const own = target.bitmaps ? await target.bitmaps() : undefined;
   for (const b of model.bitmaps.list) {
     const expected = ModelBitmaps.ranges(b, model.size);
-    const qemu = await qemuDirtyRanges(image, b.name);
+    const qemu = await qemuDirtyRanges(image, b.name, undefined, access);
     if (JSON.stringify(qemu) !== JSON.stringify(expected)) {
       return `bitmap '${b.name}': QEMU reads dirty ${JSON.stringify(qemu)}, the model has ${JSON.stringify(expected)}`;
     }

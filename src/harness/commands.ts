@@ -10,7 +10,7 @@ import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as readline from 'node:readline';
-import { backingChain, backingFileName } from './config.js';
+import { backingChain, backingFileName, DATA_FILE_NAME } from './config.js';
 import { writeEntry, type readEntry } from './corpus.js';
 import { runTrace } from './execute.js';
 import { minimizeTrace } from './minimize.js';
@@ -72,6 +72,8 @@ export interface FuzzSummary {
   declined: string[];
   /** Ops of the generated runs by kind (shrink runs not counted). */
   opCounts: Record<string, number>;
+  /** Generated runs by configuration feature. */
+  featureCounts: Record<string, number>;
 }
 
 /** A campaign's counters as progress reports carry them. */
@@ -134,6 +136,7 @@ export async function runFuzz(o: FuzzOptions, out: Output, sink?: ProgressSink):
     refusals: stats.refusals,
     declined: stats.declined,
     opCounts: stats.opCounts,
+    featureCounts: stats.featureCounts,
   };
   const human = humanSummary(summary);
   if (o.json) {
@@ -163,6 +166,8 @@ function humanSummary(s: FuzzSummary): string {
   if (s.declined.length) lines.push(`generation steered away from: ${s.declined.join(', ')}`);
   const kinds = Object.entries(s.opCounts ?? {}).sort((a, b) => b[1] - a[1]);
   if (kinds.length) lines.push(`ops by kind: ${kinds.map(([k, n]) => `${k} ${n}`).join(', ')}`);
+  const features = Object.entries(s.featureCounts ?? {}).sort((a, b) => b[1] - a[1]);
+  if (features.length) lines.push(`runs by configuration feature: ${features.map(([k, n]) => `${k} ${n}`).join(', ')}`);
   if (s.failures === 0) lines.push('no failures');
   for (const f of s.failureReports) lines.push('FAILURE ' + formatFailure(f));
   return lines.join('\n') + '\n';
@@ -242,6 +247,10 @@ async function forkWorkers(o: {
       for (const [k, n] of Object.entries(s.opCounts ?? {})) a[k] = (a[k] ?? 0) + n;
       return a;
     }, {}),
+    featureCounts: sums.reduce<Record<string, number>>((a, s) => {
+      for (const [k, n] of Object.entries(s.featureCounts ?? {})) a[k] = (a[k] ?? 0) + n;
+      return a;
+    }, {}),
   };
 }
 
@@ -303,6 +312,7 @@ export async function runMinimize(o: MinimizeOptions, out: Output): Promise<numb
       imageFile: path.join(r.dir, 'image.qcow2'),
       backingFile: m.config.backing ? path.join(r.dir, backingFileName(m.config.backing)) : undefined,
       chainFiles: backingChain(m.config).slice(1).map((l) => path.join(r.dir, l.file)),
+      dataFile: m.config.dataFile ? path.join(r.dir, DATA_FILE_NAME) : undefined,
       repro: producer
         ? readerReproScript({ target, producer, config: m.config, ops: r.ops, oracle: failure.oracle, message: failure.message, implementation: r.implementation })
         : reproScript({ target, config: m.config, ops: r.ops, model: r.model!, refused: r.refused, oracle: failure.oracle, message: failure.message }),

@@ -183,3 +183,62 @@ export function listEntries(corpusDir: string): string[] {
     .map((d) => path.join(corpusDir, d.name))
     .sort();
 }
+
+/** How a new finding's minimized trace relates to a corpus entry (issue 12 item 5). */
+export interface CorpusMatch {
+  id: string;
+  /** 'same ops': the finding's ops are the entry's; 'prefix': the entry's ops begin the finding's. */
+  how: 'same ops' | 'prefix';
+  /** The configurations are equal too (otherwise the same ops ran on another image). */
+  sameConfig: boolean;
+}
+
+/** JSON with keys sorted at every level: configs saved by different versions compare by content. */
+function canonical(v: unknown): string {
+  if (Array.isArray(v)) return `[${v.map(canonical).join(',')}]`;
+  if (v && typeof v === 'object') {
+    const o = v as Record<string, unknown>;
+    return `{${Object.keys(o)
+      .filter((k) => o[k] !== undefined)
+      .sort()
+      .map((k) => `${JSON.stringify(k)}:${canonical(o[k])}`)
+      .join(',')}}`;
+  }
+  return JSON.stringify(v);
+}
+
+/**
+ * The entries of a corpus whose ops a finding repeats, whatever the oracle
+ * and message (one bug seen by two oracles has two signatures): the same
+ * target, and the same ops or the entry's ops as a proper prefix. `self`, the
+ * entry the finding was just saved as, is left out. Same ops come first.
+ */
+export function corpusMatches(
+  corpusDir: string,
+  f: { target: string; producer?: string; config: TraceConfig; ops: readonly string[] },
+  self?: string,
+): CorpusMatch[] {
+  const key = targetKey(f.target, f.producer);
+  const config = canonical(f.config);
+  const out: CorpusMatch[] = [];
+  for (const dir of listEntries(corpusDir)) {
+    let t: TraceFile;
+    try {
+      t = JSON.parse(fs.readFileSync(path.join(dir, 'trace.json'), 'utf8')) as TraceFile;
+    } catch {
+      continue; // a broken entry is reported by replay, not here
+    }
+    if (t.id === self || targetKey(t.target, t.producer) !== key || t.ops.length === 0 || t.ops.length > f.ops.length) continue;
+    if (!t.ops.every((x, i) => x === f.ops[i])) continue;
+    out.push({ id: t.id, how: t.ops.length === f.ops.length ? 'same ops' : 'prefix', sameConfig: canonical(t.config) === config });
+  }
+  return out.sort((a, b) => (a.how === b.how ? 0 : a.how === 'same ops' ? -1 : 1));
+}
+
+/** The matches in words, for the fuzz summary: `matches corpus X (same ops, same config), Y (its ops as a prefix; config differs)`. */
+export function describeMatches(ms: readonly CorpusMatch[]): string {
+  return (
+    'matches corpus ' +
+    ms.map((m) => `${m.id} (${m.how === 'same ops' ? 'same ops' : 'its ops as a prefix'}${m.sameConfig ? ', same config' : '; config differs'})`).join(', ')
+  );
+}

@@ -21,7 +21,7 @@ import type { CheckOutcome } from '../qemu/index.js';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Qcow2Image } from '../qcow2/image.js';
-import { MemoryStorage } from '../qcow2/storage/memory.js';
+import type { MemoryStorage } from '../qcow2/storage/memory.js';
 import { staleSectorOrigin, type CrashFill, type CrashMode, type RecordingStorage } from '../qcow2/storage/recording.js';
 import type { BlockStorage } from '../qcow2/storage/types.js';
 import { prng } from './prng.js';
@@ -53,6 +53,10 @@ interface Allowed {
   allowed: number[][];
   expected: Buffer;
   single: [number, number][];
+  /** The other sectors (several allowed values, or any), ascending: the only ones judged one by one. */
+  multi: number[];
+  /** For each of `multi`, the bytes of each allowed value in turn (built once, compared by every state). */
+  multiBytes: Buffer[];
 }
 
 export class CrashTracker {
@@ -115,34 +119,44 @@ export class CrashTracker {
     const allowed: number[][] = [];
     const expected = Buffer.alloc(sectors * SECTOR);
     const single: [number, number][] = [];
+    const multi: number[] = [];
+    const multiBytes: Buffer[] = [];
     for (let s = 0; s < sectors; s++) {
       const set = new Set<number>();
       for (const l of layers) if (s < l.sectorCount) set.add(m.stampAt(l, s));
       for (const st of this.touched.get(s) ?? []) set.add(st);
       const list = [...set];
       allowed.push(list);
-      if (list.length !== 1 || list[0] === ANY) continue;
+      if (list.length !== 1 || list[0] === ANY) {
+        multi.push(s);
+        const bytes = Buffer.alloc(list.length * SECTOR);
+        list.forEach((st, k) => st > 0 && fillSector(bytes, k * SECTOR, st, s));
+        multiBytes.push(bytes);
+        continue;
+      }
       if (list[0] !== 0) fillSector(expected, s * SECTOR, list[0]!, s);
       const last = single[single.length - 1];
       if (last && last[1] === s) last[1] = s + 1;
       else single.push([s, s + 1]);
     }
-    this.allowedCache = { sizes: [...new Set(layers.map((l) => l.size))], allowed, expected, single };
+    this.allowedCache = { sizes: [...new Set(layers.map((l) => l.size))], allowed, expected, single, multi, multiBytes };
     return this.allowedCache;
   }
 
   /** What is wrong with a crash image's guest view (`size` bytes in `guest`), if anything. */
   verifyGuest(size: number, guest: Uint8Array): string | undefined {
-    const { sizes, allowed, expected, single } = this.allowedNow();
+    const { sizes, allowed, expected, single, multi, multiBytes } = this.allowedNow();
     if (!sizes.includes(size)) return `virtual size ${size} is none the disk had since the last flush (${sizes.join(', ')})`;
     const buf = Buffer.from(guest.buffer, guest.byteOffset, guest.byteLength);
     const sectors = size / SECTOR;
-    const scratch = Buffer.alloc(SECTOR);
-    const matches = (stamp: number, s: number): boolean => {
-      if (stamp === ANY) return true;
-      if (stamp !== 0) fillSector(scratch, 0, stamp, s);
-      else scratch.fill(0);
-      return buf.compare(scratch, 0, SECTOR, s * SECTOR, (s + 1) * SECTOR) === 0;
+    // A sector with several allowed values passes when it holds any one of them (ANY: whatever it holds).
+    const matches = (m: number, s: number): boolean => {
+      const list = allowed[s]!;
+      const bytes = multiBytes[m]!;
+      for (let k = 0; k < list.length; k++) {
+        if (list[k] === ANY || buf.compare(bytes, k * SECTOR, (k + 1) * SECTOR, s * SECTOR, (s + 1) * SECTOR) === 0) return true;
+      }
+      return false;
     };
     const bad: number[] = [];
     // Sectors with one allowed value: whole runs at a time, sector by sector only where a run differs.
@@ -151,13 +165,9 @@ export class CrashTracker {
       if (a >= b || buf.compare(expected, a * SECTOR, b * SECTOR, a * SECTOR, b * SECTOR) === 0) continue;
       for (let s = a; s < b; s++) if (buf.compare(expected, s * SECTOR, (s + 1) * SECTOR, s * SECTOR, (s + 1) * SECTOR) !== 0) bad.push(s);
     }
-    for (let s = 0; s < sectors; s++) {
-      const list = allowed[s]!;
-      if (list.length === 1 && list[0] !== ANY) continue;
-      if (!list.some((st) => matches(st, s))) bad.push(s);
-    }
+    for (let m = 0; m < multi.length && multi[m]! < sectors; m++) if (!matches(m, multi[m]!)) bad.push(multi[m]!);
     if (bad.length === 0) return undefined;
-    const first = Math.min(...bad);
+    const first = bad.reduce((a, b) => Math.min(a, b));
     const msg = this.describeBad(guest, first, allowed[first]!);
     return bad.length > 1 ? `${msg} (${bad.length} sectors differ)` : msg;
   }
@@ -234,7 +244,7 @@ export async function visitCrashStates(
   const plan = rec.crashPlan(o.budget, prng(o.seed));
   for (let n = 0; n < plan.states.length; n++) {
     const state = plan.states[n]!;
-    const storage = new MemoryStorage(rec.crashImageOf(state, o.fill));
+    const storage = rec.crashStorageOf(state, o.fill);
     if (!(await visit(openCrashState(storage, state.label, o, n), n, plan.states.length))) break;
   }
   return { mode: plan.mode, pending: plan.pending, states: plan.states.length, torn: plan.torn, tornKnown: plan.tornKnown };
@@ -249,7 +259,7 @@ function openCrashState(storage: MemoryStorage, label: string, o: { dir: string;
     img.close();
     img = undefined;
     const file = path.join(o.dir, `crash-${n}.qcow2`);
-    return { opened: true, label, size, guest, file: () => (fs.writeFileSync(file, storage.bytes()), file) };
+    return { opened: true, label, size, guest, file: () => (fs.writeFileSync(file, storage.view()), file) };
   } catch (e) {
     // Any exception, a Qcow2Error included: a crash image must open.
     const err = e as Error;

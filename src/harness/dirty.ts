@@ -11,7 +11,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { imgCheck, imgCompare, imgInfo, type CheckOutcome } from '../qemu/index.js';
+import { imgCheck, imgCompare, imgInfo, type CheckOutcome, type ImageAccess } from '../qemu/index.js';
 
 /** qcow2-refcount.c's lines for a refcount out of step with the references (compare_refcounts, check_oflag_copied). */
 const REFCOUNT_MISMATCH = [
@@ -33,7 +33,7 @@ export function nonRefcountErrors(c: CheckOutcome): string[] {
  * refcount mismatches and a repaired copy checks clean and compares equal to
  * `modelRaw`; else the problem, for the check oracle.
  */
-export async function judgeDirtyCheck(check: CheckOutcome, image: string, modelRaw: string): Promise<string | undefined> {
+export async function judgeDirtyCheck(check: CheckOutcome, image: string, modelRaw: string, access?: ImageAccess): Promise<string | undefined> {
   const j = check.json;
   if (!j) return `qemu-img check of the dirty image (rc ${check.rc}): no JSON: ${check.stderr.trim().split('\n')[0] ?? ''}`;
   if (j['check-errors'] !== 0) return `qemu-img check of the dirty image: check-errors=${j['check-errors']}`;
@@ -42,16 +42,29 @@ export async function judgeDirtyCheck(check: CheckOutcome, image: string, modelR
   const copy = path.join(path.dirname(image), 'dirty-repaired.qcow2');
   fs.copyFileSync(image, copy);
   try {
-    const repair = await imgCheck(copy, { repair: 'all' });
+    const repair = await imgCheck(copy, { repair: 'all', access });
     if (repair.rc !== 0) return `qemu-img check -r all of the dirty image (rc ${repair.rc}) left errors: ${repair.stderr.trim().split('\n').slice(0, 3).join(' | ')}`;
-    const again = await imgCheck(copy);
-    if (again.rc !== 0) return `after qemu-img check -r all, check is still rc ${again.rc}: ${again.stderr.trim().split('\n').slice(0, 3).join(' | ')}`;
-    const info = await imgInfo(copy, { format: 'qcow2' });
-    if (info['dirty-flag']) return 'after qemu-img check -r all the image is still marked dirty';
-    const cmp = await imgCompare(copy, modelRaw, { formatA: 'qcow2', formatB: 'raw' });
-    if (cmp.rc !== 0) return `the repaired image differs from the model (qemu-img compare rc ${cmp.rc}): ${(cmp.stdout + cmp.stderr).trim()}`;
+    // The three only read the repaired copy, so they run at once (one wait instead of three); they are
+    // judged in the order they used to run in, a call's error surfacing only where that call is judged.
+    const [again, info, cmp] = await Promise.allSettled([
+      imgCheck(copy, { access }),
+      imgInfo(copy, { format: 'qcow2', access }),
+      imgCompare(copy, modelRaw, { formatA: 'qcow2', formatB: 'raw', access }),
+    ]);
+    const a = valueOf(again);
+    if (a.rc !== 0) return `after qemu-img check -r all, check is still rc ${a.rc}: ${a.stderr.trim().split('\n').slice(0, 3).join(' | ')}`;
+    if (valueOf(info)['dirty-flag']) return 'after qemu-img check -r all the image is still marked dirty';
+    const c = valueOf(cmp);
+    if (c.rc !== 0) return `the repaired image differs from the model (qemu-img compare rc ${c.rc}): ${(c.stdout + c.stderr).trim()}`;
     return undefined;
   } finally {
     fs.rmSync(copy, { force: true });
   }
+}
+
+
+/** A settled call's value, or its error thrown (as awaiting the call itself would have). */
+function valueOf<T>(r: PromiseSettledResult<T>): T {
+  if (r.status === 'rejected') throw r.reason;
+  return r.value;
 }

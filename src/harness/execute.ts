@@ -10,7 +10,7 @@ import { DiskModel } from '../model/disk.js';
 import { HangError } from '../qemu/errors.js';
 import { applyOp, expectOp } from './apply-model.js';
 import { resolveOp, type OpSeed } from './arbitraries.js';
-import { toModelConfig, type TraceConfig } from './config.js';
+import { accessOf, toModelConfig, type TraceConfig } from './config.js';
 import { CrashTracker, crashSeed, examineCrashStates } from './crash.js';
 import { makeData } from './data.js';
 import { imgCheck } from '../qemu/index.js';
@@ -133,7 +133,7 @@ async function execute(
         const settle = specOf(op).settle;
         if (settle) {
           // An aio group: the model follows the serial order the target's outcome shows.
-          const bad = await settle(model, op, index, (off, len) => target.read(off, len));
+          const bad = await settle(model, op, index, (off, len) => target.read(off, len), outcome);
           if (bad) return { oracle: 'read', opIndex: index, message: `op #${index}: ${bad}` };
         } else applyOp(model, op, index);
       } else {
@@ -148,7 +148,7 @@ async function execute(
       tolerateLeaks ??= specOf(op).mayLeak;
       crash?.afterOp(op, outcome.ok);
       if (op.kind === 'crash' && outcome.ok && crash) {
-        const f = await checkCrashImages(target, crash, index, out);
+        const f = await checkCrashImages(target, crash, index, out, config);
         if (f) return f;
       }
       const touched = touchedBy(op);
@@ -221,8 +221,9 @@ async function settleFailure(model: DiskModel, op: Op, index: number, verdict: s
 }
 
 /** The crash oracle at op `index`: every crash state must open, read as the tracker allows, and (those sampled) check clean. */
-async function checkCrashImages(target: Target, crash: CrashTracker, index: number, out: RunOutcome): Promise<Failure | undefined> {
-  const r = await examineCrashStates(target.crashImages!.bind(target), crash, `op #${index}`, crashSeed(index, 0), imgCheck);
+async function checkCrashImages(target: Target, crash: CrashTracker, index: number, out: RunOutcome, config: TraceConfig): Promise<Failure | undefined> {
+  const access = accessOf(config);
+  const r = await examineCrashStates(target.crashImages!.bind(target), crash, `op #${index}`, crashSeed(index, 0), (f) => imgCheck(f, { access }));
   out.qemuImgChecks += r.qemuChecks;
   return r.problem ? { oracle: 'crash', opIndex: index, message: r.problem } : undefined;
 }

@@ -1,14 +1,17 @@
 /**
  * Re-shrinking a saved trace (e.g. after a fix changed what it takes to fail):
- * greedy delta debugging over concrete ops and the config, keeping a change
- * whenever the trace still fails with the same oracle.
+ * greedy delta debugging over concrete ops and the config (an amend folded
+ * into it among the moves), keeping a change whenever the trace still fails
+ * with the same oracle.
  */
 import { SECTOR } from '../model/layer.js';
 import type { BackingConfig, TraceConfig } from './config.js';
 import { runTrace } from './execute.js';
 import type { Failure, OracleName } from './oracles.js';
 import type { Op } from './ops.js';
+import { foldMoves } from './shrink-fold.js';
 import { makeTarget, type ProducerSpec } from './targets/index.js';
+import type { Target } from './targets/types.js';
 
 export interface MinimizeResult {
   config: TraceConfig;
@@ -22,13 +25,22 @@ export async function minimizeTrace(
   config: TraceConfig,
   ops: Op[],
   oracle: OracleName,
-  o: { messageIncludes?: string; maxAttempts?: number; strict?: boolean; tmpRoot?: string; producer?: ProducerSpec } = {},
+  o: {
+    messageIncludes?: string;
+    maxAttempts?: number;
+    strict?: boolean;
+    tmpRoot?: string;
+    producer?: ProducerSpec;
+    /** Builds the implementation instead of makeTarget(targetName): tests plant a bug in a wrapper of our engine. */
+    targetFactory?: () => Target;
+  } = {},
 ): Promise<MinimizeResult> {
   let attempts = 0;
   const max = o.maxAttempts ?? 500;
   const fails = async (c: TraceConfig, xs: Op[]): Promise<Failure | undefined> => {
     attempts++;
-    const r = await runTrace(makeTarget(targetName, { strict: o.strict, producer: o.producer }), c, { ops: xs }, { tmpRoot: o.tmpRoot });
+    const t = o.targetFactory ? o.targetFactory() : makeTarget(targetName, { strict: o.strict, producer: o.producer });
+    const r = await runTrace(t, c, { ops: xs }, { tmpRoot: o.tmpRoot });
     const f = r.failure;
     if (f && f.oracle === oracle && (!o.messageIncludes || f.message.includes(o.messageIncludes))) return f;
     return undefined;
@@ -68,6 +80,16 @@ export async function minimizeTrace(
       if (f) {
         best = { config: c, ops: best.ops, failure: f };
         progress = true;
+      }
+    }
+    // 4. fold an amend into the config (shrink-fold.ts): the image created as the amend leaves it
+    for (const m of foldMoves(best.config, best.ops)) {
+      if (attempts >= max) break;
+      const f = await fails(m.config, m.ops);
+      if (f) {
+        best = { config: m.config, ops: m.ops, failure: f };
+        progress = true;
+        break;
       }
     }
   }

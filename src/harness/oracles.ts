@@ -9,7 +9,7 @@ import type { DiskModel } from '../model/disk.js';
 import { imgCheck, imgCompare, imgInfo, type CheckOutcome, type QemuInfo } from '../qemu/index.js';
 import type { CheckResult } from '../qcow2/types.js';
 import { judgeBitmaps } from './bitmap-oracle.js';
-import type { TraceConfig } from './config.js';
+import { accessOf, type TraceConfig } from './config.js';
 import { writeModelRaw } from './fixture.js';
 import { judgeDirtyCheck } from './dirty.js';
 import { mediaSizeProblem } from './reader/size.js';
@@ -75,7 +75,9 @@ export async function endOracles(
   // can be written up front (and compare run alongside) only when there are none.
   const early = model.active.undefinedSectors.size === 0;
   if (early) writeModelRaw(modelRaw, model, model.active);
-  const compare = () => imgCompare(image, modelRaw, { formatA: 'qcow2', formatB: 'raw' });
+  // An encrypted image opens only with its secret, in every oracle (config.ts accessOf).
+  const access = accessOf(config);
+  const compare = () => imgCompare(image, modelRaw, { formatA: 'qcow2', formatB: 'raw', access });
   // Everything that only reads the image runs at once: each is a process for the qemu target.
   // A reader target is read twice: its producer's view, then the reader's (execute.ts readViews).
   const views = readViews(target);
@@ -89,8 +91,8 @@ export async function endOracles(
         return { label: v.label, whole, snapshots };
       }),
     ),
-    imgCheck(image),
-    imgInfo(image, { format: 'qcow2' }),
+    imgCheck(image, { access }),
+    imgInfo(image, { format: 'qcow2', access }),
     early ? compare() : Promise.resolve(undefined),
   ] as const);
   for (const v of views) {
@@ -117,7 +119,7 @@ export async function endOracles(
 
   // An image never closed cleanly may carry stale refcounts, which repair must fix (./dirty.ts).
   const checkProblem =
-    config.dirty && info['dirty-flag'] ? await judgeDirtyCheck(check, image, modelRaw) : judgeCheck(check, o.tolerateLeaks !== undefined);
+    config.dirty && info['dirty-flag'] ? await judgeDirtyCheck(check, image, modelRaw, access) : judgeCheck(check, o.tolerateLeaks !== undefined);
   if (checkProblem) return { failure: { oracle: 'check', message: checkProblem }, qemuImgChecks: 1 };
   if (cmp.rc !== 0) {
     return {
@@ -127,7 +129,7 @@ export async function endOracles(
   }
   const infoProblem = judgeInfo(info, model, config);
   if (infoProblem) return { failure: { oracle: 'info', message: infoProblem }, qemuImgChecks: 1 };
-  const bitmapProblem = await judgeBitmaps(target, model, image, info);
+  const bitmapProblem = await judgeBitmaps(target, model, image, info, access);
   if (bitmapProblem) return { failure: { oracle: 'bitmap', message: bitmapProblem }, qemuImgChecks: 1 };
 
   if (target.ownCheck) {
@@ -170,6 +172,10 @@ export function judgeInfo(info: QemuInfo, model: DiskModel, config: TraceConfig)
   const snaps = (info.snapshots ?? []).map((s) => `${s.id}:${s.name}`).join(',');
   want('snapshots', snaps, model.snapshots.map((s) => `${s.id}:${s.name}`).join(','));
   want('backing file', info['backing-filename'] !== undefined, config.backing !== undefined);
+  want('encrypted', info.encrypted ?? false, config.encrypt !== undefined);
+  want('encrypt format', d?.encrypt?.format, config.encrypt?.format);
+  want('data file', d?.['data-file'] !== undefined, config.dataFile !== undefined);
+  if (config.dataFile) want('data-file-raw', d?.['data-file-raw'], config.dataFile.raw);
   return problems.length ? `qemu-img info: ${problems.join('; ')}` : undefined;
 }
 

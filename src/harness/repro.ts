@@ -7,11 +7,16 @@
  */
 import type { DiskModel } from '../model/disk.js';
 import { ANY, SECTOR, type Layer } from '../model/layer.js';
+import { imageOptsString, needsImageOpts, rawImageOpts, rewriteShellCommand, secretArgs, type ImageAccess } from '../qemu/access.js';
 import { createOptionString } from '../qemu/img.js';
-import { backingChain, backingFileName, backingStamp, DATA_FILE_NAME, type TraceConfig } from './config.js';
+import { accessOf, backingChain, backingFileName, backingStamp, DATA_FILE_NAME, HARNESS_SECRET, LUKS_ITER_TIME_MS, type TraceConfig } from './config.js';
 import { BACKING_STAMP_BASE, PATTERN_STAMP_BASE } from './data.js';
 import type { OracleName } from './oracles.js';
-import { specOf, type Op } from './ops.js';
+import { qemuDeclines } from './declines.js';
+import { formatOp, specOf, type Op } from './ops.js';
+import type { KnownBug } from './targets/types.js';
+
+const ENCRYPTION_BUGS: ReadonlySet<KnownBug> = new Set<KnownBug>(['unencrypted-compressed-write', 'encrypted-downgrade-garbage']);
 
 /** qemu-io pattern byte standing in for a stamp (never 0, so data never reads as zeros). */
 export function patternOf(stamp: number): number {
@@ -37,6 +42,58 @@ function layerCommands(model: DiskModel, layer: Layer): string[] {
     s = e;
   }
   return out;
+}
+
+/** A qcow2 file as a shell operand of qemu-img/qemu-io: `-f qcow2 F`, or the secret and an option string. */
+function operand(file: string, a: ImageAccess | undefined): string {
+  return needsImageOpts(a) ? `${optsFlags(a)} ${q(imageOptsString(file, a))}` : `-f qcow2 ${file}`;
+}
+
+/** The secret's --object and --image-opts, before an option-string operand. */
+function optsFlags(a: ImageAccess): string {
+  return [...secretArgs(a).map((w, i) => (i === 1 ? q(w) : w)), '--image-opts'].join(' ');
+}
+
+/**
+ * The image's qemu-img create line. LUKS creation measures PBKDF2 speed, and
+ * qemu-img 7.2 gives up when a trial reads 0 ms of CPU ("Unable to get
+ * accurate CPU usage", qcrypto_pbkdf2_count_iters), which a busy machine's
+ * coarse thread clock does now and then: the script tries again.
+ */
+function createLine(c: TraceConfig): string {
+  const { dataFile, encrypt, ...rest } = c;
+  // The script runs in its own directory, and qemu-img 7.2 takes a relative data file name from there.
+  const opts = createOptionString({
+    ...rest,
+    ...(dataFile ? { dataFile: DATA_FILE_NAME, dataFileRaw: dataFile.raw } : {}),
+    ...(encrypt ? { encrypt: { format: encrypt.format, secret: HARNESS_SECRET, iterTimeMs: LUKS_ITER_TIME_MS } } : {}),
+  });
+  const back = c.backing ? ` -b ${backingFileName(c.backing)} -F ${c.backing.format}` : '';
+  const secret = encrypt ? ` ${secretArgs(accessOf(c)).map((w, i) => (i === 1 ? q(w) : w)).join(' ')}` : '';
+  const line = `qemu-img create -q -f qcow2${secret} -o ${opts}${back} image.qcow2 ${c.size}`;
+  if (encrypt?.format !== 'luks') return line;
+  return `for try in 1 2 3 4 5; do ${line} 2>create.err && break; grep -q 'accurate CPU usage' create.err || { cat create.err; bug "qemu-img create failed"; }; done`;
+}
+
+/** The checks of the image at the end: clean (after repair, when dirty), equal to expected.raw, of the right size. */
+function endChecks(r: ReproInput, a: ImageAccess | undefined): string[] {
+  const L: string[] = [];
+  if (r.config.dirty) {
+    // Lazy refcounts may be stale on a dirty image; what matters is that repair leaves it clean.
+    L.push(`cp image.qcow2 repaired.qcow2; run qemu-img check -q -r all ${operand('repaired.qcow2', a)} >/dev/null 2>&1`);
+    L.push(`run qemu-img check ${operand('repaired.qcow2', a)} || bug "qemu-img check reports problems after repair"`);
+  } else {
+    L.push(`run qemu-img check ${operand('image.qcow2', a)} || bug "qemu-img check reports problems"`);
+  }
+  L.push('# Expected guest view, built in a raw file.');
+  L.push(`qemu-img create -q -f raw expected.raw ${r.model.size}`);
+  const exp = layerCommands(r.model, r.model.active);
+  for (let i = 0; i < exp.length; i += 200) {
+    L.push(`qemu-io -f raw ${exp.slice(i, i + 200).map((x) => `-c ${q(x)}`).join(' ')} expected.raw`);
+  }
+  const cmp = needsImageOpts(a) ? `${operand('image.qcow2', a)} ${q(rawImageOpts('expected.raw'))}` : '-f qcow2 -F raw image.qcow2 expected.raw';
+  L.push(`run qemu-img compare ${cmp} || bug "guest view differs from the expected one"`);
+  return L;
 }
 
 export interface ReproInput {
@@ -67,15 +124,13 @@ export function reproScript(r: ReproInput): string {
   L.push(`run() { timeout ${T} "$@"; rc=$?; [ $rc -eq 124 ] && bug "hang: $*"; return $rc; }`);
   L.push('');
   L.push('# The image our target left behind, checked as it is (ts-target findings show here).');
-  L.push('if [ -f "$here/image.qcow2" ]; then');
+  // An image with a data file is checked with it: an entry saved without one has nothing to check.
+  L.push(c.dataFile ? `if [ -f "$here/image.qcow2" ] && [ -f "$here/${DATA_FILE_NAME}" ]; then` : 'if [ -f "$here/image.qcow2" ]; then');
   L.push('  cp "$here/image.qcow2" saved.qcow2');
-  if (c.dataFile) {
-    // The saved image names the run directory's data file; point it at the saved copy instead.
-    L.push(`  cp "$here/${DATA_FILE_NAME}" saved.data`);
-    L.push('  run qemu-img check -q --image-opts driver=qcow2,file.filename=saved.qcow2,data-file.filename=saved.data >/dev/null 2>&1; rc=$?');
-  } else {
-    L.push('  run qemu-img check -q -f qcow2 saved.qcow2 >/dev/null 2>&1; rc=$?');
-  }
+  const access = accessOf(c);
+  // The saved image names the run directory's data file; point it at the saved copy instead.
+  if (c.dataFile) L.push(`  cp "$here/${DATA_FILE_NAME}" saved.data`);
+  L.push(`  run qemu-img check -q ${operand('saved.qcow2', { ...access, ...(c.dataFile ? { dataFile: 'saved.data' } : {}) })} >/dev/null 2>&1; rc=$?`);
   L.push('  [ $rc -ne 0 ] && [ $rc -ne 124 ] && bug "saved image.qcow2 fails qemu-img check (rc $rc)"');
   L.push('fi');
   if (r.target && r.target !== 'qemu') {
@@ -101,11 +156,7 @@ export function reproScript(r: ReproInput): string {
     if (b.format === 'raw') L.push(`mv backing.src ${l.file}`);
     else L.push(`qemu-img convert -f raw -O qcow2 -o cluster_size=${b.clusterSize ?? 65536} backing.src ${l.file}`);
   }
-  // The script runs in its own directory, and qemu-img 7.2 takes a relative data file name from there.
-  const { dataFile, ...rest } = c;
-  const opts = createOptionString({ ...rest, ...(dataFile ? { dataFile: DATA_FILE_NAME, dataFileRaw: dataFile.raw } : {}) });
-  const back = c.backing ? ` -b ${backingFileName(c.backing)} -F ${c.backing.format}` : '';
-  L.push(`qemu-img create -q -f qcow2 -o ${opts}${back} image.qcow2 ${c.size}`);
+  L.push(createLine(c));
   let batch: string[] = [];
   let batchRefused = false;
   const flush = () => {
@@ -114,13 +165,22 @@ export function reproScript(r: ReproInput): string {
     const end = c.dirty ? ` -c flush -c abort` : '';
     const ok = c.dirty ? ' 2>/dev/null; [ $? -eq 134 ] || bug "qemu-io failed"' : ' || bug "qemu-io failed"';
     const tail = batchRefused ? ' # some of these fail, as they must' : ok;
-    L.push(`run qemu-io -f qcow2 ${batch.map((x) => `-c ${q(x)}`).join(' ')}${end} image.qcow2${tail}`);
+    // qemu-io takes the image operand last, after its commands.
+    const [opts, file] = needsImageOpts(access) ? [optsFlags(access), q(imageOptsString('image.qcow2', access))] : ['-f qcow2', 'image.qcow2'];
+    L.push(`run qemu-io ${opts} ${batch.map((x) => `-c ${q(x)}`).join(' ')}${end} ${file}${tail}`);
     batch = [];
     batchRefused = false;
   };
   r.ops.forEach((op, i) => {
     const index = i + 1;
     const refused = r.refused.has(index);
+    // A refused op QEMU would get wrong (a known bug, declines.ts) stays out: QEMU would take it.
+    const declined = refused ? qemuDeclines(c, op, ENCRYPTION_BUGS) : undefined;
+    if (declined) {
+      flush();
+      L.push(`# op ${index} (${formatOp(op)}) left out: ${declined}`);
+      return;
+    }
     const step = specOf(op).repro(op, hex(patternOf(index)));
     if (step && 'io' in step) {
       batch.push(step.io);
@@ -130,25 +190,12 @@ export function reproScript(r: ReproInput): string {
     // Every other op ends the qemu-io process (a reopen is no more than that).
     flush();
     if (!step) return;
-    const cmd = step.shell;
+    const cmd = rewriteShellCommand(step.shell, 'image.qcow2', access);
     L.push(refused ? `run ${cmd} 2>/dev/null && bug "op ${index} must be refused"` : `run ${cmd} || bug "op ${index} failed: ${cmd}"`);
   });
   flush();
   L.push('');
-  if (c.dirty) {
-    // Lazy refcounts may be stale on a dirty image; what matters is that repair leaves it clean.
-    L.push('cp image.qcow2 repaired.qcow2; run qemu-img check -q -r all -f qcow2 repaired.qcow2 >/dev/null 2>&1');
-    L.push('run qemu-img check -f qcow2 repaired.qcow2 || bug "qemu-img check reports problems after repair"');
-  } else {
-    L.push('run qemu-img check -f qcow2 image.qcow2 || bug "qemu-img check reports problems"');
-  }
-  L.push('# Expected guest view, built in a raw file.');
-  L.push(`qemu-img create -q -f raw expected.raw ${r.model.size}`);
-  const exp = layerCommands(r.model, r.model.active);
-  for (let i = 0; i < exp.length; i += 200) {
-    L.push(`qemu-io -f raw ${exp.slice(i, i + 200).map((x) => `-c ${q(x)}`).join(' ')} expected.raw`);
-  }
-  L.push('run qemu-img compare -f qcow2 -F raw image.qcow2 expected.raw || bug "guest view differs from the expected one"');
+  L.push(...endChecks(r, access));
   L.push(`size=$(qemu-img info --output=json image.qcow2 | sed -n 's/.*"virtual-size": \\([0-9]*\\).*/\\1/p')`);
   L.push(`[ "$size" = "${r.model.size}" ] || bug "virtual size $size, expected ${r.model.size}"`);
   L.push('echo "no problem found"');

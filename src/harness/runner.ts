@@ -15,20 +15,21 @@
  */
 import fc from 'fast-check';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { configArb, opSeedsArb, type OpSeed } from './arbitraries.js';
 import { readerExternal } from './reader/external.js';
 import { backingChain, backingFileName, DATA_FILE_NAME, type TraceConfig } from './config.js';
-import { corpusSignatures, failureSignature, targetKey, writeEntry } from './corpus.js';
+import { corpusMatches, corpusSignatures, describeMatches, failureSignature, targetKey, writeEntry, type CorpusMatch } from './corpus.js';
 import { runTrace, type RunOutcome } from './execute.js';
-import type { OracleName } from './oracles.js';
-import { formatOp } from './ops.js';
+import type { Failure, OracleName } from './oracles.js';
+import { formatOp, type Op } from './ops.js';
+import { foldFailure } from './shrink-fold.js';
 import { reproScript } from './repro.js';
-import { steer } from './reader/features.js';
+import { configFeatures, PROTOCOL_LACKS, steer } from './reader/features.js';
 import { readerReproScript } from './reader/repro.js';
 import { withoutKinds, type Exclusions } from './exclude.js';
 import { makeTarget, type ProducerSpec } from './targets/index.js';
+import { scratchDir } from '../qemu/scratch.js';
 import type { Target } from './targets/types.js';
 
 export interface CampaignOptions {
@@ -75,6 +76,10 @@ export interface FailureReport {
   shrinkSeconds?: number;
   shrinkRuns?: number;
   shrinkComplete?: boolean;
+  /** What the pass after fast-check's shrink changed (shrink-fold.ts): folded amends, dropped ops (`path` then names the trace before them). */
+  shrinkSteps?: string[];
+  /** Corpus entries with the same ops, or whose ops begin this trace's (corpus.ts corpusMatches). */
+  corpusMatches?: CorpusMatch[];
 }
 
 export interface CampaignStats {
@@ -95,6 +100,8 @@ export interface CampaignStats {
   readerMode?: boolean;
   /** Ops of the generated runs (shrink runs not counted), by op kind: what the campaign really exercised. */
   opCounts: Record<string, number>;
+  /** Generated runs by configuration feature (reader/features.ts names): what the configurations exercised. */
+  featureCounts: Record<string, number>;
 }
 
 const DEFAULT_RUNS_PER_CHUNK = 25;
@@ -177,9 +184,12 @@ export async function runCampaign(o0: CampaignOptions): Promise<CampaignStats> {
     refusedRuns: 0,
     declined: [],
     opCounts: {},
+    featureCounts: {},
   };
-  // Excluded features are steered away from from the start, as declined ones are once declined.
-  const declined = new Set<string>(o.exclude?.features ?? []);
+  // Excluded features are steered away from from the start, as declined ones are once declined;
+  // so are those the cmd protocol and reader mode cannot carry (a data file, a secret).
+  const lacks = o.producer === undefined && (o.target === 'ts' || o.target === 'qemu') ? [] : PROTOCOL_LACKS;
+  const declined = new Set<string>([...(o.exclude?.features ?? []), ...lacks]);
   // Reader programs are known to be readers only once they answer; a reader's refusal never steers.
   const c: ChunkContext = { o, clock, t0, stats, declined, readerMode: o.producer !== undefined, tmpRoot: '', deadline: 0, known: new Map() };
   // Small run budgets get small chunks so shards and workers all get some; the
@@ -187,7 +197,7 @@ export async function runCampaign(o0: CampaignOptions): Promise<CampaignStats> {
   const perChunk =
     o.runsPerChunk ?? (o.runs !== undefined ? Math.max(1, Math.min(DEFAULT_RUNS_PER_CHUNK, Math.ceil(o.runs / 8))) : DEFAULT_RUNS_PER_CHUNK);
   const shard = o.shard ?? { index: 0, count: 1 };
-  c.tmpRoot = o.tmpRoot ?? path.join(os.tmpdir(), `qcow2-harness-${process.pid}`);
+  c.tmpRoot = o.tmpRoot ?? path.join(scratchDir(), `qcow2-harness-${process.pid}`);
   c.deadline = o.timeSec !== undefined ? t0 + o.timeSec * 1000 : Number.POSITIVE_INFINITY;
   const maxRuns = o.runs ?? (o.timeSec !== undefined ? Number.POSITIVE_INFINITY : 100);
   if (o.runs === undefined && o.timeSec === undefined) c.o = o = { ...o, runs: maxRuns };
@@ -250,6 +260,7 @@ async function runChunk(c: ChunkContext, seed: number, numRuns: number): Promise
         stats.readerMode = c.readerMode;
         countRefusal(stats, c.declined, r, c.readerMode);
         for (const op of r.ops) stats.opCounts[op.kind] = (stats.opCounts[op.kind] ?? 0) + 1;
+        for (const f of configFeatures(r.config)) stats.featureCounts[f] = (stats.featureCounts[f] ?? 0) + 1;
       }
       stats.ops += r.ops.length;
       stats.qemuImgChecks += r.qemuImgChecks;
@@ -292,21 +303,51 @@ async function runChunk(c: ChunkContext, seed: number, numRuns: number): Promise
   const [config0, seeds] = replayed ? sh.counterexample! : gen.counterexample;
   const shrunk = replayed ? last : found;
   // The config the shrunk run really used (steered away from declined features).
-  const config = shrunk.config ?? config0;
-  const report = await saveFailure(o, config, seeds, seed, replayed ? (sh.counterexamplePath ?? fcPath) : fcPath, c.tmpRoot, stats, c.known, shrunk);
+  let config = shrunk.config ?? config0;
+  // Hook (shrink-fold.ts): moves fast-check cannot make, on concrete ops, in what is left of the shrink budget.
+  let source: { seeds: OpSeed[] } | { ops: Op[] } = { seeds };
+  let saved = shrunk;
+  const fold = replayed && shrunk.failure ? await foldShrunk(c, shrunk as RunOutcome & { failure: Failure }, () => clock() < shrinkStart + budgetMs) : undefined;
+  if (fold?.outcome) {
+    config = fold.config;
+    source = { ops: fold.ops };
+    saved = fold.outcome;
+  }
+  const report = await saveFailure(o, config, source, seed, replayed ? (sh.counterexamplePath ?? fcPath) : fcPath, c.tmpRoot, stats, c.known, saved);
   report.foundAfterSeconds = Math.round(foundAt * 10) / 10;
   report.shrinkSeconds = Math.round((clock() - shrinkStart) / 100) / 10;
   report.shrinkRuns = stats.shrinkRuns - shrinkRuns0;
-  report.shrinkComplete = replayed && !sh.interrupted;
+  report.shrinkComplete = replayed && !sh.interrupted && fold?.complete !== false;
+  if (fold?.steps.length) report.shrinkSteps = fold.steps;
+  // Hook: corpus entries whose ops this finding repeats, whatever their signature (the entry it was just saved as left out).
+  const matches = o.corpusDir ? corpusMatches(o.corpusDir, report, report.duplicate ? undefined : report.corpusId) : [];
+  if (matches.length) report.corpusMatches = matches;
   stats.failures.push(report);
   return generated;
+}
+
+/** The fold pass of shrink-fold.ts with the campaign's targets; its runs count as shrink runs. */
+function foldShrunk(c: ChunkContext, shrunk: RunOutcome & { failure: Failure }, inBudget: () => boolean) {
+  const { o, stats } = c;
+  return foldFailure(() => (o.targetFactory ? o.targetFactory() : makeTarget(o.target, { producer: o.producer })), shrunk, {
+    tmpRoot: c.tmpRoot,
+    declined: c.declined,
+    inBudget,
+    onRun: (r) => {
+      stats.shrinkRuns++;
+      stats.ops += r.ops.length;
+      stats.qemuImgChecks += r.qemuImgChecks;
+      stats.elapsedSeconds = (c.clock() - c.t0) / 1000;
+      o.onProgress?.(stats);
+    },
+  });
 }
 
 /** Re-runs the minimal counterexample, keeping its directory, and saves it to the corpus. */
 async function saveFailure(
   o: CampaignOptions,
   config: TraceConfig,
-  seeds: OpSeed[],
+  source: { seeds: OpSeed[] } | { ops: Op[] },
   seed: number,
   fcPath: string,
   tmpRoot: string,
@@ -315,7 +356,7 @@ async function saveFailure(
   shrunk: RunOutcome,
 ): Promise<FailureReport> {
   const t = o.targetFactory ? o.targetFactory() : makeTarget(o.target, { producer: o.producer });
-  const r = await runTrace(t, config, { seeds }, { keepDir: true, tmpRoot });
+  const r = await runTrace(t, config, source, { keepDir: true, tmpRoot });
   // A reader program paired with the default producer is recorded with it, so replay rebuilds the same image.
   const producer = r.readerMode || shrunk.readerMode ? (o.producer ?? 'qemu') : undefined;
   try {
@@ -385,6 +426,8 @@ export function formatFailure(f: FailureReport): string {
             (f.shrinkComplete ? '' : ': shrinking did not run to the end (its budget, --shrink-time, ran out, or the failure did not replay), the trace may not be minimal'),
         ]
       : []),
+    ...(f.shrinkSteps?.length ? [`  then, past fast-check: ${f.shrinkSteps.join('; ')}`] : []),
+    ...(f.corpusMatches?.length ? [`  ${describeMatches(f.corpusMatches)}`] : []),
     ...f.ops.map((x, i) => `  ${String(i + 1).padStart(3)}: ${x}`),
   ].join('\n');
 }

@@ -27,6 +27,8 @@ export class DiskModel {
   readonly bitmaps = new ModelBitmaps();
   /** The image has an external data file (fixed at creation; amend cannot add or drop one here). */
   private readonly dataFile: boolean;
+  /** The image is encrypted (fixed at creation). */
+  readonly encrypted: boolean;
   private snaps: Snapshot[] = [];
   /** Once a compressed cluster may exist anywhere, a zstd -> v2 downgrade may be refused. */
   private compressedEver = false;
@@ -50,6 +52,7 @@ export class DiskModel {
     if (cfg.size % SECTOR !== 0) throw new Error(`model size ${cfg.size} is not a multiple of ${SECTOR}`);
     this.backing = cfg.backing;
     this.dataFile = cfg.dataFile !== undefined;
+    this.encrypted = cfg.encrypted === true;
     const backingEnd = cfg.backing ? Math.min(cfg.size, cfg.backing.size) / SECTOR : 0;
     this.active = new Layer(cfg.size, new Map(), Math.ceil(backingEnd));
     // Preallocated clusters read as before (QEMU's preallocate_co leaves extended L2 subclusters
@@ -121,6 +124,8 @@ export class DiskModel {
     if (bad) return bad;
     // qcow2_co_pwritev_compressed_part: -ENOTSUP with an external data file.
     if (this.dataFile) return refuse('no compressed clusters with an external data file');
+    // QEMU 7.2 would store the cluster unencrypted; our engine refuses, and the harness does not ask QEMU.
+    if (this.encrypted) return refuse('no compressed clusters in an encrypted image');
     const cs = this.meta.clusterSize;
     if (off % cs !== 0) return refuse('compressed write not cluster aligned');
     const wantLen = Math.min(cs, this.size - off);
@@ -298,6 +303,8 @@ export class DiskModel {
     if (compat === '1.1' || this.meta.compat === '0.10') return OK;
     if (this.meta.refcountBits !== 16) return refuse('compat=0.10 requires refcount_bits=16');
     if (this.dataFile) return refuse('Cannot downgrade an image with a data file');
+    // QEMU 7.2's downgrade writes plain zeros into zero clusters, which then decrypt to garbage.
+    if (this.encrypted) return refuse('no downgrade of an encrypted image');
     if (this.meta.extendedL2) return refuse('v2 cannot express extended L2 entries');
     // A v2 snapshot has no virtual size of its own: every snapshot must match the image.
     if (this.snaps.some((x) => x.layer.size !== this.size)) return refuse('internal snapshots of another size prevent downgrade');

@@ -25,6 +25,8 @@ export interface ImageConfig {
   backing?: BackingModel;
   /** An external data file: QEMU refuses compressed writes, internal snapshots and downgrades there. */
   dataFile?: { raw: boolean };
+  /** Encrypted: compressed writes and downgrades are refused (QEMU 7.2 would get both wrong). */
+  encrypted?: boolean;
 }
 
 /**

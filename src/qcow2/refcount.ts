@@ -84,9 +84,12 @@ export class Refcounts {
     const buf = this.host.storage.read(this.tableOffset, bytes);
     const v = viewOf(buf);
     const n = bytes / REFTABLE_ENTRY_SIZE;
-    const table = new Array<number>(n);
-    const raw = new Array<number>(n);
-    for (let i = 0; i < n; i++) {
+    // Most of a table is zeros past its last block (one 2 MiB cluster holds 262144 entries): those are filled natively.
+    let used = n;
+    while (used > 0 && v.getUint32((used - 1) * REFTABLE_ENTRY_SIZE) === 0 && v.getUint32((used - 1) * REFTABLE_ENTRY_SIZE + 4) === 0) used--;
+    const table = new Array<number>(n).fill(0);
+    const raw = new Array<number>(n).fill(0);
+    for (let i = 0; i < used; i++) {
       raw[i] = getU64(v, i * REFTABLE_ENTRY_SIZE);
       table[i] = raw[i] - (raw[i] % REFTABLE_OFFSET_ALIGN);
     }

@@ -7,18 +7,21 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { imageOptsString, needsImageOpts, secretArgs, type ImageAccess } from './access.js';
 import { QemuToolError } from './errors.js';
 import { DEFAULT_TIMEOUT_MS, QEMU_IMG, runTool } from './run.js';
 
 export const QEMU_NBD = process.env.QEMU_NBD ?? 'qemu-nbd';
 
 /** Dirty guest byte ranges of bitmap `name` in a qcow2 file, merged, as [offset, length]. */
-export async function qemuDirtyRanges(file: string, name: string, timeoutMs = DEFAULT_TIMEOUT_MS): Promise<[number, number][]> {
+export async function qemuDirtyRanges(file: string, name: string, timeoutMs = DEFAULT_TIMEOUT_MS, access?: ImageAccess): Promise<[number, number][]> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'qh-nbd-'));
   const sock = path.join(dir, 's');
   const pidFile = path.join(dir, 'pid');
   try {
-    const nbd = await runTool(QEMU_NBD, ['-r', '-f', 'qcow2', '-B', name, '-k', sock, '--fork', `--pid-file=${pidFile}`, file], timeoutMs);
+    // qemu-nbd takes the secret and the option string as qemu-img does (--object, --image-opts).
+    const image = needsImageOpts(access) ? [...secretArgs(access), '--image-opts', imageOptsString(file, access)] : ['-f', 'qcow2', file];
+    const nbd = await runTool(QEMU_NBD, ['-r', '-B', name, '-k', sock, '--fork', `--pid-file=${pidFile}`, ...image], timeoutMs);
     if (nbd.rc !== 0) throw new QemuToolError(`qemu-nbd -B ${name} failed: ${nbd.stderr.trim()}`);
     const opts = `driver=nbd,server.type=unix,server.path=${sock},x-dirty-bitmap=qemu:dirty-bitmap:${name}`;
     const map = await runTool(QEMU_IMG, ['map', '--output=json', '--image-opts', opts], timeoutMs);

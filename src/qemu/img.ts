@@ -1,6 +1,15 @@
 /** Thin, typed wrappers over qemu-img subcommands. Every call has a timeout (HangError). */
+import { imageOptsString, needsImageOpts, rawImageOpts, secretArgs, type ImageAccess, type QemuSecret } from './access.js';
 import { QemuToolError } from './errors.js';
 import { DEFAULT_TIMEOUT_MS, QEMU_IMG, runTool, type ToolResult } from './run.js';
+
+/** qemu-img create -o encrypt.*: the format and the secret the key is in. */
+export interface ImgEncryptOptions {
+  format: 'aes' | 'luks';
+  secret: QemuSecret;
+  /** encrypt.iter-time in ms (LUKS): QEMU's default 2000 makes every open cost seconds of PBKDF2. */
+  iterTimeMs?: number;
+}
 
 export interface ImgCreateOptions {
   format?: 'qcow2' | 'raw';
@@ -17,6 +26,7 @@ export interface ImgCreateOptions {
   /** data_file (give an absolute path: qemu-img 7.2 takes a relative one from its current directory). */
   dataFile?: string;
   dataFileRaw?: boolean;
+  encrypt?: ImgEncryptOptions;
 }
 
 export interface QemuSnapshotInfo {
@@ -48,8 +58,12 @@ export interface QemuInfo {
       'refcount-bits'?: number;
       corrupt?: boolean;
       'extended-l2'?: boolean;
+      encrypt?: { format: string };
+      'data-file'?: string;
+      'data-file-raw'?: boolean;
     };
   };
+  encrypted?: boolean;
 }
 
 export interface QemuCheck {
@@ -90,11 +104,24 @@ export function createOptionString(o: ImgCreateOptions): string {
   if (o.preallocation !== undefined) kv.push(`preallocation=${o.preallocation}`);
   if (o.dataFile !== undefined) kv.push(`data_file=${o.dataFile}`);
   if (o.dataFileRaw) kv.push('data_file_raw=on');
+  if (o.encrypt) {
+    kv.push(`encrypt.format=${o.encrypt.format}`, `encrypt.key-secret=${o.encrypt.secret.id}`);
+    if (o.encrypt.format === 'luks' && o.encrypt.iterTimeMs !== undefined) kv.push(`encrypt.iter-time=${o.encrypt.iterTimeMs}`);
+  }
   return kv.join(',');
 }
 
+/**
+ * The image operand of a qemu-img command: `-f FORMAT FILE`, or, when the
+ * access needs it, the secret and `--image-opts` (qemu-img refuses -f beside it).
+ */
+export function imageOperand(file: string, access: ImageAccess | undefined, format = 'qcow2'): string[] {
+  if (format === 'qcow2' && needsImageOpts(access)) return [...secretArgs(access), '--image-opts', imageOptsString(file, access)];
+  return ['-f', format, file];
+}
+
 export function createArgs(path: string, o: ImgCreateOptions): string[] {
-  const args = ['create', '-q', '-f', o.format ?? 'qcow2'];
+  const args = ['create', '-q', ...(o.encrypt ? secretArgs({ secret: o.encrypt.secret }) : []), '-f', o.format ?? 'qcow2'];
   const opts = (o.format ?? 'qcow2') === 'qcow2' ? createOptionString(o) : '';
   if (opts) args.push('-o', opts);
   if (o.backingFile) args.push('-b', o.backingFile, '-F', o.backingFormat ?? 'raw');
@@ -106,10 +133,13 @@ export async function imgCreate(path: string, o: ImgCreateOptions, timeoutMs = D
   must(await runTool(QEMU_IMG, createArgs(path, o), timeoutMs), 'qemu-img create');
 }
 
-export async function imgInfo(path: string, o: { format?: string; timeoutMs?: number } = {}): Promise<QemuInfo> {
+export async function imgInfo(path: string, o: { format?: string; timeoutMs?: number; access?: ImageAccess } = {}): Promise<QemuInfo> {
   const args = ['info', '--output=json', '-U'];
-  if (o.format) args.push('-f', o.format);
-  args.push(path);
+  if (needsImageOpts(o.access)) args.push(...imageOperand(path, o.access));
+  else {
+    if (o.format) args.push('-f', o.format);
+    args.push(path);
+  }
   const r = must(await runTool(QEMU_IMG, args, o.timeoutMs), 'qemu-img info');
   try {
     return JSON.parse(r.stdout) as QemuInfo;
@@ -121,11 +151,11 @@ export async function imgInfo(path: string, o: { format?: string; timeoutMs?: nu
 /** qemu-img check; returns the exit code and, when qemu-img printed it, the parsed JSON. */
 export async function imgCheck(
   path: string,
-  o: { repair?: 'leaks' | 'all'; format?: string; timeoutMs?: number } = {},
+  o: { repair?: 'leaks' | 'all'; format?: string; timeoutMs?: number; access?: ImageAccess } = {},
 ): Promise<CheckOutcome> {
-  const args = ['check', '--output=json', '-f', o.format ?? 'qcow2'];
+  const args = ['check', '--output=json'];
   if (o.repair) args.push('-r', o.repair);
-  args.push(path);
+  args.push(...imageOperand(path, o.access, o.format));
   const r = await runTool(QEMU_IMG, args, o.timeoutMs);
   let json: QemuCheck | undefined;
   const start = r.stdout.indexOf('{');
@@ -143,12 +173,17 @@ export async function imgCheck(
 export async function imgCompare(
   a: string,
   b: string,
-  o: { formatA?: string; formatB?: string; strict?: boolean; timeoutMs?: number } = {},
+  o: { formatA?: string; formatB?: string; strict?: boolean; timeoutMs?: number; access?: ImageAccess } = {},
 ): Promise<ToolResult> {
   const args = ['compare', '-U'];
+  if (o.strict) args.push('-s');
+  // With --image-opts both operands are option strings (img_compare): `a` a qcow2 image with the access, `b` raw.
+  if (needsImageOpts(o.access) && (o.formatA ?? 'qcow2') === 'qcow2' && (o.formatB ?? 'raw') === 'raw') {
+    args.push(...secretArgs(o.access), '--image-opts', imageOptsString(a, o.access), rawImageOpts(b));
+    return runTool(QEMU_IMG, args, o.timeoutMs);
+  }
   if (o.formatA) args.push('-f', o.formatA);
   if (o.formatB) args.push('-F', o.formatB);
-  if (o.strict) args.push('-s');
   args.push(a, b);
   return runTool(QEMU_IMG, args, o.timeoutMs);
 }
@@ -157,26 +192,27 @@ export async function imgCompare(
 export async function imgConvertToRaw(
   src: string,
   dst: string,
-  o: { format?: string; snapshotId?: string; timeoutMs?: number } = {},
+  o: { format?: string; snapshotId?: string; timeoutMs?: number; access?: ImageAccess } = {},
 ): Promise<void> {
-  const args = ['convert', '-U', '-f', o.format ?? 'qcow2', '-O', 'raw'];
+  const args = ['convert', '-U', '-O', 'raw'];
   if (o.snapshotId !== undefined) args.push('-l', `snapshot.id=${o.snapshotId}`);
-  args.push(src, dst);
+  args.push(...imageOperand(src, o.access, o.format), dst);
   must(await runTool(QEMU_IMG, args, o.timeoutMs), 'qemu-img convert');
 }
 
 /** qemu-img snapshot -c|-a|-d NAME; returns the result so callers can treat a refusal as data. */
-export async function imgSnapshot(path: string, flag: 'c' | 'a' | 'd', name: string, timeoutMs?: number): Promise<ToolResult> {
-  return runTool(QEMU_IMG, ['snapshot', `-${flag}`, name, path], timeoutMs);
+export async function imgSnapshot(path: string, flag: 'c' | 'a' | 'd', name: string, timeoutMs?: number, access?: ImageAccess): Promise<ToolResult> {
+  const operand = needsImageOpts(access) ? imageOperand(path, access) : [path];
+  return runTool(QEMU_IMG, ['snapshot', `-${flag}`, name, ...operand], timeoutMs);
 }
 
-export async function imgAmend(path: string, options: string, timeoutMs?: number): Promise<ToolResult> {
-  return runTool(QEMU_IMG, ['amend', '-f', 'qcow2', '-o', options, path], timeoutMs);
+export async function imgAmend(path: string, options: string, timeoutMs?: number, access?: ImageAccess): Promise<ToolResult> {
+  return runTool(QEMU_IMG, ['amend', '-o', options, ...imageOperand(path, access)], timeoutMs);
 }
 
-export async function imgResize(path: string, size: number, o: { shrink?: boolean; timeoutMs?: number } = {}): Promise<ToolResult> {
-  const args = ['resize', '-q', '-f', 'qcow2'];
+export async function imgResize(path: string, size: number, o: { shrink?: boolean; timeoutMs?: number; access?: ImageAccess } = {}): Promise<ToolResult> {
+  const args = ['resize', '-q'];
   if (o.shrink) args.push('--shrink');
-  args.push(path, String(size));
+  args.push(...imageOperand(path, o.access), String(size));
   return runTool(QEMU_IMG, args, o.timeoutMs);
 }

@@ -3,6 +3,7 @@
  * attributes qemu-io's output back to each command so a failure in the middle
  * of a batch is reported against the right op.
  */
+import { imageOptsString, needsImageOpts, secretArgs, type ImageAccess } from './access.js';
 import { QemuToolError } from './errors.js';
 import { DEFAULT_TIMEOUT_MS, QEMU_IO, runTool } from './run.js';
 
@@ -29,11 +30,12 @@ const FAILED = /^(\w+) failed: (.*)$/;
 export async function qemuIoBatch(
   path: string,
   commands: string[],
-  o: { format?: string; timeoutMs?: number; lineBuffered?: boolean } = {},
+  o: { format?: string; timeoutMs?: number; lineBuffered?: boolean; access?: ImageAccess } = {},
 ): Promise<IoBatchResult> {
-  const args = ['-f', o.format ?? 'qcow2'];
+  const opts = (o.format ?? 'qcow2') === 'qcow2' && needsImageOpts(o.access);
+  const args = opts ? [...secretArgs(o.access), '--image-opts'] : ['-f', o.format ?? 'qcow2'];
   for (const c of commands) args.push('-c', c);
-  args.push(path);
+  args.push(opts ? imageOptsString(path, o.access) : path);
   // A batch that ends in `abort` loses stdio's buffered status lines unless they go out line by line.
   const r = o.lineBuffered
     ? await runTool('stdbuf', ['-oL', QEMU_IO, ...args], o.timeoutMs ?? DEFAULT_TIMEOUT_MS)

@@ -10,9 +10,9 @@
  */
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import * as readline from 'node:readline';
+import { scratchDir } from './scratch.js';
 
 export interface ShellCommand {
   tool: string;
@@ -117,7 +117,7 @@ class ShellPool {
   private dir: string | undefined;
 
   private tmp(): string {
-    if (!this.dir || !fs.existsSync(this.dir)) this.dir = fs.mkdtempSync(path.join(os.tmpdir(), `qh-sh-${process.pid}-`));
+    if (!this.dir || !fs.existsSync(this.dir)) this.dir = fs.mkdtempSync(path.join(scratchDir(), `qh-sh-${process.pid}-`));
     return this.dir;
   }
 

@@ -57,7 +57,7 @@ export async function amendCommand(argv: string[], ctx: CliContext): Promise<num
     else if (k === 'size' || k === 'backing_file' || k === 'backing_fmt') throw new CommandFailed(`Changing '${k}' with amend is not supported by qcow2-harness (use resize for the size)`);
     else throw new CommandFailed(`Invalid parameter '${k}'`);
   }
-  const img = openQcow2(ctx, file, { format: spec.format, passphrase: spec.passphrase(), name: spec.shownAs });
+  const img = openQcow2(ctx, file, { format: spec.format, passphrase: spec.passphrase(), name: spec.shownAs, dataFile: spec.dataFile });
   checkOpened(img, spec, true);
   try {
     const cur = img.info();

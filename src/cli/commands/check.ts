@@ -119,6 +119,7 @@ export async function checkCommand(argv: string[], ctx: CliContext): Promise<num
     forceShare: forceShare(p),
     passphrase: spec.passphrase(),
     name: spec.shownAs,
+    dataFile: spec.dataFile,
   });
   // qemu-img check opens without NO_IO: an encrypted image needs its key.
   checkOpened(img, spec, true);

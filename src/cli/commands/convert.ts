@@ -128,6 +128,7 @@ export async function convertCommand(argv: string[], ctx: CliContext): Promise<n
     format: spec.format,
     passphrase: spec.passphrase(),
     name: spec.shownAs,
+    dataFile: spec.dataFile,
     snapshot: snapshotParam === undefined ? undefined : parseSnapshotParam(snapshotParam),
     forceShare: forceShare(p),
   });

@@ -72,7 +72,7 @@ async function runIo(argv: string[], ctx: CliContext): Promise<number> {
   const file = spec.file;
   let commands = all(p, 'c');
   if (commands.length === 0) commands = fs.readFileSync(0, 'utf8').split('\n').filter((l) => l.trim() !== '' && !l.trimStart().startsWith('#'));
-  const how = { format: spec.format, readOnly: has(p, 'r'), forceShare: forceShare(p), passphrase: spec.passphrase(), name: spec.shownAs };
+  const how = { format: spec.format, readOnly: has(p, 'r'), forceShare: forceShare(p), passphrase: spec.passphrase(), name: spec.shownAs, dataFile: spec.dataFile };
   await prepareIoCommands(commands);
   const open = (): WritableDevice => {
     const dev = openWritable(ctx, file, how);

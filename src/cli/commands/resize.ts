@@ -30,7 +30,7 @@ export async function resizeCommand(argv: string[], ctx: CliContext): Promise<nu
   const file = spec.file;
   const rel = sizeText[0] === '+' || sizeText[0] === '-' ? sizeText[0] : '';
   const amount = parseImageSize(rel ? sizeText.slice(1) : sizeText, 'resize');
-  const img = openQcow2(ctx, file, { format: spec.format, passphrase: spec.passphrase(), name: spec.shownAs });
+  const img = openQcow2(ctx, file, { format: spec.format, passphrase: spec.passphrase(), name: spec.shownAs, dataFile: spec.dataFile });
   checkOpened(img, spec, true);
   try {
     const cur = img.virtualSize;

@@ -32,7 +32,7 @@ export async function snapshotCommand(argv: string[], ctx: CliContext): Promise<
   const spec = imageSpec(p, p.operands[0]!, 'snapshot');
   const file = spec.file;
   const action = actions[0]!;
-  const img = openQcow2(ctx, file, { format: spec.format, readOnly: action === 'l', forceShare: forceShare(p), passphrase: spec.passphrase(), name: spec.shownAs });
+  const img = openQcow2(ctx, file, { format: spec.format, readOnly: action === 'l', forceShare: forceShare(p), passphrase: spec.passphrase(), name: spec.shownAs, dataFile: spec.dataFile });
   checkOpened(img, spec, action !== 'l');
   try {
     const name = last(p, action)!;

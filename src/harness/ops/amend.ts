@@ -53,7 +53,10 @@ export const amend: OpSpec<AmendOp> = {
           if (entries > QEMU_AMEND_MAX_REFBLOCK_ENTRIES) which = 2;
         }
         if (which === 0) return { kind: 'amend', key: 'refcount_bits', value: 2 ** (Math.floor(seed.pick / 3) % 7) };
-        if (which === 1) return { kind: 'amend', key: 'compat', value: seed.flag ? '0.10' : '1.1' };
+        if (which === 1) {
+          const downgrade = seed.flag && !(model.encrypted && ctx.knownBugs?.has('encrypted-downgrade-garbage'));
+          return { kind: 'amend', key: 'compat', value: downgrade ? '0.10' : '1.1' };
+        }
         return { kind: 'amend', key: 'lazy_refcounts', value: seed.flag };
       },
     },

@@ -51,7 +51,8 @@ export const writeCompressed: OpSpec<OpOf<'write-compressed'>> = {
   variants: [
     {
       weight: 6,
-      resolve: (seed, model) => {
+      resolve: (seed, model, ctx) => {
+        if (model.encrypted && ctx.knownBugs?.has('unencrypted-compressed-write')) return null;
         const size = model.size;
         const cs = model.meta.clusterSize;
         const clusters = Math.ceil(size / cs);

@@ -18,7 +18,7 @@ import { snapshot } from './snapshot.js';
 import { OpParseError, type Op, type OpKind, type OpSeed, type OpSpec, type RangeOp, type ResolveContext } from './types.js';
 
 export * from './types.js';
-export { aioPick, engineOrder } from './aio.js';
+export { aioPick, engineOrder, parseAioReads } from './aio.js';
 export { BLKDEBUG_EVENTS, blkdebugOptions, FaultContainmentError, faultPick, STORAGE_FAULT_KINDS, storagePoint } from './fault.js';
 
 const fault = makeFault({ specOf, formatOp, parseOp });

@@ -34,8 +34,14 @@ export interface FaultOp {
   op: Op;
 }
 
-/** One request of an aio group: a write of a pattern byte, or write-zeroes. */
-export type AioRequest = { kind: 'write'; pattern: number; off: number; len: number } | { kind: 'write-zeroes'; unmap: boolean; off: number; len: number };
+/** One request of an aio group: a write of a pattern byte, write-zeroes, a read, or a discard. */
+export type AioRequest =
+  | { kind: 'write'; pattern: number; off: number; len: number }
+  | { kind: 'write-zeroes'; unmap: boolean; off: number; len: number }
+  | { kind: 'read'; off: number; len: number }
+  | { kind: 'discard'; off: number; len: number };
+
+export type AioRequestKind = AioRequest['kind'];
 
 /** Requests in flight at once, then a flush (see ./aio.ts). */
 export interface AioOp {
@@ -88,7 +94,8 @@ export interface EngineSession {
   readonly faults?: FaultyStorage;
 }
 
-export type OpOutcome = { ok: true } | { ok: false; error: string };
+/** `reads`: what the reads of an aio group returned, in the group's order (aio groups with reads only). */
+export type OpOutcome = { ok: true; reads?: Uint8Array[] } | { ok: false; error: string };
 
 /** What an op needs to run on QEMU's tools, for ops that are not one qemu-io command. */
 export interface QemuRunner {
@@ -102,7 +109,7 @@ export interface QemuRunner {
   /** Runs one qemu-io command on an image given as --image-opts. */
   ioWithOptions(command: string, imageOpts: string): Promise<OpOutcome>;
   /** Runs qemu-io commands in one process on the image (aio requests stay in flight across commands). */
-  ioCommands?(commands: string[]): Promise<OpOutcome>;
+  ioCommands?(commands: string[]): Promise<OpOutcome & { stdout?: string }>;
 }
 
 /** One line of repro.sh: a qemu-io command (batched with its neighbours) or a shell command of its own; null: none, but the qemu-io batch ends. */
@@ -132,6 +139,8 @@ export interface ResolveContext {
    * storage requests, or blkdebug event names); none: no fault ops.
    */
   faultPoints?: readonly string[];
+  /** Request kinds aio groups may hold (absent: write and write-zeroes, what every aio target does). */
+  aioRequests?: ReadonlySet<AioRequestKind>;
 }
 
 /** One way a seed turns into an op, with its share of the seed space. */
@@ -155,7 +164,8 @@ export interface OpSpec<O extends Op = Op> {
   /** The guest range the op's sector-unique data covers, for ops that carry data. */
   dataRange?(op: O): [number, number] | undefined;
   /** Runs the op on our engine (ts target, and the CLI's `io` for kinds it has no qemu-io syntax for). */
-  engine?(s: EngineSession, op: O, data: Uint8Array | undefined): void;
+  /** A return value (an aio group's reads) becomes the outcome's `reads`. */
+  engine?(s: EngineSession, op: O, data: Uint8Array | undefined): void | Uint8Array[];
   /** Tries the op once on a scratch image (ts capability probe); may leave the image closed. */
   probe?(img: Qcow2Image): void;
   /** The op as one qemu-io command: such ops share a qemu-io process with their neighbours. */
@@ -183,7 +193,7 @@ export interface OpSpec<O extends Op = Op> {
    * group: any serial order): replaces `apply`, settling the model on what
    * the target shows among the outcomes allowed. Returns what is wrong, if anything.
    */
-  settle?(model: DiskModel, op: O, stamp: number, read: (off: number, len: number) => Promise<Uint8Array>): Promise<string | undefined>;
+  settle?(model: DiskModel, op: O, stamp: number, read: (off: number, len: number) => Promise<Uint8Array>, outcome: OpOutcome): Promise<string | undefined>;
   /** Why this op may leave leaked clusters, failed or not (the end check then tolerates leaks). */
   mayLeak?: string;
   /** Ops that may run with a fault injected into their I/O (guest I/O). */

@@ -19,11 +19,39 @@ export function configFeatures(c: TraceConfig): string[] {
   if (c.backing?.backing) f.push('backing-chain');
   if (c.preallocation) f.push(`preallocation=${c.preallocation}`);
   if (c.dirty) f.push('dirty');
+  if (c.dataFile) f.push(c.dataFile.raw ? 'data_file_raw' : 'data_file');
+  if (c.encrypt) f.push(`encrypt.format=${c.encrypt.format}`);
   return f;
 }
 
+/**
+ * Features the harness cannot hand to a cmd program or a reader (the protocol
+ * carries neither a secret nor a data file): such a target declines them
+ * itself, before the program sees the configuration.
+ */
+export function protocolLacks(c: TraceConfig): string[] {
+  return configFeatures(c).filter((f) => (PROTOCOL_LACKS as readonly string[]).includes(f));
+}
+
+/** Every feature protocolLacks can name: campaigns on cmd programs and readers steer away from them from the start. */
+export const PROTOCOL_LACKS = ['data_file', 'data_file_raw', 'encrypt.format=luks', 'encrypt.format=aes'] as const;
+
 /** Features `steer` knows how to turn off; others are only counted. */
-export const STEERABLE = ['extended_l2', 'compression_type=zstd', 'compat=0.10', 'lazy_refcounts', 'backing=raw', 'backing=qcow2', 'backing-chain', 'preallocation=metadata', 'dirty'] as const;
+export const STEERABLE = [
+  'extended_l2',
+  'compression_type=zstd',
+  'compat=0.10',
+  'lazy_refcounts',
+  'backing=raw',
+  'backing=qcow2',
+  'backing-chain',
+  'preallocation=metadata',
+  'dirty',
+  'data_file',
+  'data_file_raw',
+  'encrypt.format=luks',
+  'encrypt.format=aes',
+] as const;
 
 /**
  * The configuration with every declined feature turned off (a refcount width
@@ -61,6 +89,14 @@ export function steer(c: TraceConfig, declined: ReadonlySet<string>): TraceConfi
   if (out.backing?.backing && declined.has('backing-chain')) out = { ...out, backing: { ...out.backing, backing: undefined } };
   if (out.backing && declined.has(`backing=${out.backing.format}`)) {
     const { backing: _drop, ...rest } = out;
+    out = rest;
+  }
+  if (out.dataFile && (declined.has(out.dataFile.raw ? 'data_file_raw' : 'data_file') || (out.dataFile.raw && out.backing))) {
+    const { dataFile: _df, ...rest } = out;
+    out = rest;
+  }
+  if (out.encrypt && declined.has(`encrypt.format=${out.encrypt.format}`)) {
+    const { encrypt: _e, ...rest } = out;
     out = rest;
   }
   return out;

@@ -12,7 +12,8 @@ import * as path from 'node:path';
 import type { CheckResult } from '../../qcow2/types.js';
 import { creationOptions, type TraceConfig } from '../config.js';
 import { createBacking } from '../fixture.js';
-import { ALL_OP_KINDS, formatOp, type Op, type OpKind } from '../ops.js';
+import { ALL_OP_KINDS, formatOp, type AioRequestKind, type Op, type OpKind } from '../ops.js';
+import { protocolLacks } from '../reader/features.js';
 import { RefusalError, type BackingLink, type OpenInfo, type Reader } from '../reader/types.js';
 import { CmdSession, ProtocolError, responseFeatures, type Response } from './cmd-session.js';
 import { ReaderTarget } from './reader.js';
@@ -41,6 +42,7 @@ export class CmdTarget implements Target {
   /** Set at setup when the program implements `check` (the "check agrees" oracle). */
   ownCheck?: () => Promise<CheckResult>;
   private hasSnapshotRead = true;
+  private aioKinds: ReadonlySet<AioRequestKind> | undefined;
   implementation?: string;
 
   constructor(
@@ -49,6 +51,11 @@ export class CmdTarget implements Target {
     private readonly o: CmdTargetOptions = {},
   ) {
     this.name = o.name ?? `cmd:${program}`;
+  }
+
+  /** Request kinds aio groups may hold: the program's `aioRequests` (absent: write and write-zeroes). */
+  get aioRequests(): ReadonlySet<AioRequestKind> | undefined {
+    return this.asReader ? undefined : this.aioKinds;
   }
 
   get capabilities(): ReadonlySet<OpKind> {
@@ -81,6 +88,8 @@ export class CmdTarget implements Target {
 
   async setup(config: TraceConfig, dir: string): Promise<void> {
     this.dir = dir;
+    const lacks = protocolLacks(config);
+    if (lacks.length) throw new RefusalError(lacks, `${this.name}: the harness cannot pass ${lacks.join(', ')} through the cmd protocol`);
     const backingFile = config.backing ? await createBacking(dir, config.backing) : null;
     const session = new CmdSession(this.name, this.program, dir, this.timeoutMs);
     this.session = session;
@@ -104,6 +113,9 @@ export class CmdTarget implements Target {
     if (!r.ok) throw session.fail(`create failed: ${r.error}`);
     const caps = r.result?.capabilities;
     if (Array.isArray(caps)) this.writerCaps = new Set(caps.filter((c): c is OpKind => ALL_OP_KINDS.includes(c as OpKind)));
+    // Reads and discards in aio groups only for programs that name them (docs/cmd-protocol.md).
+    const reqs = r.result?.aioRequests;
+    this.aioKinds = Array.isArray(reqs) ? new Set(AIO_REQUEST_KINDS.filter((k) => reqs.includes(k))) : undefined;
     this.ownCheck =
       r.result?.check === true
         ? async () => {
@@ -127,7 +139,9 @@ export class CmdTarget implements Target {
       const params: Record<string, unknown> = { op: formatOp(op) };
       if (data) params.data = Buffer.from(data.buffer, data.byteOffset, data.length).toString('base64');
       const r = await this.s.call('op', params);
-      out.push(r.ok ? { ok: true } : { ok: false, error: r.error ?? 'refused' });
+      if (!r.ok) out.push({ ok: false, error: r.error ?? 'refused' });
+      else if (op.kind === 'aio' && op.reqs.some((q) => q.kind === 'read')) out.push({ ok: true, reads: groupReads(this.s, r.result?.reads) });
+      else out.push({ ok: true });
     }
     return out;
   }
@@ -163,6 +177,14 @@ export class CmdTarget implements Target {
     if (reader) await reader.close();
     else await session?.close();
   }
+}
+
+const AIO_REQUEST_KINDS: readonly AioRequestKind[] = ['write', 'write-zeroes', 'read', 'discard'];
+
+/** An aio group's `reads` (base64, one per read request in order); the harness judges their lengths and bytes. */
+function groupReads(s: CmdSession, reads: unknown): Uint8Array[] {
+  if (!Array.isArray(reads) || !reads.every((x) => typeof x === 'string')) throw s.fail('an aio group with reads answered without "reads" (base64 strings)');
+  return reads.map((x: string) => new Uint8Array(Buffer.from(x, 'base64')));
 }
 
 function defaultProducerMissing(): Target {

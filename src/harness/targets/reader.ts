@@ -10,7 +10,8 @@ import * as path from 'node:path';
 import type { TraceConfig } from '../config.js';
 import { backingChain } from '../config.js';
 import type { Op, OpKind } from '../ops.js';
-import type { BackingLink, Reader } from '../reader/types.js';
+import { protocolLacks } from '../reader/features.js';
+import { RefusalError, type BackingLink, type Reader } from '../reader/types.js';
 import type { KnownBug, OpOutcome, StampedOp, Target } from './types.js';
 
 export class ReaderTarget implements Target {
@@ -42,6 +43,8 @@ export class ReaderTarget implements Target {
 
   async setup(config: TraceConfig, dir: string): Promise<void> {
     this.dir = dir;
+    const lacks = protocolLacks(config);
+    if (lacks.length) throw new RefusalError(lacks, `${this.name}: reader mode does not pass ${lacks.join(', ')} to readers`);
     await this.producer.setup(config, dir);
     // Top to bottom, each file named as the one above it names it (all in the run directory).
     this.chain = backingChain(config).map((l) => ({ file: l.file, path: path.join(dir, l.file), format: l.config.format }));

@@ -14,10 +14,10 @@ import { MemoryStorage } from '../../qcow2/storage/memory.js';
 import { RecordingStorage } from '../../qcow2/storage/recording.js';
 import type { BlockStorage } from '../../qcow2/storage/types.js';
 import type { CheckResult, OpenOptions } from '../../qcow2/types.js';
-import { creationOptions, DATA_FILE_NAME, type TraceConfig } from '../config.js';
+import { creationOptions, DATA_FILE_NAME, passphraseOf, type TraceConfig } from '../config.js';
 import { visitCrashStates, type CrashVisit } from '../crash.js';
 import { createBacking } from '../fixture.js';
-import { ALL_OP_KINDS, specOf, specOfKind, STORAGE_FAULT_KINDS, type EngineSession, type Op, type OpKind } from '../ops.js';
+import { ALL_OP_KINDS, specOf, specOfKind, STORAGE_FAULT_KINDS, type AioRequestKind, type EngineSession, type Op, type OpKind } from '../ops.js';
 import type { CrashCoverage, OpOutcome, StampedOp, Target } from './types.js';
 
 export class TsTarget implements Target {
@@ -26,6 +26,8 @@ export class TsTarget implements Target {
   readonly capabilities: ReadonlySet<OpKind>;
   /** Fault ops fail the n-th storage request of a kind (the image runs on a FaultyStorage). */
   readonly faultPoints = STORAGE_FAULT_KINDS;
+  /** aio groups may hold reads and discards too: the engine runs a group's requests in a serial order. */
+  readonly aioRequests: ReadonlySet<AioRequestKind> = new Set(['write', 'write-zeroes', 'read', 'discard']);
   private dir = '';
   private storage: RecordingStorage | undefined;
   /** The recording storage behind a FaultyStorage that passes everything through unless a fault op arms it. */
@@ -52,7 +54,9 @@ export class TsTarget implements Target {
     // An external data file lives in memory beside the image and is written out with it (sync).
     this.dataStorage = config.dataFile ? new MemoryStorage() : undefined;
     const data = this.dataStorage;
+    const passphrase = passphraseOf(config);
     this.openOpts = {
+      ...(passphrase !== undefined ? { passphrase } : {}),
       openBacking: (name, format) => openImageFile(path.isAbsolute(name) ? name : path.join(dir, name), { readOnly: true, format }),
       // MemoryStorage.close keeps the bytes, so every reopen sees the same data file.
       ...(data ? { openDataFile: () => data } : {}),
@@ -79,8 +83,8 @@ export class TsTarget implements Target {
     const out: OpOutcome[] = [];
     for (const o of ops) {
       try {
-        this.apply(o);
-        out.push({ ok: true });
+        const reads = this.apply(o);
+        out.push(reads ? { ok: true, reads } : { ok: true });
       } catch (e) {
         if (!(e instanceof Qcow2Error)) throw e;
         out.push({ ok: false, error: `${e.name}: ${e.message}` });
@@ -89,8 +93,8 @@ export class TsTarget implements Target {
     return out;
   }
 
-  private apply({ op, data }: StampedOp): void {
-    specOf(op).engine!(this.session, op, data);
+  private apply({ op, data }: StampedOp): void | Uint8Array[] {
+    return specOf(op).engine!(this.session, op, data);
   }
 
   /** The engine session the op table's engine calls run in. */
@@ -125,7 +129,7 @@ export class TsTarget implements Target {
   /** The image as it stands, for a reader to open mid-run (docs/cmd-protocol.md, readers). */
   async writeImageFile(): Promise<void> {
     this.image.flush();
-    fs.writeFileSync(this.imagePath(), this.storage!.bytes());
+    fs.writeFileSync(this.imagePath(), this.storage!.view());
   }
 
   /** Ends the session on the image: a clean close, or with config.dirty a flush and nothing more. */
@@ -138,8 +142,8 @@ export class TsTarget implements Target {
   async sync(): Promise<void> {
     this.end();
     this.img = undefined;
-    fs.writeFileSync(this.imagePath(), this.storage!.bytes());
-    if (this.dataStorage) fs.writeFileSync(path.join(this.dir, DATA_FILE_NAME), this.dataStorage.read(0, this.dataStorage.size()));
+    fs.writeFileSync(this.imagePath(), this.storage!.view());
+    if (this.dataStorage) fs.writeFileSync(path.join(this.dir, DATA_FILE_NAME), this.dataStorage.view());
     this.img = Qcow2Image.open(this.storage!, { ...this.openOpts, readOnly: true });
   }
 

@@ -7,7 +7,7 @@ import type { BitmapView } from '../../qcow2/image.js';
 import type { CrashMode } from '../../qcow2/storage/recording.js';
 import type { CheckResult } from '../../qcow2/types.js';
 import type { TraceConfig } from '../config.js';
-import type { Op, OpKind } from '../ops.js';
+import type { AioRequestKind, Op, OpKind } from '../ops.js';
 
 /**
  * A crash image after the engine opened it read-write (repairing a dirty
@@ -29,7 +29,8 @@ export interface CrashCoverage {
   tornKnown: number;
 }
 
-export type OpOutcome = { ok: true } | { ok: false; error: string };
+/** `reads`: what the reads of an aio group returned, in the group's order. */
+export type OpOutcome = { ok: true; reads?: Uint8Array[] } | { ok: false; error: string };
 
 export interface StampedOp {
   op: Op;
@@ -63,7 +64,21 @@ export type KnownBug =
    * entry pointing at bytes never written (reads then fail with EIO); fault
    * ops do not wrap compressed writes (corpus: qemu-failed-compressed-write-keeps-l2-entry).
    */
-  | 'failed-compressed-write-keeps-l2-entry';
+  | 'failed-compressed-write-keeps-l2-entry'
+  /**
+   * QEMU 7.2: a compressed write to an encrypted image stores the guest data
+   * unencrypted (qcow2_co_pwritev_compressed_part never calls the cipher);
+   * our engine and the model refuse it, and the arbitraries do not generate
+   * it for QEMU (corpus: qemu-encrypted-compressed-write-in-clear).
+   */
+  | 'unencrypted-compressed-write'
+  /**
+   * QEMU 7.2: amend compat=0.10 of an encrypted image writes plain zeros over
+   * its zero clusters (qcow2_downgrade -> bdrv_pwrite_zeroes on the file),
+   * which the guest then reads as decrypted garbage; refused by our engine
+   * and the model, not generated for QEMU (corpus: qemu-encrypted-downgrade-garbage).
+   */
+  | 'encrypted-downgrade-garbage';
 
 export interface Target {
   readonly name: string;
@@ -72,6 +87,8 @@ export interface Target {
   readonly capabilities: ReadonlySet<OpKind>;
   /** Where fault ops can inject an I/O error (see src/harness/ops/fault.ts); none: no fault ops. */
   readonly faultPoints?: readonly string[];
+  /** Request kinds its aio groups may hold (see src/harness/ops/aio.ts); absent: write and write-zeroes. */
+  readonly aioRequests?: ReadonlySet<AioRequestKind>;
   /**
    * 'op': read back after every op (cheap in process). 'batch': read back
    * after each batch of guest I/O only; a metadata op's effect on the guest

@@ -20,6 +20,16 @@ export class MemoryStorage implements BlockStorage {
     return this.len;
   }
 
+  /** An independent storage holding a copy of the current contents. */
+  clone(): MemoryStorage {
+    return new MemoryStorage(this.buf.subarray(0, this.len), { readOnly: this.readOnly });
+  }
+
+  /** The current contents without a copy, valid until the next write or truncate (for writing them out). */
+  view(): Uint8Array {
+    return this.buf.subarray(0, this.len);
+  }
+
   /** A copy of the current contents. */
   bytes(): Uint8Array {
     return this.buf.slice(0, this.len);

@@ -121,16 +121,22 @@ function sectorSpan(p: { offset: number; data: Uint8Array }): [number, number] {
 export class RecordingStorage implements BlockStorage {
   readonly readOnly = false;
   private readonly live: MemoryStorage;
-  private durable: Uint8Array;
+  /**
+   * The bytes at the last flush. A flush brings it up to date by replaying
+   * the write log onto it (the same operations from the same start give the
+   * same bytes as `live`), which costs what was written since, not a copy of
+   * the whole image: the engine flushes at every barrier.
+   */
+  private readonly durable: MemoryStorage;
   private pending: Pending[] = [];
   /** staleBase() for the current write log; dropped by every write, truncate and flush. */
-  private staleCache: Uint8Array | undefined;
+  private staleCache: MemoryStorage | undefined;
 
   private readonly zeroes: boolean;
 
   constructor(initial?: Uint8Array, opts: { writeZeroes?: boolean } = {}) {
     this.live = new MemoryStorage(initial);
-    this.durable = this.live.bytes();
+    this.durable = new MemoryStorage(initial);
     this.zeroes = opts.writeZeroes ?? false;
   }
 
@@ -160,7 +166,10 @@ export class RecordingStorage implements BlockStorage {
   }
   flush(): void {
     if (this.pending.length === 0) return;
-    this.durable = this.live.bytes();
+    for (const p of this.pending) {
+      if (p.kind === 'write') this.durable.write(p.offset, p.data);
+      else this.durable.truncate(p.length);
+    }
     this.pending = [];
     this.staleCache = undefined;
   }
@@ -173,6 +182,11 @@ export class RecordingStorage implements BlockStorage {
     return this.live.bytes();
   }
 
+  /** The current contents without a copy, valid until the next write or truncate (MemoryStorage.view). */
+  view(): Uint8Array {
+    return this.live.view();
+  }
+
   /** Writes and truncates issued since the last flush. */
   get pendingWrites(): number {
     return this.pending.length;
@@ -180,7 +194,12 @@ export class RecordingStorage implements BlockStorage {
 
   /** The image a crash in `state` leaves (see the crash model above). */
   crashImageOf(state: CrashState, fill: CrashFill = 'stale'): Uint8Array {
-    const img = new MemoryStorage(fill === 'stale' ? this.staleBase() : this.durable);
+    return this.crashStorageOf(state, fill).bytes();
+  }
+
+  /** crashImageOf as a storage of its own, without copying the bytes out once more. */
+  crashStorageOf(state: CrashState, fill: CrashFill = 'stale'): MemoryStorage {
+    const img = (fill === 'stale' ? this.staleBase() : this.durable).clone();
     this.pending.forEach((p, i) => {
       const fate = state.fates[i] ?? false;
       if (fate === false) return;
@@ -200,7 +219,7 @@ export class RecordingStorage implements BlockStorage {
         img.write(from, p.data.subarray(from - p.offset, to - p.offset));
       }
     });
-    return img.bytes();
+    return img;
   }
 
   /**
@@ -208,10 +227,10 @@ export class RecordingStorage implements BlockStorage {
    * the durable end (kept writes overwrite them later). Built once per crash
    * point: every crash state there starts from it.
    */
-  private staleBase(): Uint8Array {
+  private staleBase(): MemoryStorage {
     if (this.staleCache) return this.staleCache;
-    const img = new MemoryStorage(this.durable);
-    const durableEnd = this.durable.length;
+    const img = this.durable.clone();
+    const durableEnd = this.durable.size();
     const sector = new Uint8Array(SECTOR_SIZE);
     for (const p of this.pending) {
       if (p.kind !== 'write' || p.offset + p.data.length <= durableEnd) continue;
@@ -224,8 +243,8 @@ export class RecordingStorage implements BlockStorage {
         img.write(a, sector.subarray(a - s * SECTOR_SIZE, b - s * SECTOR_SIZE));
       }
     }
-    this.staleCache = img.bytes();
-    return this.staleCache;
+    this.staleCache = img;
+    return img;
   }
 
   /**

@@ -20,13 +20,11 @@
  * driver's handle_alloc_space. Returns 0 or -errno (-EOPNOTSUPP where the
  * file system or the kernel cannot).
  *
- * And two hints that keep the disk busy while a sequential copy computes
+ * And a hint that keeps the disk busy while a sequential copy computes
  * (QEMU's convert gets the same from its in-flight coroutines, -m):
  * willNeed(fd, offset, len) is posix_fadvise(POSIX_FADV_WILLNEED), which
- * queues the range's reads without waiting for them; startWriteback(fd,
- * offset, len) is sync_file_range(SYNC_FILE_RANGE_WRITE), which queues the
- * range's dirty pages for writing without waiting, so the final fsync has
- * little left to do. Both return 0 or -errno and change no data.
+ * queues the range's reads without waiting for them. Returns 0 or -errno
+ * and changes no data.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -165,24 +163,12 @@ static napi_value will_need(napi_env env, napi_callback_info info) {
   return make_int(env, -posix_fadvise(fd, (off_t)offset, (off_t)len, POSIX_FADV_WILLNEED));
 }
 
-static napi_value start_writeback(napi_env env, napi_callback_info info) {
-  int32_t fd;
-  int64_t offset, len;
-  if (read_range_args(env, info, &fd, &offset, &len) < 0) return NULL;
-  int r;
-  do {
-    r = sync_file_range(fd, (off_t)offset, (off_t)len, SYNC_FILE_RANGE_WRITE);
-  } while (r == -1 && errno == EINTR);
-  return make_int(env, r == -1 ? -errno : 0);
-}
-
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
     { "setlk", NULL, setlk, NULL, NULL, NULL, napi_enumerable, NULL },
     { "getlk", NULL, getlk, NULL, NULL, NULL, napi_enumerable, NULL },
     { "zeroRange", NULL, zero_range, NULL, NULL, NULL, napi_enumerable, NULL },
     { "willNeed", NULL, will_need, NULL, NULL, NULL, napi_enumerable, NULL },
-    { "startWriteback", NULL, start_writeback, NULL, NULL, NULL, napi_enumerable, NULL },
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

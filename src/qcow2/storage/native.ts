@@ -1,7 +1,7 @@
 /**
  * The project's N-API addon (native/ofd_lock.c): the file calls Node has
  * no binding for, OFD byte-range locks (lock.ts), fallocate's zero range
- * and the read-ahead / write-back hints (file.ts, convert). Loaded once, on
+ * and the read-ahead hint (file.ts). Loaded once, on
  * first use.
  */
 import * as fs from 'node:fs';
@@ -16,8 +16,6 @@ export interface NativeAddon {
   zeroRange?(fd: number, offset: number, len: number): number;
   /** posix_fadvise(POSIX_FADV_WILLNEED), a read-ahead hint: 0 or -errno. Absent from older builds. */
   willNeed?(fd: number, offset: number, len: number): number;
-  /** sync_file_range(SYNC_FILE_RANGE_WRITE), starting write-back without waiting: 0 or -errno. Absent from older builds. */
-  startWriteback?(fd: number, offset: number, len: number): number;
 }
 
 export const ADDON_RELATIVE_PATH = 'native/build/Release/ofd_lock.node';

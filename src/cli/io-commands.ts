@@ -1,5 +1,5 @@
 import { performance } from 'node:perf_hooks';
-import { isOpVerb, OpParseError, parseOp, specOf, type EngineSession } from '../harness/ops/index.js';
+import type { EngineSession } from '../harness/ops/index.js';
 import { SECTOR_SIZE } from '../qcow2/format/constants.js';
 import type { CliContext } from './context.js';
 import type { WritableDevice } from './open.js';
@@ -175,13 +175,25 @@ function writeCmd(dev: WritableDevice, args: string[], ctx: CliContext): boolean
     if (zero) dev.writeZeroes(offset, count, { unmap: opts.has('u') });
     // qemu-io takes -z -c together; zeroes need no compression, so -c changes nothing there.
     else if (opts.has('c')) writeCompressed(dev, offset, new Uint8Array(count).fill(pattern));
-    else dev.write(offset, new Uint8Array(count).fill(pattern));
+    else dev.write(offset, patternBuffer(count, pattern));
   } catch (e) {
     ctx.stdout(`write failed: ${reason(e)}\n`);
     return false;
   }
   if (!opts.has('q')) report(ctx, 'wrote', offset, count, (performance.now() - t0) / 1000);
   return true;
+}
+
+/**
+ * The data of a pattern write. One buffer, reused from command to command:
+ * devices copy what they are given before write() returns, and a run of
+ * thousands of writes then allocates (and collects) one buffer, not thousands.
+ */
+let patternBuf: Uint8Array | undefined;
+
+function patternBuffer(count: number, pattern: number): Uint8Array {
+  if (patternBuf?.length !== count) patternBuf = new Uint8Array(count);
+  return patternBuf.fill(pattern);
 }
 
 /** Splits a compressed write into the whole clusters the engine takes, refusing misaligned ones as QEMU does. */
@@ -295,7 +307,22 @@ const COMMANDS: Record<string, IoCommand> = {
   f: flushCmd,
 };
 
-/** Runs one qemu-io command line; false when it failed (the message is already printed). */
+type OpTable = typeof import('../harness/ops/index.js');
+
+/** The harness's op table, once a command line needs it: plain qemu-io commands start without its modules. */
+let opTable: OpTable | undefined;
+
+/** Loads what runIoCommand needs for these lines; call it before running them. */
+export async function prepareIoCommands(lines: readonly string[]): Promise<void> {
+  if (opTable) return;
+  const needsTable = lines.some((l) => {
+    const name = l.trim().split(/\s+/, 1)[0];
+    return name !== undefined && name !== '' && !Object.hasOwn(COMMANDS, name);
+  });
+  if (needsTable) opTable = await import('../harness/ops/index.js');
+}
+
+/** Runs one qemu-io command line (prepareIoCommands first); false when it failed (the message is already printed). */
 export function runIoCommand(session: IoSession, line: string, ctx: CliContext): boolean {
   const words = line.trim().split(/\s+/).filter((w) => w !== '');
   if (words.length === 0) return true;
@@ -303,7 +330,8 @@ export function runIoCommand(session: IoSession, line: string, ctx: CliContext):
   const dev = session.dev;
   const fn = COMMANDS[name];
   if (!fn) {
-    if (isOpVerb(name)) return runTableOp(session, line, name, ctx);
+    if (!opTable) throw new Error(`io: '${name}' needs the op table, which prepareIoCommands did not load`);
+    if (opTable.isOpVerb(name)) return runTableOp(opTable, session, line, name, ctx);
     ctx.stderr(`command "${name}" not found\n`);
     return false;
   }
@@ -328,16 +356,16 @@ export function runIoCommand(session: IoSession, line: string, ctx: CliContext):
  * fault, ...): parsed in the op text form and run through the table's engine
  * call, so a new op kind needs no new command in this file.
  */
-function runTableOp(session: IoSession, line: string, name: string, ctx: CliContext): boolean {
+function runTableOp(table: OpTable, session: IoSession, line: string, name: string, ctx: CliContext): boolean {
   let op;
   try {
-    op = parseOp(line);
+    op = table.parseOp(line);
   } catch (e) {
-    if (!(e instanceof OpParseError)) throw e;
+    if (!(e instanceof table.OpParseError)) throw e;
     ctx.stderr(`${e.message}\n`);
     return false;
   }
-  const spec = specOf(op);
+  const spec = table.specOf(op);
   const engine = spec.engine;
   if (!engine) {
     ctx.stdout(`${name} failed: not something an engine runs\n`);

@@ -42,6 +42,17 @@ export interface BenchResult {
   /** Whether both sides produced the same result (bytes, or qemu-img check clean). */
   verified: boolean;
   note?: string;
+  /**
+   * The floor: `node -e ''` timed in the same pairs (a third side), as the
+   * median of its per-pair ratio to QEMU. No command of ours can be faster
+   * than Node starting, so a ratio above 1.0 is unreachable where this is.
+   */
+  nodeSeconds?: number;
+  floorRatio?: number;
+  /** Median per pair of ours minus node -e '': what our modules and engine add to Node's start-up. */
+  beyondNodeSeconds?: number;
+  /** Whether this row is the like-for-like comparison the verdict judges (not the informational ones). */
+  likeForLike: boolean;
 }
 
 /** What the command line sets (src/cli/commands/bench.ts parses it). */
@@ -113,6 +124,9 @@ function median(xs: number[]): number {
   return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 }
 
+/** `node -e ''`: Node's own start-up, timed beside every pair as the floor of any command of ours. */
+const NODE_FLOOR: Side = { cmd: process.execPath, args: ['-e', ''] };
+
 /**
  * Times ours against each QEMU side, `pairs` times, alternating who goes
  * first; returns the seconds per pair of every side (ours first).
@@ -142,9 +156,18 @@ function result(
   cmds: { ours: string; qemu: string },
   verified: boolean,
   note?: string,
+  node?: number[],
+  likeForLike = true,
 ): BenchResult {
   const ratios = ours.map((u, i) => u / qemu[i]!);
+  const floor = node && {
+    nodeSeconds: median(node),
+    floorRatio: median(node.map((n, i) => n / qemu[i]!)),
+    beyondNodeSeconds: median(ours.map((u, i) => u - node[i]!)),
+  };
   return {
+    ...floor,
+    likeForLike,
     name,
     cache,
     qemuSeconds: median(qemu),
@@ -209,13 +232,14 @@ async function benchConvert(c: Ctx, cache: 'warm' | 'cold'): Promise<BenchResult
   const r = await pairs(c.o.pairs, cache, { cmd: process.execPath, args: oArgs, prepare: clear(oOut) }, [
     { cmd: 'qemu-img', args: qArgs, prepare: clear(qOut) },
     { cmd: 'qemu-img', args: qArgsU, prepare: clear(qOutU) },
+    NODE_FLOOR,
   ]);
   const verified = (await same(qOut, oOut)) && (await same(qOutU, oOut));
   for (const p of [qOut, qOutU, oOut]) rmSync(p, { force: true });
   const name = `convert -O raw, ${sizeName(c.o)} fully written, 64 KiB clusters`;
   const k = cacheLabel(cache, r.cold);
   return [
-    result(`${name}, vs qemu-img -t writeback (both flush)`, k, r.times[0]!, r.times[1]!, { ours: show('node', oArgs), qemu: show('qemu-img', qArgs) }, verified),
+    result(`${name}, vs qemu-img -t writeback (both flush)`, k, r.times[0]!, r.times[1]!, { ours: show('node', oArgs), qemu: show('qemu-img', qArgs) }, verified, undefined, r.times[3]),
     result(
       `${name}, vs qemu-img default (-t unsafe: no flush)`,
       k,
@@ -224,6 +248,8 @@ async function benchConvert(c: Ctx, cache: 'warm' | 'cold'): Promise<BenchResult
       { ours: show('node', oArgs), qemu: show('qemu-img', qArgsU) },
       verified,
       'not like for like: ours makes the output durable before renaming it into place, qemu-img -t unsafe never flushes',
+      r.times[3],
+      false,
     ),
   ];
 }
@@ -250,27 +276,26 @@ async function benchWrites(c: Ctx, cache: 'warm' | 'cold'): Promise<BenchResult[
   const r = await pairs(c.o.pairs, cache, { cmd: process.execPath, args: oArgs, prepare: fresh(img('ours')) }, [
     { cmd: 'qemu-io', args: qArgs, prepare: fresh(img('qemu')) },
     { cmd: 'qemu-io', args: qArgsD, prepare: fresh(img('qemu-wt')) },
+    NODE_FLOOR,
   ]);
   const cmp = await execa('qemu-img', ['compare', '-q', img('qemu'), img('ours')], { reject: false });
   const verified = cmp.exitCode === 0 && (await qemuCheckClean(img('ours')));
   const name = `${c.o.writes} random 4 KiB writes in one process, ${sizeName(c.o)} image, 64 KiB clusters`;
   const k = cacheLabel(cache, r.cold);
   return [
-    result(`${name}, vs qemu-io -t writeback`, k, r.times[0]!, r.times[1]!, { ours: show('node', oArgs), qemu: show('qemu-io', qArgs) }, verified),
+    result(`${name}, vs qemu-io -t writeback`, k, r.times[0]!, r.times[1]!, { ours: show('node', oArgs), qemu: show('qemu-io', qArgs) }, verified, undefined, r.times[3]),
     result(`${name}, vs qemu-io default (writethrough)`, k, r.times[0]!, r.times[2]!, { ours: show('node', oArgs), qemu: show('qemu-io', qArgsD) }, verified,
-      'not like for like: writethrough flushes after every write'),
+      'not like for like: writethrough flushes after every write', r.times[3], false),
   ];
 }
 
 async function benchCheck(c: Ctx, cache: 'warm' | 'cold'): Promise<BenchResult[]> {
   const qArgs = ['check', c.full];
   const oArgs = [c.cli, 'check', c.full];
-  const r = await pairs(c.o.pairs, cache, { cmd: process.execPath, args: oArgs }, [{ cmd: 'qemu-img', args: qArgs }]);
+  const r = await pairs(c.o.pairs, cache, { cmd: process.execPath, args: oArgs }, [{ cmd: 'qemu-img', args: qArgs }, NODE_FLOOR]);
   const name = `check, ${sizeName(c.o)} fully written, 64 KiB clusters`;
-  return [result(name, cacheLabel(cache, r.cold), r.times[0]!, r.times[1]!, { ours: show('node', oArgs), qemu: show('qemu-img', qArgs) }, true, FLOOR_NOTE)];
+  return [result(name, cacheLabel(cache, r.cold), r.times[0]!, r.times[1]!, { ours: show('node', oArgs), qemu: show('qemu-img', qArgs) }, true, undefined, r.times[2])];
 }
-
-const FLOOR_NOTE = "includes Node's own start-up (see the startup line): that alone is above qemu-img's time";
 
 async function benchAmend(c: Ctx, cache: 'warm' | 'cold'): Promise<BenchResult[]> {
   const qImg = join(c.dir, 'amend-qemu.qcow2');
@@ -279,6 +304,7 @@ async function benchAmend(c: Ctx, cache: 'warm' | 'cold'): Promise<BenchResult[]
   const oArgs = [c.cli, 'amend', '-o', 'refcount_bits=64', oImg];
   const r = await pairs(c.o.pairs, cache, { cmd: process.execPath, args: oArgs, prepare: () => copyFileSync(c.full, oImg) }, [
     { cmd: 'qemu-img', args: qArgs, prepare: () => copyFileSync(c.full, qImg) },
+    NODE_FLOOR,
   ]);
   // amend must leave the guest content unchanged: qemu-img's result is the reference.
   const sameAsQemu = (await execa('qemu-img', ['compare', '-q', qImg, oImg], { reject: false })).exitCode === 0;
@@ -288,7 +314,7 @@ async function benchAmend(c: Ctx, cache: 'warm' | 'cold'): Promise<BenchResult[]
   rmSync(qImg, { force: true });
   rmSync(oImg, { force: true });
   const name = `amend -o refcount_bits=64 (from 16), ${sizeName(c.o)} fully written, 64 KiB clusters`;
-  return [result(name, cacheLabel(cache, r.cold), r.times[0]!, r.times[1]!, { ours: show('node', oArgs), qemu: show('qemu-img', qArgs) }, verified)];
+  return [result(name, cacheLabel(cache, r.cold), r.times[0]!, r.times[1]!, { ours: show('node', oArgs), qemu: show('qemu-img', qArgs) }, verified, undefined, r.times[2])];
 }
 
 async function benchStartup(c: Ctx): Promise<BenchResult[]> {
@@ -297,7 +323,7 @@ async function benchStartup(c: Ctx): Promise<BenchResult[]> {
   const r = await pairs(Math.max(c.o.pairs, 9), 'warm', { cmd: process.execPath, args: oArgs }, [{ cmd: process.execPath, args: nArgs }]);
   return [
     result('CLI start-up (--version) against node -e \'\'', '-', r.times[0]!, r.times[1]!, { ours: show('node', oArgs), qemu: show('node', nArgs) }, true,
-      "the 'QEMU' column is node -e '': Node's own start-up, the floor of every command"),
+      "the 'QEMU' column is node -e '': Node's own start-up, the floor of every command", undefined, false),
   ];
 }
 
@@ -409,7 +435,7 @@ export async function runBench(o: BenchOptions): Promise<number> {
     if (!o.keep && !o.dir) rmSync(dir, { recursive: true, force: true });
   }
   const notes = coldWarned ? ['the page cache could not be dropped (not root?): cold rows were measured warm and say so'] : [];
-  if (o.json) process.stdout.write(`${JSON.stringify({ machine: machine(), results, campaign, notes }, null, 2)}\n`);
+  if (o.json) process.stdout.write(`${JSON.stringify({ machine: machine(), results, verdict: verdict(results), campaign, notes }, null, 2)}\n`);
   else process.stdout.write(report(results, campaign, notes));
   return results.every((r) => r.verified) ? 0 : 1;
 }
@@ -425,8 +451,12 @@ function report(results: BenchResult[], campaign: CampaignFigures | undefined, n
       `  QEMU: ${r.qemuCommand}`,
       `  ours: ${r.oursCommand}`,
       ...(r.note ? [`  note: ${r.note}`] : []),
+      ...(r.floorRatio !== undefined
+        ? [`  floor: node -e '' ${f(r.nodeSeconds!)} s = ${r.floorRatio.toFixed(2)}× QEMU; ours beyond Node's start-up ${f(r.beyondNodeSeconds!)} s`]
+        : []),
     );
   }
+  lines.push('verdict (like-for-like rows):', ...verdict(results).map((v) => `  ${v}`));
   if (campaign) {
     lines.push(
       `ts campaign, ${campaign.jobs} jobs, ${campaign.seconds.toFixed(1)} s: ${campaign.runs} runs, ${campaign.runsPerSecond.toFixed(1)} runs/s at load ${campaign.loadAverage.toFixed(1)}; ` +
@@ -437,6 +467,28 @@ function report(results: BenchResult[], campaign: CampaignFigures | undefined, n
   }
   for (const n of notes) lines.push(`note: ${n}`);
   return `${lines.join('\n')}\n`;
+}
+
+/**
+ * One line per like-for-like row: at or below QEMU, or above it with the
+ * reason and the floor measured in the same pairs. A floor above 1.0 means
+ * Node's start-up alone takes longer than QEMU's whole command: no engine
+ * work can bring that row to 1.0, only what we add to Node can shrink.
+ */
+export function verdict(results: BenchResult[]): string[] {
+  const f = (x: number) => x.toFixed(x < 0.1 ? 4 : 3);
+  return results
+    .filter((r) => r.likeForLike)
+    .map((r) => {
+      const what = `${r.ratio.toFixed(2)}  ${r.name} [${r.cache}]`;
+      if (r.ratio <= 1) return `ok      ${what}`;
+      if (r.floorRatio === undefined) return `above   ${what}`;
+      const node = `node -e '' alone takes ${f(r.nodeSeconds!)} s`;
+      if (r.floorRatio > 1) {
+        return `floor   ${what}: ${node}, ${r.floorRatio.toFixed(2)}× QEMU's whole ${f(r.qemuSeconds)} s, so 1.0 is out of reach; ours adds ${f(r.beyondNodeSeconds!)} s to Node's start-up`;
+      }
+      return `above   ${what}: ours ${f(r.oursSeconds)} s against QEMU's ${f(r.qemuSeconds)} s; ${node} (floor ${r.floorRatio.toFixed(2)}), our modules and engine the other ${f(r.beyondNodeSeconds!)} s`;
+    });
 }
 
 function machine(): string {

@@ -239,7 +239,9 @@ export function entryParts(host: number, copied: boolean): { hi: number; lo: num
 
 /** A standard data entry for a host cluster (no subcluster bits). */
 export function entryWith(host: number, copied: boolean): L2Entry {
-  return { ...entryParts(host, copied), zero: 0, alloc: 0 };
+  // Built in one literal, not spread from entryParts: it runs once per allocating write.
+  const [hi, lo] = makeEntry(host, copied);
+  return { hi, lo, zero: 0, alloc: 0 };
 }
 
 function padToCluster(buf: Uint8Array, cs: number): Uint8Array {

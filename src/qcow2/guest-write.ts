@@ -50,16 +50,20 @@ function writeInCluster(s: ImageState, vc: number, inOff: number, data: Uint8Arr
     if (copied && type === ClusterType.ZeroAlloc) {
       // Reused in place (QEMU: cluster_needs_new_alloc is false); the rest of it reads as zeros.
       const host = ownedDataCluster(s, old, vc);
-      const buf = new Uint8Array(cs);
-      buf.set(data, inOff);
-      s.writeData(host, buf, vc * cs);
+      writeOverZeros(s, host, vc, inOff, data);
       setEntry(s, table, index, entryWith(host, true));
       return;
     }
     requireCountedSource(s, old, vc);
-    const buf = clusterWithOverlay(s, vc, inOff, data, type === ClusterType.Unallocated || type === ClusterType.ZeroPlain);
-    const host = allocDataCluster(s, vc);
-    s.writeData(host, buf, vc * cs);
+    let host: number;
+    if (type === ClusterType.ZeroPlain || (type === ClusterType.Unallocated && !s.backing)) {
+      host = allocDataCluster(s, vc);
+      writeOverZeros(s, host, vc, inOff, data);
+    } else {
+      const buf = clusterWithOverlay(s, vc, inOff, data, false);
+      host = allocDataCluster(s, vc);
+      s.writeData(host, buf, vc * cs);
+    }
     setEntry(s, table, index, entryWith(host, true));
     freeEntryClusters(s, old);
     return;
@@ -120,14 +124,44 @@ function writeInClusterExtended(s: ImageState, w: ExtendedWrite): void {
 }
 
 /**
+ * Writes data at inOff into host cluster `host`, whose guest content around
+ * it is zeros. QEMU's handle_alloc_space: where the storage can zero the
+ * cluster without a buffer (fallocate's zero range on a file), that happens
+ * first and only the data is written; encrypted images always write the
+ * whole cluster, their zeros being ciphertext (QEMU skips them too).
+ * Otherwise the cluster goes out as one zero-filled buffer.
+ */
+function writeOverZeros(s: ImageState, host: number, vc: number, inOff: number, data: Uint8Array): void {
+  const cs = s.clusterSize;
+  if (data.length < cs && s.header.cryptMethod === CRYPT_NONE && zeroHostCluster(s, host)) {
+    s.writeData(host + inOff, data, vc * cs + inOff);
+    return;
+  }
+  s.writeData(host, clusterWithOverlay(s, vc, inOff, data, true), vc * cs);
+}
+
+/** Zeroes host cluster `host` through the storage's writeZeroes, behind the same checks as writeData; false when declined. */
+function zeroHostCluster(s: ImageState, host: number): boolean {
+  const target = s.data;
+  if (!target.writeZeroes) return false;
+  // The overlap check covers the whole cluster, as qcow2_pre_write_overlap_check does in handle_alloc_space.
+  if (s.dataStorage) s.assertWritable();
+  else s.overlapCheck(host, s.clusterSize, undefined);
+  return target.writeZeroes(host, s.clusterSize);
+}
+
+/**
  * One COW buffer per image, reused: the caller writes it out (every storage
  * copies what it is given) before the next cluster needs it, so the hot path
  * of a random write allocates nothing cluster-sized.
  */
 const cowBuffers = new WeakMap<ImageState, Uint8Array>();
 
-/** The guest content of cluster vc with data laid over it at inOff (the COW buffer, valid until the next call). */
-function clusterWithOverlay(s: ImageState, vc: number, inOff: number, data: Uint8Array, zeroIfNoBacking: boolean): Uint8Array {
+/**
+ * The guest content of cluster vc (zeros when the caller knows it reads as
+ * zeros) with data laid over it at inOff: the COW buffer, valid until the next call.
+ */
+function clusterWithOverlay(s: ImageState, vc: number, inOff: number, data: Uint8Array, zeros: boolean): Uint8Array {
   const cs = s.clusterSize;
   let buf = cowBuffers.get(s);
   if (buf?.length !== cs) {
@@ -135,7 +169,7 @@ function clusterWithOverlay(s: ImageState, vc: number, inOff: number, data: Uint
     cowBuffers.set(s, buf);
   }
   if (data.length < cs) {
-    if (zeroIfNoBacking && !s.backing) buf.fill(0);
+    if (zeros) buf.fill(0);
     else readGuest(s, vc * cs, buf);
   }
   buf.set(data, inOff);

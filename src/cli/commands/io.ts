@@ -2,7 +2,7 @@ import * as fs from 'node:fs';
 import { all, has, parseArgs } from '../args.js';
 import type { CliContext } from '../context.js';
 import { EXIT_FAILURE, EXIT_OK, UsageError } from '../errors.js';
-import { IO_COMMANDS_HELP, runIoCommand, type IoSession } from '../io-commands.js';
+import { IO_COMMANDS_HELP, prepareIoCommands, runIoCommand, type IoSession } from '../io-commands.js';
 import { checkOpened, IMAGE_OPTS_LONG, imageSpec, IMAGE_OPTS_HELP } from '../image-opts.js';
 import { FORCE_SHARE_HELP, forceShare, openWritable, Qcow2Device, reason, type WritableDevice } from '../open.js';
 
@@ -24,7 +24,44 @@ ${FORCE_SHARE_HELP} (with -r)
 
 ${IO_COMMANDS_HELP}`;
 
-export async function ioCommand(argv: string[], ctx: CliContext): Promise<number> {
+/**
+ * Standard output as qemu-io's stdio gives it when not a terminal: held and
+ * written in large pieces (two lines per command would otherwise be two write
+ * calls each), always before anything goes to stderr, so the two streams
+ * still interleave as the commands ran.
+ */
+function bufferedStdout(ctx: CliContext): CliContext & { flush(): void } {
+  let held = '';
+  const flush = (): void => {
+    if (held === '') return;
+    const text = held;
+    held = '';
+    ctx.stdout(text);
+  };
+  return {
+    cwd: ctx.cwd,
+    stdout(text) {
+      held += text;
+      if (held.length >= 65536) flush();
+    },
+    stderr(text) {
+      flush();
+      ctx.stderr(text);
+    },
+    flush,
+  };
+}
+
+export async function ioCommand(argv: string[], outer: CliContext): Promise<number> {
+  const ctx = bufferedStdout(outer);
+  try {
+    return await runIo(argv, ctx);
+  } finally {
+    ctx.flush();
+  }
+}
+
+async function runIo(argv: string[], ctx: CliContext): Promise<number> {
   const p = parseArgs(argv, { short: { f: true, r: false, c: true, n: false, U: false, t: true, d: true }, long: { 'force-share': false, ...IMAGE_OPTS_LONG } }, 'io');
   if (has(p, 'help')) {
     ctx.stdout(IO_HELP);
@@ -36,6 +73,7 @@ export async function ioCommand(argv: string[], ctx: CliContext): Promise<number
   let commands = all(p, 'c');
   if (commands.length === 0) commands = fs.readFileSync(0, 'utf8').split('\n').filter((l) => l.trim() !== '' && !l.trimStart().startsWith('#'));
   const how = { format: spec.format, readOnly: has(p, 'r'), forceShare: forceShare(p), passphrase: spec.passphrase(), name: spec.shownAs, dataFile: spec.dataFile };
+  await prepareIoCommands(commands);
   const open = (): WritableDevice => {
     const dev = openWritable(ctx, file, how);
     if (dev instanceof Qcow2Device) checkOpened(dev.image, spec, true);

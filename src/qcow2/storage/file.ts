@@ -1,6 +1,9 @@
 import * as fs from 'node:fs';
+import * as os from 'node:os';
+import { getSystemErrorMap } from 'node:util';
 import { InvalidArgumentError, ReadOnlyError, StorageIoError } from '../errors.js';
 import { ImageLock, LOCKS, type LockRequest } from './lock.js';
+import { nativeAddon } from './native.js';
 import type { BlockStorage } from './types.js';
 
 export interface FileOpenOptions {
@@ -125,6 +128,32 @@ export class FileStorage implements BlockStorage {
       throw ioError(`write of ${data.length} bytes at ${offset} failed in '${this.path}'`, e);
     }
     if (offset + data.length > this.length) this.length = offset + data.length;
+  }
+
+  /** Cleared by the first EOPNOTSUPP/ENOSYS (QEMU's has_write_zeroes): the file system cannot zero ranges. */
+  private zeroRangeWorks = true;
+
+  /** fallocate(FALLOC_FL_ZERO_RANGE), as file-posix's handle_aiocb_write_zeroes tries first. */
+  writeZeroes(offset: number, length: number): boolean {
+    if (this.readOnly) throw new ReadOnlyError(`'${this.path}' is open read-only`);
+    checkOffset(offset);
+    checkOffset(offset + length);
+    if (!this.zeroRangeWorks || length <= 0) return false;
+    const addon = nativeAddon();
+    if (addon instanceof Error || !addon.zeroRange) {
+      this.zeroRangeWorks = false;
+      return false;
+    }
+    const r = addon.zeroRange(this.fd, offset, length);
+    if (r === 0) {
+      if (offset + length > this.length) this.length = offset + length;
+      return true;
+    }
+    if (r === -os.constants.errno.EOPNOTSUPP || r === -os.constants.errno.ENOSYS) this.zeroRangeWorks = false;
+    // EINVAL (a range the file system will not zero) falls back as QEMU does; the rest are I/O errors.
+    if (r === -os.constants.errno.EOPNOTSUPP || r === -os.constants.errno.ENOSYS || r === -os.constants.errno.EINVAL) return false;
+    const code = Object.entries(os.constants.errno).find(([, v]) => v === -r)?.[0];
+    throw new StorageIoError(`zeroing ${length} bytes at ${offset} failed in '${this.path}': ${getSystemErrorMap().get(r)?.[1] ?? `errno ${-r}`}`, code);
   }
 
   truncate(length: number): void {

@@ -14,13 +14,10 @@
  * one file conflict even within one process. The bytes locked are far past
  * any header QEMU or we read, and advisory: I/O is never blocked by them.
  */
-import * as fs from 'node:fs';
-import { createRequire } from 'node:module';
-import * as path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { constants } from 'node:os';
 import { getSystemErrorMap } from 'node:util';
 import { ImageLockedError, LockingUnavailableError } from '../errors.js';
+import { ADDON_RELATIVE_PATH, nativeAddon, type NativeAddon } from './native.js';
 
 /** QEMU's BLK_PERM_* bits. */
 export const BLK_PERM_CONSISTENT_READ = 1 << 0;
@@ -65,35 +62,11 @@ const F_UNLCK = 0;
 const F_RDLCK = 1;
 const F_WRLCK = 2;
 
-interface OfdAddon {
-  setlk(fd: number, start: number, len: number, type: number): number;
-  getlk(fd: number, start: number, len: number, type: number): number;
-}
-
-let addon: OfdAddon | undefined;
-
-/** Where the addon is: up from this module, so src/, dist/ and bundles of either all find it. */
-function addonPath(): string | undefined {
-  let dir = path.dirname(fileURLToPath(import.meta.url));
-  for (let up = 0; up < 8; up++) {
-    const candidate = path.join(dir, 'native', 'build', 'Release', 'ofd_lock.node');
-    if (fs.existsSync(candidate)) return candidate;
-    const parent = path.dirname(dir);
-    if (parent === dir) break;
-    dir = parent;
-  }
-  return undefined;
-}
-
-function ofd(): OfdAddon {
-  if (addon) return addon;
-  const where = addonPath();
-  try {
-    if (!where) throw new Error('not found');
-    addon = createRequire(import.meta.url)(where) as OfdAddon;
-  } catch (e) {
+function ofd(): NativeAddon {
+  const addon = nativeAddon();
+  if (addon instanceof Error) {
     throw new LockingUnavailableError(
-      `image locking needs the native addon native/build/Release/ofd_lock.node, which did not load (${(e as Error).message.split('\n')[0]}); build it with 'npm run build:native'`,
+      `image locking needs the native addon ${ADDON_RELATIVE_PATH}, which did not load (${addon.message.split('\n')[0]}); build it with 'npm run build:native'`,
     );
   }
   return addon;

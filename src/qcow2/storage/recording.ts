@@ -37,6 +37,13 @@
  *   kept operations make it (the behaviour before stale fill existed).
  * Holes no pending write covered read as zeros in both modes, as in a file.
  *
+ * writeZeroes, when the recording is made with { writeZeroes: true } (off by
+ * default, so the fuzzing target's write logs stay as they were), is
+ * recorded as a pending write of zeros: a zero range that did not reach the
+ * disk leaves the old bytes, or stale ones past the durable end, exactly as a
+ * lost write does (a file system persisting fallocate's size change before
+ * its extents is that case).
+ *
  * crashPlan() lists the crash states one crash point is checked with:
  * every subset of the write log when it is short, every prefix (and the
  * whole log but one operation) when it is longer, random states when even that
@@ -125,9 +132,12 @@ export class RecordingStorage implements BlockStorage {
   /** staleBase() for the current write log; dropped by every write, truncate and flush. */
   private staleCache: MemoryStorage | undefined;
 
-  constructor(initial?: Uint8Array) {
+  private readonly zeroes: boolean;
+
+  constructor(initial?: Uint8Array, opts: { writeZeroes?: boolean } = {}) {
     this.live = new MemoryStorage(initial);
     this.durable = new MemoryStorage(initial);
+    this.zeroes = opts.writeZeroes ?? false;
   }
 
   size(): number {
@@ -143,6 +153,11 @@ export class RecordingStorage implements BlockStorage {
     this.live.write(offset, data);
     this.pending.push({ kind: 'write', offset, data: data.slice() });
     this.staleCache = undefined;
+  }
+  writeZeroes(offset: number, length: number): boolean {
+    if (!this.zeroes) return false;
+    this.write(offset, new Uint8Array(length));
+    return true;
   }
   truncate(length: number): void {
     this.live.truncate(length);

@@ -1,0 +1,46 @@
+/**
+ * The project's N-API addon (native/ofd_lock.c): the file calls Node has
+ * no binding for, OFD byte-range locks (lock.ts) and fallocate's zero range
+ * (file.ts). Loaded once, on first use.
+ */
+import * as fs from 'node:fs';
+import { createRequire } from 'node:module';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export interface NativeAddon {
+  setlk(fd: number, start: number, len: number, type: number): number;
+  getlk(fd: number, start: number, len: number, type: number): number;
+  /** fallocate(FALLOC_FL_ZERO_RANGE): 0 or -errno. Absent from a build older than the call. */
+  zeroRange?(fd: number, offset: number, len: number): number;
+}
+
+export const ADDON_RELATIVE_PATH = 'native/build/Release/ofd_lock.node';
+
+let loaded: NativeAddon | Error | undefined;
+
+/** Where the addon is: up from this module, so src/, dist/ and bundles of either all find it. */
+function addonPath(): string | undefined {
+  let dir = path.dirname(fileURLToPath(import.meta.url));
+  for (let up = 0; up < 8; up++) {
+    const candidate = path.join(dir, ...ADDON_RELATIVE_PATH.split('/'));
+    if (fs.existsSync(candidate)) return candidate;
+    const parent = path.dirname(dir);
+    if (parent === dir) break;
+    dir = parent;
+  }
+  return undefined;
+}
+
+/** The addon, or the Error that kept it from loading (each caller words its own consequence). */
+export function nativeAddon(): NativeAddon | Error {
+  if (loaded) return loaded;
+  const where = addonPath();
+  try {
+    if (!where) throw new Error('not found');
+    loaded = createRequire(import.meta.url)(where) as NativeAddon;
+  } catch (e) {
+    loaded = e instanceof Error ? e : new Error(String(e));
+  }
+  return loaded;
+}

@@ -61,13 +61,22 @@ export const BITMAP_LEFT_OUT: readonly OpKind[] = ALL_OP_KINDS.filter((k) => k !
 /**
  * Resolves the seeds against a model kept in step, so later ops land on the
  * image as it then is. `kinds` narrows BITMAP_TRACE_KINDS (a campaign's
- * --exclude, or what the target lacks).
+ * --exclude, or what the target lacks); `knownBugs` are the target's, so ops
+ * that would only show a documented bug are not drawn (as in other campaigns:
+ * e.g. a compressed write on an encrypted image for QEMU, which stores it in
+ * the clear where the model refuses it).
  */
-export function concreteBitmapTrace(config: TraceConfig, first: BitmapOp, items: readonly BitmapTraceItem[], kinds: ReadonlySet<OpKind> = BITMAP_TRACE_KINDS): Op[] {
+export function concreteBitmapTrace(
+  config: TraceConfig,
+  first: BitmapOp,
+  items: readonly BitmapTraceItem[],
+  kinds: ReadonlySet<OpKind> = BITMAP_TRACE_KINDS,
+  knownBugs?: ReadonlySet<string>,
+): Op[] {
   const model = new DiskModel(toModelConfig(config));
   const ops: Op[] = [];
   for (const it of [{ op: first as Op }, ...items]) {
-    const op = 'op' in it ? it.op : resolveOp(it.seed, model, { capabilities: kinds });
+    const op = 'op' in it ? it.op : resolveOp(it.seed, model, { capabilities: kinds, knownBugs });
     if (!op) continue;
     ops.push(op);
     if (expectOp(model, op).verdict === 'ok') applyOp(model, op, ops.length);

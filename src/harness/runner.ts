@@ -169,7 +169,7 @@ function bitmapTraceProperty(
     const config = steer(config0, declined);
     const t = o.targetFactory ? o.targetFactory() : makeTarget(o.target, { producer: o.producer });
     const kinds = new Set([...BITMAP_TRACE_KINDS].filter((k) => t.capabilities.has(k)));
-    const r = await runTrace(t, config, { ops: concreteBitmapTrace(config, first, items, kinds) }, { tmpRoot });
+    const r = await runTrace(t, config, { ops: concreteBitmapTrace(config, first, items, kinds, t.knownBugs) }, { tmpRoot });
     onRun(r);
     return r.failure === undefined;
   });

@@ -6,6 +6,7 @@
  * 0 clean, 1 something failed.
  */
 import type { Exclusions } from './exclude.js';
+import { BITMAP_LEFT_OUT } from './bitmap-trace.js';
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -49,6 +50,8 @@ export interface FuzzOptions {
   workerArgv: string[];
   /** Op kinds and features left out (--exclude). */
   exclude?: Exclusions;
+  /** --include bitmap: the bitmap suite's traces (runner.ts CampaignOptions.includeBitmaps). */
+  includeBitmaps?: boolean;
 }
 
 export interface FuzzSummary {
@@ -74,6 +77,8 @@ export interface FuzzSummary {
   opCounts: Record<string, number>;
   /** Generated runs by configuration feature. */
   featureCounts: Record<string, number>;
+  /** Op kinds --include mixed in (absent without it). */
+  included?: string[];
 }
 
 /** A campaign's counters as progress reports carry them. */
@@ -112,6 +117,7 @@ export async function runFuzz(o: FuzzOptions, out: Output, sink?: ProgressSink):
       maxOps: o.maxOps,
       producer: o.producer,
       exclude: o.exclude,
+      includeBitmaps: o.includeBitmaps,
       onProgress: (s) => progress({ runs: s.runs, ops: s.ops, failures: s.failures.length, elapsedSeconds: s.elapsedSeconds }),
     });
   }
@@ -137,6 +143,7 @@ export async function runFuzz(o: FuzzOptions, out: Output, sink?: ProgressSink):
     declined: stats.declined,
     opCounts: stats.opCounts,
     featureCounts: stats.featureCounts,
+    ...(o.includeBitmaps ? { included: ['bitmap'] } : {}),
   };
   const human = humanSummary(summary);
   if (o.json) {
@@ -163,6 +170,7 @@ function humanSummary(s: FuzzSummary): string {
         (refusals.length ? `; declined: ${refusals.map(([f, n]) => `${f} ${n}`).join(', ')}` : ''),
     );
   }
+  if (s.included?.includes('bitmap')) lines.push(`bitmap ops mixed in (--include bitmap); left out, as the bitmap model does not describe them: ${BITMAP_LEFT_OUT.join(', ')}`);
   if (s.declined.length) lines.push(`generation steered away from: ${s.declined.join(', ')}`);
   const kinds = Object.entries(s.opCounts ?? {}).sort((a, b) => b[1] - a[1]);
   if (kinds.length) lines.push(`ops by kind: ${kinds.map(([k, n]) => `${k} ${n}`).join(', ')}`);

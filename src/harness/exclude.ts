@@ -40,6 +40,22 @@ export function parseExclusions(list: readonly string[]): Exclusions {
   return { kinds, features };
 }
 
+/** What `fuzz --include` takes: today only `bitmap` (./bitmap-trace.ts). */
+export const INCLUDABLE = ['bitmap'] as const;
+
+/**
+ * Parses `--include` (comma-separated, repeatable): true when bitmap ops are to
+ * be mixed in. Anything else is an Error naming what is accepted.
+ */
+export function parseInclusions(list: readonly string[]): { bitmaps: boolean } {
+  let bitmaps = false;
+  for (const name of list.flatMap((l) => l.split(',')).map((s) => s.trim()).filter(Boolean)) {
+    if (name !== 'bitmap') throw new Error(`--include: unknown op kind '${name}' (accepted: ${INCLUDABLE.join(', ')})`);
+    bitmaps = true;
+  }
+  return { bitmaps };
+}
+
 /**
  * The target without the excluded op kinds. A proxy, not a copy: capabilities
  * may change while a run goes on (a cmd program names its own at create), and

@@ -28,6 +28,7 @@ import { reproScript } from './repro.js';
 import { configFeatures, PROTOCOL_LACKS, steer } from './reader/features.js';
 import { readerReproScript } from './reader/repro.js';
 import { withoutKinds, type Exclusions } from './exclude.js';
+import { BITMAP_TRACE_KINDS, bitmapItemsArb, cleanConfigArb, concreteBitmapTrace, firstAddArb, type BitmapOp, type BitmapTraceItem } from './bitmap-trace.js';
 import { makeTarget, type ProducerSpec } from './targets/index.js';
 import { scratchDir } from '../qemu/scratch.js';
 import type { Target } from './targets/types.js';
@@ -57,6 +58,12 @@ export interface CampaignOptions {
   targetFactory?: () => Target;
   /** Op kinds and configuration features left out (`fuzz --exclude`). */
   exclude?: Exclusions;
+  /**
+   * `fuzz --include bitmap`: the traces of properties/bitmaps.prop.test.ts
+   * (./bitmap-trace.ts: bitmap ops mixed in, clean-closing configurations, no
+   * amend/crash/fault/aio) instead of the plain op seeds. Off: the plain ones, unchanged.
+   */
+  includeBitmaps?: boolean;
 }
 
 export interface FailureReport {
@@ -140,6 +147,29 @@ export function traceProperty(
     const config = o.declined ? steer(config0, o.declined) : config0;
     const t = o.targetFactory ? o.targetFactory() : makeTarget(target, { producer: o.producer });
     const r = await runTrace(t, config, { seeds }, { tmpRoot });
+    onRun(r);
+    return r.failure === undefined;
+  });
+}
+
+/**
+ * The bitmap suite's property (properties/bitmaps.prop.test.ts) for a
+ * campaign: seeds resolve only to the kinds the target (after --exclude) has.
+ * The bitmap end oracle (./bitmap-oracle.ts) runs at the end of every run, as for any trace.
+ */
+function bitmapTraceProperty(
+  o: CampaignOptions,
+  onRun: (r: RunOutcome) => void,
+  tmpRoot: string,
+  declined: Set<string>,
+  stop: () => boolean,
+): fc.IAsyncProperty<[TraceConfig, BitmapOp, BitmapTraceItem[]]> {
+  return fc.asyncProperty(cleanConfigArb, firstAddArb, bitmapItemsArb(o.maxOps), async (config0, first, items) => {
+    if (stop()) throw new fc.PreconditionFailure(true);
+    const config = steer(config0, declined);
+    const t = o.targetFactory ? o.targetFactory() : makeTarget(o.target, { producer: o.producer });
+    const kinds = new Set([...BITMAP_TRACE_KINDS].filter((k) => t.capabilities.has(k)));
+    const r = await runTrace(t, config, { ops: concreteBitmapTrace(config, first, items, kinds, t.knownBugs) }, { tmpRoot });
     onRun(r);
     return r.failure === undefined;
   });
@@ -248,29 +278,29 @@ async function runChunk(c: ChunkContext, seed: number, numRuns: number): Promise
   let last: RunOutcome | undefined;
   let generated = 0;
   let stop = () => clock() >= c.deadline;
-  const prop = traceProperty(
-    o.target,
-    o.maxOps,
-    (r) => {
-      if (shrinking) stats.shrinkRuns++;
-      else {
-        stats.runs++;
-        generated++;
-        c.readerMode ||= r.readerMode === true;
-        stats.readerMode = c.readerMode;
-        countRefusal(stats, c.declined, r, c.readerMode);
-        for (const op of r.ops) stats.opCounts[op.kind] = (stats.opCounts[op.kind] ?? 0) + 1;
-        for (const f of configFeatures(r.config)) stats.featureCounts[f] = (stats.featureCounts[f] ?? 0) + 1;
-      }
-      stats.ops += r.ops.length;
-      stats.qemuImgChecks += r.qemuImgChecks;
-      if (r.failure) last = r;
-      stats.elapsedSeconds = (clock() - c.t0) / 1000;
-      o.onProgress?.(stats);
-    },
-    c.tmpRoot,
-    { producer: o.producer, declined: c.declined, stop: () => stop(), targetFactory: o.targetFactory },
-  );
+  const onRun = (r: RunOutcome) => {
+    if (shrinking) stats.shrinkRuns++;
+    else {
+      stats.runs++;
+      generated++;
+      c.readerMode ||= r.readerMode === true;
+      stats.readerMode = c.readerMode;
+      countRefusal(stats, c.declined, r, c.readerMode);
+      for (const op of r.ops) stats.opCounts[op.kind] = (stats.opCounts[op.kind] ?? 0) + 1;
+      for (const f of configFeatures(r.config)) stats.featureCounts[f] = (stats.featureCounts[f] ?? 0) + 1;
+    }
+    stats.ops += r.ops.length;
+    stats.qemuImgChecks += r.qemuImgChecks;
+    if (r.failure) last = r;
+    stats.elapsedSeconds = (clock() - c.t0) / 1000;
+    o.onProgress?.(stats);
+  };
+  // Both properties' counterexamples start with the configuration; the rest is only replayed through fast-check's path.
+  const prop = (
+    o.includeBitmaps
+      ? bitmapTraceProperty(o, onRun, c.tmpRoot, c.declined, () => stop())
+      : traceProperty(o.target, o.maxOps, onRun, c.tmpRoot, { producer: o.producer, declined: c.declined, stop: () => stop(), targetFactory: o.targetFactory })
+  ) as fc.IAsyncProperty<[TraceConfig, ...unknown[]]>;
   // Generation ends at the first failure (endOnFailure: no shrinking here) or at the deadline.
   const gen = await fc.check(prop, {
     seed,
@@ -305,7 +335,8 @@ async function runChunk(c: ChunkContext, seed: number, numRuns: number): Promise
   // The config the shrunk run really used (steered away from declined features).
   let config = shrunk.config ?? config0;
   // Hook (shrink-fold.ts): moves fast-check cannot make, on concrete ops, in what is left of the shrink budget.
-  let source: { seeds: OpSeed[] } | { ops: Op[] } = { seeds };
+  // A bitmap trace is concrete already: its run's ops are the trace.
+  let source: { seeds: OpSeed[] } | { ops: Op[] } = o.includeBitmaps ? { ops: shrunk.ops } : { seeds: seeds as OpSeed[] };
   let saved = shrunk;
   const fold = replayed && shrunk.failure ? await foldShrunk(c, shrunk as RunOutcome & { failure: Failure }, () => clock() < shrinkStart + budgetMs) : undefined;
   if (fold?.outcome) {

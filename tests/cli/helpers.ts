@@ -2,6 +2,7 @@
  * Shared pieces of the CLI integration tests: a scratch directory, our CLI run
  * in-process (fast, no node start-up per call), and the real qemu-img/qemu-io.
  */
+import { CALIBRATION_FAILURE } from '../support/run-sync.js';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -28,8 +29,19 @@ export async function ours(dir: string, argv: string[]): Promise<Ran> {
 }
 
 /** Runs qemu-img (give absolute paths: backing names resolve against the image's directory anyway). */
+/**
+ * qemu-img, tried again (up to 5 times) while it fails with "Unable to get
+ * accurate CPU usage": creating or amending a LUKS key slot measures PBKDF2
+ * speed with thread CPU time (qcrypto_pbkdf2_count_iters) and gives up when a
+ * trial reads as 0 ms at the tick resolution, which a loaded machine makes
+ * likely. That is the tool failing to calibrate before it writes anything,
+ * not a verdict, so only that one message is retried.
+ */
 export async function qemuImg(args: string[]): Promise<ToolResult> {
-  return runTool(QEMU_IMG, args, 60_000);
+  for (let attempt = 1; ; attempt++) {
+    const r = await runTool(QEMU_IMG, args, 60_000);
+    if (r.rc === 0 || attempt === 5 || !r.stderr.includes(CALIBRATION_FAILURE)) return r;
+  }
 }
 
 export async function qemuIo(args: string[]): Promise<ToolResult> {

@@ -23,6 +23,7 @@ const OPTIONS: [name: string, value: string | false, help: string | null][] = [
   ['corpus', 'DIR', 'where minimized failures go (default: corpus)'],
   ['max-ops', 'N', 'ops per case at most (default 12)'],
   ['exclude', 'LIST', 'leave out op kinds and configuration features, comma-separated (repeatable),\ne.g. write-compressed,compression_type=zstd: a known bug then does not drown new ones'],
+  ['include', 'LIST', 'mix in op kinds the plain campaign never draws; only bitmap: the traces of the bitmap suite\n(persistent bitmap add/remove/clear/enable/disable/merge between guest I/O, resize, snapshot, reopen),\nclean-closing images, and no amend, crash, fault or aio (the bitmap model does not describe them);\n--target ts or qemu only'],
   ['json', false, 'last stdout line: {"runs","readRuns","refusals":{feature:count},"opCounts":{kind:count},"ops","qemuImgChecks","failures",\n"elapsedSeconds","corpus":[...]}'],
   ['junit', 'FILE', 'also write a JUnit XML report'],
   ['status-every', 'S', 'without a terminal, a status line every S seconds (default 10)'],
@@ -111,13 +112,23 @@ export async function fuzzCommand(argv: string[], ctx: CliContext): Promise<numb
     if (missing) throw new CommandFailed(missing, EXIT_HARNESS_USAGE);
   }
   requireQemuTools(target === 'qemu' ? ['qemu-img', 'qemu-io'] : ['qemu-img']);
-  const { parseExclusions } = await import('../../harness/exclude.js');
+  const { parseExclusions, parseInclusions } = await import('../../harness/exclude.js');
   let exclude;
   try {
     exclude = parseExclusions(all(p, 'exclude'));
   } catch (e) {
     throw usage((e as Error).message);
   }
+  let includeBitmaps;
+  try {
+    includeBitmaps = parseInclusions(all(p, 'include')).bitmaps;
+  } catch (e) {
+    throw usage((e as Error).message);
+  }
+  if (includeBitmaps && ((target !== 'ts' && target !== 'qemu') || producer !== undefined)) {
+    throw usage('--include bitmap needs --target ts or qemu (a writer whose bitmaps QEMU can read), without --producer');
+  }
+  if (includeBitmaps && exclude.kinds.has('bitmap')) throw usage('--include bitmap and --exclude bitmap contradict each other');
   const { runFuzz } = await import('../../harness/commands.js');
 
   const mode = has(p, 'progress-json') ? 'worker' : process.stderr.isTTY === true ? 'live' : 'status';
@@ -125,7 +136,7 @@ export async function fuzzCommand(argv: string[], ctx: CliContext): Promise<numb
   if (mode !== 'worker') ctx.stderr(`fuzz: target ${target}, seed ${o.seed}, shard ${o.shard.index}/${o.shard.count}\n`);
   status.start();
   try {
-    return await runFuzz({ ...o, exclude }, ctx, { update: (s) => status.update(s), done: () => status.stop() });
+    return await runFuzz({ ...o, exclude, includeBitmaps }, ctx, { update: (s) => status.update(s), done: () => status.stop() });
   } finally {
     status.stop();
   }

@@ -7,7 +7,6 @@
  * compressed clusters in encrypted images are plain deflate, and its v2
  * downgrade writes raw zeros into them (both recorded for the engine to know).
  */
-import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -18,25 +17,19 @@ import { decodeExtensions } from '../format/extensions.js';
 import { decodeHeader } from '../format/header.js';
 import { decryptRange, readEncryptedData, recrypt, writeEncryptedData, type DataStorage } from './data-path.js';
 import { openImageCrypto, type ImageCrypto } from './image-crypto.js';
+import { runSync } from '../../../tests/support/run-sync.js';
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'qcow2-crypto-data-'));
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
 const SECRET = 'secret,id=sec0,data=data path';
 const SIZE = 2 << 20;
 
-function run(tool: string, args: string[]): { rc: number; out: string } {
-  const r = spawnSync(tool, args, { encoding: 'utf8', env: { ...process.env, LC_ALL: 'C' }, timeout: 120_000 });
-  return { rc: r.status ?? -1, out: `${r.stdout}${r.stderr}` };
-}
+const run = (tool: string, args: string[]) => runSync(tool, args);
 const opts = (f: string) => `driver=qcow2,file.filename=${f},encrypt.key-secret=sec0`;
 
 function create(file: string, encrypt: string): void {
-  // qemu-img's PBKDF2 calibration can fail at tick resolution (see luks.test.ts); only that message is retried.
-  for (let attempt = 1; ; attempt++) {
-    const r = run('qemu-img', ['create', '-q', '-f', 'qcow2', '--object', SECRET, '-o', `${encrypt},encrypt.key-secret=sec0`, file, String(SIZE)]);
-    if (r.rc === 0) return;
-    if (!r.out.includes('Unable to get accurate CPU usage') || attempt === 5) throw new Error(r.out);
-  }
+  const r = run('qemu-img', ['create', '-q', '-f', 'qcow2', '--object', SECRET, '-o', `${encrypt},encrypt.key-secret=sec0`, file, String(SIZE)]);
+  if (r.rc !== 0) throw new Error(r.out);
 }
 
 function qemuIo(file: string, cmds: string[]): void {

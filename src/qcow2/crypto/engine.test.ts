@@ -6,7 +6,6 @@
  * model; a wrong passphrase fails the open with the file byte-for-byte
  * unchanged; without one an image opens only read-only, for check.
  */
-import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -15,6 +14,7 @@ import { Qcow2Error } from '../errors.js';
 import { Qcow2Image } from '../image.js';
 import { FileStorage } from '../storage/file.js';
 import { WrongPassphraseError } from './luks.js';
+import { runSync } from '../../../tests/support/run-sync.js';
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'qcow2-crypto-engine-'));
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
@@ -22,20 +22,13 @@ const PASS = 'engine pass';
 const SECRET = `secret,id=sec0,data=${PASS}`;
 const SIZE = 3 << 20;
 
-function run(tool: string, args: string[]): { rc: number; out: string } {
-  const r = spawnSync(tool, args, { encoding: 'utf8', env: { ...process.env, LC_ALL: 'C' }, timeout: 120_000 });
-  return { rc: r.status ?? -1, out: `${r.stdout}${r.stderr}` };
-}
+const run = (tool: string, args: string[]) => runSync(tool, args);
 const opts = (f: string) => `driver=qcow2,file.filename=${f},encrypt.key-secret=sec0`;
 
 function create(file: string, encrypt: string, clusterSize: number): void {
-  // qemu-img's PBKDF2 calibration can fail at tick resolution (see luks.test.ts); only that message is retried.
-  for (let attempt = 1; ; attempt++) {
-    const o = `${encrypt},encrypt.key-secret=sec0,cluster_size=${clusterSize}`;
-    const r = run('qemu-img', ['create', '-q', '-f', 'qcow2', '--object', SECRET, '-o', o, file, String(SIZE)]);
-    if (r.rc === 0) return;
-    if (!r.out.includes('Unable to get accurate CPU usage') || attempt === 5) throw new Error(r.out);
-  }
+  const o = `${encrypt},encrypt.key-secret=sec0,cluster_size=${clusterSize}`;
+  const r = run('qemu-img', ['create', '-q', '-f', 'qcow2', '--object', SECRET, '-o', o, file, String(SIZE)]);
+  if (r.rc !== 0) throw new Error(r.out);
 }
 
 function qemuRaw(file: string): Buffer {

@@ -27,19 +27,12 @@ import {
   LUKS_SLOT_SIZE,
   type LuksHeader,
 } from './luks-header.js';
+import { runSync } from '../../../tests/support/run-sync.js';
 
-/**
- * qemu-img create for LUKS measures PBKDF2 speed with thread CPU time and fails
- * ("Unable to get accurate CPU usage") when its first 32768-round trial reads
- * as 0 ms at the kernel's tick resolution; that is the oracle failing to
- * calibrate, not a verdict, so that one message is retried.
- */
+/** qemu-img create of a LUKS image (its PBKDF2 calibration retried: tests/support/run-sync.ts). */
 function qemuCreateLuks(file: string, secret: string, opts: string): void {
-  for (let attempt = 1; ; attempt++) {
-    const r = spawnSync('qemu-img', ['create', '-q', '-f', 'qcow2', '--object', secret, '-o', opts, file, '4M'], { encoding: 'utf8' });
-    if (r.status === 0) return;
-    if (!r.stderr.includes('Unable to get accurate CPU usage') || attempt === 5) throw new Error(`qemu-img create failed: ${r.stderr}`);
-  }
+  const r = runSync('qemu-img', ['create', '-q', '-f', 'qcow2', '--object', secret, '-o', opts, file, '4M']);
+  if (r.rc !== 0) throw new Error(`qemu-img create failed: ${r.out}`);
 }
 
 const FAST = { slotIterations: 1000, masterKeyIterations: 1000 };

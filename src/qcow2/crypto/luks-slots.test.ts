@@ -3,7 +3,6 @@
  * here, slots added here open in qemu-io, erasing leaves what QEMU's erase
  * leaves, and every refusal carries qemu-img amend's message.
  */
-import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -14,16 +13,14 @@ import { readLuksHeader, unlockLuks } from './luks.js';
 import { LUKS_KEY_SLOT_DISABLED, LUKS_KEY_SLOT_ENABLED } from './luks-header.js';
 import { addKeySlot, eraseKeySlots, type AreaChange } from './luks-slots.js';
 import { parseEncryptAmendOptions, parseOptionString } from './secrets.js';
+import { runSync } from '../../../tests/support/run-sync.js';
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'qcow2-luks-slots-'));
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
 const base = path.join(dir, 'base.qcow2');
 const OBJECTS = ['secret,id=s0,data=first', 'secret,id=s1,data=second', 'secret,id=s2,data=third'];
 
-function run(tool: string, args: string[]): { rc: number; out: string } {
-  const r = spawnSync(tool, args, { encoding: 'utf8', env: { ...process.env, LC_ALL: 'C' }, timeout: 120_000 });
-  return { rc: r.status ?? -1, out: `${r.stdout}${r.stderr}` };
-}
+const run = (tool: string, args: string[]) => runSync(tool, args);
 const objs = () => OBJECTS.flatMap((o) => ['--object', o]);
 const opts = (f: string, key = 's0') => `driver=qcow2,file.filename=${f},encrypt.key-secret=${key}`;
 
@@ -35,12 +32,8 @@ function opens(file: string, key: string): boolean {
 }
 
 beforeAll(() => {
-  // qemu-img's PBKDF2 calibration can fail at tick resolution (see luks.test.ts); only that message is retried.
-  for (let attempt = 1; ; attempt++) {
-    const r = run('qemu-img', ['create', '-q', '-f', 'qcow2', ...objs(), '-o', 'encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10', base, '1M']);
-    if (r.rc === 0) break;
-    if (!r.out.includes('Unable to get accurate CPU usage') || attempt === 5) throw new Error(r.out);
-  }
+  const r = run('qemu-img', ['create', '-q', '-f', 'qcow2', ...objs(), '-o', 'encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10', base, '1M']);
+  if (r.rc !== 0) throw new Error(r.out);
 });
 
 /** The LUKS area of a file, and a writer for changed ranges of it. */

@@ -17,6 +17,7 @@ import { CRYPT_AES, CRYPT_LUKS } from '../format/constants.js';
 import { openImageCrypto, createImageLuks, legacyAesCrypto, readEncryptInfo, type ImageCrypto } from './image-crypto.js';
 import { WrongPassphraseError } from './luks.js';
 import { LUKS_KEY_SLOT_ENABLED, LUKS_STRIPES } from './luks-header.js';
+import { runSync } from '../../../tests/support/run-sync.js';
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'qcow2-crypto-'));
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
@@ -27,10 +28,7 @@ beforeAll(() => qemuCreate(fresh, 'encrypt.format=luks,encrypt.key-secret=sec0,e
 const PASS = 'correct horse, battery staple';
 const SECRET = `secret,id=sec0,data=${PASS.replace(/,/g, ',,')}`;
 
-function run(tool: string, args: string[]): { rc: number; out: string } {
-  const r = spawnSync(tool, args, { encoding: 'utf8', env: { ...process.env, LC_ALL: 'C' }, timeout: 60_000 });
-  return { rc: r.status ?? -1, out: `${r.stdout}${r.stderr}` };
-}
+const run = (tool: string, args: string[]) => runSync(tool, args, 60_000);
 
 function imageOpts(file: string): string {
   return `driver=qcow2,file.filename=${file},encrypt.key-secret=sec0`;
@@ -40,18 +38,10 @@ function qemuIo(file: string, cmds: string[], secret = SECRET): { rc: number; ou
   return run('qemu-io', ['--object', secret, '--image-opts', imageOpts(file), ...cmds.flatMap((c) => ['-c', c])]);
 }
 
-/**
- * qemu-img create for LUKS measures PBKDF2 speed with thread CPU time and fails
- * ("Unable to get accurate CPU usage") when its first trial reads as 0 ms at
- * the kernel's tick resolution: the oracle failing to calibrate, not a verdict,
- * so exactly that message is retried.
- */
+/** qemu-img create of an encrypted image (its PBKDF2 calibration retried: tests/support/run-sync.ts). */
 function qemuCreate(file: string, encryptOpts: string): void {
-  for (let attempt = 1; ; attempt++) {
-    const r = run('qemu-img', ['create', '-q', '-f', 'qcow2', '--object', SECRET, '-o', encryptOpts, file, '4M']);
-    if (r.rc === 0) return;
-    if (!r.out.includes('Unable to get accurate CPU usage') || attempt === 5) throw new Error(`qemu-img create failed: ${r.out}`);
-  }
+  const r = run('qemu-img', ['create', '-q', '-f', 'qcow2', '--object', SECRET, '-o', encryptOpts, file, '4M']);
+  if (r.rc !== 0) throw new Error(`qemu-img create failed: ${r.out}`);
 }
 
 interface Probe {

@@ -3,7 +3,6 @@
  * qemu-img themselves: every --object list opens the same LUKS image with
  * QEMU iff it opens with this module, and a refusal carries QEMU's message.
  */
-import { spawnSync } from 'node:child_process';
 import { createCipheriv } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -22,24 +21,18 @@ import {
   SecretStore,
   splitOptionString,
 } from './secrets.js';
+import { runSync } from '../../../tests/support/run-sync.js';
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'qcow2-secrets-'));
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
 const image = path.join(dir, 'luks.qcow2');
 const PASS = 'pa,ss=wörd';
 
-function run(tool: string, args: string[]): { rc: number; out: string } {
-  const r = spawnSync(tool, args, { encoding: 'utf8', env: { ...process.env, LC_ALL: 'C' }, timeout: 60_000 });
-  return { rc: r.status ?? -1, out: `${r.stdout}${r.stderr}` };
-}
+const run = (tool: string, args: string[]) => runSync(tool, args);
 
 beforeAll(() => {
-  // See luks.test.ts: qemu-img's PBKDF2 calibration can fail at tick resolution; only that message is retried.
-  for (let attempt = 1; ; attempt++) {
-    const r = run('qemu-img', ['create', '-q', '-f', 'qcow2', '--object', `secret,id=sec0,data=${PASS.replace(/,/g, ',,')}`, '-o', 'encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10', image, '1M']);
-    if (r.rc === 0) break;
-    if (!r.out.includes('Unable to get accurate CPU usage') || attempt === 5) throw new Error(r.out);
-  }
+  const r = run('qemu-img', ['create', '-q', '-f', 'qcow2', '--object', `secret,id=sec0,data=${PASS.replace(/,/g, ',,')}`, '-o', 'encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10', image, '1M']);
+  if (r.rc !== 0) throw new Error(r.out);
   fs.writeFileSync(path.join(dir, 'pw'), PASS);
   fs.writeFileSync(path.join(dir, 'pw-nl'), `${PASS}\n`);
   fs.writeFileSync(path.join(dir, 'latin1'), Buffer.from([0x70, 0xe9, 0xff]));

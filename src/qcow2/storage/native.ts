@@ -1,7 +1,8 @@
 /**
  * The project's N-API addon (native/ofd_lock.c): the file calls Node has
- * no binding for, OFD byte-range locks (lock.ts) and fallocate's zero range
- * (file.ts). Loaded once, on first use.
+ * no binding for, OFD byte-range locks (lock.ts), fallocate's zero range
+ * and the read-ahead hint (file.ts). Loaded once, on
+ * first use.
  */
 import * as fs from 'node:fs';
 import { createRequire } from 'node:module';
@@ -13,6 +14,8 @@ export interface NativeAddon {
   getlk(fd: number, start: number, len: number, type: number): number;
   /** fallocate(FALLOC_FL_ZERO_RANGE): 0 or -errno. Absent from a build older than the call. */
   zeroRange?(fd: number, offset: number, len: number): number;
+  /** posix_fadvise(POSIX_FADV_WILLNEED), a read-ahead hint: 0 or -errno. Absent from older builds. */
+  willNeed?(fd: number, offset: number, len: number): number;
 }
 
 export const ADDON_RELATIVE_PATH = 'native/build/Release/ofd_lock.node';

@@ -8,16 +8,13 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { DiskModel } from '../model/disk.js';
-import { Qcow2Image } from '../qcow2/image.js';
-import { MemoryStorage } from '../qcow2/storage/memory.js';
 import { RecordingStorage, staleSectorOrigin } from '../qcow2/storage/recording.js';
-import type { BlockStorage } from '../qcow2/storage/types.js';
-import { imgCheck } from '../qemu/index.js';
 import { applyOp } from './apply-model.js';
-import { CRASH_STATE_BUDGET, CrashTracker, examineCrashStates, visitCrashStates } from './crash.js';
+import { CRASH_STATE_BUDGET, CrashTracker } from './crash.js';
 import { makeData } from './data.js';
 import type { Op } from './ops.js';
 import { prng } from './prng.js';
+import { runPlantedBarrier } from '../../tests/support/planted-barrier.js';
 
 const SIZE = 8 * 4096;
 
@@ -135,64 +132,10 @@ describe('crash states of a recording', () => {
   });
 });
 
-/** Our engine's storage with its flushes dropped while `dropping`: a missing barrier, planted. */
-class BarrierDroppingStorage extends RecordingStorage {
-  dropping = false;
-  dropped = 0;
-  override flush(): void {
-    if (this.dropping) {
-      this.dropped++;
-      return;
-    }
-    super.flush();
-  }
-}
-
-describe('a planted missing data barrier', () => {
+describe('a planted missing data barrier (tests/support/planted-barrier.ts)', () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'crash-barrier-'));
   afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
-  const cs = 4096;
-  const l2Span = (cs / 8) * cs; // guest bytes one L2 table maps
-
-  /**
-   * Three L2 tables and an L2 cache of two. After a flush, a write into a new
-   * cluster under table A leaves A dirty; reading under B and then C evicts
-   * A, and writing A back is where the engine flushes first (writeBackL2:
-   * data and refcounts before the L2 entry that points at them). With that
-   * flush dropped, the log holds the data, then the L2 table naming it.
-   */
-  async function run(plant: boolean, fill: 'stale' | 'zeros' = 'stale') {
-    const model = new DiskModel({ size: 3 * l2Span, clusterSize: cs, refcountBits: 16, compat: '1.1', lazyRefcounts: false, extendedL2: false, compressionType: 'zlib' });
-    const tracker = new CrashTracker(model);
-    const rec = new BarrierDroppingStorage();
-    const img = Qcow2Image.create(rec, { size: 3 * l2Span, clusterSize: cs }, { l2CacheSize: 2 * cs });
-    let n = 0;
-    const op = (o: Op) => {
-      n++;
-      if (o.kind === 'write') img.write(o.off, makeData(n, o.off, o.len));
-      if (o.kind === 'flush') img.flush();
-      applyOp(model, o, n);
-      tracker.afterOp(o, true);
-    };
-    for (const t of [0, 1, 2]) op({ kind: 'write', off: t * l2Span, len: 512 });
-    op({ kind: 'flush' });
-    rec.dropping = plant;
-    op({ kind: 'write', off: cs, len: 512 }); // new cluster under table A
-    img.read(l2Span, 512);
-    img.read(2 * l2Span, 512); // evicts A: write-back after a (dropped) barrier
-    rec.dropping = false;
-    const open = (s: BlockStorage) => Qcow2Image.open(s);
-    let qemuChecks = 0;
-    const r = await examineCrashStates(
-      (budget, seed, visit) => visitCrashStates(rec, { budget, seed, dir, open, fill }, visit),
-      tracker,
-      'the planted crash point',
-      7,
-      async (file) => (qemuChecks++, imgCheck(file)),
-    );
-    img.close();
-    return { ...r, dropped: rec.dropped, qemuChecks };
-  }
+  const run = (plant: boolean, fill: 'stale' | 'zeros' = 'stale') => runPlantedBarrier({ plant, dir, fill });
 
   it('without the plant, every crash state passes', async () => {
     const r = await run(false);

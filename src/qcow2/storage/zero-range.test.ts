@@ -9,11 +9,6 @@ import * as path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { Lcg } from '../../../tests/support/bytes.js';
 import { qemuCheckBytes, qemuCompare } from '../../../tests/support/qemu.js';
-import { applyOp } from '../../harness/apply-model.js';
-import { CrashTracker, examineCrashStates, visitCrashStates } from '../../harness/crash.js';
-import { makeData } from '../../harness/data.js';
-import type { Op } from '../../harness/ops.js';
-import { DiskModel } from '../../model/disk.js';
 import { imgCheck } from '../../qemu/index.js';
 import { ReadOnlyError } from '../errors.js';
 import { Qcow2Image } from '../image.js';
@@ -22,6 +17,7 @@ import { MemoryStorage } from './memory.js';
 import { RecordingStorage } from './recording.js';
 import type { BlockStorage } from './types.js';
 import { execa } from 'execa';
+import { runPlantedBarrier } from '../../../tests/support/planted-barrier.js';
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'zero-range-'));
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
@@ -125,63 +121,9 @@ describe('a partial write into a fresh cluster', () => {
   });
 });
 
-/** Our engine's storage, zero ranges on, with its flushes dropped while `dropping`: a missing barrier, planted. */
-class BarrierDroppingStorage extends RecordingStorage {
-  dropping = false;
-  dropped = 0;
-  zeroRanges = 0;
-  constructor() {
-    super(undefined, { writeZeroes: true });
-  }
-  override writeZeroes(offset: number, length: number): boolean {
-    this.zeroRanges++;
-    return super.writeZeroes(offset, length);
-  }
-  override flush(): void {
-    if (this.dropping) {
-      this.dropped++;
-      return;
-    }
-    super.flush();
-  }
-}
-
 describe('crash consistency with zero ranges', () => {
-  const cs = 4096;
-  const l2Span = (cs / 8) * cs;
-
-  /** As src/harness/crash.test.ts's planted barrier, on a recording that zeroes fresh clusters by range. */
-  async function planted(plant: boolean) {
-    const model = new DiskModel({ size: 3 * l2Span, clusterSize: cs, refcountBits: 16, compat: '1.1', lazyRefcounts: false, extendedL2: false, compressionType: 'zlib' });
-    const tracker = new CrashTracker(model);
-    const rec = new BarrierDroppingStorage();
-    const img = Qcow2Image.create(rec, { size: 3 * l2Span, clusterSize: cs }, { l2CacheSize: 2 * cs });
-    let n = 0;
-    const op = (o: Op) => {
-      n++;
-      if (o.kind === 'write') img.write(o.off, makeData(n, o.off, o.len));
-      if (o.kind === 'flush') img.flush();
-      applyOp(model, o, n);
-      tracker.afterOp(o, true);
-    };
-    for (const t of [0, 1, 2]) op({ kind: 'write', off: t * l2Span, len: 512 });
-    op({ kind: 'flush' });
-    rec.dropping = plant;
-    op({ kind: 'write', off: cs, len: 512 });
-    img.read(l2Span, 512);
-    img.read(2 * l2Span, 512);
-    rec.dropping = false;
-    const open = (s: BlockStorage) => Qcow2Image.open(s);
-    const r = await examineCrashStates(
-      (budget, seed, visit) => visitCrashStates(rec, { budget, seed, dir, open }, visit),
-      tracker,
-      'the planted crash point',
-      7,
-      (file) => imgCheck(file),
-    );
-    img.close();
-    return { ...r, dropped: rec.dropped, zeroRanges: rec.zeroRanges };
-  }
+  /** The planted barrier of src/harness/crash.test.ts, on a recording that zeroes fresh clusters by range. */
+  const planted = (plant: boolean) => runPlantedBarrier({ plant, dir, writeZeroes: true });
 
   it('without the plant, every crash state passes', async () => {
     const r = await planted(false);

@@ -50,11 +50,7 @@ describe('image access arguments', () => {
 describe('the wrappers open an encrypted image with its secret (real qemu-img/qemu-io/qemu-nbd)', () => {
   it('LUKS: create, qemu-io, check, info, compare, convert, snapshot, resize and a bitmap read back; without the secret they fail', async () => {
     const img = path.join(dir, 'luks.qcow2');
-    await imgCreate(img, { size: 65536, clusterSize: 4096, encrypt: { format: 'luks', secret, iterTimeMs: 10 } }).catch(async (e: Error) => {
-      // qemu-img's PBKDF2 benchmark misfires now and then on a busy machine (targets/qemu.ts retries it).
-      if (!/accurate CPU usage/.test(e.message)) throw e;
-      await imgCreate(img, { size: 65536, clusterSize: 4096, encrypt: { format: 'luks', secret, iterTimeMs: 10 } });
-    });
+    await imgCreate(img, { size: 65536, clusterSize: 4096, encrypt: { format: 'luks', secret, iterTimeMs: 10 } });
     expect((await runTool(QEMU_IMG, ['bitmap', '--object', `secret,id=sec0,data=${secret.data}`, '--add', '--image-opts', imageOptsString(img, access), 'b0'])).rc).toBe(0);
     const w = await qemuIoBatch(img, ['write -P 0x5a 4096 8192'], { access });
     expect(w.results.map((x) => x.ok)).toEqual([true]);

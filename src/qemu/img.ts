@@ -1,4 +1,5 @@
 /** Thin, typed wrappers over qemu-img subcommands. Every call has a timeout (HangError). */
+import * as fs from 'node:fs';
 import { imageOptsString, needsImageOpts, rawImageOpts, secretArgs, type ImageAccess, type QemuSecret } from './access.js';
 import { QemuToolError } from './errors.js';
 import { DEFAULT_TIMEOUT_MS, QEMU_IMG, runTool, type ToolResult } from './run.js';
@@ -129,8 +130,25 @@ export function createArgs(path: string, o: ImgCreateOptions): string[] {
   return args;
 }
 
+/** Tries a create this many times when qemu-img's PBKDF2 benchmark misfires (below). */
+const CREATE_TRIES = 5;
+
+/**
+ * qemu-img create, tried again while it fails with "Unable to get accurate CPU
+ * usage": qcrypto_pbkdf2_count_iters (QEMU 7.2) gives up when a benchmark
+ * round of a LUKS key slot reads 0 ms of thread CPU time, which a busy
+ * machine's coarse clock does now and then. That is the tool failing to
+ * calibrate, not a verdict on the image; any other failure is final.
+ */
 export async function imgCreate(path: string, o: ImgCreateOptions, timeoutMs = DEFAULT_TIMEOUT_MS): Promise<void> {
-  must(await runTool(QEMU_IMG, createArgs(path, o), timeoutMs), 'qemu-img create');
+  for (let i = 1; ; i++) {
+    const r = await runTool(QEMU_IMG, createArgs(path, o), timeoutMs);
+    if (r.rc === 0 || i >= CREATE_TRIES || !r.stderr.includes('Unable to get accurate CPU usage')) {
+      must(r, 'qemu-img create');
+      return;
+    }
+    fs.rmSync(path, { force: true });
+  }
 }
 
 export async function imgInfo(path: string, o: { format?: string; timeoutMs?: number; access?: ImageAccess } = {}): Promise<QemuInfo> {

@@ -5,7 +5,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { imageOptsString, imgConvertToRaw, imgCreate, QEMU_IMG, QEMU_IO, QemuToolError, qemuIoBatch, rewriteImageArgs, runTool, secretArgs, withAccessOpts, type ImageAccess } from '../../qemu/index.js';
+import { imageOptsString, imgConvertToRaw, imgCreate, QEMU_IMG, QEMU_IO, qemuIoBatch, rewriteImageArgs, runTool, secretArgs, withAccessOpts, type ImageAccess } from '../../qemu/index.js';
 import type { ToolResult } from '../../qemu/run.js';
 import { accessOf, creationOptions, DATA_FILE_NAME, type TraceConfig } from '../config.js';
 import { qemuDeclines } from '../declines.js';
@@ -50,7 +50,7 @@ export class QemuTarget implements Target {
     this.dir = dir;
     this.image = path.join(dir, 'image.qcow2');
     const backingFile = config.backing ? await createBacking(dir, config.backing) : undefined;
-    await createImage(this.image, creationOptions(config, backingFile, path.join(dir, DATA_FILE_NAME)), this.timeoutMs);
+    await imgCreate(this.image, creationOptions(config, backingFile, path.join(dir, DATA_FILE_NAME)), this.timeoutMs);
     this.dumpValid = false;
     this.dirty = config.dirty === true;
     this.config = config;
@@ -167,23 +167,3 @@ export class QemuTarget implements Target {
   async close(): Promise<void> {}
 }
 
-/** Tries a LUKS create this many times when qemu-img's PBKDF2 benchmark misfires (below). */
-const CREATE_TRIES = 5;
-
-/**
- * qemu-img create, tried again while it fails with "Unable to get accurate CPU
- * usage": qcrypto_pbkdf2_count_iters (QEMU 7.2) gives up when a benchmark
- * round reads 0 ms of thread CPU time, which a busy machine's coarse clock
- * does now and then for a LUKS image. Any other failure is final.
- */
-async function createImage(image: string, o: Parameters<typeof imgCreate>[1], timeoutMs: number | undefined): Promise<void> {
-  for (let i = 1; ; i++) {
-    try {
-      await imgCreate(image, o, timeoutMs);
-      return;
-    } catch (e) {
-      if (!(e instanceof QemuToolError) || !/Unable to get accurate CPU usage/.test(e.message) || i >= CREATE_TRIES) throw e;
-      fs.rmSync(image, { force: true });
-    }
-  }
-}

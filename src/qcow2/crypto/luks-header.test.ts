@@ -99,6 +99,23 @@ describe('LUKS header codec', () => {
     expect(unlockLuks(read, made.area.length, 'pw\0tail').slot).toBe(0);
   });
 
+  it('a second unlock of the same bytes gives the same key, and the cache never opens what changed', () => {
+    const made = createLuks('pw', FAST);
+    const area = made.area.slice();
+    const read = (o: number, l: number) => area.slice(o, o + l);
+    expect(unlockLuks(read, area.length, 'pw').masterKey).toEqual(made.masterKey);
+    // Remembered now: the answers must still be those of a fresh derivation.
+    const again = unlockLuks(read, area.length, 'pw');
+    expect(again.masterKey).toEqual(made.masterKey);
+    again.masterKey.fill(0); // a caller scribbling on its key does not reach the cache
+    expect(unlockLuks(read, area.length, 'pw').masterKey).toEqual(made.masterKey);
+    expect(() => unlockLuks(read, area.length, 'pw2')).toThrow(WrongPassphraseError);
+    // One flipped bit of slot 0's stripes: the merge gives another key, whose digest does not match.
+    const slot = made.header.slots[0]!;
+    area[slot.keyMaterialOffsetSector * 512 + 100]! ^= 1;
+    expect(() => unlockLuks(read, area.length, 'pw')).toThrow(WrongPassphraseError);
+  });
+
   it('measures iterations from iter-time as QEMU does when no count is given', () => {
     const made = createLuks('pw', { iterTimeMs: 20, cipherAlg: 'aes-128', cipherMode: 'cbc' });
     // QEMU's floors: at least 1000 each; the digest count is divided by 8.

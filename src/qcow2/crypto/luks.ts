@@ -3,7 +3,7 @@
  * (qcrypto_block_luks_open / _load_key / _create / _store_key), over the
  * header area a qcow2 image's full disk encryption extension points to.
  */
-import { pbkdf2Sync, randomBytes, randomUUID, timingSafeEqual } from 'node:crypto';
+import { createHash, pbkdf2Sync, randomBytes, randomUUID, timingSafeEqual } from 'node:crypto';
 import { CorruptImageError, InvalidArgumentError } from '../errors.js';
 import { afMerge, afSplit } from './afsplit.js';
 import { checkHashName, cryptRange, makeSectorCipher, parseCipherSpec, type CipherSpec, type SectorCipher } from './cipher.js';
@@ -75,18 +75,51 @@ function masterKeyDigest(h: LuksHeader, key: Uint8Array): Buffer {
 export function unlockLuks(read: AreaReader, areaLength: number, passphrase: string | Uint8Array, limits?: LuksLimits): UnlockedLuks {
   const { header, spec } = readLuksHeader(read, areaLength, limits);
   const pass = passphraseBytes(passphrase);
+  const headerBytes = read(0, LUKS_HEADER_SIZE);
   for (let i = 0; i < LUKS_NUM_KEY_SLOTS; i++) {
     const s = header.slots[i]!;
     if (s.active !== LUKS_KEY_SLOT_ENABLED) continue;
-    const slotKey = pbkdf2Sync(pass, s.salt, s.iterations, header.keyBytes, header.hashSpec);
     const material = read(s.keyMaterialOffsetSector * LUKS_SECTOR_SIZE, header.keyBytes * s.stripes);
-    const plain = cryptRange(makeSectorCipher(spec, slotKey), false, material);
-    const key = afMerge(header.hashSpec, plain, header.keyBytes, s.stripes);
+    const id = slotIdentity(pass, headerBytes, i, material);
+    const key = unlockedSlots.get(id) ?? mergeSlotKey(header, spec, s, pass, material);
     if (timingSafeEqual(masterKeyDigest(header, key), header.mkDigest)) {
-      return { header, spec, slot: i, masterKey: key, cipher: makeSectorCipher(spec, key) };
+      remember(id, key);
+      return { header, spec, slot: i, masterKey: key.slice(), cipher: makeSectorCipher(spec, key) };
     }
   }
   throw new WrongPassphraseError('Invalid password, cannot unlock any keyslot');
+}
+
+/** Derives the slot key and merges the slot's stripes: what a candidate master key costs. */
+function mergeSlotKey(header: LuksHeader, spec: CipherSpec, s: LuksHeader['slots'][number], pass: Uint8Array, material: Uint8Array): Uint8Array {
+  const slotKey = pbkdf2Sync(pass, s.salt, s.iterations, header.keyBytes, header.hashSpec);
+  const plain = cryptRange(makeSectorCipher(spec, slotKey), false, material);
+  return afMerge(header.hashSpec, plain, header.keyBytes, s.stripes);
+}
+
+/**
+ * Master keys already merged in this process, by a digest of everything the
+ * merge reads: passphrase, header (salts, iterations, cipher) and the slot's
+ * encrypted stripes. A fuzz run opens one encrypted image dozens of times
+ * (every reopen, every crash state) and each merge is a PBKDF2 plus 4,000
+ * stripe hashes; the same bytes give the same key, so it is derived once. The
+ * master-key digest is still checked on every unlock.
+ */
+const unlockedSlots = new Map<string, Uint8Array>();
+const UNLOCK_CACHE_ENTRIES = 32;
+
+function slotIdentity(pass: Uint8Array, headerBytes: Uint8Array, slot: number, material: Uint8Array): string {
+  const h = createHash('sha256');
+  const len = Buffer.alloc(8);
+  len.writeUInt32BE(pass.length, 0);
+  len.writeUInt32BE(slot, 4);
+  return h.update(len).update(pass).update(headerBytes).update(material).digest('hex');
+}
+
+function remember(id: string, key: Uint8Array): void {
+  unlockedSlots.delete(id);
+  unlockedSlots.set(id, key.slice());
+  if (unlockedSlots.size > UNLOCK_CACHE_ENTRIES) unlockedSlots.delete(unlockedSlots.keys().next().value!);
 }
 
 export interface LuksCreateOptions {

@@ -2,7 +2,8 @@
   "targets": [
     {
       "target_name": "ofd_lock",
-      "sources": ["ofd_lock.c"],
+      "sources": ["ofd_lock.c", "crypto.c"],
+      "libraries": ["-ldl", "-lpthread"],
       "cflags": ["-Wall", "-Wextra", "-O2"],
       "defines": ["NAPI_VERSION=8"]
     }

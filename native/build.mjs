@@ -11,7 +11,7 @@ import { fileURLToPath } from 'node:url';
 
 const dir = path.dirname(fileURLToPath(import.meta.url));
 const addon = path.join(dir, 'build', 'Release', 'ofd_lock.node');
-const sources = ['ofd_lock.c', 'binding.gyp'].map((f) => path.join(dir, f));
+const sources = ['ofd_lock.c', 'crypto.c', 'binding.gyp'].map((f) => path.join(dir, f));
 
 function upToDate() {
   const built = fs.statSync(addon, { throwIfNoEntry: false });

@@ -163,6 +163,9 @@ static napi_value will_need(napi_env env, napi_callback_info info) {
   return make_int(env, -posix_fadvise(fd, (off_t)offset, (off_t)len, POSIX_FADV_WILLNEED));
 }
 
+/* native/crypto.c: the sector cipher and AF diffusion, defined only where OpenSSL is reachable. */
+void ofd_crypto_register(napi_env env, napi_value exports);
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
     { "setlk", NULL, setlk, NULL, NULL, NULL, napi_enumerable, NULL },
@@ -171,6 +174,7 @@ static napi_value init(napi_env env, napi_value exports) {
     { "willNeed", NULL, will_need, NULL, NULL, NULL, napi_enumerable, NULL },
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
+  ofd_crypto_register(env, exports);
   return exports;
 }
 

@@ -11,6 +11,7 @@
  */
 import { createCipheriv, createDecipheriv, createHash, getHashes } from 'node:crypto';
 import { InvalidArgumentError, UnsupportedFeatureError } from '../errors.js';
+import { nativeAddon, type NativeAddon } from '../storage/native.js';
 
 export const CRYPTO_SECTOR_SIZE = 512;
 const AES_BLOCK = 16;
@@ -85,12 +86,32 @@ export interface SectorCipher {
   decrypt(firstSector: number, data: Uint8Array): Uint8Array;
 }
 
-/** Builds the sector cipher for a master key; the key is copied, callers may wipe theirs. */
-export function makeSectorCipher(spec: CipherSpec, key: Uint8Array): SectorCipher {
+/** The addon calls the sector cipher runs on; without them it runs on node:crypto alone. */
+export type SectorCipherNative = Pick<Required<NativeAddon>, 'sectorCipherNew' | 'sectorCipherRun'>;
+
+/** The native sector cipher of the project's addon, or null where the addon or the calls are absent. */
+export function nativeSectorCipher(): SectorCipherNative | null {
+  const a = nativeAddon();
+  if (a instanceof Error || !a.sectorCipherNew || !a.sectorCipherRun) return null;
+  return { sectorCipherNew: a.sectorCipherNew, sectorCipherRun: a.sectorCipherRun };
+}
+
+const IVGEN_CODE: Record<IvGen, number> = { plain: 0, plain64: 1, essiv: 2 };
+
+/**
+ * Builds the sector cipher for a master key; the key is copied, callers may
+ * wipe theirs. With `native` (the default where the addon has it; null for
+ * node:crypto alone) sectors run
+ * in C on one keyed context per direction; node:crypto, which needs a new
+ * Cipheriv per sector IV, runs whenever the native call is absent or refuses
+ * (then it raises the error OpenSSL gave, as it always did), with the same bytes.
+ */
+export function makeSectorCipher(spec: CipherSpec, key: Uint8Array, native: SectorCipherNative | null = nativeSectorCipher()): SectorCipher {
   if (key.length !== spec.keyBytes) throw new InvalidArgumentError(`key is ${key.length} bytes, cipher needs ${spec.keyBytes}`);
   const algo = opensslName(spec);
   const k = Buffer.from(key);
   let ivFor: (sector: number) => Buffer;
+  let essivKey: Buffer | undefined;
   if (spec.ivgen === 'essiv') {
     // ESSIV: IV = E_{H(key)}(plain64 IV), with an AES of the digest's size
     // (qcrypto_block_luks_essiv_cipher: dm-crypt keys ESSIV with the whole digest).
@@ -98,6 +119,7 @@ export function makeSectorCipher(spec: CipherSpec, key: Uint8Array): SectorCiphe
     if (salt.length !== 16 && salt.length !== 24 && salt.length !== 32) {
       throw new UnsupportedFeatureError(`No AES cipher with key size ${salt.length} available`);
     }
+    essivKey = salt;
     const ecb = `aes-${salt.length * 8}-ecb`;
     ivFor = (sector) => {
       const c = createCipheriv(ecb, salt, null).setAutoPadding(false);
@@ -107,10 +129,9 @@ export function makeSectorCipher(spec: CipherSpec, key: Uint8Array): SectorCiphe
     const width = spec.ivgen === 'plain' ? 4 : 8;
     ivFor = (sector) => sectorIv(sector, width);
   }
-  const run = (enc: boolean, firstSector: number, data: Uint8Array): Uint8Array => {
-    if (data.length % CRYPTO_SECTOR_SIZE !== 0) {
-      throw new InvalidArgumentError(`encrypted I/O of ${data.length} bytes is not a multiple of ${CRYPTO_SECTOR_SIZE}`);
-    }
+  const aesBits = (spec.mode === 'xts' ? spec.keyBytes / 2 : spec.keyBytes) * 8;
+  const handle = native?.sectorCipherNew(aesBits, spec.mode === 'xts' ? 0 : 1, k, IVGEN_CODE[spec.ivgen], essivKey);
+  const runJs = (enc: boolean, firstSector: number, data: Uint8Array): Uint8Array => {
     const out = new Uint8Array(data.length);
     for (let pos = 0, s = firstSector; pos < data.length; pos += CRYPTO_SECTOR_SIZE, s++) {
       const iv = ivFor(s);
@@ -122,6 +143,16 @@ export function makeSectorCipher(spec: CipherSpec, key: Uint8Array): SectorCiphe
       out.set(b, pos + a.length);
     }
     return out;
+  };
+  const run = (enc: boolean, firstSector: number, data: Uint8Array): Uint8Array => {
+    if (data.length % CRYPTO_SECTOR_SIZE !== 0) {
+      throw new InvalidArgumentError(`encrypted I/O of ${data.length} bytes is not a multiple of ${CRYPTO_SECTOR_SIZE}`);
+    }
+    if (handle !== undefined && Number.isSafeInteger(firstSector) && firstSector >= 0) {
+      const out = new Uint8Array(data.length);
+      if (native!.sectorCipherRun(handle, enc, firstSector, data, out) === 0) return out;
+    }
+    return runJs(enc, firstSector, data);
   };
   return {
     spec,

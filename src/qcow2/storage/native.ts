@@ -1,8 +1,8 @@
 /**
  * The project's N-API addon (native/ofd_lock.c): the file calls Node has
  * no binding for, OFD byte-range locks (lock.ts), fallocate's zero range
- * and the read-ahead hint (file.ts). Loaded once, on
- * first use.
+ * and the read-ahead hint (file.ts), and the encrypted-image hot loops
+ * (crypto/cipher.ts, crypto/afsplit.ts). Loaded once, on first use.
  */
 import * as fs from 'node:fs';
 import { createRequire } from 'node:module';
@@ -16,7 +16,21 @@ export interface NativeAddon {
   zeroRange?(fd: number, offset: number, len: number): number;
   /** posix_fadvise(POSIX_FADV_WILLNEED), a read-ahead hint: 0 or -errno. Absent from older builds. */
   willNeed?(fd: number, offset: number, len: number): number;
+  /**
+   * native/crypto.c, over the OpenSSL the process carries: absent from older
+   * builds and wherever OpenSSL's symbols cannot be found. A keyed AES sector
+   * cipher (mode 0 XTS, 1 CBC; ivgen 0 plain, 1 plain64, 2 essiv with
+   * essivKey = hash(key)), or undefined for a combination it does not do.
+   */
+  sectorCipherNew?(aesBits: number, mode: number, key: Uint8Array, ivgen: number, essivKey?: Uint8Array): NativeSectorCipher | undefined;
+  /** Whole sectors of src into dst (same length), IVs from firstSector on: 0, or negative when it could not. */
+  sectorCipherRun?(cipher: NativeSectorCipher, encrypt: boolean, firstSector: number, src: Uint8Array, dst: Uint8Array): number;
+  /** The AF-split diffusion chain over count n-byte blocks of material into d (n bytes): 0, or negative when it could not. */
+  afDiffuse?(hash: string, digestLen: number, material: Uint8Array, n: number, count: number, d: Uint8Array): number;
 }
+
+/** An opaque handle owning a keyed OpenSSL context; freed (and wiped) when collected. */
+export type NativeSectorCipher = { readonly __brand: 'NativeSectorCipher' };
 
 export const ADDON_RELATIVE_PATH = 'native/build/Release/ofd_lock.node';
 

@@ -11,7 +11,10 @@ import { afMerge, afSplit, nativeAf, type AfNative } from './afsplit.js';
 import { checkHashName, makeSectorCipher, nativeSectorCipher, parseCipherSpec, type SectorCipherNative } from './cipher.js';
 
 function required<T>(v: T | null | undefined, what: string): T {
-  if (v === null || v === undefined) throw new Error(`${what} is missing from native/build/Release/ofd_lock.node: run npm run build:native`);
+  if (v === null || v === undefined) throw new Error(
+      `${what} is missing from native/build/Release/ofd_lock.node: run npm run build:native ` +
+        "(it is defined only where the process exports OpenSSL's EVP functions, as Node's own builds do)",
+    );
   return v;
 }
 const cipherNative = required(nativeSectorCipher(), 'the native sector cipher');

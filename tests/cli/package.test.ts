@@ -24,7 +24,7 @@ const ALLOWED = [
   /^README\.md$/,
   /^docs\/[^/]+\.md$/,
   /^dist\/.+\.js$/,
-  /^native\/(binding\.gyp|build\.mjs|ofd_lock\.c)$/,
+  /^native\/(binding\.gyp|build\.mjs|ofd_lock\.c|crypto\.c)$/,
   /^adapters\/[^/]+\.py$/,
   /^src\/harness\/targets\/cmd-example-qemu\.mjs$/,
 ];
@@ -37,6 +37,7 @@ const REQUIRED = [
   'native/binding.gyp',
   'native/build.mjs',
   'native/ofd_lock.c',
+  'native/crypto.c',
   'adapters/libqcow_adapter.py',
   'src/harness/targets/cmd-example-qemu.mjs',
 ];

@@ -12,6 +12,8 @@ import {
 } from '../errors.js';
 import { checkOpened, IMAGE_OPTS_LONG, imageSpec, IMAGE_OPTS_HELP } from '../image-opts.js';
 import { couldNotOpen, FORCE_SHARE_HELP, forceShare, openQcow2, probeFormat, reason, resolvePath } from '../open.js';
+import { qemuJson } from '../qjson.js';
+import { printfFixed } from '../sizes.js';
 import { outputFormat } from './info.js';
 
 export const CHECK_HELP = `Usage: qcow2-harness check [-q] [-f fmt] [-r leaks|all] [--output human|json] [--object OBJ] [--image-opts] [-U] FILE
@@ -56,7 +58,7 @@ export function checkJson(r: CheckResult, filename: string): Record<string, unkn
 }
 
 function pct(n: number, d: number): string {
-  return ((100 * n) / d).toFixed(2);
+  return printfFixed((100 * n) / d, 2);
 }
 
 /** qemu-img's human report of a check result. */
@@ -146,7 +148,8 @@ export async function checkCommand(argv: string[], ctx: CliContext): Promise<num
       ctx.stderr(`qcow2-harness: Check failed: ${reason(e)}\n`);
       return EXIT_FAILURE;
     }
-    if (output === 'json') ctx.stdout(JSON.stringify(checkJson(result, file), null, 4) + '\n');
+    // qemu-img names the operand as given (with --image-opts, the option string).
+    if (output === 'json') ctx.stdout(qemuJson(checkJson(result, p.operands[0]!)) + '\n');
     else if (!quiet) ctx.stdout(checkHuman(result));
     return checkExitCode(result);
   } finally {

@@ -12,6 +12,8 @@ import { VECTOR_COMMANDS } from './io-vector.js';
 /** The open image a command works on; `reopen` swaps it for a fresh open of the same file. */
 export interface IoSession {
   dev: WritableDevice;
+  /** Opened with -r: commands that need write permission are refused before they run. */
+  readOnly?: boolean;
   reopen(): void;
 }
 
@@ -249,6 +251,9 @@ const COMMANDS: Record<string, IoCommand> = {
   ...VECTOR_COMMANDS,
 };
 
+/** The commands whose qemu-io table entry asks for BLK_PERM_WRITE. */
+const WRITE_PERMISSION = new Set(['write', 'w', 'writev', 'aio_write', 'discard', 'd']);
+
 type OpTable = typeof import('../harness/ops/index.js');
 
 /** The harness's op table, once a command line needs it: plain qemu-io commands start without its modules. */
@@ -275,6 +280,11 @@ export function runIoCommand(session: IoSession, line: string, ctx: CliContext):
     if (!opTable) throw new Error(`io: '${name}' needs the op table, which prepareIoCommands did not load`);
     if (opTable.isOpVerb(name)) return runTableOp(opTable, session, line, name, ctx);
     ctx.stderr(`command "${name}" not found\n`);
+    return false;
+  }
+  if (session.readOnly && WRITE_PERMISSION.has(name)) {
+    // command()'s blk_set_perm fails first, as error_report on stderr.
+    ctx.stderr('qcow2-harness: Block node is read-only\n');
     return false;
   }
   try {

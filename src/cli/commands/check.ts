@@ -106,7 +106,7 @@ export async function checkCommand(argv: string[], ctx: CliContext): Promise<num
   try {
     format ??= probeFormat(resolvePath(ctx, file));
   } catch (e) {
-    throw couldNotOpen(file, e);
+    throw couldNotOpen(file, e, resolvePath(ctx, file));
   }
   if (format === 'raw') {
     // qemu-img's answer for a format without a check function.
@@ -145,7 +145,9 @@ export async function checkCommand(argv: string[], ctx: CliContext): Promise<num
     } catch (e) {
       // What the check found before it gave up, as qemu-img prints it on the way.
       if (e instanceof CheckGaveUpError) for (const m of e.partial.messages) ctx.stderr(m.endsWith('\n') ? m : m + '\n');
-      ctx.stderr(`qcow2-harness: Check failed: ${reason(e)}\n`);
+      // qemu-img prints only the errno the check returned (strerror); the engine's reason ends with it.
+      const why = e instanceof CheckGaveUpError ? e.message.slice(e.message.lastIndexOf(': ') + 2) : reason(e);
+      ctx.stderr(`qcow2-harness: Check failed: ${why}\n`);
       return EXIT_FAILURE;
     }
     // qemu-img names the operand as given (with --image-opts, the option string).

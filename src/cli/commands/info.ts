@@ -44,7 +44,8 @@ interface Described {
 /** One image's qemu-img info fields (in qemu-img's key order). */
 function describe(ctx: CliContext, file: string, format: ImageFormat | undefined, shared = false, spec?: ImageSpec): Described {
   // qemu-img info opens with BDRV_O_NO_IO: an image's external data file need not be there.
-  const img = openReadable(ctx, file, { format, forceShare: shared, withoutDataFile: true, name: spec?.shownAs });
+  // ... and with BDRV_O_NO_BACKING: the chain is described image by image, and a missing backing file is no error here.
+  const img = openReadable(ctx, file, { format, forceShare: shared, withoutDataFile: true, withoutBacking: true, name: spec?.shownAs });
   if (img.qcow2 && spec) checkOpened(img.qcow2, spec, false);
   try {
     const actualSize = fs.statSync(resolvePath(ctx, file)).blocks * 512;

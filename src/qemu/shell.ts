@@ -6,16 +6,18 @@
  * of commands runs in parallel inside it.
  *
  * A command costs one fork of the shell and one exec of the tool, by its
- * absolute path (resolve.ts). Its timeout is kept here, not by coreutils
- * `timeout` (a second exec per call): the shell reports each command's PID
- * as it starts it ("P i pid") and its exit status once it has reaped it
- * ("R pid rc"); on expiry Node sends TERM, and KILL after the grace, as
- * `timeout -k` does. The shell runs with job control (`set -m`), so every
- * command is the leader of its own process group and the signals reach
- * whatever it started too, as timeout's do. A signal is only sent while the
- * command's R line has not arrived; the shell has not reaped it then, or has
- * only just, and a reaped leader's group ID stays reserved while any member
- * lives, so a recycled PID is not hit.
+ * absolute path (resolve.ts). Its timeout is kept here rather than by
+ * coreutils `timeout` (a second exec per call, and a PATH search): on expiry
+ * Node sends TERM, and KILL after the grace, as `timeout -k` does. The shell
+ * runs with job control (`set -m`), so each command leads its own process
+ * group and the signals reach whatever it started too, as timeout's do.
+ *
+ * PID reuse: the shell writes a command's PID to a file when it starts it,
+ * and its exit status to another only after reaping it; Node signals only
+ * while the status file is absent, so only an unreaped (running or zombie)
+ * process, whose PID cannot have been reused. What is left is the moment
+ * between the shell's reap and its write, microseconds; and the signal goes
+ * to the process group, which a recycled PID would also have to lead.
  *
  * Exit codes, stdout and stderr come back through files in a private temp
  * directory. When the event loop drains, the shells are told to exit and are
@@ -53,6 +55,8 @@ const TIMEOUT_RC = 124;
 const KILLED_RC = 137;
 /** Beyond the longest timeout and its grace: the shell itself stopped answering. */
 const SHELL_SLACK_MS = KILL_AFTER_MS + 5000;
+/** How soon to look again when a command's timer ran out before the shell had even started it. */
+const NOT_STARTED_RETRY_MS = 100;
 /** Names output files uniquely across every shell of the process. */
 let fileSeq = 0;
 
@@ -61,28 +65,27 @@ const limitMs = (timeoutMs: number) => Math.max(1, Math.ceil(timeoutMs / 1000)) 
 
 interface Job {
   cmd: ShellCommand;
-  file: string;
+  /** The path its output, PID and status files start with. */
   base: string;
-  pid?: number;
-  rc?: number;
   timedOut: boolean;
   killed: boolean;
   timer?: NodeJS.Timeout;
 }
 
-interface Batch {
-  id: number;
-  jobs: Job[];
-  byPid: Map<number, Job>;
-  done: () => void;
-  fail: (e: Error) => void;
-}
-
 /**
- * Signals a command's process group (its PID, as job control made it the
- * leader). Not the PID alone as a fallback: once the group is gone the PID
- * may already be reaped and reused.
+ * Defined once per shell. `wait -n -p` reaps whichever command ends next, so
+ * each status file appears as soon as its command is reaped, in any order.
+ * An empty PID means nothing was left to wait for (never expected); the
+ * missing status files then read as 255.
  */
+const PRELUDE = [
+  'set -m',
+  'declare -A qh_base',
+  'qh_reap() { local n=$1 pid rc; while ((n > 0)); do pid=; wait -n -p pid; rc=$?; [[ -n $pid ]] || break; ' +
+    'echo $rc >"${qh_base[$pid]}.rc"; unset "qh_base[$pid]"; ((n--)); done; echo "D $2"; }',
+].join('\n');
+
+/** Signals a command's process group (its PID: job control made it the leader). */
 function signal(pid: number, sig: NodeJS.Signals): void {
   try {
     process.kill(-pid, sig);
@@ -91,15 +94,29 @@ function signal(pid: number, sig: NodeJS.Signals): void {
   }
 }
 
+/** A started command's PID, while the shell has not yet reaped it; else undefined. */
+function unreaped(job: Job): number | undefined {
+  if (fs.existsSync(job.base + '.rc')) return undefined;
+  try {
+    const pid = Number.parseInt(fs.readFileSync(job.base + '.pid', 'utf8'), 10);
+    return pid > 0 ? pid : undefined;
+  } catch {
+    return undefined; // not started yet
+  }
+}
+
 class Shell {
   private proc: ChildProcessWithoutNullStreams;
   private seq = 0;
-  private batch: Batch | undefined;
+  private batch: { id: number; jobs: Job[]; done: () => void; fail: (e: Error) => void } | undefined;
   busy = false;
   dead = false;
   readonly exited: Promise<void>;
+  /** Each batch's commands, rewritten for every batch (the shell has read it whole by the time it answers). */
+  private readonly script: string;
 
   constructor(private readonly dir: string) {
+    this.script = path.join(dir, `${process.pid}-${++fileSeq}.sh`);
     // Detached: its own session, with no terminal for job control to take over.
     this.proc = spawn(RUNNER, ['--noprofile', '--norc'], {
       stdio: ['pipe', 'pipe', 'pipe'],
@@ -113,8 +130,10 @@ class Shell {
     this.proc.stdin.on('error', () => (this.dead = true));
     // Its own messages ("Terminated" for a killed job) are not any command's stderr.
     this.proc.stderr.resume();
-    readline.createInterface({ input: this.proc.stdout }).on('line', (l) => this.onLine(l));
-    this.proc.stdin.write('set -m\n');
+    readline.createInterface({ input: this.proc.stdout }).on('line', (l) => {
+      if (this.batch && l === `D ${this.batch.id}`) this.batch.done();
+    });
+    this.proc.stdin.write(`${PRELUDE}\n`);
     // Let Node's event loop drain while an idle shell is around; beforeExit then closes it.
     this.proc.unref();
     for (const s of [this.proc.stdout, this.proc.stdin, this.proc.stderr]) (s as unknown as { unref?: () => void }).unref?.();
@@ -125,56 +144,50 @@ class Shell {
     this.batch?.fail(e);
   }
 
-  private onLine(line: string): void {
-    const b = this.batch;
-    if (!b) return;
-    const [tag, a, c] = line.split(' ');
-    if (tag === 'P') {
-      const job = b.jobs[Number(a)]!;
-      job.pid = Number(c);
-      b.byPid.set(job.pid, job);
-      job.timer = setTimeout(() => this.expire(job), limitMs(job.cmd.timeoutMs));
-    } else if (tag === 'R') {
-      const job = b.byPid.get(Number(a));
-      if (!job) return;
-      clearTimeout(job.timer);
-      job.rc = Number(c);
-    } else if (tag === 'D' && a === String(b.id)) {
-      b.done();
-    }
-  }
-
+  /** The timeout ran out: TERM now, KILL after the grace, each only if the shell has not reaped the command. */
   private expire(job: Job): void {
-    if (job.rc !== undefined || job.pid === undefined) return;
+    const pid = unreaped(job);
+    if (pid === undefined) {
+      // Reaped: it finished in time (Node was busy when the timer was due). Not started: look again soon.
+      if (!fs.existsSync(job.base + '.rc')) job.timer = setTimeout(() => this.expire(job), NOT_STARTED_RETRY_MS);
+      return;
+    }
     job.timedOut = true;
-    signal(job.pid, 'SIGTERM');
+    signal(pid, 'SIGTERM');
     job.timer = setTimeout(() => {
-      if (job.rc !== undefined) return;
+      const still = unreaped(job);
+      if (still === undefined) return;
       job.killed = true;
-      signal(job.pid!, 'SIGKILL');
+      signal(still, 'SIGKILL');
     }, KILL_AFTER_MS);
   }
 
   async run(cmds: ShellCommand[], files: string[]): Promise<ShellResult[]> {
     const id = ++this.seq;
-    const jobs: Job[] = cmds.map((cmd, i) => ({ cmd, file: files[i]!, base: path.join(this.dir, `${process.pid}-${++fileSeq}`), timedOut: false, killed: false }));
-    const start = jobs.map(
-      (j, i) => `${[j.file, ...j.cmd.args].map(quote).join(' ')} >${quote(j.base + '.out')} 2>${quote(j.base + '.err')} </dev/null & echo "P ${i} $!"`,
-    );
-    // `wait -n -p` reports each command as soon as it ends, whatever the order.
-    const reap = jobs.map(() => 'wait -n -p qh_pid; echo "R $qh_pid $?"');
+    const jobs: Job[] = cmds.map((cmd) => ({ cmd, base: path.join(this.dir, `${process.pid}-${++fileSeq}`), timedOut: false, killed: false }));
+    const start = jobs.map((j, i) => {
+      const b = quote(j.base);
+      const argv = [files[i]!, ...j.cmd.args].map(quote).join(' ');
+      return `${argv} >${b}.out 2>${b}.err </dev/null & qh_base[$!]=${b}; echo $! >${b}.pid`;
+    });
     const longest = Math.max(...cmds.map((c) => limitMs(c.timeoutMs))) + SHELL_SLACK_MS;
     let guard: NodeJS.Timeout | undefined;
     try {
       await new Promise<void>((resolve, reject) => {
-        this.batch = { id, jobs, byPid: new Map(), done: resolve, fail: reject };
+        this.batch = { id, jobs, done: resolve, fail: reject };
         guard = setTimeout(() => reject(new Error('shell runner stopped answering')), longest);
-        if (this.dead) reject(new Error('shell runner exited'));
-        else this.proc.stdin.write(`${[...start, ...reap].join('\n')}\necho "D ${id}"\n`);
+        if (this.dead) return reject(new Error('shell runner exited'));
+        // bash reads a script on a pipe one byte per read(2), but a sourced file whole, before running it.
+        fs.writeFileSync(this.script, `${start.join('\n')}\nqh_reap ${jobs.length} ${id}\n`);
+        this.proc.stdin.write(`. ${quote(this.script)}\n`);
+        for (const j of jobs) j.timer = setTimeout(() => this.expire(j), limitMs(j.cmd.timeoutMs));
       });
     } catch (e) {
       this.dead = true;
-      for (const j of jobs) if (j.pid !== undefined && j.rc === undefined) signal(j.pid, 'SIGKILL');
+      for (const j of jobs) {
+        const pid = unreaped(j);
+        if (pid !== undefined) signal(pid, 'SIGKILL');
+      }
       this.proc.kill('SIGKILL');
       throw e;
     } finally {
@@ -192,15 +205,20 @@ class Shell {
           fs.rmSync(j.base + ext, { force: true });
         }
       };
-      const rc = j.timedOut ? (j.killed ? KILLED_RC : TIMEOUT_RC) : (j.rc ?? 255);
-      return { rc, stdout: read('.out'), stderr: read('.err'), timedOut: j.timedOut };
+      const rc = Number.parseInt(read('.rc').trim(), 10);
+      fs.rmSync(j.base + '.pid', { force: true });
+      const status = j.timedOut ? (j.killed ? KILLED_RC : TIMEOUT_RC) : Number.isNaN(rc) ? 255 : rc;
+      return { rc: status, stdout: read('.out'), stderr: read('.err'), timedOut: j.timedOut };
     });
   }
 
   /** Stops the commands still running (their results are no longer wanted) and lets the shell reach the end of its input. */
   close(): void {
     this.dead = true;
-    for (const j of this.batch?.jobs ?? []) if (j.pid !== undefined && j.rc === undefined) signal(j.pid, 'SIGTERM');
+    for (const j of this.batch?.jobs ?? []) {
+      const pid = unreaped(j);
+      if (pid !== undefined) signal(pid, 'SIGTERM');
+    }
     this.proc.stdin.end();
   }
 

@@ -24,7 +24,8 @@
  * waited for, so this process's children's CPU (cutime/cstime, and a parent's
  * measurement of this process) includes the tools'.
  */
-import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
+import type { Readable, Writable } from 'node:stream';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as readline from 'node:readline';
@@ -59,6 +60,7 @@ const SHELL_SLACK_MS = KILL_AFTER_MS + 5000;
 const NOT_STARTED_RETRY_MS = 100;
 /** Names output files uniquely across every shell of the process. */
 let fileSeq = 0;
+let shellSeq = 0;
 
 /** The timeout `timeout N` applied: whole seconds, at least one. */
 const limitMs = (timeoutMs: number) => Math.max(1, Math.ceil(timeoutMs / 1000)) * 1000;
@@ -77,13 +79,24 @@ interface Job {
  * each status file appears as soon as its command is reaped, in any order.
  * An empty PID means nothing was left to wait for (never expected); the
  * missing status files then read as 255.
+ *
+ * The watchdog stands in for `timeout` outliving this process: it blocks on
+ * fd 3, a pipe only Node writes to, and when that ends (Node exited or was
+ * killed, so no timer will fire) it TERMs every command of this shell not yet
+ * reaped, and KILLs them after the grace. Disowned, so `wait -n` never sees it.
  */
-const PRELUDE = [
-  'set -m',
-  'declare -A qh_base',
-  'qh_reap() { local n=$1 pid rc; while ((n > 0)); do pid=; wait -n -p pid; rc=$?; [[ -n $pid ]] || break; ' +
-    'echo $rc >"${qh_base[$pid]}.rc"; unset "qh_base[$pid]"; ((n--)); done; echo "D $2"; }',
-].join('\n');
+const prelude = (prefix: string) =>
+  [
+    'set -m',
+    'declare -A qh_base',
+    'qh_reap() { local n=$1 pid rc; while ((n > 0)); do pid=; wait -n -p pid; rc=$?; [[ -n $pid ]] || break; ' +
+      'echo $rc >"${qh_base[$pid]}.rc"; unset "qh_base[$pid]"; ((n--)); done; echo "D $2"; }',
+    'qh_stop() { local f p; for f in "$1"-*.pid; do [[ -e $f && ! -e ${f%.pid}.rc ]] || continue; ' +
+      'read -r p <"$f" && kill -s "$2" -- "-$p" 2>/dev/null; done; }',
+    `( read -r _ <&3; qh_stop ${quote(prefix)} TERM; sleep ${KILL_AFTER_MS / 1000}; qh_stop ${quote(prefix)} KILL ) </dev/null >/dev/null 2>&1 &`,
+    'disown $!',
+    'exec 3<&-',
+  ].join('\n');
 
 /** Signals a command's process group (its PID: job control made it the leader). */
 function signal(pid: number, sig: NodeJS.Signals): void {
@@ -106,37 +119,49 @@ function unreaped(job: Job): number | undefined {
 }
 
 class Shell {
-  private proc: ChildProcessWithoutNullStreams;
+  private proc: ChildProcess;
+  private stdin: Writable;
+  /** Node's end of the watchdog's pipe (fd 3 in the shell): closing it, or dying, wakes the watchdog. */
+  private lifeline: Writable;
   private seq = 0;
   private batch: { id: number; jobs: Job[]; done: () => void; fail: (e: Error) => void } | undefined;
   busy = false;
   dead = false;
-  readonly exited: Promise<void>;
+  private readonly exited: Promise<void>;
+  private readonly closed: Promise<void>;
   /** Each batch's commands, rewritten for every batch (the shell has read it whole by the time it answers). */
   private readonly script: string;
+  /** What this shell's files start with (the watchdog finds its commands' PID files by it). */
+  private readonly prefix: string;
 
   constructor(private readonly dir: string) {
-    this.script = path.join(dir, `${process.pid}-${++fileSeq}.sh`);
+    this.prefix = path.join(dir, `${process.pid}-s${++shellSeq}`);
+    this.script = `${this.prefix}.sh`;
     // Detached: its own session, with no terminal for job control to take over.
     this.proc = spawn(RUNNER, ['--noprofile', '--norc'], {
-      stdio: ['pipe', 'pipe', 'pipe'],
+      stdio: ['pipe', 'pipe', 'pipe', 'pipe'],
       env: { ...process.env, LC_ALL: 'C' },
       detached: true,
     });
-    this.exited = new Promise((resolve) => this.proc.once('close', () => resolve()));
+    const [stdin, stdout, stderr, lifeline] = this.proc.stdio as unknown as [Writable, Readable, Readable, Writable];
+    this.stdin = stdin;
+    this.lifeline = lifeline;
+    this.exited = new Promise((resolve) => this.proc.once('exit', () => resolve()));
+    this.closed = new Promise((resolve) => this.proc.once('close', () => resolve()));
     // 'close', not 'exit': by then every line it printed has been read.
     this.proc.on('close', () => this.lost(new Error('shell runner exited')));
     this.proc.on('error', (e) => this.lost(new Error(`shell runner ${RUNNER} could not start: ${e.message}`)));
-    this.proc.stdin.on('error', () => (this.dead = true));
+    stdin.on('error', () => (this.dead = true));
+    lifeline.on('error', () => undefined);
     // Its own messages ("Terminated" for a killed job) are not any command's stderr.
-    this.proc.stderr.resume();
-    readline.createInterface({ input: this.proc.stdout }).on('line', (l) => {
+    stderr.resume();
+    readline.createInterface({ input: stdout }).on('line', (l) => {
       if (this.batch && l === `D ${this.batch.id}`) this.batch.done();
     });
-    this.proc.stdin.write(`${PRELUDE}\n`);
+    stdin.write(`${prelude(this.prefix)}\n`);
     // Let Node's event loop drain while an idle shell is around; beforeExit then closes it.
     this.proc.unref();
-    for (const s of [this.proc.stdout, this.proc.stdin, this.proc.stderr]) (s as unknown as { unref?: () => void }).unref?.();
+    for (const s of [stdin, stdout, stderr, lifeline]) (s as unknown as { unref?: () => void }).unref?.();
   }
 
   private lost(e: Error): void {
@@ -164,7 +189,7 @@ class Shell {
 
   async run(cmds: ShellCommand[], files: string[]): Promise<ShellResult[]> {
     const id = ++this.seq;
-    const jobs: Job[] = cmds.map((cmd) => ({ cmd, base: path.join(this.dir, `${process.pid}-${++fileSeq}`), timedOut: false, killed: false }));
+    const jobs: Job[] = cmds.map((cmd) => ({ cmd, base: `${this.prefix}-${++fileSeq}`, timedOut: false, killed: false }));
     const start = jobs.map((j, i) => {
       const b = quote(j.base);
       const argv = [files[i]!, ...j.cmd.args].map(quote).join(' ');
@@ -179,7 +204,7 @@ class Shell {
         if (this.dead) return reject(new Error('shell runner exited'));
         // bash reads a script on a pipe one byte per read(2), but a sourced file whole, before running it.
         fs.writeFileSync(this.script, `${start.join('\n')}\nqh_reap ${jobs.length} ${id}\n`);
-        this.proc.stdin.write(`. ${quote(this.script)}\n`);
+        this.stdin.write(`. ${quote(this.script)}\n`);
         for (const j of jobs) j.timer = setTimeout(() => this.expire(j), limitMs(j.cmd.timeoutMs));
       });
     } catch (e) {
@@ -205,28 +230,42 @@ class Shell {
           fs.rmSync(j.base + ext, { force: true });
         }
       };
-      const rc = Number.parseInt(read('.rc').trim(), 10);
+      // The PID file goes first: a PID file without a status file means "not reaped" to the watchdog.
       fs.rmSync(j.base + '.pid', { force: true });
+      const rc = Number.parseInt(read('.rc').trim(), 10);
       const status = j.timedOut ? (j.killed ? KILLED_RC : TIMEOUT_RC) : Number.isNaN(rc) ? 255 : rc;
       return { rc: status, stdout: read('.out'), stderr: read('.err'), timedOut: j.timedOut };
     });
   }
 
-  /** Stops the commands still running (their results are no longer wanted) and lets the shell reach the end of its input. */
+  /**
+   * For process exit: KILLs the commands still running, since no one will
+   * read their results and no grace can be waited for, and ends the shell's
+   * input and the watchdog's pipe.
+   */
   close(): void {
     this.dead = true;
     for (const j of this.batch?.jobs ?? []) {
       const pid = unreaped(j);
-      if (pid !== undefined) signal(pid, 'SIGTERM');
+      if (pid !== undefined) signal(pid, 'SIGKILL');
     }
-    this.proc.stdin.end();
+    this.stdin.end();
+    this.lifeline.destroy();
   }
 
-  /** close(), then waits for the shell to exit, so that it is reaped and its CPU counted as this process's children's. */
+  /**
+   * Lets the shell finish what it runs and reach the end of its input, and
+   * waits until it has exited: reaped, its CPU (and that of every command it
+   * reaped) is counted as this process's children's. The watchdog's pipe is
+   * closed only then, so it finds nothing left to stop.
+   */
   async shutdown(): Promise<void> {
     this.proc.ref();
-    this.close();
+    this.dead = true;
+    this.stdin.end();
     await this.exited;
+    this.lifeline.destroy();
+    await this.closed;
   }
 }
 

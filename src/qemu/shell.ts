@@ -16,8 +16,14 @@
  * and its exit status to another only after reaping it; Node signals only
  * while the status file is absent, so only an unreaped (running or zombie)
  * process, whose PID cannot have been reused. What is left is the moment
- * between the shell's reap and its write, microseconds; and the signal goes
- * to the process group, which a recycled PID would also have to lead.
+ * between the shell's reap and its write (the shell reaching its next
+ * statement); and the signal goes to the process group, which a recycled PID
+ * would also have to lead. Checking a file rather than a line on stdout also
+ * keeps a timer that fires late, while Node was busy, from killing (or
+ * calling timed out) a command that ended in time.
+ *
+ * If Node dies without closing them (SIGKILL), a watchdog in each shell stops
+ * the commands still running, as `timeout` did when it outlived its caller.
  *
  * Exit codes, stdout and stderr come back through files in a private temp
  * directory. When the event loop drains, the shells are told to exit and are
@@ -150,6 +156,8 @@ class Shell {
     this.closed = new Promise((resolve) => this.proc.once('close', () => resolve()));
     // 'close', not 'exit': by then every line it printed has been read.
     this.proc.on('close', () => this.lost(new Error('shell runner exited')));
+    // The watchdog outlives the shell until its pipe ends.
+    this.proc.on('exit', () => lifeline.destroy());
     this.proc.on('error', (e) => this.lost(new Error(`shell runner ${RUNNER} could not start: ${e.message}`)));
     stdin.on('error', () => (this.dead = true));
     lifeline.on('error', () => undefined);
@@ -212,6 +220,8 @@ class Shell {
       for (const j of jobs) {
         const pid = unreaped(j);
         if (pid !== undefined) signal(pid, 'SIGKILL');
+        // Without the shell no status file will come: the watchdog must not take the PID for a live one.
+        fs.rmSync(j.base + '.pid', { force: true });
       }
       this.proc.kill('SIGKILL');
       throw e;

@@ -152,7 +152,8 @@ class Shell {
     const [stdin, stdout, stderr, lifeline] = this.proc.stdio as unknown as [Writable, Readable, Readable, Writable];
     this.stdin = stdin;
     this.lifeline = lifeline;
-    this.exited = new Promise((resolve) => this.proc.once('exit', () => resolve()));
+    // A shell that could not start has 'error' and 'close' but no 'exit'.
+    this.exited = new Promise((resolve) => (this.proc.once('exit', () => resolve()), this.proc.once('close', () => resolve())));
     this.closed = new Promise((resolve) => this.proc.once('close', () => resolve()));
     // 'close', not 'exit': by then every line it printed has been read.
     this.proc.on('close', () => this.lost(new Error('shell runner exited')));
@@ -325,9 +326,12 @@ class ShellPool {
   /** Closes every shell and waits until each has exited and been reaped. */
   async shutdown(): Promise<void> {
     const shells = this.shells;
+    const dir = this.dir;
+    // A call made meanwhile starts a new shell in a new directory, which this one's removal must not take.
     this.shells = [];
+    this.dir = undefined;
     await Promise.all(shells.map((s) => s.shutdown()));
-    if (this.dir) fs.rmSync(this.dir, { recursive: true, force: true });
+    if (dir) fs.rmSync(dir, { recursive: true, force: true });
   }
 }
 

@@ -20,13 +20,13 @@ describe('corpus replay', () => {
       const r = await replayEntry(dir);
       const got = r.failure ? `${r.failure.oracle}: ${r.failure.message}` : 'clean';
       expect(r.passed, `${r.id} [${r.target}] expected ${r.expected}; got ${got}\n  ops: ${r.entry.ops.join(' ; ')}`).toBe(true);
-    }, 120_000);
+    });
   }
   // Whoever's repair a hostile-image entry documents, ours must leave that patched image clean and reading back.
   for (const dir of entries.filter((d) => readEntry(d).hostile)) {
     it(`our engine repairs ${path.basename(dir)}`, async () => {
       const r = await replayEntry(dir, { target: 'ts' });
       expect(r.failure, r.failure && `${r.failure.oracle}: ${r.failure.message}`).toBeUndefined();
-    }, 120_000);
+    });
   }
 });

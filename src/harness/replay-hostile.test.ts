@@ -43,7 +43,7 @@ describe('hostile-image entries', () => {
       expect(r.failure, `${target}: ${r.failure?.message}`).toBeUndefined();
       expect(r.passed).toBe(true);
     }
-  }, 120_000);
+  });
 
   it('names a repair that leaves the guest reading something else than the ops wrote', async () => {
     // L2 entry 16 (guest 1 MiB, never written) made to share the data cluster at 0x50000: check -r all fixes the
@@ -55,7 +55,7 @@ describe('hostile-image entries', () => {
       expect(r.failure?.oracle, target).toBe('repair');
       expect(r.failure?.message, target).toMatch(/^the repaired image: at guest offset 1048576 expected zeros, read /);
     }
-  }, 120_000);
+  });
 
   it('refuses a patch whose bytes the base image does not hold (another layout), before any repair', async () => {
     const misfit = { offset: 0x10000, from: '0000000000030000', to: '0000000000030001', what: 'reftable entry 0' };
@@ -64,7 +64,7 @@ describe('hostile-image entries', () => {
       oracle: 'exception',
       message: 'the base image holds 0000000000020000 at offset 65536, not 0000000000030000 (reftable entry 0): the producer laid the image out differently',
     });
-  }, 120_000);
+  });
 
   it('says which targets can repair', async () => {
     const f = await runHostile(readEntry(entryWith('libqcow', [UNUSED_REFTABLE_ENTRY])), 'libqcow', tmp);
@@ -107,7 +107,7 @@ describe('corpus/qemu-check-repair-corrupts-reftable-reserved/repro.sh', () => {
     expect(r.stdout).toContain('refcount table entry 0 at offset 65536: 0000000000020000 -> 0000000000020001');
     expect(r.stdout).toContain('Preventing invalid write on metadata (overlaps with refcount block)');
     expect(r.stdout).toContain('BUG: check -r all exits 1; qemu-img check after the repair exits 2; the repair marked the image corrupt');
-  }, 60_000);
+  });
 
   it('exits 0 once the repair works: the same qemu-img with its overlap check off for check -r all', async () => {
     // The rebuild's only mistake is tripping its own overlap check (trace.json); without it the repair succeeds.
@@ -124,5 +124,5 @@ describe('corpus/qemu-check-repair-corrupts-reftable-reserved/repro.sh', () => {
     expect(r.exitCode, r.stdout + r.stderr).toBe(0);
     expect(r.stdout).toContain('qemu-img check -r all: exit 0');
     expect(r.stdout.trim().split('\n').at(-1)).toBe('no problem found');
-  }, 60_000);
+  });
 });

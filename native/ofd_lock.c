@@ -25,6 +25,14 @@
  * willNeed(fd, offset, len) is posix_fadvise(POSIX_FADV_WILLNEED), which
  * queues the range's reads without waiting for them. Returns 0 or -errno
  * and changes no data.
+ *
+ * And its counterpart on the write side: startWriteback(fd, offset, len) is
+ * sync_file_range(SYNC_FILE_RANGE_WRITE), which starts writing the range's
+ * dirty pages to the device without waiting for them and without any
+ * durability promise (the caller's fsync still gives that). A long copy
+ * that starts writeback behind itself overlaps the device's writing with
+ * its own copying, instead of leaving all of it to the final fsync.
+ * Returns 0 or -errno and changes no data.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -163,12 +171,24 @@ static napi_value will_need(napi_env env, napi_callback_info info) {
   return make_int(env, -posix_fadvise(fd, (off_t)offset, (off_t)len, POSIX_FADV_WILLNEED));
 }
 
+static napi_value start_writeback(napi_env env, napi_callback_info info) {
+  int32_t fd;
+  int64_t offset, len;
+  if (read_range_args(env, info, &fd, &offset, &len) < 0) return NULL;
+  int r;
+  do {
+    r = sync_file_range(fd, (off_t)offset, (off_t)len, SYNC_FILE_RANGE_WRITE);
+  } while (r == -1 && errno == EINTR);
+  return make_int(env, r == -1 ? -errno : 0);
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
     { "setlk", NULL, setlk, NULL, NULL, NULL, napi_enumerable, NULL },
     { "getlk", NULL, getlk, NULL, NULL, NULL, napi_enumerable, NULL },
     { "zeroRange", NULL, zero_range, NULL, NULL, NULL, napi_enumerable, NULL },
     { "willNeed", NULL, will_need, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "startWriteback", NULL, start_writeback, NULL, NULL, NULL, napi_enumerable, NULL },
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

@@ -111,7 +111,7 @@ export async function convertCommand(argv: string[], ctx: CliContext): Promise<n
     assertReplaceable(dst, dstName);
     const size = src.device.virtualSize;
     if (outFmt === 'raw') {
-      convertToRaw(src, tmp);
+      await convertToRaw(src, tmp);
     } else {
       const out = createQcow2File(tmp, { ...(opts as Omit<CreateOptions, 'size'>), size });
       try {

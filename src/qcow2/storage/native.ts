@@ -18,6 +18,8 @@ export interface NativeAddon {
   willNeed?(fd: number, offset: number, len: number): number;
   /** sync_file_range(SYNC_FILE_RANGE_WRITE): starts writeback of a range, no durability: 0 or -errno. Absent from older builds. */
   startWriteback?(fd: number, offset: number, len: number): number;
+  /** The address of view's first byte modulo align (a power of two), for O_DIRECT buffers. Absent from older builds. */
+  addressMod?(view: Uint8Array, align: number): number;
 }
 
 export const ADDON_RELATIVE_PATH = 'native/build/Release/ofd_lock.node';

@@ -73,7 +73,7 @@ it('our engine runs aio groups as some serial order (fixed seed)', async () => {
   expect(t.runs).toBe(40);
   expect(t.groups).toBeGreaterThan(40);
   expect(t.overlapping).toBeGreaterThan(30);
-}, 120_000);
+});
 
 it('QEMU keeps data and metadata right with requests in flight (fixed seed)', async () => {
   const t = await aioCampaign('qemu', 1013, 30, 8);
@@ -82,7 +82,7 @@ it('QEMU keeps data and metadata right with requests in flight (fixed seed)', as
   expect(t.runs).toBe(30);
   expect(t.groups).toBeGreaterThan(15);
   expect(t.overlapping).toBeGreaterThan(10);
-}, 120_000);
+});
 
 const example = path.join(import.meta.dirname, '..', 'src', 'harness', 'targets', 'cmd-example-qemu.mjs');
 
@@ -92,10 +92,10 @@ it('a cmd program that lists the aio capability gets groups, and passes (fixed s
   expect(t.failures).toEqual([]);
   expect(t.runs).toBe(10);
   expect(t.groups).toBeGreaterThan(3);
-}, 120_000);
+});
 
 it('a cmd program that does not list it never gets one', async () => {
   const t = await aioCampaign(`cmd:node ${example}`, 77, 4, 6);
   expect(t.failures).toEqual([]);
   expect(t.groups).toBe(0);
-}, 120_000);
+});

@@ -62,14 +62,14 @@ it('our engine keeps bitmaps exact (fixed seed)', async () => {
   expect(t.failures).toEqual([]);
   expect(t.added).toBeGreaterThan(10);
   expect(t.dirtied).toBeGreaterThan(3);
-}, 600_000);
+});
 
 it('QEMU keeps bitmaps as the model says (fixed seed)', async () => {
   const t = await campaign('qemu', 1011, 8, 10);
   console.log(`bitmaps suite qemu: ${t.runs} runs, ${t.added} bitmaps added, ${t.dirtied} dirty at the end`);
   expect(t.failures).toEqual([]);
   expect(t.added).toBeGreaterThan(3);
-}, 600_000);
+});
 
 it('a refused compressed write still dirties its granules, on both (QEMU marks every request that reached the driver)', async () => {
   const config: TraceConfig = { size: 1 << 20, clusterSize: 65536, refcountBits: 16, compat: '1.1', lazyRefcounts: false, extendedL2: false, compressionType: 'zlib' };
@@ -84,4 +84,4 @@ it('a refused compressed write still dirties its granules, on both (QEMU marks e
     expect([...r.refused], target).toEqual([2]);
     expect(r.model!.bitmaps.list[0]!.dirty.size, target).toBe(1 + 128);
   }
-}, 120_000);
+});

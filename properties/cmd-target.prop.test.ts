@@ -17,7 +17,7 @@ const config = { size: 65536, clusterSize: 4096, refcountBits: 16, compat: '1.1'
 it('a protocol-speaking program passes the oracles (fixed seed)', async () => {
   const r = await assertTraces(`cmd:node ${example}`, { seed: 77, numRuns: 6, maxOps: 6 });
   expect(r.runs).toBe(6);
-}, 120_000);
+});
 
 it('a program that answers garbage or dies is a failure, not a pass', async () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'qh-cmd-'));
@@ -34,4 +34,4 @@ it('a program that answers garbage or dies is a failure, not a pass', async () =
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }
-}, 60_000);
+});

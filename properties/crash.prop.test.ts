@@ -33,4 +33,4 @@ it('crash images of our engine open, check clean and keep flushed data (fixed se
   expect(d.states).toBeGreaterThan(2 * d.crashOps);
   // qemu-img check (a process each) stays within its per-op budget.
   expect(d.qemuChecks).toBeLessThanOrEqual(CRASH_QEMU_CHECKS_PER_OP * d.crashOps);
-}, 120_000);
+});

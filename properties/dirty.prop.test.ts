@@ -50,7 +50,7 @@ describe('dirty images', () => {
       } finally {
         fs.rmSync(r.dir, { recursive: true, force: true });
       }
-    }, 60_000);
+    });
   }
 
   it('only refcount mismatches pass for a dirty image: any other complaint of qemu-img check is kept', () => {
@@ -67,7 +67,7 @@ describe('dirty images', () => {
     } finally {
       fs.rmSync(r.dir, { recursive: true, force: true });
     }
-  }, 60_000);
+  });
 
   it('the qemu-only repro.sh of a dirty trace kills qemu-io after each flush and checks the repaired image (exit 0: nothing wrong)', async () => {
     const r = await runTrace(makeTarget('qemu'), dirty, { ops });
@@ -78,12 +78,12 @@ describe('dirty images', () => {
     const out = spawnSync('sh', [file], { encoding: 'utf8' });
     expect(out.stdout).toContain('no problem found');
     expect(out.status).toBe(0);
-  }, 60_000);
+  });
 
   it('readers read dirty images of the other engine', async () => {
     for (const [target, producer] of [['ts', 'qemu'], ['qemu', 'ts']] as const) {
       const r = await runTrace(makeTarget(target, { producer }), dirty, { ops });
       expect(r.failure, `${target} reading ${producer}`).toBeUndefined();
     }
-  }, 60_000);
+  });
 });

@@ -61,7 +61,7 @@ it('our engine survives an I/O error at any point of an op (fixed seed)', async 
   expect(t.runs).toBe(60);
   expect(t.faults).toBeGreaterThan(80);
   expect(t.failedFaults).toBeGreaterThan(20);
-}, 120_000);
+});
 
 it('QEMU survives an I/O error at a blkdebug event of an op (fixed seed)', async () => {
   const t = await faultCampaign('qemu', 1226, 40, 8);
@@ -70,4 +70,4 @@ it('QEMU survives an I/O error at a blkdebug event of an op (fixed seed)', async
   expect(t.runs).toBe(40);
   expect(t.faults).toBeGreaterThan(40);
   expect(t.failedFaults).toBeGreaterThan(10);
-}, 120_000);
+});

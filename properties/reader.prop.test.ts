@@ -47,14 +47,14 @@ describe('reader targets', () => {
     const r = await replayEntry(dir, { tmpRoot: tmp });
     expect(r.passed).toBe(false);
     expect(r.failure?.message).toContain('reader ');
-  }, 90_000);
+  });
 
   it('a reader that ignores the backing file misreads at the end, blamed on the reader', async () => {
     const config: TraceConfig = { ...plain, backing: { format: 'qcow2', size: 65536, clusterSize: 4096, writes: [[0, 8192]] } };
     const r = await runTrace(makeTarget(`cmd:python3 ${baseline} --ignore-backing`, { producer: 'qemu' }), config, { ops: [write] });
     expect(r.failure?.oracle).toBe('read');
     expect(r.failure?.message).toMatch(/^reader cmd:.*at guest offset 0 expected backing/);
-  }, 30_000);
+  });
 
   it('the honest baseline reads images of both producers, snapshots included', async () => {
     const ops = [write, { kind: 'snapshot' as const, action: 'create' as const, name: 's1' }, { kind: 'write-zeroes' as const, off: 0, len: 8192, unmap: false }];
@@ -63,13 +63,13 @@ describe('reader targets', () => {
       expect(r.failure, `producer ${producer}`).toBeUndefined();
       expect(r.readerMode).toBe(true);
     }
-  }, 30_000);
+  });
 
   it('a reader that reports a disk one sector bigger than it is fails, though every read is right', async () => {
     const r = await runTrace(makeTarget(`cmd:python3 ${baseline} --oversize`, { producer: 'qemu' }), plain, { ops: [write] });
     expect(r.failure?.oracle).toBe('read');
     expect(r.failure?.message).toMatch(/^reader cmd:.*after op #1: reports a disk of 66048 bytes, the model's is 65536$/);
-  }, 30_000);
+  });
 
   // qcow2 over qcow2 over raw, sizes shrinking down the chain, each level written.
   const chain: TraceConfig = {
@@ -92,7 +92,7 @@ describe('reader targets', () => {
     // Cluster 0 was copied up by the write; past it the middle level's first write shows (stamp base + 1000).
     const r = await runTrace(makeTarget(`cmd:python3 ${baseline} --ignore-backing`, { producer: 'qemu' }), chain, { ops });
     expect(r.failure?.message).toMatch(/^reader cmd:.*at guest offset 4096 expected backing write #1000, read zeros/);
-  }, 60_000);
+  });
 
   it('preallocation=metadata images read as zeros (or the backing file, with extended L2) both ways', async () => {
     const ops = [write, { kind: 'write-compressed' as const, off: 8192, len: 4096 }, { kind: 'discard' as const, off: 0, len: 16384 }];
@@ -104,7 +104,7 @@ describe('reader targets', () => {
         expect(r.failure, `${target} reading ${producer}, ${JSON.stringify(config)}`).toBeUndefined();
       }
     }
-  }, 60_000);
+  });
 
   it('our engine and QEMU read each other’s images', async () => {
     const ops = [write, { kind: 'write-compressed' as const, off: 8192, len: 4096 }, { kind: 'snapshot' as const, action: 'create' as const, name: 's1' }, { kind: 'discard' as const, off: 4096, len: 4096 }];
@@ -112,7 +112,7 @@ describe('reader targets', () => {
       const r = await runTrace(makeTarget(target, { producer }), plain, { ops });
       expect(r.failure, `${target} reading ${producer}`).toBeUndefined();
     }
-  }, 30_000);
+  });
 });
 
 describe('refusals', () => {
@@ -120,7 +120,7 @@ describe('refusals', () => {
     const r = await runTrace(makeTarget(`cmd:python3 ${refusing}`), { ...plain, extendedL2: true, clusterSize: 16384 }, { ops: [write] });
     expect(r.failure).toBeUndefined();
     expect(r.refusal?.features).toEqual(['extended_l2']);
-  }, 30_000);
+  });
 
   it('a campaign on a reader that declines everything has refusals and no failures', async () => {
     const stats = await runCampaign({ target: `cmd:python3 ${refusing} --everything`, seed: 3, runs: 4, maxOps: 3, tmpRoot: path.join(tmp, 'runs') });
@@ -129,7 +129,7 @@ describe('refusals', () => {
     expect(stats.refusedRuns).toBe(4);
     expect(Object.values(stats.refusals).reduce((a, b) => a + b, 0)).toBeGreaterThanOrEqual(4);
     expect(stats.declined).toEqual([]); // a reader's refusal never steers
-  }, 60_000);
+  });
 
   it('a writer declining a configuration at create is counted and steers generation away', async () => {
     const writer = path.join(tmp, 'declining-writer.sh');
@@ -141,7 +141,7 @@ describe('refusals', () => {
     const c: TraceConfig = { ...plain, clusterSize: 65536, extendedL2: true, compressionType: 'zstd' };
     expect(steer(c, new Set(['extended_l2']))).toEqual({ ...c, extendedL2: false });
     expect(steer({ ...plain, compat: '0.10' }, new Set(['compat=0.10'])).compat).toBe('1.1');
-  }, 60_000);
+  });
 });
 
 describe('misbehaving readers are clear failures, never harness exceptions', () => {
@@ -151,24 +151,24 @@ describe('misbehaving readers are clear failures, never harness exceptions', () 
     const r = await run('crash');
     expect(r.failure?.oracle).toBe('exception');
     expect(r.failure?.message).toMatch(/exited \(exit status 139\) during 'read'.*segfault in read/);
-  }, 30_000);
+  });
 
   it('hang: reported as a hang', async () => {
     const r = await run('hang', 800);
     expect(r.failure?.oracle).toBe('hang');
-  }, 30_000);
+  });
 
   it('garbage: a non-JSON line', async () => {
     const r = await run('garbage');
     expect(r.failure?.oracle).toBe('exception');
     expect(r.failure?.message).toContain("not a JSON line in reply to 'open': opening the image now");
-  }, 30_000);
+  });
 
   it('short read: named with both lengths', async () => {
     const r = await run('short');
     expect(r.failure?.oracle).toBe('exception');
     expect(r.failure?.message).toMatch(/read returned 3 bytes, wanted \d+/);
-  }, 30_000);
+  });
 });
 
 describe('target-check', () => {
@@ -178,7 +178,7 @@ describe('target-check', () => {
     expect(good.length).toBeGreaterThanOrEqual(8);
     const stale = await targetCheck(`python3 ${baseline} --stale`);
     expect(stale.filter((p) => !p.ok).map((p) => p.probe)).toEqual(['open again after the image changed']);
-  }, 60_000);
+  });
 
   it('a crashing reader gets one line per failed probe', async () => {
     const r = await targetCheck(`sh ${bad} crash`, { timeoutMs: 1500 });
@@ -186,7 +186,7 @@ describe('target-check', () => {
     expect(failed.length).toBeGreaterThan(0);
     for (const p of failed) expect(p.detail).not.toMatch(/harness problem/);
     expect(failed.some((p) => /exited \(exit status 139\)/.test(p.detail ?? ''))).toBe(true);
-  }, 60_000);
+  });
 });
 
 describe('the libqcow target', () => {
@@ -199,7 +199,7 @@ describe('the libqcow target', () => {
     expect(r.exitCode).toBe(2);
     expect(r.stderr.trim().split('\n')).toHaveLength(1);
     expect(r.stderr).toContain('python3-libqcow');
-  }, 30_000);
+  });
 });
 
 describe('external reader entries', () => {
@@ -209,5 +209,5 @@ describe('external reader entries', () => {
     expect(r.failure).toBeUndefined();
     expect(r.passed).toBe(false);
     expect(r.note).toMatch(/libqcow 20201213.*no longer shows/);
-  }, 30_000);
+  });
 });

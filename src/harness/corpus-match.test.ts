@@ -41,7 +41,7 @@ describe('a finding names the corpus entries it repeats', () => {
     const s = await runCampaign({ ...base, corpusDir: path.join(root, 'a') });
     expect(s.failures.length).toBe(1);
     first = s.failures[0]!;
-  }, 120_000);
+  });
   afterAll(() => fs.rmSync(root, { recursive: true, force: true }));
 
   it('the entry a finding is saved as is not a match of itself', () => {
@@ -72,7 +72,7 @@ describe('a finding names the corpus entries it repeats', () => {
       { id: 'prefix-other-config', how: 'prefix', sameConfig: false },
     ]);
     expect(formatFailure(f)).toContain('matches corpus same-other-oracle (same ops, same config), prefix-other-config (its ops as a prefix; config differs)');
-  }, 120_000);
+  });
 
   it('corpusMatches reads entries as saved, whatever their key order', () => {
     const dir = path.join(root, 'b');

@@ -26,6 +26,29 @@ export interface ExternalExpectation {
   cost?: CostExpectation;
 }
 
+/**
+ * A hostile-image entry: a bug no op trace reaches, because it needs an image
+ * no engine writes. The entry's ops, run by `producer`, write a base image;
+ * `patch` then changes bytes of it (as a bad disk or another writer could);
+ * the target repairs the result with check -r `repair`, and the repair must
+ * leave an image qemu-img check passes, that opens read/write, and whose guest
+ * view is what the ops wrote (replay-hostile.ts).
+ */
+export interface HostileImage {
+  producer: 'qemu' | 'ts';
+  patch: BytePatch[];
+  repair: 'leaks' | 'all';
+}
+
+/** Bytes at a file offset: `from` (hex) is what the base image must hold there, `to` what is written. */
+export interface BytePatch {
+  offset: number;
+  from: string;
+  to: string;
+  /** What the bytes are and what the change means, for a reader of trace.json. */
+  what: string;
+}
+
 /** The entry's ops, run through qemu-img at each cluster size, must grow by this factor per doubling. */
 export interface CostExpectation {
   clusterSizes: number[];
@@ -53,6 +76,8 @@ export interface TraceFile {
   producer?: 'qemu' | 'ts';
   /** What the implementation under test said it is (a reader's `implementation`, e.g. "libqcow 20201213"). */
   implementation?: string;
+  /** Present when the entry is a hostile image to repair rather than an op trace to run. */
+  hostile?: HostileImage;
 }
 
 /** The target as signatures and ids see it: a reader target is named with its producer. */
@@ -171,7 +196,26 @@ export function readEntry(dir: string): TraceFile & { ops: string[]; parsedOps: 
   }
   const problems = configProblems(t.config);
   if (problems.length) throw new CorpusFormatError(`${file}: bad config: ${problems.join('; ')}`);
+  const hostile = t.hostile ? hostileProblems(t.hostile) : [];
+  if (hostile.length) throw new CorpusFormatError(`${file}: bad hostile image: ${hostile.join('; ')}`);
   return { ...t, parsedOps: t.ops.map(parseOp) };
+}
+
+const HEX_BYTES = /^(?:[0-9a-f]{2})+$/i;
+
+/** What is wrong with a hostile block, in words (empty when nothing is). */
+export function hostileProblems(h: HostileImage): string[] {
+  const p: string[] = [];
+  if (h.producer !== 'qemu' && h.producer !== 'ts') p.push(`hostile.producer '${String(h.producer)}' is not qemu or ts`);
+  if (h.repair !== 'leaks' && h.repair !== 'all') p.push(`hostile.repair '${String(h.repair)}' is not leaks or all`);
+  if (!Array.isArray(h.patch) || h.patch.length === 0) return [...p, 'hostile.patch must list at least one byte patch'];
+  h.patch.forEach((b, i) => {
+    if (!Number.isSafeInteger(b.offset) || b.offset < 0) p.push(`hostile.patch[${i}].offset must be a byte offset`);
+    if (typeof b.from !== 'string' || typeof b.to !== 'string' || !HEX_BYTES.test(b.from) || !HEX_BYTES.test(b.to)) {
+      p.push(`hostile.patch[${i}]: from and to must be hex bytes`);
+    } else if (b.from.length !== b.to.length) p.push(`hostile.patch[${i}]: from and to must be the same length`);
+  });
+  return p;
 }
 
 /** Every entry directory under a corpus directory (skipping temporaries). */
@@ -228,7 +272,8 @@ export function corpusMatches(
     } catch {
       continue; // a broken entry is reported by replay, not here
     }
-    if (t.id === self || targetKey(t.target, t.producer) !== key || t.ops.length === 0 || t.ops.length > f.ops.length) continue;
+    // A hostile entry's ops only build its base image: a trace that repeats them has not met its bug.
+    if (t.hostile || t.id === self || targetKey(t.target, t.producer) !== key || t.ops.length === 0 || t.ops.length > f.ops.length) continue;
     if (!t.ops.every((x, i) => x === f.ops[i])) continue;
     out.push({ id: t.id, how: t.ops.length === f.ops.length ? 'same ops' : 'prefix', sameConfig: canonical(t.config) === config });
   }

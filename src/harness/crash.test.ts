@@ -142,19 +142,19 @@ describe('a planted missing data barrier (tests/support/planted-barrier.ts)', ()
     expect(r.dropped).toBe(0);
     expect(r.problem).toBeUndefined();
     expect(r.qemuChecks).toBeGreaterThan(0);
-  }, 30_000);
+  });
 
   it('with the barrier dropped, the crash oracle sees data the guest never wrote', async () => {
     const r = await run(true);
     expect(r.dropped).toBeGreaterThan(0);
     expect(r.problem).toMatch(/at guest offset 4096 read stale bytes of host sector \d+/);
     expect(r.problem).toMatch(/every-(subset|prefix)/);
-  }, 30_000);
+  });
 
   it('zero-filled crash images would have hidden it (why stale fill exists)', async () => {
     const r = await run(true, 'zeros');
     expect(r.dropped).toBeGreaterThan(0);
     // The sector read zeros, which it held at the flush: nothing for the guest check to see.
     expect(r.problem ?? '').not.toMatch(/guest offset 4096/);
-  }, 30_000);
+  });
 });

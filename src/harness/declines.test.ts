@@ -49,7 +49,7 @@ describe('what the qemu target declines on an encrypted image', () => {
     const strict = await runTrace(makeTarget('qemu', { strict: true }), aes, { ops }, { tmpRoot });
     expect(strict.failure?.oracle).toBe('op');
     expect(strict.failure?.message).toContain('must be refused');
-  }, 60_000);
+  });
 });
 
 describe('configurations the cmd protocol cannot carry', () => {

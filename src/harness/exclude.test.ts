@@ -36,7 +36,7 @@ describe('fuzz --exclude', () => {
     expect(configs.length).toBeGreaterThan(0);
     expect(configs.every((c) => c.compressionType === 'zlib')).toBe(true);
     expect(some.opCounts['write'] ?? 0).toBeGreaterThan(0);
-  }, 120_000);
+  });
 
   it('the proxy hides only the excluded kinds and acts on the target itself', () => {
     const t = makeTarget('ts');

@@ -15,7 +15,7 @@ beforeAll(async () => {
     const r = HOSTILE_RECIPES.find((x) => x.name === name)!;
     images.set(name, readFileSync(await r.build(dir)));
   }
-}, 60_000);
+});
 
 describe.each(['v2-64k-snap', 'v3-64k-compressed-snaps', 'v3-32k-extl2'])('%s', (name) => {
   const img = (): Uint8Array => images.get(name)!;

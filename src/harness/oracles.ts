@@ -16,7 +16,21 @@ import { mediaSizeProblem } from './reader/size.js';
 import type { Target } from './targets/types.js';
 import { describeMismatch, verifyRange } from './verify.js';
 
-export type OracleName = 'op' | 'read' | 'snapshot-read' | 'check' | 'compare' | 'info' | 'bitmap' | 'own-check' | 'crash' | 'hang' | 'exception' | 'cost';
+/** 'repair': a hostile-image entry's repair and the image it left (replay-hostile.ts). */
+export type OracleName =
+  | 'op'
+  | 'read'
+  | 'snapshot-read'
+  | 'check'
+  | 'compare'
+  | 'info'
+  | 'bitmap'
+  | 'own-check'
+  | 'crash'
+  | 'hang'
+  | 'exception'
+  | 'cost'
+  | 'repair';
 
 export interface Failure {
   oracle: OracleName;

@@ -50,5 +50,5 @@ describe('campaign determinism and shards', () => {
     expect([s1.runs, s1.ops]).toEqual([2, chunkOps[1]!]);
     // The summary's opCounts are the generated runs' ops, kind by kind.
     expect(whole.opCounts).toEqual(kinds);
-  }, 120_000);
+  });
 });

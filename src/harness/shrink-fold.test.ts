@@ -99,21 +99,21 @@ describe('folding an amend into the configuration', () => {
     expect(r.steps[0]).toBe("folded op #2 'amend refcount_bits=2' into the configuration");
     expect(r.complete).toBe(true);
     expect(r.outcome?.failure?.oracle).toBe('read');
-  }, 60_000);
+  });
 
   it('an amend the bug needs stays (the folded trace passes), while the repeats still go', async () => {
     const r = await fold(true, ops('write 0 512', 'amend refcount_bits=2', 'snapshot -c s0', 'write 0 512', 'write 0 512'));
     expect(r.config).toEqual(config);
     expect(r.ops.map((o) => o.kind)).toEqual(['write', 'amend', 'write']);
     expect(r.steps.some((s) => s.startsWith('folded'))).toBe(false);
-  }, 60_000);
+  });
 
   it('a move that changes the failure (another oracle or message) is not kept', async () => {
     // Without the writes the planted bug never shows: dropping them would pass, never fail alike.
     const r = await fold(false, ops('write 0 512', 'write 512 512'), { ...config, refcountBits: 2 });
     expect(r.ops).toHaveLength(2);
     expect(r.steps).toEqual([]);
-  }, 60_000);
+  });
 
   it('the pass stops when its budget is spent, keeping what it has', async () => {
     let left = 1;
@@ -130,7 +130,7 @@ describe('folding an amend into the configuration', () => {
     // The first move (the fold) was kept: the failing op is the third, so 3 ops ran and 2 are left.
     expect(r.ops.map((o) => o.kind)).toEqual(['write', 'write']);
     expect(r.config.refcountBits).toBe(2);
-  }, 60_000);
+  });
 });
 
 describe('minimize folds too', () => {
@@ -141,7 +141,7 @@ describe('minimize folds too', () => {
     expect(m.failure?.oracle).toBe('read');
     expect(m.config.refcountBits).toBe(2);
     expect(m.ops.map((o) => o.kind)).toEqual(['write', 'write']);
-  }, 60_000);
+  });
 });
 
 describe('a campaign saves the folded trace', () => {
@@ -157,5 +157,5 @@ describe('a campaign saves the folded trace', () => {
     expect(f!.ops).toEqual(['write 0 512', 'write 0 512']);
     expect(f!.shrinkComplete).toBe(true);
     expect(f!.oracle).toBe('read');
-  }, 300_000);
+  });
 });

@@ -47,7 +47,7 @@ describe('shrinking has a budget of its own', () => {
   let free: CampaignStats;
   beforeAll(async () => {
     free = await runCampaign({ ...base, runs: 10, targetFactory: () => new PlantedTarget(() => {}) });
-  }, 120_000);
+  });
 
   it('a failure found as the deadline passes is shrunk to the same trace as with no deadline', async () => {
     // The first failing chunk's failure (later chunks may find more).
@@ -78,7 +78,7 @@ describe('shrinking has a budget of its own', () => {
     expect(f.config).toEqual(full.config);
     // Generation stopped at the deadline: the chunk's later runs and later chunks never ran.
     expect(late.runs).toBeLessThanOrEqual(free.runs);
-  }, 120_000);
+  });
 
   it('a shrink that outlives its budget is reported as such, with the best trace so far', async () => {
     const t = steppedClock();
@@ -99,5 +99,5 @@ describe('shrinking has a budget of its own', () => {
     expect(f.shrinkComplete).toBe(false);
     expect(f.shrinkSeconds).toBeGreaterThanOrEqual(10);
     expect(f.ops.length).toBeGreaterThan(free.failures[0]!.ops.length);
-  }, 120_000);
+  });
 });

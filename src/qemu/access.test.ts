@@ -79,5 +79,5 @@ describe('the wrappers open an encrypted image with its secret (real qemu-img/qe
     expect((await imgSnapshot(img, 'c', 's2')).rc).not.toBe(0);
     expect((await imgResize(img, 131072, { access })).rc).toBe(0);
     expect(await qemuDirtyRanges(img, 'b0', undefined, access)).toEqual([[4096, 8192]]);
-  }, 60_000);
+  });
 });

@@ -70,7 +70,7 @@ describe('fuzz --include bitmap', () => {
     expect(tally.dirtyRuns).toBeGreaterThan(3);
     for (const k of BITMAP_LEFT_OUT) expect(s.opCounts[k], k).toBeUndefined();
     expect(BITMAP_LEFT_OUT).toEqual(['amend', 'crash', 'fault', 'aio']);
-  }, 300_000);
+  });
 
   it('an engine that forgets to dirty a granule is caught by the bitmap oracle, and not without --include', async () => {
     // One chunk and a short shrink budget: the verdict needs the first finding, not a minimal one.
@@ -84,5 +84,5 @@ describe('fuzz --include bitmap', () => {
     const plain = await runCampaign({ ...base, includeBitmaps: false, targetFactory: counting({ dirtyRuns: 0 }, forgetsFirstGranule) });
     expect(plain.opCounts['bitmap']).toBeUndefined();
     expect(plain.failures).toEqual([]);
-  }, 300_000);
+  });
 });

@@ -16,7 +16,7 @@ const dir = scratchDir('bin');
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
 
 // The bin runs compiled code.
-beforeAll(ensureBuilt, 300_000);
+beforeAll(ensureBuilt);
 
 async function run(args: string[]) {
   const r = await execaNode(bin, args, { cwd: dir, reject: false, stripFinalNewline: false, env: { LC_ALL: 'C' } });

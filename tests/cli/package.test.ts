@@ -62,7 +62,7 @@ beforeAll(async () => {
   }
   // What `npm install` of the tarball runs: the package's install script (the locking addon, from the shipped sources).
   await execa('npm', ['run', 'install'], { cwd: pkg, env: { npm_config_update_notifier: 'false' } });
-}, 300_000);
+});
 
 async function packed(args: string[], env: Record<string, string> = { PATH: process.env.PATH ?? '' }) {
   const r = await execa(process.execPath, [path.join(pkg, 'dist/cli/main.js'), ...args], { cwd: dir, reject: false, env, extendEnv: false, stripFinalNewline: false });

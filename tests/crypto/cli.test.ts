@@ -20,7 +20,7 @@ const LUKS = 'encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10';
 beforeAll(async () => {
   ok(await qemuImg(['create', '-q', '-f', 'qcow2', '--object', S0, '-o', LUKS, at('qemu-luks.qcow2'), '4M']), 'qemu-img create luks');
   ok(await ours(dir, ['create', '-q', '--object', S0, '-o', LUKS, at('ours-luks.qcow2'), '4M']), 'create luks');
-}, 120_000);
+});
 
 describe('LUKS images', () => {
   it('io writes an image qemu-img made, qemu-io reads it back, qemu-img check is clean', async () => {

@@ -20,7 +20,7 @@ beforeAll(async () => {
   ok(await qemuImg(['create', '-q', '-f', 'qcow2', '-o', `data_file=${at('img.data')}`, at('img.qcow2'), '1M']), 'qemu-img create');
   ok(await qemuIo(['-f', 'qcow2', '-c', 'write -P 0x11 0 64k', at('img.qcow2')]), 'qemu-io write');
   ok(await qemuImg(['create', '-q', '-f', 'qcow2', at('plain.qcow2'), '1M']), 'qemu-img create plain');
-}, 60_000);
+});
 
 describe('io through --image-opts with data-file.filename', () => {
   it.each([

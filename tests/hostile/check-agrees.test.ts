@@ -43,7 +43,7 @@ beforeAll(async () => {
     halves.map((h) => runInChild<CheckReport>('tests/hostile/check-child.ts', { images, cases: h, seed: SEED }, dir)),
   );
   outcomes = new Map(results.flatMap((m) => [...m]));
-}, 600_000);
+});
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 const counts = (j: Record<string, number | undefined> | undefined): Record<string, number> => ({

@@ -39,7 +39,7 @@ beforeAll(async () => {
     halves.map((h) => runInChild<HostileReport>('tests/hostile/hostile-child.ts', { images, cases: h, seed: SEED, flips: FLIPS, write: true, tmp: dir }, dir)),
   );
   outcomes = new Map(results.flatMap((m) => [...m]));
-}, 600_000);
+});
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 function explain(steps: StepResult[]): string {

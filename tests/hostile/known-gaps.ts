@@ -8,11 +8,12 @@
 
 const REBUILD_OVER_OLD_REFBLOCK =
   "qemu-img 7.2's repair fails (exit 1, image marked corrupt): check_refblocks skips the refcount table entry with " +
-  "reserved bits, so the old refblock's cluster counts as free; rebuild_refcount_structure allocates the new refblock " +
-  'there (first fit from cluster 0 in its in-memory table) while the old table is still installed, and its own overlap ' +
-  'check, which masks the reserved bits and sees a live refcount block in that cluster, refuses the write. Ours lays ' +
-  'the new structure out past every used cluster (refcount-rebuild.ts), so it never lands on the old one, and leaves ' +
-  'an image qemu-img check passes. Kept: the repair QEMU attempts, without the overlap it causes itself.';
+  "reserved bits, so the old refblock's cluster counts as free; rebuild_refcounts_write_refblocks allocates the new " +
+  'refblock there (alloc_clusters_imrt, first fit from cluster 0 in the in-memory table) while the old table is still ' +
+  'installed, and its own overlap check, which masks the reserved bits and sees a live refcount block in that cluster, ' +
+  'refuses the write. Ours lays the new structure out past every used cluster (refcount-rebuild.ts), so it never lands ' +
+  'on the old one, and leaves an image qemu-img check passes. Kept: the repair QEMU attempts, without the overlap it ' +
+  'causes itself. Reproduced with qemu-utils alone by corpus/qemu-check-repair-corrupts-reftable-reserved.';
 
 const FREE_COMPRESSED_REUSED_BY_ANOTHER_WRITE =
   'The compressed cluster at guest 1 MiB is shared with the snapshot and its refcount reads 0. The plan first writes ' +

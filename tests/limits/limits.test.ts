@@ -62,7 +62,7 @@ beforeAll(async () => {
     rssLimitMB: RSS_LIMIT_MB,
     restartRssMB: 0, // a fresh child per case, so each peak RSS is that case's own
   });
-}, 300_000);
+});
 
 describe('qemu-img limits on this machine', () => {
   // One probe per limit: the bisection itself lives in the figures above, not in every run.

@@ -15,7 +15,8 @@ each the median over --pairs pairs (default 5) measured back to back:
             and qemu-img's default -t unsafe (which never flushes)
   writes    --writes random 4 KiB writes (default 5000) in one 'io' process, against
             qemu-io -t writeback (like for like) and qemu-io's default writethrough
-  check     check of the fully written image
+  check     check of the fully written image, and of one 1/8 its size at 512 B clusters
+            (16x the L2 entries: the walk, not start-up, is the work)
   amend     amend -o refcount_bits=64 (from 16) of the fully written image, 64 KiB clusters
   startup   'qcow2-harness --version' against node -e '' (no QEMU side: the floor is Node's)
   campaign  a ts fuzz campaign (--campaign-seconds, default 20; --campaign-jobs, default 2):

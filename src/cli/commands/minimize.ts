@@ -36,6 +36,8 @@ export async function minimizeCommand(argv: string[], ctx: CliContext): Promise<
     if (e instanceof CorpusFormatError || e instanceof SyntaxError) throw new CommandFailed(`${p.operands[0]}: ${e.message}`);
     throw e;
   }
+  // Its ops only build the image its patch corrupts: shrinking them says nothing about the repair it documents.
+  if (entry.hostile) throw usage(`'${p.operands[0]}' is a hostile-image entry (a patched image to repair), which has no failing op trace to shrink`);
   const target = last(p, 'target') ?? entry.target;
   const { isTargetSpec } = await import('../../harness/targets/index.js');
   if (!isTargetSpec(target)) throw usage(`unknown target '${target}'`);

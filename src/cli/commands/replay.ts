@@ -9,7 +9,10 @@ export const REPLAY_HELP = `Usage: qcow2-harness replay [--target T] [--json] DI
 
 Replays corpus entries. DIR may be one entry or a corpus directory (every entry in it).
 An entry of ours passes when its trace now runs clean; an entry documenting an
-external bug passes while that bug still shows as documented.
+external bug passes while that bug still shows as documented. A hostile-image
+entry (trace.json "hostile") patches the image its ops write and has the target
+repair it (check -r): it runs clean when qemu-img check then passes, the image
+opens read/write and reads back as written; ts and qemu can repair.
   --target T   replay on another target than the one that found it
   --json       last stdout line: {"entries","passed","failed","results":[...]}
 Exit codes: 0 all pass, 1 some fail, 2 bad command line

@@ -85,7 +85,7 @@ describe('aio groups', () => {
       const r = await runTrace(new OrderedTarget(order), config, { ops: [{ kind: 'write', off: 0, len: 131072 }, group] });
       expect(r.failure, `order ${order.join(',')}`).toBeUndefined();
     }
-  }, 60_000);
+  });
 
   it('a lost request is caught, overlapping or not, unless some order hides it', async () => {
     // Request 2 (zeroes at 65536+512) lies under request 3: "2 then 3" leaves what losing 2 leaves.
@@ -93,7 +93,7 @@ describe('aio groups', () => {
       const r = await runTrace(new OrderedTarget([0, 1, 2, 3], drop), config, { ops: [{ kind: 'write', off: 0, len: 131072 }, group] });
       expect(r.failure?.oracle, `request ${drop} dropped`).toBe('read');
     }
-  }, 60_000);
+  });
 
   it('our engine runs a group in an order drawn from the group itself', () => {
     const order = engineOrder(group);
@@ -119,7 +119,7 @@ describe('aio groups', () => {
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });
     }
-  }, 60_000);
+  });
 
   // Reads see the state before the group or after any of its requests, sector by sector; a discard zeroes whole clusters.
   const mixed = parseOp('aio write -P 0x41 0 4096 ; read 2048 4096 ; discard 65536 65536 ; write -P 0x43 66048 1024') as AioOp;
@@ -130,7 +130,7 @@ describe('aio groups', () => {
       const r = await runTrace(new OrderedTarget(order), config, { ops: [...before, mixed] });
       expect(r.failure, `order ${order.join(',')}`).toBeUndefined();
     }
-  }, 60_000);
+  });
 
   it('a read returning what no serial order gives, a lost discard, or missing reads are caught', async () => {
     const spoiled = await runTrace(new OrderedTarget([0, 1, 2, 3], undefined, true), config, { ops: [...before, mixed] });
@@ -139,12 +139,12 @@ describe('aio groups', () => {
     expect(lost.failure?.oracle).toBe('read');
     const noRead = await runTrace(new OrderedTarget([0, 1, 2, 3], 1), config, { ops: [...before, mixed] });
     expect(noRead.failure?.message).toContain("the target returned 0 reads for the group's 1");
-  }, 60_000);
+  });
 
   it('our engine runs groups with reads and discards', async () => {
     const r = await runTrace(makeTarget('ts'), config, { ops: [...before, mixed, parseOp('aio discard 0 65536 ; read 0 1024 ; write -z 512 512')] });
     expect(r.failure).toBeUndefined();
-  }, 60_000);
+  });
 
   it("qemu-io's aio_read dumps are read back per request, whatever order they completed in", () => {
     const g = parseOp('aio write -P 0x41 0 1024 ; read 0 1024 ; read 512 512') as AioOp;
@@ -164,7 +164,7 @@ describe('aio groups', () => {
     const g = parseOp('aio write -P 0x41 0 4096 ; read 0 4096 ; write -z 65536 512 ; read 65024 1024') as AioOp;
     const r = await runTrace(makeTarget('qemu'), config, { ops: [{ kind: 'write', off: 0, len: 131072 }, g] });
     expect(r.failure).toBeUndefined();
-  }, 60_000);
+  });
 
   it('generation: groups hold reads and discards where the target runs them, and only there', () => {
     const model = new DiskModel(toModelConfig(config));
@@ -199,7 +199,7 @@ describe('aio groups', () => {
       // 64 KiB granules: 0 (the group's write), 2 (its write-zeroes), 3 (the plain write, and on ts the discard); not 4 (the read).
       expect([...r.model!.bitmaps.find('b0')!.dirty].sort(), t).toEqual([0, 2, 3]);
     }
-  }, 60_000);
+  });
 
   it("repro.sh of a ts trace whose group holds a discard and a read runs with qemu-io alone (the discard synchronous amid the group)", async () => {
     // Apart, so every order gives one view: the script's end check then passes.
@@ -219,5 +219,5 @@ describe('aio groups', () => {
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });
     }
-  }, 60_000);
+  });
 });

@@ -130,14 +130,14 @@ describe('crash consistency with zero ranges', () => {
     expect(r.zeroRanges).toBeGreaterThan(0);
     expect(r.dropped).toBe(0);
     expect(r.problem).toBeUndefined();
-  }, 30_000);
+  });
 
   it('with the barrier dropped, the crash oracle still sees data the guest never wrote', async () => {
     const r = await planted(true);
     expect(r.zeroRanges).toBeGreaterThan(0);
     expect(r.dropped).toBeGreaterThan(0);
     expect(r.problem).toMatch(/at guest offset 4096 read stale bytes of host sector \d+/);
-  }, 30_000);
+  });
 
   // The shape that would break if a fresh cluster were left short of the file's end:
   // partial writes at the end of the file, then in-place writes past the old end (lazy refcounts, 64 KiB).
@@ -195,6 +195,6 @@ describe('crash consistency with zero ranges', () => {
         }
       }
       img.close();
-    }, 60_000);
+    });
   }
 });

@@ -60,7 +60,9 @@ export async function convertToRaw(src: ReadableImage, path: string, o: RawOutpu
 class RawOutput {
   private readonly fd: number;
   /** The O_DIRECT descriptor of the same file, or -1. */
-  private direct = -1;
+  private directFd = -1;
+  /** Whether writes still go through directFd (an EINVAL stops them). */
+  private direct = false;
   private readonly ring: Uint8Array[] = [];
   /** Writes in flight, by the ring slot whose bytes they write. */
   private readonly inFlight: Promise<void>[][] = [];
@@ -84,7 +86,8 @@ class RawOutput {
     const whole = Buffer.allocUnsafeSlow(RING * CHUNK + DIRECT_ALIGN);
     const shift = mod ? (DIRECT_ALIGN - mod(whole, DIRECT_ALIGN)) % DIRECT_ALIGN : 0;
     for (let i = 0; i < RING; i++) this.ring.push(whole.subarray(shift + i * CHUNK, shift + (i + 1) * CHUNK));
-    if (mod && direct) this.direct = openDirect(path);
+    if (mod && direct) this.directFd = openDirect(path);
+    this.direct = this.directFd >= 0;
   }
 
   async copyFrom(src: ReadableImage): Promise<void> {
@@ -120,15 +123,15 @@ class RawOutput {
 
   /** Writes data at offset: in flight when O_DIRECT takes it, else through the page cache now. */
   private write(offset: number, data: Uint8Array): Promise<void> | undefined {
-    if (this.direct < 0 || offset % DIRECT_ALIGN !== 0 || data.length % DIRECT_ALIGN !== 0) {
+    if (!this.direct || offset % DIRECT_ALIGN !== 0 || data.length % DIRECT_ALIGN !== 0) {
       this.writeBuffered(offset, data);
       return undefined;
     }
-    return writeAll(this.direct, data, offset).catch((e: NodeJS.ErrnoException) => {
+    return writeAll(this.directFd, data, offset).catch((e: NodeJS.ErrnoException) => {
       try {
         // EINVAL: the file system wants another alignment after all; the page cache takes any, from now on.
         if (e.code !== 'EINVAL') throw e;
-        this.direct = -1;
+        this.direct = false;
         this.writeBuffered(offset, data);
       } catch (e2) {
         this.failure ??= { error: e2 };
@@ -158,7 +161,7 @@ class RawOutput {
   /** Waits for whatever is still in flight (after a failure), then closes both descriptors. */
   async close(): Promise<void> {
     await Promise.allSettled(this.inFlight.flat());
-    if (this.direct >= 0) fs.closeSync(this.direct);
+    if (this.directFd >= 0) fs.closeSync(this.directFd);
     fs.closeSync(this.fd);
   }
 }

@@ -404,7 +404,18 @@ export interface CampaignFigures {
   failures: number;
 }
 
-/** CPU seconds (user+system) of this process's waited-for children: /proc/self/stat cutime+cstime. */
+/**
+ * CPU seconds (user+system) of this process's waited-for children:
+ * /proc/self/stat cutime+cstime. It counts the campaign's whole process tree
+ * because every level waits for the one below: bench for the CLI, the CLI
+ * for its --jobs workers, each of those for its tool shells (src/qemu/shell.ts
+ * closes and waits for them when the event loop drains), and each shell for
+ * the qemu-img/qemu-io calls it ran. A process left to init (as the tool
+ * shells were until they were waited for) drops out of this sum with all
+ * it ran, which is why tests/cli/tool-shells.test.ts pins a lower bound on it.
+ * Chosen over sampling /proc/stat: that counts every other process on the
+ * machine too, and this one is shared.
+ */
 function childCpuSeconds(): number {
   const stat = readFileSync('/proc/self/stat', 'utf8');
   const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');

@@ -1,8 +1,8 @@
 /**
  * The project's N-API addon (native/ofd_lock.c): the file calls Node has
- * no binding for, OFD byte-range locks (lock.ts), fallocate's zero range
- * and the read-ahead hint (file.ts). Loaded once, on
- * first use.
+ * no binding for, OFD byte-range locks (lock.ts), fallocate's zero range,
+ * the read-ahead hint (file.ts), and starting writeback early (convert's
+ * raw output, convert-raw.ts). Loaded once, on first use.
  */
 import * as fs from 'node:fs';
 import { createRequire } from 'node:module';
@@ -16,6 +16,10 @@ export interface NativeAddon {
   zeroRange?(fd: number, offset: number, len: number): number;
   /** posix_fadvise(POSIX_FADV_WILLNEED), a read-ahead hint: 0 or -errno. Absent from older builds. */
   willNeed?(fd: number, offset: number, len: number): number;
+  /** sync_file_range(SYNC_FILE_RANGE_WRITE): starts writeback of a range, no durability: 0 or -errno. Absent from older builds. */
+  startWriteback?(fd: number, offset: number, len: number): number;
+  /** The address of view's first byte modulo align (a power of two), for O_DIRECT buffers. Absent from older builds. */
+  addressMod?(view: Uint8Array, align: number): number;
 }
 
 export const ADDON_RELATIVE_PATH = 'native/build/Release/ofd_lock.node';

@@ -25,11 +25,25 @@
  * willNeed(fd, offset, len) is posix_fadvise(POSIX_FADV_WILLNEED), which
  * queues the range's reads without waiting for them. Returns 0 or -errno
  * and changes no data.
+ *
+ * And its counterpart on the write side: startWriteback(fd, offset, len) is
+ * sync_file_range(SYNC_FILE_RANGE_WRITE), which starts writing the range's
+ * dirty pages to the device without waiting for them and without any
+ * durability promise (the caller's fsync still gives that). A long copy
+ * that starts writeback behind itself overlaps the device's writing with
+ * its own copying, instead of leaving all of it to the final fsync.
+ * Returns 0 or -errno and changes no data.
+ *
+ * O_DIRECT writes need buffers aligned in memory, which Node cannot ask for:
+ * addressMod(view, align) is the address of a typed array's first byte
+ * modulo align (a power of two), so a caller can start its buffers at an
+ * aligned byte of a larger allocation (ArrayBuffer memory never moves).
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/falloc.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <string.h>
 #include <node_api.h>
@@ -163,6 +177,40 @@ static napi_value will_need(napi_env env, napi_callback_info info) {
   return make_int(env, -posix_fadvise(fd, (off_t)offset, (off_t)len, POSIX_FADV_WILLNEED));
 }
 
+static napi_value start_writeback(napi_env env, napi_callback_info info) {
+  int32_t fd;
+  int64_t offset, len;
+  if (read_range_args(env, info, &fd, &offset, &len) < 0) return NULL;
+  int r;
+  do {
+    r = sync_file_range(fd, (off_t)offset, (off_t)len, SYNC_FILE_RANGE_WRITE);
+  } while (r == -1 && errno == EINTR);
+  return make_int(env, r == -1 ? -errno : 0);
+}
+
+static napi_value address_mod(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  int64_t align;
+  bool is_view = false;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 2 ||
+      napi_is_typedarray(env, argv[0], &is_view) != napi_ok || !is_view ||
+      napi_get_value_int64(env, argv[1], &align) != napi_ok) {
+    napi_throw_type_error(env, NULL, "expected (typed array, align)");
+    return NULL;
+  }
+  if (align <= 0 || align > (1 << 30) || (align & (align - 1)) != 0) {
+    napi_throw_range_error(env, NULL, "align must be a power of two up to 2^30");
+    return NULL;
+  }
+  void *data = NULL;
+  if (napi_get_typedarray_info(env, argv[0], NULL, NULL, &data, NULL, NULL) != napi_ok) {
+    napi_throw_type_error(env, NULL, "cannot read the typed array");
+    return NULL;
+  }
+  return make_int(env, (int)((uintptr_t)data & (uintptr_t)(align - 1)));
+}
+
 /* native/crypto.c: the sector cipher and AF diffusion, defined only where OpenSSL is reachable. */
 void ofd_crypto_register(napi_env env, napi_value exports);
 
@@ -172,6 +220,8 @@ static napi_value init(napi_env env, napi_value exports) {
     { "getlk", NULL, getlk, NULL, NULL, NULL, napi_enumerable, NULL },
     { "zeroRange", NULL, zero_range, NULL, NULL, NULL, napi_enumerable, NULL },
     { "willNeed", NULL, will_need, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "startWriteback", NULL, start_writeback, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "addressMod", NULL, address_mod, NULL, NULL, NULL, napi_enumerable, NULL },
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   ofd_crypto_register(env, exports);

@@ -43,11 +43,16 @@ export class UsageError extends Error {
   }
 }
 
-/** A failure already reported in the command's own words; only the exit code is left to give. */
+/**
+ * A failure already reported in the command's own words; only the exit code is left to give.
+ * `hint` is a second line printed as is, as QEMU's error_append_hint adds one
+ * ("This option is only supported for image creation").
+ */
 export class CommandFailed extends Error {
   constructor(
     message: string,
     readonly exitCode = EXIT_FAILURE,
+    readonly hint?: string,
   ) {
     super(message);
     this.name = 'CommandFailed';
@@ -94,7 +99,7 @@ export function reportError(e: unknown): { message: string; exitCode: number } {
     const hint = e.command ? `Try 'qcow2-harness ${e.command} --help' for more information` : "Try 'qcow2-harness --help' for more information";
     return { message: `${oneLine(e.message)}\n${hint}`, exitCode: e.exitCode };
   }
-  if (e instanceof CommandFailed) return { message: oneLine(e.message), exitCode: e.exitCode };
+  if (e instanceof CommandFailed) return { message: oneLine(e.message) + (e.hint ? `\n${e.hint}` : ''), exitCode: e.exitCode };
   if (e instanceof Qcow2Error) return { message: describeQcow2Error(e), exitCode: EXIT_FAILURE };
   // A QEMU tool that hung or failed (demo's oracles): the environment, not a bug of ours.
   if (e instanceof ToolError) return { message: oneLine(e.message), exitCode: EXIT_FAILURE };

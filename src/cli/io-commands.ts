@@ -1,15 +1,19 @@
 import { performance } from 'node:perf_hooks';
 import type { EngineSession } from '../harness/ops/index.js';
+import { UnsupportedFeatureError } from '../qcow2/errors.js';
 import { SECTOR_SIZE } from '../qcow2/format/constants.js';
 import type { CliContext } from './context.js';
 import type { WritableDevice } from './open.js';
 import { Qcow2Device, reason } from './open.js';
 import { parseBool, parseCompat, parseOptionList, parseRefcountBits } from './options.js';
-import { cvtstr, parseSize } from './sizes.js';
+import { argCount, cvtnum, CmdError, DEFAULT_WRITE_PATTERN, expectArgs, getopt, hexdump, inDevice, parsePattern, report, REQUEST_MAX_BYTES } from './io-util.js';
+import { VECTOR_COMMANDS } from './io-vector.js';
 
 /** The open image a command works on; `reopen` swaps it for a fresh open of the same file. */
 export interface IoSession {
   dev: WritableDevice;
+  /** Opened with -r: commands that need write permission are refused before they run. */
+  readOnly?: boolean;
   reopen(): void;
 }
 
@@ -35,106 +39,20 @@ through this command as it reads:
   resize [--shrink] SIZE      and any other op of the harness's op table
 `;
 
-const DEFAULT_WRITE_PATTERN = 0xcd;
-
-/**
- * A command refused before doing anything. qemu-io prints some of these on
- * stderr (getopt's complaints, argument counts) and most on stdout, sometimes
- * followed by the command's usage line on stdout; we keep its choices.
- */
-class CmdError extends Error {
-  constructor(
-    message: string,
-    readonly stream: 'stdout' | 'stderr' = 'stdout',
-    readonly usage?: string,
-  ) {
-    super(message);
-  }
-}
-
-/** getopt for one qemu-io command: flags and value options, then operands. */
-function getopt(name: string, usage: string, args: string[], flags: string, withValue: string): { opts: Map<string, string>; rest: string[] } {
-  const opts = new Map<string, string>();
-  let i = 0;
-  for (; i < args.length; i++) {
-    const a = args[i]!;
-    if (a === '--') {
-      i++;
-      break;
-    }
-    if (!a.startsWith('-') || a.length < 2) break;
-    for (let j = 1; j < a.length; j++) {
-      const c = a[j]!;
-      if (withValue.includes(c)) {
-        const v = j + 1 < a.length ? a.slice(j + 1) : args[++i];
-        if (v === undefined) throw new CmdError(`${name}: option requires an argument -- '${c}'`, 'stderr', usage);
-        opts.set(c, v);
-        break;
-      }
-      if (!flags.includes(c)) throw new CmdError(`${name}: invalid option -- '${c}'`, 'stderr', usage);
-      opts.set(c, '');
-    }
-  }
-  return { opts, rest: args.slice(i) };
-}
-
-function cvtnum(text: string): number {
-  const v = parseSize(text);
-  if (v === null) throw new CmdError(`Parsing error: non-numeric argument, or extraneous/unrecognized suffix -- ${text}`);
-  return v;
-}
-
-/** qemu-io's parse_pattern: strtol base 0 (decimal, 0x hex, 0 octal), one byte. */
-function parsePattern(text: string): number {
-  let v = NaN;
-  if (/^[-+]?0[xX][0-9a-fA-F]+$/.test(text)) v = parseInt(text, 16);
-  else if (/^[-+]?0[0-7]*$/.test(text)) v = parseInt(text, 8);
-  else if (/^[-+]?[1-9]\d*$/.test(text)) v = parseInt(text, 10);
-  if (!(v >= 0 && v <= 255)) throw new CmdError(`${text} is not a valid pattern byte`);
-  return v;
-}
-
-/** Exactly OFF LEN after the options: fewer is an argument-count error, more prints the usage. */
-function expectArgs(name: string, rest: string[], usage: string, optionWords: number): [number, number] {
-  if (rest.length + optionWords < 2) throw new CmdError(`bad argument count ${rest.length + optionWords} to ${name}, expected at least 2 arguments`, 'stderr');
-  if (rest.length !== 2) throw new CmdError('', 'stdout', usage);
-  return [cvtnum(rest[0]!), cvtnum(rest[1]!)];
-}
-
-function report(ctx: CliContext, verb: string, offset: number, count: number, seconds: number): void {
-  const t = Math.max(seconds, 1e-9);
-  ctx.stdout(`${verb} ${count}/${count} bytes at offset ${offset}\n`);
-  ctx.stdout(`${cvtstr(count)}, 1 ops; ${seconds.toFixed(2).padStart(5, '0')} sec (${cvtstr(count / t)}/sec and ${(1 / t).toFixed(4)} ops/sec)\n`);
-}
-
-/** qemu-io's dump_buffer: 16 bytes a line, hex then printable characters. */
-function hexdump(ctx: CliContext, buf: Uint8Array, offset: number): void {
-  let out = '';
-  for (let i = 0; i < buf.length; i += 16) {
-    const row = buf.subarray(i, Math.min(i + 16, buf.length));
-    let hex = '';
-    let chars = '';
-    for (const b of row) {
-      hex += b.toString(16).padStart(2, '0') + ' ';
-      chars += /[A-Za-z0-9]/.test(String.fromCharCode(b)) ? String.fromCharCode(b) : '.';
-    }
-    out += `${(offset + i).toString(16).padStart(8, '0')}:  ${hex} ${chars}\n`;
-  }
-  ctx.stdout(out);
-}
-
 const READ_USAGE = 'read [-abCqv] [-P pattern [-s off] [-l len]] off len -- reads a number of bytes at a specified offset';
 const WRITE_USAGE = 'write [-bcCfnquz] [-P pattern] off len -- writes a number of bytes at a specified offset';
 const DISCARD_USAGE = 'discard [-Cq] off len -- discards a number of bytes at a specified offset';
 
 function readCmd(dev: WritableDevice, args: string[], ctx: CliContext): boolean {
-  const { opts, rest } = getopt('read', READ_USAGE, args, 'vqCab', 'Psl');
+  const { opts, rest } = getopt('read', READ_USAGE, args, 'vqCabp', 'Psl');
   const [offset, count] = expectArgs('read', rest, READ_USAGE, args.length - rest.length);
+  if (count > REQUEST_MAX_BYTES) throw new CmdError(`length cannot exceed ${REQUEST_MAX_BYTES}, given ${rest[1]}`);
   const pattern = opts.has('P') ? parsePattern(opts.get('P')!) : undefined;
   const pOff = opts.has('s') ? cvtnum(opts.get('s')!) : 0;
   const pLen = opts.has('l') ? cvtnum(opts.get('l')!) : count - pOff;
   if ((opts.has('s') || opts.has('l')) && pattern === undefined) throw new CmdError('', 'stdout', READ_USAGE);
-  if (pOff + pLen > count) throw new CmdError('pattern verification range exceeds end of read data');
+  if (pLen < 0 || pOff + pLen > count) throw new CmdError('pattern verification range exceeds end of read data');
+  if (!inDevice(dev, offset, count)) return failed(ctx, 'read');
   const t0 = performance.now();
   let buf: Uint8Array;
   try {
@@ -154,22 +72,39 @@ function readCmd(dev: WritableDevice, args: string[], ctx: CliContext): boolean 
       }
     }
   }
+  // read_f: -q skips both the dump and the report.
+  if (opts.has('q')) return ok;
   if (opts.has('v')) hexdump(ctx, buf, offset);
-  if (!opts.has('q')) report(ctx, 'read', offset, count, secs);
+  report(ctx, 'read', offset, count, secs, opts.has('C'));
   return ok;
+}
+
+/** A request the block layer refuses (outside the device): EIO, as blk_check_byte_request. */
+function failed(ctx: CliContext, verb: string): false {
+  ctx.stdout(`${verb} failed: Input/output error\n`);
+  return false;
 }
 
 function writeCmd(dev: WritableDevice, args: string[], ctx: CliContext): boolean {
   const { opts, rest } = getopt('write', WRITE_USAGE, args, 'bcCfnpquz', 'Ps');
-  const [offset, count] = expectArgs('write', rest, WRITE_USAGE, args.length - rest.length);
+  argCount('write', args.length, 2);
+  if (rest.length !== 2) throw new CmdError('', 'stdout', WRITE_USAGE);
   const zero = opts.has('z');
-  if (zero && opts.has('P')) throw new CmdError('Only one of -z, -P, and -s can be specified at the same time');
+  // write_f's checks, in its order.
+  if (opts.has('b') && zero) throw new CmdError('-b and -z cannot be specified at the same time');
+  if (opts.has('f') && opts.has('b')) throw new CmdError('-f and -b cannot be specified at the same time');
   if (opts.has('u') && !zero) throw new CmdError('-u requires -z to be specified');
-  if (opts.has('c')) {
+  if (opts.has('n') && !zero) throw new CmdError('-n requires -z to be specified');
+  if (Number(zero) + Number(opts.has('P')) + Number(opts.has('s')) > 1) throw new CmdError('Only one of -z, -P, and -s can be specified at the same time');
+  const offset = cvtnum(rest[0]!);
+  const count = cvtnum(rest[1]!);
+  if (count > REQUEST_MAX_BYTES && !opts.has('n')) throw new CmdError(`length cannot exceed ${REQUEST_MAX_BYTES} without -n, given ${rest[1]}`);
+  if (opts.has('c') || opts.has('b')) {
     if (offset % SECTOR_SIZE) throw new CmdError(`${offset} is not a sector-aligned value for 'offset'`);
     if (count % SECTOR_SIZE) throw new CmdError(`${count} is not a sector-aligned value for 'count'`);
   }
   const pattern = opts.has('P') ? parsePattern(opts.get('P')!) : DEFAULT_WRITE_PATTERN;
+  if (!inDevice(dev, offset, count)) return failed(ctx, 'write');
   const t0 = performance.now();
   try {
     if (zero) dev.writeZeroes(offset, count, { unmap: opts.has('u') });
@@ -180,7 +115,7 @@ function writeCmd(dev: WritableDevice, args: string[], ctx: CliContext): boolean
     ctx.stdout(`write failed: ${reason(e)}\n`);
     return false;
   }
-  if (!opts.has('q')) report(ctx, 'wrote', offset, count, (performance.now() - t0) / 1000);
+  if (!opts.has('q')) report(ctx, 'wrote', offset, count, (performance.now() - t0) / 1000, opts.has('C'));
   return true;
 }
 
@@ -204,14 +139,22 @@ function writeCompressed(dev: WritableDevice, offset: number, data: Uint8Array):
   if (offset % cs !== 0 || (end % cs !== 0 && end !== dev.virtualSize)) {
     throw Object.assign(new Error('Invalid argument'), { code: 'EINVAL' });
   }
-  for (let c = offset; c < end; c += cs) {
-    dev.writeCompressed(c, data.subarray(c - offset, Math.min(c + cs, end) - offset));
+  try {
+    for (let c = offset; c < end; c += cs) {
+      dev.writeCompressed(c, data.subarray(c - offset, Math.min(c + cs, end) - offset));
+    }
+  } catch (e) {
+    // QEMU's driver answers -ENOTSUP (an external data file), which qemu-io prints as strerror alone.
+    if (e instanceof UnsupportedFeatureError) throw Object.assign(new Error('Operation not supported'), { code: 'ENOTSUP' });
+    throw e;
   }
 }
 
 function discardCmd(dev: WritableDevice, args: string[], ctx: CliContext): boolean {
   const { opts, rest } = getopt('discard', DISCARD_USAGE, args, 'Cq', '');
   const [offset, count] = expectArgs('discard', rest, DISCARD_USAGE, args.length - rest.length);
+  if (count > REQUEST_MAX_BYTES) throw new CmdError(`length cannot exceed ${REQUEST_MAX_BYTES}, given ${rest[1]}`);
+  if (!inDevice(dev, offset, count)) return failed(ctx, 'discard');
   const t0 = performance.now();
   try {
     dev.discard(offset, count);
@@ -219,7 +162,7 @@ function discardCmd(dev: WritableDevice, args: string[], ctx: CliContext): boole
     ctx.stdout(`discard failed: ${reason(e)}\n`);
     return false;
   }
-  if (!opts.has('q')) report(ctx, 'discard', offset, count, (performance.now() - t0) / 1000);
+  if (!opts.has('q')) report(ctx, 'discard', offset, count, (performance.now() - t0) / 1000, opts.has('C'));
   return true;
 }
 
@@ -305,7 +248,11 @@ const COMMANDS: Record<string, IoCommand> = {
   d: discardCmd,
   flush: flushCmd,
   f: flushCmd,
+  ...VECTOR_COMMANDS,
 };
+
+/** The commands whose qemu-io table entry asks for BLK_PERM_WRITE. */
+const WRITE_PERMISSION = new Set(['write', 'w', 'writev', 'aio_write', 'discard', 'd']);
 
 type OpTable = typeof import('../harness/ops/index.js');
 
@@ -333,6 +280,11 @@ export function runIoCommand(session: IoSession, line: string, ctx: CliContext):
     if (!opTable) throw new Error(`io: '${name}' needs the op table, which prepareIoCommands did not load`);
     if (opTable.isOpVerb(name)) return runTableOp(opTable, session, line, name, ctx);
     ctx.stderr(`command "${name}" not found\n`);
+    return false;
+  }
+  if (session.readOnly && WRITE_PERMISSION.has(name)) {
+    // command()'s blk_set_perm fails first, as error_report on stderr.
+    ctx.stderr('qcow2-harness: Block node is read-only\n');
     return false;
   }
   try {

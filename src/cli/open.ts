@@ -1,12 +1,13 @@
+import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { Qcow2Error } from '../qcow2/errors.js';
+import { ImageLockedError, Qcow2Error } from '../qcow2/errors.js';
 import type { Qcow2Image } from '../qcow2/image.js';
 import { lockFor, openImageFile, openQcow2File, probeFormat } from '../qcow2/open-file.js';
 import { FileStorage } from '../qcow2/storage/file.js';
 import type { GuestDevice } from '../qcow2/types.js';
 import { has, type ParsedArgs } from './args.js';
 import type { CliContext } from './context.js';
-import { CommandFailed, describeQcow2Error, UsageError } from './errors.js';
+import { CommandFailed, describeQcow2Error, EXIT_FAILURE, UsageError } from './errors.js';
 
 export type ImageFormat = 'qcow2' | 'raw';
 
@@ -52,9 +53,39 @@ export function reason(e: unknown): string {
   return String(e);
 }
 
-/** Wraps an open failure in qemu-img's "Could not open 'X': why" form. */
-export function couldNotOpen(file: string, e: unknown): CommandFailed {
+/** Whether opening the file itself fails with this errno now (not some file it names). */
+function failsToOpen(abs: string, code: string): boolean {
+  try {
+    fs.closeSync(fs.openSync(abs, 'r'));
+    return false;
+  } catch (e) {
+    return (e as { code?: string }).code === code;
+  }
+}
+
+/** errno codes of open(2) on the image file itself, which QEMU's file driver words "Could not open 'X': why". */
+const FILE_OPEN_ERRORS = new Set(['ENOENT', 'EACCES', 'EPERM', 'ENOTDIR', 'ELOOP', 'ENAMETOOLONG']);
+
+/**
+ * Wraps an open failure in qemu-img's "Could not open 'X': why" form, where
+ * why is what the block layer says: raw_open_common's own "Could not open 'X':
+ * strerror" for the image file, "'file' driver requires 'X' to be a regular
+ * file" for a directory, and a lock failure with its hint on a line of its own.
+ */
+export function couldNotOpen(file: string, e: unknown, abs?: string, writable = false): CommandFailed {
   if (e instanceof CommandFailed) return e;
+  const code = (e as { code?: string } | null)?.code;
+  if (e instanceof ImageLockedError) {
+    const [first, ...hint] = e.message.split('\n');
+    return new CommandFailed(`Could not open '${file}': ${first}`, EXIT_FAILURE, hint.join('\n') || undefined);
+  }
+  // open(O_RDWR) of a directory fails in raw_open_common; a read-only open gets as far as the regular-file check.
+  if (code === 'EISDIR' && writable) return new CommandFailed(`Could not open '${file}': Could not open '${file}': Is a directory`);
+  if (code === 'EISDIR') return new CommandFailed(`Could not open '${file}': 'file' driver requires '${file}' to be a regular file`);
+  // Only the image's own file: a missing backing file is worded by the open that needed it.
+  if (code && FILE_OPEN_ERRORS.has(code) && abs !== undefined && failsToOpen(abs, code)) {
+    return new CommandFailed(`Could not open '${file}': Could not open '${file}': ${STRERROR[code]}`);
+  }
   return new CommandFailed(`Could not open '${file}': ${reason(e)}`);
 }
 
@@ -81,7 +112,7 @@ export interface ReadableImage {
 export function openReadable(
   ctx: CliContext,
   file: string,
-  o: { format?: ImageFormat; snapshot?: string; forceShare?: boolean; withoutDataFile?: boolean; passphrase?: string; name?: string; dataFile?: string } = {},
+  o: { format?: ImageFormat; snapshot?: string; forceShare?: boolean; withoutDataFile?: boolean; withoutBacking?: boolean; passphrase?: string; name?: string; dataFile?: string } = {},
 ): ReadableImage {
   try {
     const format = o.format ?? probeFormat(resolvePath(ctx, file));
@@ -95,13 +126,14 @@ export function openReadable(
       forceShare: o.forceShare,
       shownAs: file,
       withoutDataFile: o.withoutDataFile,
+      withoutBacking: o.withoutBacking,
       dataFileBase: ctx.cwd,
       ...(o.dataFile === undefined ? {} : { dataFile: o.dataFile }),
       ...(o.passphrase === undefined ? {} : { passphrase: o.passphrase }),
     });
     return { format: dev.format, device: dev, qcow2: dev.qcow2 };
   } catch (e) {
-    throw couldNotOpen(o.name ?? file, e);
+    throw couldNotOpen(o.name ?? file, e, resolvePath(ctx, file));
   }
 }
 
@@ -125,7 +157,7 @@ export function openQcow2(
       ...(o.dataFile === undefined ? {} : { dataFile: o.dataFile }),
     });
   } catch (e) {
-    throw couldNotOpen(o.name ?? file, e);
+    throw couldNotOpen(o.name ?? file, e, resolvePath(ctx, file), !(o.readOnly ?? false));
   }
 }
 
@@ -237,6 +269,6 @@ export function openWritable(
     const dataFile = o.dataFile === undefined ? {} : { dataFile: o.dataFile };
     return new Qcow2Device(openQcow2File(abs, { readOnly, forceShare: o.forceShare, shownAs: file, dataFileBase: ctx.cwd, ...passphrase, ...dataFile }));
   } catch (e) {
-    throw couldNotOpen(o.name ?? file, e);
+    throw couldNotOpen(o.name ?? file, e, resolvePath(ctx, file), !(o.readOnly ?? false));
   }
 }

@@ -69,10 +69,46 @@ export function sizeToStr(bytes: number): string {
   return `${formatG3(v)} ${suffixes[i]}B`;
 }
 
-/** printf("%0.3g") for the values sizeToStr and friends produce. */
+/** printf("%0.3g") for the values sizeToStr and friends produce (0.5 to 1000, rounded as glibc rounds). */
 export function formatG3(v: number): string {
   if (v === 0) return '0';
-  return String(Number(v.toPrecision(3)));
+  let x = Math.floor(Math.log10(Math.abs(v)));
+  // Rounding to three significant digits may carry into the next power of ten (999.5 -> 1e+03).
+  if (Number(printfFixed(v, Math.max(0, 2 - x))) >= 10 ** (x + 1)) x++;
+  if (x >= 3) return `${stripZeros(printfFixed(v / 10 ** x, 2))}e+${String(x).padStart(2, '0')}`;
+  return stripZeros(printfFixed(v, Math.max(0, 2 - x)));
+}
+
+function stripZeros(s: string): string {
+  return s.includes('.') ? s.replace(/\.?0+$/, '') : s;
+}
+
+/**
+ * printf("%.Nf") as glibc prints it: the exact binary value rounded to N
+ * decimals, an exact tie to the even digit. Number.prototype.toFixed rounds a
+ * tie up instead, so 1.0625 (17 KiB in MiB) would print 1.063 where qemu
+ * prints 1.062.
+ */
+export function printfFixed(x: number, digits: number): string {
+  const plain = x.toFixed(digits);
+  if (!Number.isFinite(x) || x < 0) return plain;
+  // x = mant * 2^exp exactly; a tie is x * 10^digits having a fractional part of exactly 1/2.
+  const view = new DataView(new ArrayBuffer(8));
+  view.setFloat64(0, x);
+  const bits = view.getBigUint64(0);
+  const biased = Number((bits >> 52n) & 0x7ffn);
+  let mant = bits & ((1n << 52n) - 1n);
+  if (biased !== 0) mant |= 1n << 52n;
+  const exp = (biased === 0 ? 1 : biased) - 1075;
+  if (exp >= 0) return plain;
+  const scaled = mant * 10n ** BigInt(digits);
+  const shift = BigInt(-exp);
+  const half = 1n << (shift - 1n);
+  if ((scaled & ((1n << shift) - 1n)) !== half) return plain;
+  let q = scaled >> shift;
+  if (q & 1n) q += 1n;
+  const t = q.toString().padStart(digits + 1, '0');
+  return digits === 0 ? t : `${t.slice(0, -digits)}.${t.slice(-digits)}`;
 }
 
 /** qemu-io's cvtstr: three decimals, dropped when they are all zero ("64 KiB", "1.500 MiB"). */
@@ -86,9 +122,9 @@ export function cvtstr(value: number): string {
     [2 ** 10, ' KiB'],
   ];
   for (const [div, suffix] of units) {
-    if (value >= div) return trimZeros((value / div).toFixed(3)) + suffix;
+    if (value >= div) return trimZeros(printfFixed(value / div, 3)) + suffix;
   }
-  return trimZeros(value.toFixed(3)) + ' bytes';
+  return trimZeros(printfFixed(value, 3)) + ' bytes';
 }
 
 function trimZeros(s: string): string {

@@ -156,7 +156,7 @@ function checkRefcountsFit(img: ImageState, order: number): void {
   for (let c = 0; c < size; c++) {
     if (counts[c] > max) {
       throw new LimitError(
-        `Cannot decrease refcount entry width to ${2 ** order} bits: cluster at offset 0x${(c * img.clusterSize).toString(16)} has a refcount of ${counts[c]}`,
+        `Cannot decrease refcount entry width to ${2 ** order} bits: Cluster at offset 0x${(c * img.clusterSize).toString(16)} has a refcount of ${counts[c]}`,
       );
     }
   }

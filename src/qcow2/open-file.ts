@@ -35,6 +35,8 @@ export interface FileOpenOptions extends OpenOptions {
   dataFile?: string;
   /** Open an image with an external data file for metadata only (qemu-img info: BDRV_O_NO_IO). */
   withoutDataFile?: boolean;
+  /** Leave the backing file closed (qemu-img info: BDRV_O_NO_BACKING), so an overlay whose backing file is gone still opens. */
+  withoutBacking?: boolean;
   /** Directory a relative data file name is taken from (QEMU 7.2: the current directory; default process.cwd()). */
   dataFileBase?: string;
 }
@@ -115,10 +117,10 @@ function openAt(file: string, o: FileOpenOptions, depth: number): OpenedImage {
   }
   const data = dataFileOpener({ readOnly, forceShare: o.forceShare, override: o.dataFile, base: o.dataFileBase });
   try {
-    const { format: _f, forceShare: _s, shownAs: _n, dataFile: _d, withoutDataFile: _w, dataFileBase: _b, ...engine } = o;
+    const { format: _f, forceShare: _s, shownAs: _n, dataFile: _d, withoutDataFile: _w, withoutBacking: _nb, dataFileBase: _b, ...engine } = o;
     const img = Qcow2Image.open(storage, {
       ...engine,
-      openBacking: o.openBacking ?? backingOpener(file, depth, o),
+      openBacking: o.withoutBacking ? undefined : (o.openBacking ?? backingOpener(file, depth, o)),
       openDataFile: o.openDataFile ?? (o.withoutDataFile ? undefined : data.open),
       dataFileExplicit: o.dataFile !== undefined,
     });

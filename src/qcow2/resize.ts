@@ -8,7 +8,7 @@
  * keeps its size, as QEMU's does.
  */
 import { assertBitmapsResizable } from './bitmap-ops.js';
-import { InvalidArgumentError, UnsupportedFeatureError } from './errors.js';
+import { InvalidArgumentError, LimitError, UnsupportedFeatureError } from './errors.js';
 import { alignUp } from './format/bytes.js';
 import { SECTOR_SIZE } from './format/constants.js';
 import { dropL2Table, entryFor, resizeL1 } from './cluster-map.js';
@@ -22,7 +22,8 @@ export function resizeImage(img: ImageState, size: number, shrink: boolean): voi
   if (!Number.isInteger(size) || size < 0) throw new InvalidArgumentError(`invalid size ${size}`);
   if (size % SECTOR_SIZE !== 0) throw new InvalidArgumentError(`The new size must be a multiple of ${SECTOR_SIZE}`);
   if (size > maxVirtualSize(img.clusterBits, img.layout.extended)) {
-    throw new InvalidArgumentError("The image size is too large for file format 'qcow2' (try using a larger cluster size)");
+    // qcow2_co_truncate's words: qcow2_grow_l1_table refuses an L1 table past QCOW_MAX_L1_SIZE with EFBIG.
+    throw new LimitError('Failed to grow the L1 table: File too large');
   }
   // QEMU checks this before comparing sizes: even a same-size resize is refused.
   if (img.version < 3 && img.snapshots.length > 0) {

@@ -6,6 +6,7 @@
  * verdict is about how much work QEMU does, so it must not hang on a clock.
  */
 import { QemuToolError } from './errors.js';
+import { NOT_FOUND_RC } from './resolve.js';
 import { runTool } from './run.js';
 
 export const VALGRIND = process.env.VALGRIND ?? 'valgrind';
@@ -15,8 +16,6 @@ const COUNT_TIMEOUT_MS = 300_000;
 /** cachegrind with the cache simulation off counts executed instructions ("I refs") and little else. */
 const COUNT_ARGS = ['--tool=cachegrind', '--cache-sim=no', '--cachegrind-out-file=/dev/null'];
 const I_REFS = /I\s+refs:\s+([\d,]+)/;
-/** The shell's "command not found". */
-const NOT_FOUND_RC = 127;
 
 export interface CountedRun {
   rc: number;

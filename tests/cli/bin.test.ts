@@ -49,12 +49,14 @@ describe('the qcow2-harness command', () => {
     }
   });
 
+  // In qemu's words: the file driver's own "Could not open" inside qemu-img's, qemu-io's "can't open device".
   it('reports a missing file in one line, exit 1', async () => {
     for (const cmd of [['info'], ['check'], ['convert', '-O', 'raw'], ['io', '-c', 'read 0 1'], ['snapshot', '-l'], ['amend', '-o', 'compat=1.1']]) {
       const args = cmd[0] === 'convert' ? [...cmd, 'missing.qcow2', 'out.raw'] : cmd[0] === 'io' ? ['io', 'missing.qcow2', '-c', 'read 0 1'] : [...cmd, 'missing.qcow2'];
       const r = await run(args);
       expect(r.rc, args.join(' ')).toBe(1);
-      expect(r.stderr, args.join(' ')).toBe("qcow2-harness: Could not open 'missing.qcow2': No such file or directory\n");
+      const why = cmd[0] === 'io' ? "can't open device missing.qcow2: " : "Could not open 'missing.qcow2': ";
+      expect(r.stderr, args.join(' ')).toBe(`qcow2-harness: ${why}Could not open 'missing.qcow2': No such file or directory\n`);
     }
   });
 

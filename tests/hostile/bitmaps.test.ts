@@ -95,7 +95,7 @@ describe('check on a bitmap QEMU cannot load', () => {
       const mine = await ours(['check', ...repair, '--output', 'json', o]);
       expect(mine.rc, mine.err).toBe(1);
       expect(mine.out).toBe('');
-      expect(mine.err).toMatch(/^qcow2-harness: Check failed: .*bitmap table of 'b0'.*: Invalid argument\n$/);
+      expect(mine.err).toBe('qcow2-harness: Check failed: Invalid argument\n');
       // Nothing was repaired on the way, by either.
       expect(fs.readFileSync(o).equals(bytes)).toBe(true);
       expect(fs.readFileSync(q).equals(bytes)).toBe(true);

@@ -107,7 +107,7 @@ describe('qemu-io holds an image read-write', () => {
     const r = await ours(dir, ['io', path.basename(file), '-c', 'write -P 0xcd 0 4k']);
     expect(r.rc).toBe(1);
     expect(r.stderr).toBe(
-      `qcow2-harness: Could not open '${path.basename(file)}': Failed to get "write" lock; Is another process using the image [${path.basename(file)}]?\n`,
+      `qcow2-harness: can't open device ${path.basename(file)}: Failed to get "write" lock\nIs another process using the image [${path.basename(file)}]?\n`,
     );
     expect(fs.readFileSync(file).equals(before)).toBe(true);
     // Whatever our command, nothing is written: create and convert onto it are refused too.
@@ -136,7 +136,7 @@ describe('qemu-io holds an image read-write', () => {
     await qemuIoRun(q, 'flush', /^/);
     const info = await ours(dir, ['info', file]);
     expect(info.rc).toBe(1);
-    expect(info.stderr).toContain(`Failed to get shared "write" lock; Is another process using the image [${file}]?`);
+    expect(info.stderr).toContain(`Failed to get shared "write" lock\nIs another process using the image [${file}]?`);
     const ro = await ours(dir, ['io', '-r', file, '-c', 'read 0 512']);
     expect(ro.rc).toBe(1);
     expect(ro.stderr).toContain('Failed to get shared "write" lock');

@@ -5,9 +5,10 @@ import { Qcow2Error } from '../../qcow2/errors.js';
 import { all, has, parseArgs } from '../args.js';
 import { checkOpened, IMAGE_OPTS_LONG, imageSpec, secretStore } from '../image-opts.js';
 import type { CliContext } from '../context.js';
-import { CommandFailed, EXIT_OK, UsageError } from '../errors.js';
+import { CommandFailed, EXIT_FAILURE, EXIT_OK, UsageError } from '../errors.js';
+import { resizeAmount } from './resize.js';
 import { openQcow2, reason } from '../open.js';
-import { parseBool, parseCompat, parseOptionList, parseRefcountBits, wantsOptionHelp } from '../options.js';
+import { parseBool, parseOptionList, parseRefcountBits, wantsOptionHelp } from '../options.js';
 
 export const AMEND_HELP = `Usage: qcow2-harness amend [-q] [-f fmt] -o options FILE
 
@@ -25,6 +26,12 @@ error), 70 an internal error.
 `;
 
 const CREATE_ONLY = new Set(['cluster_size', 'extended_l2', 'compression_type', 'preallocation', 'encryption']);
+/** The encrypt.* keys qcow2_amend_options takes (LUKS key slots); the rest only make sense at creation. */
+const ENCRYPT_AMENDABLE = new Set(['encrypt.state', 'encrypt.new-secret', 'encrypt.old-secret', 'encrypt.keyslot', 'encrypt.iter-time']);
+
+function createOnly(k: string): CommandFailed {
+  return new CommandFailed(`Invalid parameter '${k}'`, EXIT_FAILURE, 'This option is only supported for image creation');
+}
 
 export async function amendCommand(argv: string[], ctx: CliContext): Promise<number> {
   const p = parseArgs(argv, { short: { f: true, o: true, q: false, p: false }, long: { force: false, ...IMAGE_OPTS_LONG } }, 'amend');
@@ -44,17 +51,22 @@ export async function amendCommand(argv: string[], ctx: CliContext): Promise<num
   const file = spec.file;
   const o: AmendOptions = {};
   const pairs = parseOptionList(texts);
+  for (const k of pairs.keys()) if (k.startsWith('encrypt.') && !ENCRYPT_AMENDABLE.has(k)) throw createOnly(k);
+  let newSize: number | undefined;
   const encrypt = encryptAmendFrom(pairs, store, has(p, 'force'));
   if (encrypt) o.encrypt = encrypt;
   for (const [k, v] of pairs) {
     if (k.startsWith('encrypt.')) continue;
-    if (k === 'refcount_bits') o.refcountBits = parseRefcountBits(v, file).valueOf();
-    else if (k === 'compat') o.compat = parseCompat(v, file);
-    else if (k === 'lazy_refcounts') o.lazyRefcounts = parseBool(k, v, file);
+    // qcow2_amend_options words these without create's "FILE: " prefix.
+    if (k === 'refcount_bits') o.refcountBits = unprefixed(file, () => parseRefcountBits(v, file));
+    else if (k === 'compat') o.compat = amendCompat(v);
+    else if (k === 'lazy_refcounts') o.lazyRefcounts = unprefixed(file, () => parseBool(k, v, file));
     else if (k === 'data_file') o.dataFile = v;
-    else if (k === 'data_file_raw') o.dataFileRaw = parseBool(k, v, file);
-    else if (CREATE_ONLY.has(k)) throw new CommandFailed(`Invalid parameter '${k}'; This option is only supported for image creation`);
-    else if (k === 'size' || k === 'backing_file' || k === 'backing_fmt') throw new CommandFailed(`Changing '${k}' with amend is not supported by qcow2-harness (use resize for the size)`);
+    else if (k === 'data_file_raw') o.dataFileRaw = unprefixed(file, () => parseBool(k, v, file));
+    else if (CREATE_ONLY.has(k)) throw createOnly(k);
+    // qcow2_amend_options truncates to the new size (shrinking too, without --shrink).
+    else if (k === 'size') newSize = resizeAmount(v);
+    else if (k === 'backing_file' || k === 'backing_fmt') throw new CommandFailed('Cannot amend the backing file', EXIT_FAILURE, "You can use 'qemu-img rebase' instead.");
     else throw new CommandFailed(`Invalid parameter '${k}'`);
   }
   const img = openQcow2(ctx, file, { format: spec.format, passphrase: spec.passphrase(), name: spec.shownAs, dataFile: spec.dataFile });
@@ -64,10 +76,16 @@ export async function amendCommand(argv: string[], ctx: CliContext): Promise<num
     if (o.lazyRefcounts && (o.compat ?? cur.compat) === '0.10') {
       throw new CommandFailed('Lazy refcounts only supported with compatibility level 1.1 and above (use compat=1.1 or greater)');
     }
+    const rc = o.refcountBits;
+    if (rc !== undefined && rc !== cur.refcountBits && rc !== 16 && (o.compat ?? cur.compat) === '0.10') {
+      throw new CommandFailed('Refcount widths other than 16 bits require compatibility level 1.1 or above (use compat=1.1 or greater)');
+    }
     try {
       img.amend(o);
+      if (newSize !== undefined) img.resize(newSize, { shrink: true });
     } catch (e) {
-      throw new CommandFailed(reason(e));
+      // qcow2_amend_options' own words, without the category reason() adds ("unsupported feature: ...").
+      throw new CommandFailed(e instanceof Qcow2Error && !(e as { code?: string }).code ? e.message : reason(e));
     }
   } finally {
     img.close();
@@ -91,4 +109,19 @@ function encryptAmendFrom(pairs: Map<string, string>, store: SecretStore, force:
     if (e instanceof Qcow2Error) throw new CommandFailed(e.message);
     throw e;
   }
+}
+
+function unprefixed<T>(file: string, parse: () => T): T {
+  try {
+    return parse();
+  } catch (e) {
+    if (e instanceof CommandFailed && e.message.startsWith(`${file}: `)) throw new CommandFailed(e.message.slice(file.length + 2));
+    throw e;
+  }
+}
+
+function amendCompat(v: string): '0.10' | '1.1' {
+  if (v === '0.10' || v === 'v2') return '0.10';
+  if (v === '1.1' || v === 'v3') return '1.1';
+  throw new CommandFailed(`Unknown compatibility level ${v}`);
 }

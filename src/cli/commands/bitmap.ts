@@ -76,6 +76,8 @@ export async function bitmapCommand(argv: string[], ctx: CliContext): Promise<nu
   try {
     for (const a of actions) {
       try {
+        // block_dirty_bitmap_merge looks the target up before any source.
+        if (a.op === 'merge' && !img.bitmaps().some((b) => b.name === name)) throw new CommandFailed(`Dirty bitmap '${name}' not found`);
         const op: BitmapOp =
           a.op === 'merge'
             ? { op: 'merge', name, source: mergeSource(ctx, img.bitmaps(), a.source, last(p, 'b'), last(p, 'F')) }

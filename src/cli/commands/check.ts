@@ -12,6 +12,8 @@ import {
 } from '../errors.js';
 import { checkOpened, IMAGE_OPTS_LONG, imageSpec, IMAGE_OPTS_HELP } from '../image-opts.js';
 import { couldNotOpen, FORCE_SHARE_HELP, forceShare, openQcow2, probeFormat, reason, resolvePath } from '../open.js';
+import { qemuJson } from '../qjson.js';
+import { printfFixed } from '../sizes.js';
 import { outputFormat } from './info.js';
 
 export const CHECK_HELP = `Usage: qcow2-harness check [-q] [-f fmt] [-r leaks|all] [--output human|json] [--object OBJ] [--image-opts] [-U] FILE
@@ -56,7 +58,7 @@ export function checkJson(r: CheckResult, filename: string): Record<string, unkn
 }
 
 function pct(n: number, d: number): string {
-  return ((100 * n) / d).toFixed(2);
+  return printfFixed((100 * n) / d, 2);
 }
 
 /** qemu-img's human report of a check result. */
@@ -104,7 +106,7 @@ export async function checkCommand(argv: string[], ctx: CliContext): Promise<num
   try {
     format ??= probeFormat(resolvePath(ctx, file));
   } catch (e) {
-    throw couldNotOpen(file, e);
+    throw couldNotOpen(file, e, resolvePath(ctx, file));
   }
   if (format === 'raw') {
     // qemu-img's answer for a format without a check function.
@@ -143,10 +145,13 @@ export async function checkCommand(argv: string[], ctx: CliContext): Promise<num
     } catch (e) {
       // What the check found before it gave up, as qemu-img prints it on the way.
       if (e instanceof CheckGaveUpError) for (const m of e.partial.messages) ctx.stderr(m.endsWith('\n') ? m : m + '\n');
-      ctx.stderr(`qcow2-harness: Check failed: ${reason(e)}\n`);
+      // qemu-img prints only the errno the check returned (strerror); the engine's reason ends with it.
+      const why = e instanceof CheckGaveUpError ? e.message.slice(e.message.lastIndexOf(': ') + 2) : reason(e);
+      ctx.stderr(`qcow2-harness: Check failed: ${why}\n`);
       return EXIT_FAILURE;
     }
-    if (output === 'json') ctx.stdout(JSON.stringify(checkJson(result, file), null, 4) + '\n');
+    // qemu-img names the operand as given (with --image-opts, the option string).
+    if (output === 'json') ctx.stdout(qemuJson(checkJson(result, p.operands[0]!)) + '\n');
     else if (!quiet) ctx.stdout(checkHuman(result));
     return checkExitCode(result);
   } finally {

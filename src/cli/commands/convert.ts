@@ -7,6 +7,8 @@ import { encryptionOf, takeEncryptOptions } from './create.js';
 import type { CliContext } from '../context.js';
 import { CommandFailed, EXIT_OK, UsageError } from '../errors.js';
 import { FORCE_SHARE_HELP, forceShare, openReadable, parseFormat, reason, resolvePath, type ReadableImage } from '../open.js';
+import { convertToRaw } from '../convert-raw.js';
+import { dataChunks, forEachNonZeroRun } from '../convert-scan.js';
 import { CREATE_OPTION_HELP, createOptionsFrom, parseOptionList, wantsOptionHelp } from '../options.js';
 
 export const CONVERT_HELP = `Usage: qcow2-harness convert [-q] [-f fmt] -O raw|qcow2 [-o options] [-c] [-l snapshot.name=S] [--object OBJ] [--image-opts] [-U] SRC DST
@@ -41,56 +43,16 @@ function parseSnapshotParam(v: string): string {
   return v;
 }
 
-/** All-zero bytes to compare granules against; memcmp in native code, no allocation per granule. */
-const ZEROS = Buffer.alloc(CHUNK);
-
-/** Whether buf[start, end) is all zeros (end - start <= CHUNK). */
-function isZero(buf: Buffer, start: number, end: number): boolean {
-  // Data granules almost always fail on their first or last byte: decide those without a native call.
-  if (buf[start] !== 0 || buf[end - 1] !== 0) return false;
-  return ZEROS.compare(buf, start, end, 0, end - start) === 0;
-}
-
 /**
  * Calls sink for every non-zero range of the source, in order, at most CHUNK
  * bytes at a time. Ranges the qcow2 layer reports as zero are never read.
  */
 function forEachDataChunk(src: ReadableImage, sink: (offset: number, data: Uint8Array) => void, granularity: number): void {
-  const size = src.device.virtualSize;
   const buf = Buffer.allocUnsafe(CHUNK);
-  let off = 0;
-  while (off < size) {
-    // Whole zero runs are skipped in one step however long they are, so a
-    // sparse image of petabytes converts in time proportional to its data.
-    let dataEnd = size;
-    if (src.qcow2) {
-      const st = src.qcow2.blockStatus(off, size - off);
-      if (st.length <= 0) throw new Error(`block status made no progress at offset ${off}`);
-      if (st.zero) {
-        off += st.length;
-        continue;
-      }
-      dataEnd = off + st.length;
-    }
-    while (off < dataEnd) {
-      const len = Math.min(CHUNK - (off % CHUNK), dataEnd - off);
-      src.device.readInto(off, buf.subarray(0, len));
-      // Data ranges may still hold zeros; skip them per granule so the output stays sparse.
-      let pos = 0;
-      while (pos < len) {
-        const firstEnd = pos + Math.min(granularity - ((off + pos) % granularity), len - pos);
-        const zero = isZero(buf, pos, firstEnd);
-        let end = firstEnd;
-        while (end < len) {
-          const g = Math.min(granularity, len - end);
-          if (isZero(buf, end, end + g) !== zero) break;
-          end += g;
-        }
-        if (!zero) sink(off + pos, buf.subarray(pos, end));
-        pos = end;
-      }
-      off += len;
-    }
+  for (const [off, len] of dataChunks(src, CHUNK)) {
+    src.device.readInto(off, buf.subarray(0, len));
+    // Data ranges may still hold zeros; skip them per granule so the output stays sparse.
+    forEachNonZeroRun(buf, len, off, granularity, (start, end) => sink(off + start, buf.subarray(start, end)));
   }
 }
 
@@ -149,20 +111,7 @@ export async function convertCommand(argv: string[], ctx: CliContext): Promise<n
     assertReplaceable(dst, dstName);
     const size = src.device.virtualSize;
     if (outFmt === 'raw') {
-      const fd = fs.openSync(tmp, 'w');
-      try {
-        fs.ftruncateSync(fd, size);
-        forEachDataChunk(
-          src,
-          (off, data) => {
-            for (let done = 0; done < data.length; ) done += fs.writeSync(fd, data, done, data.length - done, off + done);
-          },
-          4096,
-        );
-        fs.fsyncSync(fd);
-      } finally {
-        fs.closeSync(fd);
-      }
+      await convertToRaw(src, tmp);
     } else {
       const out = createQcow2File(tmp, { ...(opts as Omit<CreateOptions, 'size'>), size });
       try {

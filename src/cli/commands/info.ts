@@ -5,6 +5,7 @@ import { CommandFailed, EXIT_OK, UsageError } from '../errors.js';
 import { checkOpened, IMAGE_OPTS_LONG, imageSpec, type ImageSpec, IMAGE_OPTS_HELP } from '../image-opts.js';
 import { FORCE_SHARE_HELP, forceShare, openReadable, resolvePath, type ImageFormat } from '../open.js';
 import { sizeToStr } from '../sizes.js';
+import { qdictEntries, qemuJson } from '../qjson.js';
 import { snapshotJson, snapshotTable } from '../snapshot-table.js';
 
 export const INFO_HELP = `Usage: qcow2-harness info [-f fmt] [--output human|json] [--backing-chain] [--object OBJ] [--image-opts] [-U] FILE
@@ -43,7 +44,8 @@ interface Described {
 /** One image's qemu-img info fields (in qemu-img's key order). */
 function describe(ctx: CliContext, file: string, format: ImageFormat | undefined, shared = false, spec?: ImageSpec): Described {
   // qemu-img info opens with BDRV_O_NO_IO: an image's external data file need not be there.
-  const img = openReadable(ctx, file, { format, forceShare: shared, withoutDataFile: true, name: spec?.shownAs });
+  // ... and with BDRV_O_NO_BACKING: the chain is described image by image, and a missing backing file is no error here.
+  const img = openReadable(ctx, file, { format, forceShare: shared, withoutDataFile: true, withoutBacking: true, name: spec?.shownAs });
   if (img.qcow2 && spec) checkOpened(img.qcow2, spec, false);
   try {
     const actualSize = fs.statSync(resolvePath(ctx, file)).blocks * 512;
@@ -119,7 +121,7 @@ export async function infoCommand(argv: string[], ctx: CliContext): Promise<numb
   }
   if (output === 'json') {
     const value = has(p, 'backing-chain') ? chain.map((d) => d.json) : chain[0]!.json;
-    ctx.stdout(JSON.stringify(value, null, 4) + '\n');
+    ctx.stdout(qemuJson(value) + '\n');
   } else {
     ctx.stdout(chain.map((d) => humanInfo(d.json, d.snapshots)).join('\n'));
   }
@@ -142,7 +144,8 @@ function humanInfo(j: Record<string, unknown>, snapshots: Parameters<typeof snap
   const fs = j['format-specific'] as { data: Record<string, unknown> } | undefined;
   if (fs) {
     s += 'Format specific information:\n';
-    for (const [k, v] of Object.entries(fs.data)) {
+    // dump_qdict walks the QDict, so the lines come in its JSON order.
+    for (const [k, v] of qdictEntries(fs.data)) {
       if (k === 'bitmaps') {
         s += `    bitmaps:\n`;
         (v as { name: string; granularity: number; flags: string[] }[]).forEach((b, i) => {
@@ -168,7 +171,7 @@ function humanTree(key: string, v: unknown, depth: number): string {
   const name = key.replace(/-/g, ' ');
   if (Array.isArray(v)) return `${pad}${name}:\n` + v.map((x, i) => humanTree(`[${i}]`, x, depth + 1)).join('');
   if (v !== null && typeof v === 'object') {
-    return `${pad}${name}:\n` + Object.entries(v as Record<string, unknown>).map(([k, x]) => humanTree(k, x, depth + 1)).join('');
+    return `${pad}${name}:\n` + qdictEntries(v as Record<string, unknown>).map(([k, x]) => humanTree(k, x, depth + 1)).join('');
   }
   return `${pad}${name}: ${v}\n`;
 }

@@ -1,7 +1,7 @@
 import * as fs from 'node:fs';
 import { all, has, parseArgs } from '../args.js';
 import type { CliContext } from '../context.js';
-import { EXIT_FAILURE, EXIT_OK, UsageError } from '../errors.js';
+import { CommandFailed, EXIT_FAILURE, EXIT_OK, UsageError } from '../errors.js';
 import { IO_COMMANDS_HELP, prepareIoCommands, runIoCommand, type IoSession } from '../io-commands.js';
 import { checkOpened, IMAGE_OPTS_LONG, imageSpec, IMAGE_OPTS_HELP } from '../image-opts.js';
 import { FORCE_SHARE_HELP, forceShare, openWritable, Qcow2Device, reason, type WritableDevice } from '../open.js';
@@ -80,7 +80,8 @@ async function runIo(argv: string[], ctx: CliContext): Promise<number> {
     return dev;
   };
   const session: IoSession = {
-    dev: open(),
+    dev: openAsQemuIo(open, how.name ?? file),
+    readOnly: how.readOnly,
     reopen() {
       // Close first: the new open must see exactly what the old one left on disk.
       this.dev.close();
@@ -99,4 +100,17 @@ async function runIo(argv: string[], ctx: CliContext): Promise<number> {
     }
   }
   return failed ? EXIT_FAILURE : EXIT_OK;
+}
+
+/** qemu-io's openfile words an open failure "can't open device X: why", where qemu-img says "Could not open 'X': why". */
+function openAsQemuIo(open: () => WritableDevice, name: string): WritableDevice {
+  try {
+    return open();
+  } catch (e) {
+    const prefix = `Could not open '${name}': `;
+    if (e instanceof CommandFailed && e.message.startsWith(prefix)) {
+      throw new CommandFailed(`can't open device ${name}: ${e.message.slice(prefix.length)}`, e.exitCode, e.hint);
+    }
+    throw e;
+  }
 }

@@ -1,9 +1,9 @@
 import { has, parseArgs } from '../args.js';
 import type { CliContext } from '../context.js';
-import { CommandFailed, EXIT_OK, UsageError } from '../errors.js';
+import { CommandFailed, EXIT_FAILURE, EXIT_OK, UsageError } from '../errors.js';
 import { checkOpened, IMAGE_OPTS_LONG, imageSpec, IMAGE_OPTS_HELP } from '../image-opts.js';
 import { openQcow2, reason } from '../open.js';
-import { parseImageSize } from '../sizes.js';
+import { parseSize } from '../sizes.js';
 
 export const RESIZE_HELP = `Usage: qcow2-harness resize [-q] [-f fmt] [--object OBJ] [--image-opts] [--shrink] FILE [+|-]SIZE
 
@@ -29,18 +29,20 @@ export async function resizeCommand(argv: string[], ctx: CliContext): Promise<nu
   const spec = imageSpec(p, p.operands[0]!, 'resize');
   const file = spec.file;
   const rel = sizeText[0] === '+' || sizeText[0] === '-' ? sizeText[0] : '';
-  const amount = parseImageSize(rel ? sizeText.slice(1) : sizeText, 'resize');
+  const amount = resizeAmount(rel ? sizeText.slice(1) : sizeText);
   const img = openQcow2(ctx, file, { format: spec.format, passphrase: spec.passphrase(), name: spec.shownAs, dataFile: spec.dataFile });
   checkOpened(img, spec, true);
   try {
     const cur = img.virtualSize;
     const size = rel === '+' ? cur + amount : rel === '-' ? cur - amount : amount;
     if (size <= 0) throw new CommandFailed('New image size must be positive');
-    if (size < cur && !has(p, 'shrink')) throw new CommandFailed('Use the --shrink option to perform a shrink operation.');
-    if (size < cur) {
+    if (size < cur && !has(p, 'shrink')) {
+      // img_resize warns only here, after the refusal; with --shrink it shrinks silently.
+      ctx.stderr('qcow2-harness: Use the --shrink option to perform a shrink operation.\n');
       ctx.stderr(
         "qcow2-harness: warning: Shrinking an image will delete all data beyond the shrunken image's end. Before performing such an operation, make sure there is no important data there.\n",
       );
+      return EXIT_FAILURE;
     }
     try {
       img.resize(size, { shrink: has(p, 'shrink') });
@@ -52,4 +54,17 @@ export async function resizeCommand(argv: string[], ctx: CliContext): Promise<nu
   }
   if (!has(p, 'q')) ctx.stdout('Image resized.\n');
   return EXIT_OK;
+}
+
+/** The size operand, refused in the words of qemu's QemuOpts size parser (img_resize parses it as option 'size'). */
+export function resizeAmount(text: string): number {
+  const v = parseSize(text);
+  if (v === null) {
+    throw new CommandFailed(
+      "Parameter 'size' expects a non-negative number below 2^64",
+      EXIT_FAILURE,
+      'Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\nand exabytes, respectively.',
+    );
+  }
+  return v;
 }

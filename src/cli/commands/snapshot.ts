@@ -4,6 +4,9 @@ import { CommandFailed, EXIT_OK, UsageError } from '../errors.js';
 import { checkOpened, IMAGE_OPTS_LONG, imageSpec, IMAGE_OPTS_HELP } from '../image-opts.js';
 import { FORCE_SHARE_HELP, forceShare, openQcow2, reason } from '../open.js';
 import { snapshotTable } from '../snapshot-table.js';
+import { LimitError, SnapshotError } from '../../qcow2/errors.js';
+import { MAX_SNAPSHOTS } from '../../qcow2/format/constants.js';
+import type { Qcow2Image } from '../../qcow2/image.js';
 
 export const SNAPSHOT_HELP = `Usage: qcow2-harness snapshot [-q] [-f fmt] [--object OBJ] [--image-opts] -c|-a|-d NAME FILE
        qcow2-harness snapshot [-f fmt] [-U] -l FILE
@@ -40,8 +43,8 @@ export async function snapshotCommand(argv: string[], ctx: CliContext): Promise<
       if (action === 'l') {
         const list = img.listSnapshots();
         if (list.length) ctx.stdout('Snapshot list:\n' + snapshotTable(list));
-      } else if (action === 'c') img.createSnapshot(name);
-      else if (action === 'a') img.applySnapshot(name);
+      } else if (action === 'c') createAsQemu(img, name);
+      else if (action === 'a') applyAsQemu(img, name);
       else {
         // qemu-img snapshot -d looks a snapshot up by name only (-a takes an id too).
         const target = img.listSnapshots().find((x) => x.name === name);
@@ -57,4 +60,25 @@ export async function snapshotCommand(argv: string[], ctx: CliContext): Promise<
     img.close();
   }
   return EXIT_OK;
+}
+
+/** qemu-img words a failed bdrv_snapshot_create as "errno (strerror)": a refcount that overflows is EINVAL, a full table EFBIG. */
+function createAsQemu(img: Qcow2Image, name: string): void {
+  try {
+    img.createSnapshot(name);
+  } catch (e) {
+    if (e instanceof LimitError) throw new CommandFailed(`Could not create snapshot '${name}': -22 (Invalid argument)`);
+    if (e instanceof SnapshotError && img.listSnapshots().length >= MAX_SNAPSHOTS) throw new CommandFailed(`Could not create snapshot '${name}': -27 (File too large)`);
+    throw e;
+  }
+}
+
+/** bdrv_snapshot_goto's "Failed to load snapshot" and errno: ENOTSUP with an external data file, ENOENT for an unknown one. */
+function applyAsQemu(img: Qcow2Image, name: string): void {
+  // bdrv_snapshot_goto refuses any image with dirty bitmaps (persistent ones are loaded, enabled or not) before the driver looks.
+  if (img.bitmaps().length) throw new CommandFailed(`Could not apply snapshot '${name}': Device has active dirty bitmaps`);
+  const fail = (why: string) => new CommandFailed(`Could not apply snapshot '${name}': Failed to load snapshot: ${why}`);
+  if (img.info().dataFile !== undefined) throw fail('Operation not supported');
+  if (!img.listSnapshots().some((x) => x.id === name || x.name === name)) throw fail('No such file or directory');
+  img.applySnapshot(name);
 }

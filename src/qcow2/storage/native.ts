@@ -1,7 +1,8 @@
 /**
  * The project's N-API addon (native/ofd_lock.c): the file calls Node has
- * no binding for, OFD byte-range locks (lock.ts), fallocate's zero range
- * and the read-ahead hint (file.ts), and the encrypted-image hot loops
+ * no binding for, OFD byte-range locks (lock.ts), fallocate's zero range,
+ * the read-ahead hint (file.ts), starting writeback early (convert's raw
+ * output, convert-raw.ts), and the encrypted-image hot loops
  * (crypto/cipher.ts, crypto/afsplit.ts). Loaded once, on first use.
  */
 import * as fs from 'node:fs';
@@ -27,6 +28,10 @@ export interface NativeAddon {
   sectorCipherRun?(cipher: NativeSectorCipher, encrypt: boolean, firstSector: number, src: Uint8Array, dst: Uint8Array): number;
   /** The AF-split diffusion chain over count n-byte blocks of material into d (n bytes): 0, or negative when it could not. */
   afDiffuse?(hash: string, digestLen: number, material: Uint8Array, n: number, count: number, d: Uint8Array): number;
+  /** sync_file_range(SYNC_FILE_RANGE_WRITE): starts writeback of a range, no durability: 0 or -errno. Absent from older builds. */
+  startWriteback?(fd: number, offset: number, len: number): number;
+  /** The address of view's first byte modulo align (a power of two), for O_DIRECT buffers. Absent from older builds. */
+  addressMod?(view: Uint8Array, align: number): number;
 }
 
 /** An opaque handle owning a keyed OpenSSL context; freed (and wiped) when collected. */

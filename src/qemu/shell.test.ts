@@ -82,4 +82,13 @@ describe('shell runner', () => {
     // The pool starts a new shell afterwards.
     expect((await shellPool.run([sh('echo again')]))[0]!.stdout).toBe('again\n');
   });
+  it('a status that never comes back (scratch directory removed under it) is rc 255 with the cause in stderr, and the next call works', async () => {
+    // The command removes the directory its own output and status files live in.
+    const [r] = await shellPool.run([sh('d=$(dirname "$(readlink /proc/$$/fd/1)"); case $d in */qh-sh-*) rm -rf "$d" ;; *) exit 9 ;; esac')]);
+    expect(r!.rc).toBe(255);
+    expect(r!.timedOut).toBe(false);
+    expect(r!.stderr).toMatch(/no exit status came back for sh: the shell runner's scratch directory .* was removed or is full/);
+    const [next] = await shellPool.run([sh('echo fine')]);
+    expect(next).toEqual({ rc: 0, stdout: 'fine\n', stderr: '', timedOut: false });
+  });
 });

@@ -91,6 +91,11 @@ interface Job {
  * killed, so no timer will fire) it TERMs every command of this shell not yet
  * reaped, and KILLs them after the grace. Disowned, so `wait -n` never sees it.
  */
+/** A command whose exit status never came back (its status file is missing or empty). */
+const LOST_STATUS_RC = 255;
+const lostStatusMessage = (tool: string, dir: string) =>
+  `qcow2-harness: no exit status came back for ${path.basename(tool)}: the shell runner's scratch directory ${dir} was removed or is full`;
+
 const prelude = (prefix: string) =>
   [
     'set -m',
@@ -244,8 +249,11 @@ class Shell {
       // The PID file goes first: a PID file without a status file means "not reaped" to the watchdog.
       fs.rmSync(j.base + '.pid', { force: true });
       const rc = Number.parseInt(read('.rc').trim(), 10);
-      const status = j.timedOut ? (j.killed ? KILLED_RC : TIMEOUT_RC) : Number.isNaN(rc) ? 255 : rc;
-      return { rc: status, stdout: read('.out'), stderr: read('.err'), timedOut: j.timedOut };
+      const lost = !j.timedOut && Number.isNaN(rc);
+      const status = j.timedOut ? (j.killed ? KILLED_RC : TIMEOUT_RC) : lost ? LOST_STATUS_RC : rc;
+      // Said in stderr, so every caller's "tool failed (rc 255): ..." names the cause instead of nothing.
+      const stderr = read('.err') + (lost ? `${lostStatusMessage(j.cmd.tool, path.dirname(j.base))}\n` : '');
+      return { rc: status, stdout: read('.out'), stderr, timedOut: j.timedOut };
     });
   }
 
@@ -299,6 +307,11 @@ class ShellPool {
     const runnable = cmds.filter((_, i) => resolved[i]!.ok);
     let ran: ShellResult[] = [];
     if (runnable.length > 0) {
+      if (this.dir && !fs.existsSync(this.dir)) {
+        // Someone removed the scratch directory (a cleanup, a full tmpfs recovered by hand): the idle shells'
+        // script and status files are gone with it, so they are retired and new ones start in a new directory.
+        for (const s of this.shells) if (!s.busy) s.close();
+      }
       this.shells = this.shells.filter((s) => !s.dead);
       let sh = this.shells.find((s) => !s.busy);
       if (!sh) {

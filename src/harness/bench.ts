@@ -490,7 +490,7 @@ export async function runBench(o: BenchOptions): Promise<number> {
     for (const [name, fn] of perCache) {
       if (!o.only.has(name)) continue;
       for (const k of o.caches) {
-        log(`${name} (${k} cache, ${o.pairs} pairs)…\n`);
+        log(`${name} (${k} cache, ${name === 'convert' ? Math.max(o.pairs, CONVERT_MIN_PAIRS) : o.pairs} pairs)…\n`);
         results.push(...(await fn(c, k)));
       }
     }

@@ -9,19 +9,12 @@ import type { Op } from './ops.js';
 import { configFeatures, protocolLacks, steer } from './reader/features.js';
 import { makeTarget } from './targets/index.js';
 import type { KnownBug } from './targets/types.js';
+import { plainConfig } from '../../tests/support/trace.js';
 
 const tmpRoot = fs.mkdtempSync(path.join(os.tmpdir(), 'qh-declines-'));
 afterAll(() => fs.rmSync(tmpRoot, { recursive: true, force: true }));
 
-const plain: TraceConfig = {
-  size: 131072,
-  clusterSize: 65536,
-  refcountBits: 16,
-  compat: '1.1',
-  lazyRefcounts: false,
-  extendedL2: false,
-  compressionType: 'zlib',
-};
+const plain = plainConfig({ size: 131072 });
 const aes: TraceConfig = { ...plain, encrypt: { format: 'aes' } };
 const known = new Set<KnownBug>(['unencrypted-compressed-write', 'encrypted-downgrade-garbage']);
 

@@ -12,6 +12,7 @@ import { runCampaign } from './runner.js';
 import { foldAndDrop, foldAmend, foldMoves, repeatMoves } from './shrink-fold.js';
 import { TsTarget } from './targets/ts.js';
 import type { OpOutcome, StampedOp } from './targets/types.js';
+import { plainConfig } from '../../tests/support/trace.js';
 
 /**
  * Our engine with a planted bug: once a trace has made two writes, one of
@@ -49,15 +50,7 @@ class TwoBitTarget extends TsTarget {
   }
 }
 
-const config: TraceConfig = {
-  size: 1024 * 1024,
-  clusterSize: 65536,
-  refcountBits: 16,
-  compat: '1.1',
-  lazyRefcounts: false,
-  extendedL2: false,
-  compressionType: 'zlib',
-};
+const config = plainConfig();
 
 const ops = (...xs: string[]): Op[] => xs.map(parseOp);
 

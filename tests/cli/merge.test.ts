@@ -7,23 +7,15 @@ import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import type { TraceConfig } from '../../src/harness/config.js';
 import { corpusSignatures, listEntries, writeEntry, type ExternalExpectation } from '../../src/harness/corpus.js';
 import { parseOp } from '../../src/harness/ops.js';
 import { ours, scratchDir } from './helpers.js';
+import { plainConfig } from '../support/trace.js';
 
 const root = scratchDir('merge');
 afterAll(() => fs.rmSync(root, { recursive: true, force: true }));
 
-const config: TraceConfig = {
-  size: 1 << 20,
-  clusterSize: 65536,
-  refcountBits: 16,
-  compat: '1.1',
-  lazyRefcounts: false,
-  extendedL2: false,
-  compressionType: 'zlib',
-};
+const config = plainConfig();
 
 /** An entry whose failure message is `BUG at offset X` (numbers do not count in a signature, names do). */
 function entry(corpus: string, bug: string, ops: string[], o: { offset?: number; external?: ExternalExpectation } = {}): string {

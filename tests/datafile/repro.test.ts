@@ -8,13 +8,14 @@ import { execa } from 'execa';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { DATA_FILE_NAME, toModelConfig, type TraceConfig } from '../../src/harness/config.js';
+import { DATA_FILE_NAME, toModelConfig } from '../../src/harness/config.js';
 import { runTrace } from '../../src/harness/execute.js';
 import { applyOp, type Op } from '../../src/harness/ops.js';
 import { reproScript } from '../../src/harness/repro.js';
 import { makeTarget } from '../../src/harness/targets/index.js';
 import { DiskModel } from '../../src/model/disk.js';
 import { scratchDir } from '../cli/helpers.js';
+import { plainConfig } from '../support/trace.js';
 
 let dir: string;
 beforeAll(() => {
@@ -22,16 +23,7 @@ beforeAll(() => {
 });
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
 
-const config: TraceConfig = {
-  size: 1 << 20,
-  clusterSize: 65536,
-  refcountBits: 16,
-  compat: '1.1',
-  lazyRefcounts: false,
-  extendedL2: false,
-  compressionType: 'zlib',
-  dataFile: { raw: true },
-};
+const config = plainConfig({ dataFile: { raw: true } });
 const ops: Op[] = [
   { kind: 'write', off: 0, len: 4096 },
   { kind: 'write-zeroes', off: 65536, len: 65536, unmap: true },

@@ -4,8 +4,18 @@
  * the runs actually did, so a suite can fail when its generator stops
  * reaching an op kind, a refusal or the end-of-run oracles.
  */
+import type { TraceConfig } from '../../src/harness/config.js';
 import type { RunOutcome } from '../../src/harness/execute.js';
 import { formatOp, specOfKind, type Op, type OpKind } from '../../src/harness/ops.js';
+
+/**
+ * The plain configuration tests start from: a 1 MiB v3 image of 64 KiB
+ * clusters, 16-bit refcounts, no optional feature; `o` changes what a test
+ * is about.
+ */
+export function plainConfig(o: Partial<TraceConfig> = {}): TraceConfig {
+  return { size: 1 << 20, clusterSize: 65536, refcountBits: 16, compat: '1.1', lazyRefcounts: false, extendedL2: false, compressionType: 'zlib', ...o };
+}
 
 /** An op's kind, split where one kind has distinct sub-operations (snapshot actions, amend keys). */
 export function opLabel(op: Op): string {

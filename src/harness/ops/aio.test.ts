@@ -13,20 +13,12 @@ import { reproScript } from '../repro.js';
 import { runTrace } from '../execute.js';
 import { TsTarget } from '../targets/ts.js';
 import type { OpOutcome, StampedOp } from '../targets/types.js';
-import type { TraceConfig } from '../config.js';
 import { DiskModel } from '../../model/disk.js';
 import { toModelConfig } from '../config.js';
 import { aioPick, engineOrder, parseAioReads, parseOp, resolveOp, type AioOp, type AioRequestKind, type Op, type OpKind, type OpSeed } from '../ops.js';
+import { plainConfig } from '../../../tests/support/trace.js';
 
-const config: TraceConfig = {
-  size: 1024 * 1024,
-  clusterSize: 65536,
-  refcountBits: 16,
-  compat: '1.1',
-  lazyRefcounts: false,
-  extendedL2: false,
-  compressionType: 'zlib',
-};
+const config = plainConfig();
 
 const group = parseOp('aio write -P 0x41 0 4096 ; write -P 0x42 2048 4096 ; write -z 65536 512 ; write -P 0x43 65536 1024') as AioOp;
 

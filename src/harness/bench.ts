@@ -210,6 +210,14 @@ function makeRaw(path: string, size: number): void {
   }
 }
 
+/** A qcow2 image with every cluster written (no zero sector), made by qemu-img convert from a raw file. */
+async function makeFullImage(image: string, size: number, clusterSize: number): Promise<void> {
+  const raw = `${image}.src.raw`;
+  makeRaw(raw, size);
+  await run('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', '-o', `cluster_size=${clusterSize}`, raw, image]);
+  rmSync(raw, { force: true });
+}
+
 async function same(a: string, b: string): Promise<boolean> {
   return (await execa('cmp', ['-s', a, b], { reject: false })).exitCode === 0;
 }
@@ -349,14 +357,10 @@ function sameCheckCounts(a: string, b: string): boolean {
   }
 }
 
-/** A fully written image at 512-byte clusters, made by qemu-img convert once per bench run. */
+/** A fully written image at 512-byte clusters, made once per bench run. */
 async function smallClusterImage(c: Ctx): Promise<string> {
   const image = join(c.dir, 'small-clusters.qcow2');
-  if (existsSync(image)) return image;
-  const raw = join(c.dir, 'small-clusters.raw');
-  makeRaw(raw, c.o.size / 8);
-  await run('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', '-o', 'cluster_size=512', raw, image]);
-  rmSync(raw, { force: true });
+  if (!existsSync(image)) await makeFullImage(image, c.o.size / 8, 512);
   return image;
 }
 
@@ -476,10 +480,7 @@ export async function runBench(o: BenchOptions): Promise<number> {
   try {
     const c: Ctx = { o, dir, cli, full: join(dir, 'full.qcow2') };
     if (['convert', 'check', 'amend'].some((x) => o.only.has(x as CaseName))) {
-      const raw = join(dir, 'full.raw');
-      makeRaw(raw, o.size);
-      await run('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', '-o', 'cluster_size=65536', raw, c.full]);
-      rmSync(raw, { force: true });
+      await makeFullImage(c.full, o.size, 65536);
     }
     const perCache: [CaseName, (c: Ctx, k: 'warm' | 'cold') => Promise<BenchResult[]>][] = [
       ['convert', benchConvert],

@@ -102,9 +102,12 @@ const prelude = (prefix: string) =>
     'declare -A qh_base',
     'qh_reap() { local n=$1 pid rc; while ((n > 0)); do pid=; wait -n -p pid; rc=$?; [[ -n $pid ]] || break; ' +
       'echo $rc >"${qh_base[$pid]}.rc"; unset "qh_base[$pid]"; ((n--)); done; echo "D $2"; }',
-    'qh_stop() { local f p; for f in "$1"-*.pid; do [[ -e $f && ! -e ${f%.pid}.rc ]] || continue; ' +
-      'read -r p <"$f" && kill -s "$2" -- "-$p" 2>/dev/null; done; }',
-    `( read -r _ <&3; qh_stop ${quote(prefix)} TERM; sleep ${KILL_AFTER_MS / 1000}; qh_stop ${quote(prefix)} KILL ) </dev/null >/dev/null 2>&1 &`,
+    'qh_stop() { local f p n=1; for f in "$1"-*.pid; do [[ -e $f && ! -e ${f%.pid}.rc ]] || continue; ' +
+      'read -r p <"$f" && kill -s "$2" -- "-$p" 2>/dev/null && n=0; done; return $n; }',
+    // After the commands, this shell's own files, and the directory once the last shell's are gone: a worker
+    // killed by its test runner never reaches Node's exit handler, and left one directory per process behind.
+    `( read -r _ <&3; qh_stop ${quote(prefix)} TERM && { sleep ${KILL_AFTER_MS / 1000}; qh_stop ${quote(prefix)} KILL; }; ` +
+      `rm -f -- ${quote(prefix)}.sh ${quote(prefix)}-*; rmdir -- ${quote(path.dirname(prefix))} ) </dev/null >/dev/null 2>&1 &`,
     'disown $!',
     'exec 3<&-',
   ].join('\n');
@@ -288,13 +291,52 @@ class Shell {
   }
 }
 
+const DIR_PREFIX = 'qh-sh-';
+/** A directory untouched this long, whose process is gone, is nobody's (a live pool writes into its own per call). */
+const ORPHAN_AGE_MS = 60_000;
+
+/**
+ * Removes the scratch directories of processes that no longer exist and left
+ * them (SIGKILLed before their watchdog could run, or from before it cleaned
+ * up). Best effort: a directory that cannot be read or removed stays.
+ */
+function sweepOrphans(dir: string): void {
+  let names: string[];
+  try {
+    names = fs.readdirSync(dir);
+  } catch {
+    return;
+  }
+  const now = Date.now();
+  for (const name of names) {
+    const m = /^qh-sh-(\d+)-/.exec(name);
+    if (!m || Number(m[1]) === process.pid) continue;
+    try {
+      process.kill(Number(m[1]), 0);
+      continue; // alive
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ESRCH') continue; // alive, someone else's
+    }
+    try {
+      const full = path.join(dir, name);
+      if (now - fs.statSync(full).mtimeMs < ORPHAN_AGE_MS) continue;
+      fs.rmSync(full, { recursive: true, force: true });
+    } catch {
+      // Gone meanwhile, or not ours to remove.
+    }
+  }
+}
+
 /** A small pool: concurrent callers each get a shell, so batches never wait on each other. */
 class ShellPool {
   private shells: Shell[] = [];
   private dir: string | undefined;
 
   private tmp(): string {
-    if (!this.dir || !fs.existsSync(this.dir)) this.dir = fs.mkdtempSync(path.join(scratchDir(), `qh-sh-${process.pid}-`));
+    if (!this.dir || !fs.existsSync(this.dir)) {
+      if (!this.dir) sweepOrphans(scratchDir());
+      this.dir = fs.mkdtempSync(path.join(scratchDir(), `${DIR_PREFIX}${process.pid}-`));
+    }
     return this.dir;
   }
 

@@ -92,12 +92,42 @@ describe('tool shells, process-wide', () => {
       process.kill(process.pid, 'SIGKILL');
       await started;
     `;
-    const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8' });
+    const scratch = fs.mkdtempSync(path.join(dir, 'scratch-'));
+    const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8', env: { ...process.env, QH_SCRATCH_DIR: scratch } });
     expect(r.signal).toBe('SIGKILL');
     const pids = [a, b].map((f) => Number(fs.readFileSync(f, 'utf8').trim()));
     // The signals are sent by the watchdogs on their own; wait for their effect, however long a loaded machine takes.
     for (let i = 0; i < 600 && pids.some(alive); i++) await new Promise((res) => setTimeout(res, 100));
     expect(pids.filter(alive)).toEqual([]);
+    // And the watchdogs take the shells' scratch directory with them: nothing of the killed process stays behind.
+    for (let i = 0; i < 600 && fs.readdirSync(scratch).length > 0; i++) await new Promise((res) => setTimeout(res, 100));
+    expect(fs.readdirSync(scratch)).toEqual([]);
+  });
+
+  it("the first tool call removes scratch directories a dead process left, never a live process's or a fresh one", () => {
+    const scratch = fs.mkdtempSync(path.join(dir, 'sweep-'));
+    const gone = spawnSync('/bin/sh', ['-c', 'echo $$']).stdout.toString().trim();
+    const make = (name: string, ageMs: number) => {
+      const d = path.join(scratch, name);
+      fs.mkdirSync(d);
+      fs.writeFileSync(path.join(d, 'x.sh'), '');
+      const t = (Date.now() - ageMs) / 1000;
+      fs.utimesSync(d, t, t);
+      return name;
+    };
+    const orphan = make(`qh-sh-${gone}-old`, 3_600_000);
+    const fresh = make(`qh-sh-${gone}-new`, 0);
+    const live = make(`qh-sh-${process.pid}-old`, 3_600_000);
+    const other = make('not-ours', 3_600_000);
+    const script = `
+      const { shellPool } = await import(${JSON.stringify(path.join(REPO, 'dist/qemu/shell.js'))});
+      const [r] = await shellPool.run([{ tool: '/bin/sh', args: ['-c', 'echo ran'], timeoutMs: 60000 }]);
+      process.stdout.write(r.stdout);
+    `;
+    const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8', env: { ...process.env, QH_SCRATCH_DIR: scratch } });
+    expect(r.stdout).toBe('ran\n');
+    expect(fs.readdirSync(scratch).sort()).toEqual([fresh, live, other].sort());
+    expect(fs.existsSync(path.join(scratch, orphan))).toBe(false);
   });
 });
 

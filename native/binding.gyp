@@ -6,6 +6,12 @@
       "libraries": ["-ldl", "-lpthread"],
       "cflags": ["-Wall", "-Wextra", "-O2"],
       "defines": ["NAPI_VERSION=8"]
+    },
+    {
+      "target_name": "qh_forkserver",
+      "sources": ["forkserver.c"],
+      "libraries": ["-ldl"],
+      "cflags": ["-Wall", "-Wextra", "-O2"]
     }
   ]
 }

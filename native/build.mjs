@@ -1,6 +1,7 @@
 #!/usr/bin/env node
-// Builds the OFD lock addon (native/ofd_lock.c) with node-gyp against the
-// installed Node's headers. Run by `npm ci`/`npm install` (the package's
+// Builds the OFD lock addon (native/ofd_lock.c) and the qemu-img/qemu-io fork
+// server (native/forkserver.c, preloaded into them, not into Node) with node-gyp
+// against the installed Node's headers. Run by `npm ci`/`npm install` (the package's
 // install script) and before `npm run build`; with --if-needed it does
 // nothing when the addon is already newer than its sources.
 // On failure: one line saying what to do, and exit code 1.
@@ -11,11 +12,14 @@ import { fileURLToPath } from 'node:url';
 
 const dir = path.dirname(fileURLToPath(import.meta.url));
 const addon = path.join(dir, 'build', 'Release', 'ofd_lock.node');
-const sources = ['ofd_lock.c', 'crypto.c', 'binding.gyp'].map((f) => path.join(dir, f));
+const forkServer = path.join(dir, 'build', 'Release', 'qh_forkserver.node');
+const sources = ['ofd_lock.c', 'crypto.c', 'forkserver.c', 'binding.gyp'].map((f) => path.join(dir, f));
 
 function upToDate() {
-  const built = fs.statSync(addon, { throwIfNoEntry: false });
-  return built !== undefined && sources.every((s) => fs.statSync(s).mtimeMs <= built.mtimeMs);
+  return [addon, forkServer].every((out) => {
+    const built = fs.statSync(out, { throwIfNoEntry: false });
+    return built !== undefined && sources.every((s) => fs.statSync(s).mtimeMs <= built.mtimeMs);
+  });
 }
 
 if (process.argv.includes('--if-needed') && upToDate()) process.exit(0);
@@ -29,11 +33,11 @@ const prefix = path.resolve(path.dirname(process.execPath), '..');
 if (!process.env.npm_config_nodedir && fs.existsSync(path.join(prefix, 'include', 'node', 'node_api.h'))) args.push(`--nodedir=${prefix}`);
 const [cmd, argv] = gyp ? [process.execPath, [gyp, ...args]] : ['node-gyp', args];
 const r = spawnSync(cmd, argv, { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'], encoding: 'utf8' });
-if (r.status !== 0 || !fs.existsSync(addon)) {
+if (r.status !== 0 || !fs.existsSync(addon) || !fs.existsSync(forkServer)) {
   const log = path.join(dir, 'build-error.log');
   fs.writeFileSync(log, `${r.error ? String(r.error) : ''}${r.stdout ?? ''}${r.stderr ?? ''}`);
   process.stderr.write(
-    `qcow2-harness: could not build the image-locking addon (native/ofd_lock.c) with node-gyp; it needs g++, make, python3 and Node's headers (see ${path.relative(process.cwd(), log)})\n`,
+    `qcow2-harness: could not build the native addon (native/ofd_lock.c) and the qemu-img fork server (native/forkserver.c) with node-gyp; it needs g++, make, python3 and Node's headers (see ${path.relative(process.cwd(), log)})\n`,
   );
   process.exit(1);
 }

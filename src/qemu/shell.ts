@@ -35,6 +35,7 @@ import type { Readable, Writable } from 'node:stream';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as readline from 'node:readline';
+import { encodable, forkServed, READY_LINE, reapRequest, serverEnv, startRequest } from './fork-server.js';
 import { resolveTool } from './resolve.js';
 import { scratchDir } from './scratch.js';
 
@@ -64,6 +65,8 @@ const KILLED_RC = 137;
 const SHELL_SLACK_MS = KILL_AFTER_MS + 5000;
 /** How soon to look again when a command's timer ran out before the shell had even started it. */
 const NOT_STARTED_RETRY_MS = 100;
+/** How long a fork server may take to say it is ready before its tool goes to bash instead. */
+const READY_TIMEOUT_MS = 10_000;
 /** Names output files uniquely across every shell of the process. */
 let fileSeq = 0;
 let shellSeq = 0;
@@ -148,15 +151,24 @@ class Shell {
   /** What this shell's files start with (the watchdog finds its commands' PID files by it). */
   private readonly prefix: string;
 
-  constructor(private readonly dir: string) {
+  /** Resolves once the runner can take commands: false when a fork server never said it was ready. */
+  readonly ready: Promise<boolean>;
+
+  /**
+   * `served`: the tool this shell is a fork server of (fork-server.ts), which
+   * then takes that tool's commands only; without it, bash, for any command.
+   */
+  constructor(
+    private readonly dir: string,
+    readonly served?: string,
+  ) {
     this.prefix = path.join(dir, `${process.pid}-s${++shellSeq}`);
     this.script = `${this.prefix}.sh`;
+    const env = { ...process.env, LC_ALL: 'C' };
     // Detached: its own session, with no terminal for job control to take over.
-    this.proc = spawn(RUNNER, ['--noprofile', '--norc'], {
-      stdio: ['pipe', 'pipe', 'pipe', 'pipe'],
-      env: { ...process.env, LC_ALL: 'C' },
-      detached: true,
-    });
+    this.proc = served
+      ? spawn(served, [], { stdio: ['pipe', 'pipe', 'pipe', 'pipe'], env: serverEnv(env, this.prefix), detached: true })
+      : spawn(RUNNER, ['--noprofile', '--norc'], { stdio: ['pipe', 'pipe', 'pipe', 'pipe'], env, detached: true });
     const [stdin, stdout, stderr, lifeline] = this.proc.stdio as unknown as [Writable, Readable, Readable, Writable];
     this.stdin = stdin;
     this.lifeline = lifeline;
@@ -172,10 +184,27 @@ class Shell {
     lifeline.on('error', () => undefined);
     // Its own messages ("Terminated" for a killed job) are not any command's stderr.
     stderr.resume();
+    let greeted: (ok: boolean) => void = () => undefined;
+    this.ready = served
+      ? new Promise((resolve) => {
+          // Ref'd, unlike the server: a caller awaiting the greeting keeps the loop (and beforeExit's shutdown) off.
+          const t = setTimeout(() => (greeted(false), this.close()), READY_TIMEOUT_MS);
+          greeted = (ok) => (clearTimeout(t), resolve(ok));
+        })
+      : Promise.resolve(true);
+    let first = served !== undefined;
     readline.createInterface({ input: stdout }).on('line', (l) => {
+      if (first) {
+        first = false;
+        greeted(l === READY_LINE);
+        if (l !== READY_LINE) this.close();
+        return;
+      }
       if (this.batch && l === `D ${this.batch.id}`) this.batch.done();
     });
-    stdin.write(`${prelude(this.prefix)}\n`);
+    // No first line at all (the tool exited at once): not a server.
+    this.proc.once('close', () => greeted(false));
+    if (!served) stdin.write(`${prelude(this.prefix)}\n`);
     // Let Node's event loop drain while an idle shell is around; beforeExit then closes it.
     this.proc.unref();
     for (const s of [stdin, stdout, stderr, lifeline]) (s as unknown as { unref?: () => void }).unref?.();
@@ -219,9 +248,13 @@ class Shell {
         this.batch = { id, jobs, done: resolve, fail: reject };
         guard = setTimeout(() => reject(new Error('shell runner stopped answering')), longest);
         if (this.dead) return reject(new Error('shell runner exited'));
-        // bash reads a script on a pipe one byte per read(2), but a sourced file whole, before running it.
-        fs.writeFileSync(this.script, `${start.join('\n')}\nqh_reap ${jobs.length} ${id}\n`);
-        this.stdin.write(`. ${quote(this.script)}\n`);
+        if (this.served) {
+          this.stdin.write(jobs.map((j) => startRequest(j.base, j.cmd.args)).join('') + reapRequest(id));
+        } else {
+          // bash reads a script on a pipe one byte per read(2), but a sourced file whole, before running it.
+          fs.writeFileSync(this.script, `${start.join('\n')}\nqh_reap ${jobs.length} ${id}\n`);
+          this.stdin.write(`. ${quote(this.script)}\n`);
+        }
         for (const j of jobs) j.timer = setTimeout(() => this.expire(j), limitMs(j.cmd.timeoutMs));
       });
     } catch (e) {
@@ -344,31 +377,57 @@ class ShellPool {
     return this.shells.length > 0;
   }
 
+  /** Tools whose fork server never became ready: bash runs them from then on. */
+  private unservable = new Set<string>();
+
   async run(cmds: ShellCommand[]): Promise<ShellResult[]> {
     const resolved = cmds.map((c) => resolveTool(c.tool));
-    const runnable = cmds.filter((_, i) => resolved[i]!.ok);
-    let ran: ShellResult[] = [];
-    if (runnable.length > 0) {
-      if (this.dir && !fs.existsSync(this.dir)) {
-        // Someone removed the scratch directory (a cleanup, a full tmpfs recovered by hand): the idle shells'
-        // script and status files are gone with it, so they are retired and new ones start in a new directory.
-        for (const s of this.shells) if (!s.busy) s.close();
-      }
-      this.shells = this.shells.filter((s) => !s.dead);
-      let sh = this.shells.find((s) => !s.busy);
-      if (!sh) {
-        sh = new Shell(this.tmp());
-        this.shells.push(sh);
-      }
-      sh.busy = true;
-      try {
-        ran = await sh.run(runnable, resolved.flatMap((r) => (r.ok ? [r.file] : [])));
-      } finally {
-        sh.busy = false;
-      }
+    const out: (ShellResult | undefined)[] = resolved.map((r) => (r.ok ? undefined : { rc: r.rc, stdout: '', stderr: r.message, timedOut: false }));
+    // One group per runner: each served tool's commands to a fork server of it, the rest to bash, all at once.
+    const groups = new Map<string, number[]>();
+    resolved.forEach((r, i) => {
+      if (!r.ok) return;
+      const key = this.servable(r.file) && encodable(cmds[i]!.args) ? r.file : '';
+      groups.set(key, [...(groups.get(key) ?? []), i]);
+    });
+    if (groups.size > 0 && this.dir && !fs.existsSync(this.dir)) {
+      // Someone removed the scratch directory (a cleanup, a full tmpfs recovered by hand): the idle shells'
+      // script and status files are gone with it, so they are retired and new ones start in a new directory.
+      for (const s of this.shells) if (!s.busy) s.close();
     }
-    let k = 0;
-    return resolved.map((r) => (r.ok ? ran[k++]! : { rc: r.rc, stdout: '', stderr: r.message, timedOut: false }));
+    await Promise.all(
+      [...groups].map(async ([served, idx]) => {
+        const files = idx.map((i) => (resolved[i] as { file: string }).file);
+        const ran = await this.runOn(served || undefined, idx.map((i) => cmds[i]!), files);
+        idx.forEach((i, k) => (out[i] = ran[k]));
+      }),
+    );
+    return out as ShellResult[];
+  }
+
+  private servable(file: string): boolean {
+    return !this.unservable.has(file) && forkServed(file);
+  }
+
+  /** Runs a batch on an idle shell of the runner (bash when served is undefined), started if none is idle. */
+  private async runOn(served: string | undefined, cmds: ShellCommand[], files: string[]): Promise<ShellResult[]> {
+    this.shells = this.shells.filter((s) => !s.dead);
+    let sh = this.shells.find((s) => !s.busy && s.served === served);
+    if (!sh) {
+      sh = new Shell(this.tmp(), served);
+      this.shells.push(sh);
+    }
+    sh.busy = true;
+    try {
+      if (!(await sh.ready)) {
+        this.unservable.add(served!);
+        sh.busy = false;
+        return this.runOn(undefined, cmds, files);
+      }
+      return await sh.run(cmds, files);
+    } finally {
+      sh.busy = false;
+    }
   }
 
   /** For process exit, where nothing can be awaited: the shells end on their own, unreaped. */

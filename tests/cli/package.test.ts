@@ -24,7 +24,7 @@ const ALLOWED = [
   /^README\.md$/,
   /^docs\/[^/]+\.md$/,
   /^dist\/.+\.js$/,
-  /^native\/(binding\.gyp|build\.mjs|ofd_lock\.c|crypto\.c)$/,
+  /^native\/(binding\.gyp|build\.mjs|ofd_lock\.c|crypto\.c|forkserver\.c)$/,
   /^adapters\/[^/]+\.py$/,
   /^src\/harness\/targets\/cmd-example-qemu\.mjs$/,
 ];
@@ -38,6 +38,7 @@ const REQUIRED = [
   'native/build.mjs',
   'native/ofd_lock.c',
   'native/crypto.c',
+  'native/forkserver.c',
   'adapters/libqcow_adapter.py',
   'src/harness/targets/cmd-example-qemu.mjs',
 ];

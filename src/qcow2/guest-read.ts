@@ -19,45 +19,97 @@ export interface BlockStatus {
 
 export type SubclusterState = 'normal' | 'zero' | 'unallocated';
 
+/** What a pending run of readGuest holds: host data, zeros, or the backing file's bytes at the same guest offsets. */
+const enum Run {
+  None,
+  Data,
+  Zero,
+  Backing,
+}
+
 /**
  * Reads guest bytes without the virtual-size bound (COW of the last partial
  * cluster needs that). Consecutive guest clusters whose data clusters are
  * consecutive on the host are read with one storage call, as QEMU's
  * qcow2_co_preadv_part takes the longest contiguous run qcow2_get_host_offset
  * reports: a fully written image reads in chunk-sized calls, not per cluster.
- * Each entry is validated (dataClusterOffset) before its bytes are read.
+ * Runs of zero clusters, and of unallocated ones (read from the backing file
+ * in one call), are gathered the same way, and an L1 entry that names no L2
+ * table makes its whole span one unallocated run without looking at its
+ * clusters: a sparse image at 512 B clusters is otherwise a call per 512 bytes.
+ * Each entry is validated (dataClusterOffset) before its bytes are read; a
+ * backing run is read before the next L2 table is looked at, so a corrupt
+ * backing file is still reported before a corrupt table after it.
  */
 export function readGuest(s: ImageState, offset: number, dst: Uint8Array): void {
   const cs = s.clusterSize;
   const plain = !s.layout.extended && !s.crypto;
-  let runHost = -1; // host offset of the pending contiguous read, or -1
-  let runStart = 0; // its start in dst
+  let kind = Run.None as Run;
+  let runHost = 0; // host offset of a Data run
+  let runStart = 0; // the run's start in dst
   let runLen = 0;
   const flushRun = (): void => {
-    if (runLen > 0) s.data.readInto(runHost, dst.subarray(runStart, runStart + runLen));
-    runHost = -1;
+    if (runLen > 0) {
+      const part = dst.subarray(runStart, runStart + runLen);
+      if (kind === Run.Data) s.data.readInto(runHost, part);
+      else if (kind === Run.Zero) part.fill(0);
+      else readBacking(s, offset + runStart, part);
+    }
+    kind = Run.None;
     runLen = 0;
   };
+  /** Adds n bytes at done to the pending run, or flushes it and starts one; host is the Data run's next byte. */
+  const add = (k: Run, done: number, n: number, host: number): void => {
+    if (kind !== k || (k === Run.Data && runHost + runLen !== host)) {
+      flushRun();
+      kind = k;
+      runHost = host;
+      runStart = done;
+    }
+    runLen += n;
+  };
+  const perL1 = s.bytesPerL1Entry;
+  let l1Seen = -1;
   let done = 0;
   while (done < dst.length) {
     const pos = offset + done;
+    const l1Index = Math.floor(pos / perL1);
+    if (l1Index !== l1Seen) {
+      l1Seen = l1Index;
+      if (kind === Run.Backing) flushRun();
+      if (l1Index >= s.l1Entries || s.l1.l2OffsetAt(l1Index) === 0) {
+        const n = Math.min((l1Index + 1) * perL1 - pos, dst.length - done);
+        add(Run.Backing, done, n, 0);
+        done += n;
+        continue;
+      }
+    }
     const vc = Math.floor(pos / cs);
     const inOff = pos - vc * cs;
     const n = Math.min(cs - inOff, dst.length - done);
     const e = entryFor(s, vc);
-    // Encrypted data goes the per-cluster path, which decrypts it (readData).
-    const host = plain && s.layout.type(e) === ClusterType.Normal ? dataClusterOffset(s, e, vc) : -1;
-    if (host >= 0) {
-      if (runLen > 0 && runHost + runLen !== host + inOff) flushRun();
-      if (runLen === 0) {
-        runHost = host + inOff;
-        runStart = done;
+    const type = s.layout.type(e);
+    if (!s.layout.extended && type !== ClusterType.Compressed) {
+      // Encrypted data goes the per-cluster path, which decrypts it (readData).
+      if (type === ClusterType.Normal && plain) {
+        add(Run.Data, done, n, dataClusterOffset(s, e, vc) + inOff);
+        done += n;
+        continue;
       }
-      runLen += n;
-    } else {
-      flushRun();
-      readInCluster(s, vc, inOff, dst.subarray(done, done + n), e);
+      if (type === ClusterType.Unallocated) {
+        add(Run.Backing, done, n, 0);
+        done += n;
+        continue;
+      }
+      if (type === ClusterType.ZeroPlain || type === ClusterType.ZeroAlloc) {
+        refuseV2ZeroCluster(s, type, vc);
+        add(Run.Zero, done, n, 0);
+        done += n;
+        continue;
+      }
     }
+    flushRun();
+    readInCluster(s, vc, inOff, dst.subarray(done, done + n), e);
     done += n;
   }
   flushRun();

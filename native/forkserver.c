@@ -207,7 +207,8 @@ static void watchdog(const char *prefix) {
     break;
   }
   if (stop_unreaped(dir, name_prefix, SIGTERM)) {
-    sleep(KILL_AFTER_S);
+    /* The grace, cut short once no group is left to signal (signal 0 only asks whether one is). */
+    for (int t = 0; t < KILL_AFTER_S * 10 && stop_unreaped(dir, name_prefix, 0); t++) usleep(100000);
     stop_unreaped(dir, name_prefix, SIGKILL);
   }
   remove_own_files(dir, name_prefix);

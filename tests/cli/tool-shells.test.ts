@@ -129,6 +129,44 @@ describe('tool shells, process-wide', () => {
     expect(fs.readdirSync(scratch).sort()).toEqual([fresh, live, other].sort());
     expect(fs.existsSync(path.join(scratch, orphan))).toBe(false);
   });
+  it('a process killed outright leaves no served command running, and no scratch files', async () => {
+    const d = path.join(dir, 'killed');
+    const scratch = path.join(d, 'scratch');
+    fs.mkdirSync(scratch, { recursive: true });
+    const image = path.join(d, 'k.qcow2');
+    execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', image, '1M']);
+    const shell = path.join(REPO, 'dist/qemu/shell.js');
+    const script = `
+      const { shellPool } = await import(${JSON.stringify(shell)});
+      const started = shellPool.run([{ tool: 'qemu-io', args: ['-c', 'sleep 300000', ${JSON.stringify(image)}], timeoutMs: 600000 }]);
+      const fs = await import('node:fs');
+      // Killed once the command runs: its PID file is there.
+      for (;;) {
+        const d = fs.readdirSync(${JSON.stringify(scratch)}).map((n) => ${JSON.stringify(scratch)} + '/' + n);
+        const pid = d.flatMap((x) => fs.readdirSync(x).filter((f) => f.endsWith('.pid')).map((f) => x + '/' + f))[0];
+        if (pid) { process.stdout.write(fs.readFileSync(pid, 'utf8')); break; }
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      process.kill(process.pid, 'SIGKILL');
+      await started;
+    `;
+    const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8', env: { ...process.env, QH_SCRATCH_DIR: scratch } });
+    expect(r.signal).toBe('SIGKILL');
+    const pid = Number(r.stdout.trim());
+    expect(pid).toBeGreaterThan(0);
+    // The watchdog acts on its own; wait for its effect however long a loaded machine takes.
+    const running = () => {
+      try {
+        const st = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+        return st.slice(st.lastIndexOf(')') + 2)[0] !== 'Z';
+      } catch {
+        return false;
+      }
+    };
+    for (let i = 0; i < 600 && (running() || fs.readdirSync(scratch).length > 0); i++) await new Promise((res) => setTimeout(res, 100));
+    expect(running()).toBe(false);
+    expect(fs.readdirSync(scratch)).toEqual([]);
+  });
 });
 
 /** Running or sleeping; a zombie waiting for init, or gone, is not. */

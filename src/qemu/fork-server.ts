@@ -14,9 +14,8 @@
  * reach (static, or a loader that refuses it) never says it is ready, and
  * shell.ts then runs it through bash for the rest of the process.
  */
-import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { nativeBuildFile } from '../qcow2/storage/native.js';
 
 export const FORK_SERVER_RELATIVE_PATH = 'native/build/Release/qh_forkserver.node';
 /** The server's first line: it is running inside the tool and reads requests. */
@@ -26,21 +25,8 @@ const SERVED = new Set(['qemu-img', 'qemu-io']);
 
 let library: string | null | undefined;
 
-/** The preload library, found up from this module as the addon is (src/, dist/ and bundles alike). */
 function libraryPath(): string | undefined {
-  if (library !== undefined) return library ?? undefined;
-  library = null;
-  let dir = path.dirname(fileURLToPath(import.meta.url));
-  for (let up = 0; up < 8; up++) {
-    const candidate = path.join(dir, ...FORK_SERVER_RELATIVE_PATH.split('/'));
-    if (fs.existsSync(candidate)) {
-      library = candidate;
-      break;
-    }
-    const parent = path.dirname(dir);
-    if (parent === dir) break;
-    dir = parent;
-  }
+  if (library === undefined) library = nativeBuildFile(FORK_SERVER_RELATIVE_PATH) ?? null;
   return library ?? undefined;
 }
 

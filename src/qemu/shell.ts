@@ -236,11 +236,6 @@ class Shell {
   async run(cmds: ShellCommand[], files: string[]): Promise<ShellResult[]> {
     const id = ++this.seq;
     const jobs: Job[] = cmds.map((cmd) => ({ cmd, base: `${this.prefix}-${++fileSeq}`, timedOut: false, killed: false }));
-    const start = jobs.map((j, i) => {
-      const b = quote(j.base);
-      const argv = [files[i]!, ...j.cmd.args].map(quote).join(' ');
-      return `${argv} >${b}.out 2>${b}.err </dev/null & qh_base[$!]=${b}; echo $! >${b}.pid`;
-    });
     const longest = Math.max(...cmds.map((c) => limitMs(c.timeoutMs))) + SHELL_SLACK_MS;
     let guard: NodeJS.Timeout | undefined;
     try {
@@ -251,6 +246,11 @@ class Shell {
         if (this.served) {
           this.stdin.write(jobs.map((j) => startRequest(j.base, j.cmd.args)).join('') + reapRequest(id));
         } else {
+          const start = jobs.map((j, i) => {
+            const b = quote(j.base);
+            const argv = [files[i]!, ...j.cmd.args].map(quote).join(' ');
+            return `${argv} >${b}.out 2>${b}.err </dev/null & qh_base[$!]=${b}; echo $! >${b}.pid`;
+          });
           // bash reads a script on a pipe one byte per read(2), but a sourced file whole, before running it.
           fs.writeFileSync(this.script, `${start.join('\n')}\nqh_reap ${jobs.length} ${id}\n`);
           this.stdin.write(`. ${quote(this.script)}\n`);
@@ -388,7 +388,9 @@ class ShellPool {
     resolved.forEach((r, i) => {
       if (!r.ok) return;
       const key = this.servable(r.file) && encodable(cmds[i]!.args) ? r.file : '';
-      groups.set(key, [...(groups.get(key) ?? []), i]);
+      const g = groups.get(key);
+      if (g) g.push(i);
+      else groups.set(key, [i]);
     });
     if (groups.size > 0 && this.dir && !fs.existsSync(this.dir)) {
       // Someone removed the scratch directory (a cleanup, a full tmpfs recovered by hand): the idle shells'
@@ -420,8 +422,8 @@ class ShellPool {
     sh.busy = true;
     try {
       if (!(await sh.ready)) {
+        // The shell closed itself (dead): the retry never picks it.
         this.unservable.add(served!);
-        sh.busy = false;
         return this.runOn(undefined, cmds, files);
       }
       return await sh.run(cmds, files);

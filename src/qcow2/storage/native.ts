@@ -41,11 +41,15 @@ export const ADDON_RELATIVE_PATH = 'native/build/Release/ofd_lock.node';
 
 let loaded: NativeAddon | Error | undefined;
 
-/** Where the addon is: up from this module, so src/, dist/ and bundles of either all find it. */
-function addonPath(): string | undefined {
+/**
+ * A file of the package's native build (the addon, the fork server's
+ * library): looked for up from this module, so src/, dist/ and bundles of
+ * either all find it.
+ */
+export function nativeBuildFile(relative: string): string | undefined {
   let dir = path.dirname(fileURLToPath(import.meta.url));
   for (let up = 0; up < 8; up++) {
-    const candidate = path.join(dir, ...ADDON_RELATIVE_PATH.split('/'));
+    const candidate = path.join(dir, ...relative.split('/'));
     if (fs.existsSync(candidate)) return candidate;
     const parent = path.dirname(dir);
     if (parent === dir) break;
@@ -57,7 +61,7 @@ function addonPath(): string | undefined {
 /** The addon, or the Error that kept it from loading (each caller words its own consequence). */
 export function nativeAddon(): NativeAddon | Error {
   if (loaded) return loaded;
-  const where = addonPath();
+  const where = nativeBuildFile(ADDON_RELATIVE_PATH);
   try {
     if (!where) throw new Error('not found');
     loaded = createRequire(import.meta.url)(where) as NativeAddon;

@@ -32,14 +32,16 @@
  * shell.ts runs that tool through bash instead.
  *
  * The watchdog (fd 3, a pipe only Node writes to) is bash's: when it ends,
- * every command not yet reaped is sent TERM, KILL after 2 s, and this
- * server's files and, when empty, the directory are removed.
+ * every command not yet reaped is sent TERM, KILL after 2 s (sooner once
+ * none is left), and once the server itself has exited (it writes the last
+ * status files) its files and, when empty, the directory are removed.
  */
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -105,8 +107,8 @@ static void write_all(int fd, const char *s, size_t n) {
   }
 }
 
-/* BASE + ext holds "N\n", written whole before the name is visible to Node's existence checks
- * would matter only for .rc, whose mere existence means "reaped": the same as bash's echo. */
+/* Writes "N\n" to BASE + ext, as bash's `echo N >file` does (and no more atomically: Node reads a .rc
+ * file's mere existence as "reaped", which is true from the moment it is created). */
 static void put_number(const char *base, const char *ext, long v) {
   char path[4096], text[32];
   snprintf(path, sizeof path, "%s%s", base, ext);
@@ -187,7 +189,7 @@ static void remove_own_files(const char *dir, const char *name_prefix) {
   rmdir(dir);
 }
 
-static void watchdog(const char *prefix) {
+static void watchdog(const char *prefix, int server_gone) {
   char dir[4096], name_prefix[4096];
   const char *slash = strrchr(prefix, '/');
   if (!slash) _exit(0);
@@ -211,6 +213,14 @@ static void watchdog(const char *prefix) {
     for (int t = 0; t < KILL_AFTER_S * 10 && stop_unreaped(dir, name_prefix, 0); t++) usleep(100000);
     stop_unreaped(dir, name_prefix, SIGKILL);
   }
+  /* The server writes a status file as it reaps each command, which can come after the commands' groups
+   * are gone: the files go once it has exited (its end of server_gone then closes), within the grace. */
+  struct pollfd pfd = {.fd = server_gone, .events = POLLIN};
+  for (int left = KILL_AFTER_S * 1000; left > 0;) {
+    int r = poll(&pfd, 1, left);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0 || read(server_gone, &c, 1) <= 0) break;
+  }
   remove_own_files(dir, name_prefix);
   _exit(0);
 }
@@ -233,8 +243,15 @@ static int serve(void) {
   } else {
     unsetenv("LD_PRELOAD");
   }
+  int gone[2];
+  if (pipe(gone) != 0) return 2;
   pid_t w = fork();
-  if (w == 0) watchdog(own_prefix);
+  if (w == 0) {
+    close(gone[1]);
+    watchdog(own_prefix, gone[0]);
+  }
+  /* Only this process holds the write end (commands close every fd above 2), so it ends when we do. */
+  close(gone[0]);
   close(3);
   write_all(1, "QH-FS 1\n", 8);
   struct started batch[MAX_BATCH];

@@ -5,6 +5,8 @@ const UNIT_SHIFT: Record<string, number> = { B: 0, K: 10, M: 20, G: 30, T: 40, P
 /** Sizes must stay below 2^63 (qemu's INT64_MAX is 2^63 - 1, which a double cannot hold). */
 const SIZE_LIMIT = 2 ** 63;
 
+const PLAIN_DECIMAL = /^\d{1,15}$/;
+
 /**
  * Parses a size the way qemu-img and qemu-io do (qemu_strtosz): a decimal
  * number, possibly with a fraction, or a hex integer, then an optional unit
@@ -12,6 +14,9 @@ const SIZE_LIMIT = 2 ** 63;
  * text is not a size, so callers can word the error as their QEMU tool does.
  */
 export function parseSize(text: string, defaultUnit: keyof typeof UNIT_SHIFT = 'B'): number | null {
+  // The common case (a plain byte count, as qemu-io scripts pass thousands of) without BigInt:
+  // fifteen digits are below 2^53, so the double is exact.
+  if (defaultUnit === 'B' && PLAIN_DECIMAL.test(text)) return Number(text);
   const big = parseSizeBig(text, defaultUnit);
   if (big === null) return null;
   const value = Number(big);
@@ -92,6 +97,11 @@ function stripZeros(s: string): string {
 export function printfFixed(x: number, digits: number): string {
   const plain = x.toFixed(digits);
   if (!Number.isFinite(x) || x < 0) return plain;
+  // A tie makes x * 10^digits an integer plus exactly 1/2; below 2^51 that product is
+  // representable, so the double multiplication is exact and shows it. Anything else
+  // cannot be a tie and needs none of the exact arithmetic below.
+  const s = x * 10 ** digits;
+  if (s < 2 ** 51 && s - Math.floor(s) !== 0.5) return plain;
   // x = mant * 2^exp exactly; a tie is x * 10^digits having a fractional part of exactly 1/2.
   const view = new DataView(new ArrayBuffer(8));
   view.setFloat64(0, x);

@@ -21,6 +21,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
 import { prng } from './prng.js';
+import { packageFile } from '../qcow2/storage/native.js';
 
 export const BENCH_CASES = ['convert', 'writes', 'check', 'amend', 'startup', 'campaign'] as const;
 export type BenchCase = (typeof BENCH_CASES)[number];
@@ -81,11 +82,9 @@ export interface BenchOptions {
 
 const MiB = 1024 * 1024;
 
-/** The built CLI next to this file (dist/harness/bench.js → dist/cli/main.js). */
+/** The package's built CLI, found up from this module (src/, dist/ or a chunk of the bundle). */
 function cliPath(): string {
-  const here = dirname(fileURLToPath(import.meta.url));
-  const candidates = [resolve(here, '../cli/main.js'), resolve(here, '../../dist/cli/main.js')];
-  const found = candidates.find((p) => existsSync(p));
+  const found = packageFile('dist/cli/main.js');
   if (!found) throw new Error('built CLI not found (run npm run build)');
   return found;
 }

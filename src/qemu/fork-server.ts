@@ -15,7 +15,7 @@
  * shell.ts then runs it through bash for the rest of the process.
  */
 import * as path from 'node:path';
-import { nativeBuildFile } from '../qcow2/storage/native.js';
+import { packageFile } from '../qcow2/storage/native.js';
 
 export const FORK_SERVER_RELATIVE_PATH = 'native/build/Release/qh_forkserver.node';
 /** The server's first line: it is running inside the tool and reads requests. */
@@ -26,7 +26,7 @@ const SERVED = new Set(['qemu-img', 'qemu-io']);
 let library: string | null | undefined;
 
 function libraryPath(): string | undefined {
-  if (library === undefined) library = nativeBuildFile(FORK_SERVER_RELATIVE_PATH) ?? null;
+  if (library === undefined) library = packageFile(FORK_SERVER_RELATIVE_PATH) ?? null;
   return library ?? undefined;
 }
 

@@ -15,6 +15,15 @@ const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..')
 const dir = scratchDir('startup');
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
 
+/**
+ * The bundled CLI (scripts/bundle.mjs) loads chunks, not modules: its manifest
+ * says which dist/ modules each chunk holds, so a loaded chunk counts as all
+ * of them (a chunk is loaded whole).
+ */
+const CHUNKS = path.join(root, 'dist/cli/chunks/modules.json');
+const manifest: Record<string, string[]> = fs.existsSync(CHUNKS) ? JSON.parse(fs.readFileSync(CHUNKS, 'utf8')) : {};
+const modulesOf = (distFile: string): string[] => (distFile.startsWith('cli/') ? manifest[distFile.slice(4)] : undefined) ?? [distFile];
+
 let n = 0;
 /** The packages and the dist/ files a command line loads. */
 async function loaded(args: string[]): Promise<{ packages: string[]; dist: string[] }> {
@@ -30,7 +39,7 @@ async function loaded(args: string[]): Promise<{ packages: string[]; dist: strin
   for (const line of fs.readFileSync(log, 'utf8').split('\n')) {
     const pkg = /node_modules\/((?:@[^/]+\/)?[^/]+)/.exec(line);
     if (pkg) packages.add(pkg[1]!);
-    else if (line.includes('/dist/')) dist.add(line.slice(line.lastIndexOf('/dist/') + 6));
+    else if (line.includes('/dist/')) for (const m of modulesOf(line.slice(line.lastIndexOf('/dist/') + 6))) dist.add(m);
   }
   return { packages: [...packages].sort(), dist: [...dist].sort() };
 }

@@ -2,6 +2,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
+import { packageFile } from '../../qcow2/storage/native.js';
 import { QemuReader, TsReader } from '../reader/builtin.js';
 import { CmdTarget } from './cmd.js';
 import { QemuTarget } from './qemu.js';
@@ -30,9 +31,10 @@ export interface TargetOptions {
  * the message a machine without the package gets).
  */
 export const LIBQCOW_PYTHON = process.env.QH_LIBQCOW_PYTHON ?? '/usr/bin/python3';
-/** Shipped next to src/ and dist/ (both three levels below the package root). */
-export const ADAPTERS_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..', 'adapters');
-export const LIBQCOW_ADAPTER = path.join(ADAPTERS_DIR, 'libqcow_adapter.py');
+/** Shipped next to src/ and dist/, found up from this module (which may be a chunk of the bundled CLI). */
+export const LIBQCOW_ADAPTER =
+  packageFile('adapters/libqcow_adapter.py') ?? path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..', 'adapters', 'libqcow_adapter.py');
+export const ADAPTERS_DIR = path.dirname(LIBQCOW_ADAPTER);
 
 /** Why the libqcow target cannot run here, in one line, or undefined when it can. */
 export function libqcowMissing(): string | undefined {

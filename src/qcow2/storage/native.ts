@@ -42,11 +42,12 @@ export const ADDON_RELATIVE_PATH = 'native/build/Release/ofd_lock.node';
 let loaded: NativeAddon | Error | undefined;
 
 /**
- * A file of the package's native build (the addon, the fork server's
- * library): looked for up from this module, so src/, dist/ and bundles of
- * either all find it.
+ * A file of the package (the native build's addon and fork-server library,
+ * the reader adapters, the built CLI), named relative to the package root:
+ * looked for up from this module, so src/, dist/ and the bundled CLI in
+ * dist/cli/chunks/ all find it.
  */
-export function nativeBuildFile(relative: string): string | undefined {
+export function packageFile(relative: string): string | undefined {
   let dir = path.dirname(fileURLToPath(import.meta.url));
   for (let up = 0; up < 8; up++) {
     const candidate = path.join(dir, ...relative.split('/'));
@@ -61,7 +62,7 @@ export function nativeBuildFile(relative: string): string | undefined {
 /** The addon, or the Error that kept it from loading (each caller words its own consequence). */
 export function nativeAddon(): NativeAddon | Error {
   if (loaded) return loaded;
-  const where = nativeBuildFile(ADDON_RELATIVE_PATH);
+  const where = packageFile(ADDON_RELATIVE_PATH);
   try {
     if (!where) throw new Error('not found');
     loaded = createRequire(import.meta.url)(where) as NativeAddon;

@@ -13,7 +13,6 @@ import {
   BITMAP_TABLE_ENTRY_SIZE,
   INCOMPAT_CORRUPT,
   INCOMPAT_DIRTY,
-  INT64_LIMIT,
   L1_ENTRY_SIZE,
   L2_ENTRY_SIZE,
   MAX_L1_BYTES,
@@ -28,6 +27,7 @@ import { L1Table } from './l1-table.js';
 import { ALL_SUBCLUSTERS } from './l2.js';
 import { MetaKind } from './overlap.js';
 import { installRefcountStructure } from './refcount-rebuild.js';
+import { StoredRefcounts } from './check-stored.js';
 import type { ImageState } from './state.js';
 import { walkTree } from './tree-walk.js';
 import type { CheckResult, RepairMode } from './types.js';
@@ -117,7 +117,9 @@ export function checkPass(img: ImageState, fix: number): CheckResult {
   let counts = calculate(img, res, fix, nbClusters, state);
   const pre = { ...res, messages: [...res.messages] };
   nbClusters = Math.max(nbClusters, counts.size);
-  let highest = compare(img, res, 0, state, counts, nbClusters);
+  // A pass that repairs nothing reads the stored refcounts once, for the compare and the OFLAG_COPIED walk.
+  const stored = new StoredRefcounts(img, fix === 0 ? nbClusters : undefined);
+  let highest = compare(img, res, 0, state, counts, nbClusters, stored);
   if (state.rebuild && fix & FIX_ERRORS) {
     const old = { ...res };
     res.messages.push('Rebuilding refcount structure');
@@ -160,7 +162,7 @@ export function checkPass(img: ImageState, fix: number): CheckResult {
   }
   // Only a pass that repairs nothing may reuse what the walk read (the recount after a rebuild is
   // read-only itself, but this pass then repairs).
-  checkOflagCopied(img, res, fix, fix === 0 ? counts.memo : undefined);
+  checkOflagCopied(img, res, fix, fix === 0 ? counts.memo : undefined, fix === 0 ? stored : new StoredRefcounts(img));
   res.imageEndOffset = (highest + 1) * cs;
   if (fix && res.checkErrors === 0 && res.corruptions === 0) markCleanAndConsistent(img);
   return res;
@@ -473,22 +475,18 @@ function checkRefblocks(img: ImageState, res: CheckResult, c: Counts, nbClusters
 
 // ------------------------------------------------------------------ comparing
 
-/** Stored refcount of a cluster, or undefined when its refcount block cannot be read. */
-function storedRefcount(img: ImageState, cluster: number): number | undefined {
-  const rt = img.refcounts;
-  const bi = Math.floor(cluster / rt.entriesPerBlock);
-  if (bi >= rt.table.length) return 0;
-  const off = rt.table[bi];
-  if (off === 0) return 0;
-  // Offsets with bit 63 set are negative to QEMU's block layer: the read fails.
-  if (off % img.clusterSize !== 0 || off >= INT64_LIMIT) return undefined;
-  return rt.get(cluster);
-}
-
-function compare(img: ImageState, res: CheckResult, fix: number, state: { rebuild: boolean }, c: Counts, nbClusters: number): number {
+function compare(
+  img: ImageState,
+  res: CheckResult,
+  fix: number,
+  state: { rebuild: boolean },
+  c: Counts,
+  nbClusters: number,
+  stored0 = new StoredRefcounts(img),
+): number {
   let highest = 0;
   for (let i = 0; i < nbClusters; i++) {
-    const stored = storedRefcount(img, i);
+    const stored = stored0.get(i);
     const computed = c.table[i] ?? 0;
     if (stored === undefined) {
       res.messages.push(`ERROR: Can't get refcount for cluster ${i}`);
@@ -523,7 +521,7 @@ function compare(img: ImageState, res: CheckResult, fix: number, state: { rebuil
   return highest;
 }
 
-function checkOflagCopied(img: ImageState, res: CheckResult, fix: number, memo: Map<number, CachedTable> | undefined): void {
+function checkOflagCopied(img: ImageState, res: CheckResult, fix: number, memo: Map<number, CachedTable> | undefined, stored: StoredRefcounts): void {
   // check_oflag_copied: -r all always repairs; -r leaks only when nothing else is wrong, for the
   // refcounts are then exact (the leak repair just ran).
   const repair = fix & FIX_ERRORS ? true : fix & FIX_LEAKS ? res.checkErrors === 0 && res.corruptions === 0 && res.leaks === 0 : false;
@@ -533,7 +531,7 @@ function checkOflagCopied(img: ImageState, res: CheckResult, fix: number, memo: 
   walkTree(img, img.l1, {
     enter(i, l2Offset) {
       aligned = l2Offset % cs === 0;
-      const rc = storedRefcount(img, Math.floor(l2Offset / cs));
+      const rc = stored.get(Math.floor(l2Offset / cs));
       if (rc === undefined) return false;
       if ((rc === 1) !== img.l1.copiedAt(i)) {
         const l1Entry = img.l1.rawAt(i);
@@ -555,7 +553,7 @@ function checkOflagCopied(img: ImageState, res: CheckResult, fix: number, memo: 
       if (type !== ClusterType.Normal && type !== ClusterType.ZeroAlloc) return;
       // Misaligned offsets are checked too, at the cluster they fall in (QEMU: offset >> cluster_bits).
       // check_oflag_copied: data file clusters always count as refcount 1.
-      const drc = img.hasDataFile ? 1 : storedRefcount(img, Math.floor(layout.offset(e) / cs));
+      const drc = img.hasDataFile ? 1 : stored.get(Math.floor(layout.offset(e) / cs));
       if (drc === undefined) return;
       if ((drc === 1) !== isCopied(e.hi)) {
         const entry = hex64(e.hi, e.lo);

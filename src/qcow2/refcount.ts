@@ -127,6 +127,20 @@ export class Refcounts {
     return getRefcount(b.data, b.view, clusterIndex % this.entriesPerBlock, this.order);
   }
 
+  /**
+   * The refcounts of `count` clusters of one block from its first entry on, into out[at..]:
+   * get() for each of them with one block lookup (check's pass over every cluster).
+   * Zeros for a block the table does not point to.
+   */
+  readBlock(blockIndex: number, count: number, out: Float64Array, at: number): void {
+    const b = this.block(blockIndex);
+    if (!b) {
+      out.fill(0, at, at + count);
+      return;
+    }
+    for (let i = 0; i < count; i++) out[at + i] = getRefcount(b.data, b.view, i, this.order);
+  }
+
   getAt(offset: number): number {
     return this.get(Math.floor(offset / this.clusterSize));
   }

@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { parseArgs } from './args.js';
 import { UsageError } from './errors.js';
 import { createOptionsFrom, parseOptionList } from './options.js';
-import { cvtstr, parseSize, sizeToStr } from './sizes.js';
+import { cvtstr, parseSize, parseSizeBig, printfFixed, sizeToStr } from './sizes.js';
 
 describe('parseSize (qemu_strtosz)', () => {
   it.each([
@@ -21,6 +21,26 @@ describe('parseSize (qemu_strtosz)', () => {
     ['10b', 10],
   ])('%s → %d', (text, v) => expect(parseSize(text)).toBe(v));
   it.each(['', 'x', '1Q', '-1', '1.5', '1kk', '8E'])('%s is refused', (text) => expect(parseSize(text)).toBeNull());
+  it('the double fast path agrees with the exact BigInt parse', () => {
+    const texts = ['007', '0k', '15b', '2m', '7E', '8E', '9E', '123456789012345', '1234567890123456', '999999999999999E', '8191P', '8192P', '4503599627370497'];
+    for (const t of texts) {
+      const big = parseSizeBig(t);
+      const exact = big === null || BigInt(Number(big)) !== big ? null : Number(big);
+      expect([t, parseSize(t)]).toEqual([t, exact]);
+    }
+  });
+});
+
+describe('printfFixed (glibc %.Nf)', () => {
+  it('rounds exact ties to even, and everything else as toFixed', () => {
+    expect(printfFixed(1.0625, 3)).toBe('1.062');
+    expect(printfFixed(1.0635, 3)).toBe((1.0635).toFixed(3));
+    expect(printfFixed(0.5, 0)).toBe('0');
+    expect(printfFixed(2.5, 0)).toBe('2');
+    expect(printfFixed(3.5, 0)).toBe('4');
+    expect(printfFixed(2 ** 52 + 0.0, 1)).toBe('4503599627370496.0');
+    expect(printfFixed(1.00048828125, 3)).toBe('1.000');
+  });
 });
 
 describe('size printing', () => {

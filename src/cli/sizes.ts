@@ -5,7 +5,7 @@ const UNIT_SHIFT: Record<string, number> = { B: 0, K: 10, M: 20, G: 30, T: 40, P
 /** Sizes must stay below 2^63 (qemu's INT64_MAX is 2^63 - 1, which a double cannot hold). */
 const SIZE_LIMIT = 2 ** 63;
 
-const PLAIN_DECIMAL = /^\d{1,15}$/;
+const PLAIN_SIZE = /^(\d{1,15})([bBkKmMgGtTpPeE])?$/;
 
 /**
  * Parses a size the way qemu-img and qemu-io do (qemu_strtosz): a decimal
@@ -14,9 +14,13 @@ const PLAIN_DECIMAL = /^\d{1,15}$/;
  * text is not a size, so callers can word the error as their QEMU tool does.
  */
 export function parseSize(text: string, defaultUnit: keyof typeof UNIT_SHIFT = 'B'): number | null {
-  // The common case (a plain byte count, as qemu-io scripts pass thousands of) without BigInt:
-  // fifteen digits are below 2^53, so the double is exact.
-  if (defaultUnit === 'B' && PLAIN_DECIMAL.test(text)) return Number(text);
+  // The common case (an integer and maybe a unit, as qemu-io scripts pass thousands of) without
+  // BigInt: fifteen digits are below 2^53, and times a power of two the double stays exact.
+  const plain = PLAIN_SIZE.exec(text);
+  if (plain) {
+    const v = Number(plain[1]) * 2 ** UNIT_SHIFT[(plain[2] ?? defaultUnit).toUpperCase()]!;
+    return v < SIZE_LIMIT ? v : null;
+  }
   const big = parseSizeBig(text, defaultUnit);
   if (big === null) return null;
   const value = Number(big);

@@ -1,13 +1,15 @@
+import * as fs from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import type { EngineSession } from '../harness/ops/index.js';
 import { UnsupportedFeatureError } from '../qcow2/errors.js';
 import { SECTOR_SIZE } from '../qcow2/format/constants.js';
 import type { CliContext } from './context.js';
 import type { WritableDevice } from './open.js';
-import { Qcow2Device, reason } from './open.js';
+import { Qcow2Device, reason, resolvePath } from './open.js';
 import { parseBool, parseCompat, parseOptionList, parseRefcountBits } from './options.js';
 import { argCount, cvtnum, CmdError, DEFAULT_WRITE_PATTERN, expectArgs, getopt, hexdump, inDevice, parsePattern, report, REQUEST_MAX_BYTES } from './io-util.js';
 import { VECTOR_COMMANDS } from './io-vector.js';
+import { FILE_COMMANDS } from './io-file-commands.js';
 
 /** The open image a command works on; `reopen` swaps it for a fresh open of the same file. */
 export interface IoSession {
@@ -15,6 +17,8 @@ export interface IoSession {
   /** Opened with -r: commands that need write permission are refused before they run. */
   readOnly?: boolean;
   reopen(): void;
+  /** Set by quit: the commands after it are not run (qemu-io's quit_f ends the command loop). */
+  quit?: boolean;
 }
 
 /**
@@ -27,12 +31,16 @@ export interface IoSession {
 export const IO_COMMANDS_HELP = `Commands (qemu-io syntax; OFF and LEN take k, M, G, T, P, E suffixes):
   read [-v] [-q] [-P pattern [-s off] [-l len]] OFF LEN
         reads; -P verifies every byte equals the pattern byte, -v hex-dumps
-  write [-q] [-P pattern | -z [-u]] [-c] OFF LEN
-        writes the pattern byte (default 0xcd); -z writes zeroes (-u: and may
-        unmap); -c writes compressed clusters (OFF and LEN cluster aligned,
-        LEN may end at the end of the image)
+  write [-q] [-P pattern | -s source_file | -z [-u]] [-c] OFF LEN
+        writes the pattern byte (default 0xcd), or the file's bytes (repeated
+        to fill LEN); -z writes zeroes (-u: and may unmap); -c writes compressed
+        clusters (OFF and LEN cluster aligned, LEN may end at the end of the image)
   discard [-q] OFF LEN
   flush
+  readv, writev, aio_read, aio_write, aio_flush, alloc, map, length
+  info        format, cluster size, VM state offset and format-specific information
+  truncate [-m off] SIZE      the new virtual size (shrinking too)
+  sleep MS    quit
 Beyond qemu-io, the harness's op text form (qcow2 only), so a trace replays
 through this command as it reads:
   snapshot -c|-a|-d NAME      amend KEY=VALUE[,KEY=VALUE]      reopen
@@ -40,7 +48,7 @@ through this command as it reads:
 `;
 
 const READ_USAGE = 'read [-abCqv] [-P pattern [-s off] [-l len]] off len -- reads a number of bytes at a specified offset';
-const WRITE_USAGE = 'write [-bcCfnquz] [-P pattern] off len -- writes a number of bytes at a specified offset';
+const WRITE_USAGE = 'write [-bcCfnquz] [-P pattern | -s source_file] off len -- writes a number of bytes at a specified offset';
 const DISCARD_USAGE = 'discard [-Cq] off len -- discards a number of bytes at a specified offset';
 
 function readCmd(dev: WritableDevice, args: string[], ctx: CliContext): boolean {
@@ -104,19 +112,50 @@ function writeCmd(dev: WritableDevice, args: string[], ctx: CliContext): boolean
     if (count % SECTOR_SIZE) throw new CmdError(`${count} is not a sector-aligned value for 'count'`);
   }
   const pattern = opts.has('P') ? parsePattern(opts.get('P')!) : DEFAULT_WRITE_PATTERN;
+  // -s: the data comes from a file, before the request is made (qemu_io_alloc_from_file).
+  const fromFile = opts.has('s') ? patternFromFile(resolvePath(ctx, opts.get('s')!), opts.get('s')!, count, ctx) : undefined;
+  if (fromFile === null) return false;
   if (!inDevice(dev, offset, count)) return failed(ctx, 'write');
   const t0 = performance.now();
   try {
     if (zero) dev.writeZeroes(offset, count, { unmap: opts.has('u') });
     // qemu-io takes -z -c together; zeroes need no compression, so -c changes nothing there.
-    else if (opts.has('c')) writeCompressed(dev, offset, new Uint8Array(count).fill(pattern));
-    else dev.write(offset, patternBuffer(count, pattern));
+    else if (opts.has('c')) writeCompressed(dev, offset, fromFile ?? new Uint8Array(count).fill(pattern));
+    else dev.write(offset, fromFile ?? patternBuffer(count, pattern));
   } catch (e) {
     ctx.stdout(`write failed: ${reason(e)}\n`);
     return false;
   }
   if (!opts.has('q')) report(ctx, 'wrote', offset, count, (performance.now() - t0) / 1000, opts.has('C'));
   return true;
+}
+
+/**
+ * qemu_io_alloc_from_file: up to `count` bytes of the file, repeated to fill
+ * the request when the file is shorter; null (the message printed, on stderr
+ * as perror prints it) when it cannot be read or is empty. Reads no more than
+ * `count` bytes, so a device or a FIFO as the source does not hang the command.
+ */
+function patternFromFile(abs: string, shown: string, count: number, ctx: CliContext): Uint8Array | null {
+  const out = new Uint8Array(count);
+  let got = 0;
+  try {
+    const fd = fs.openSync(abs, 'r');
+    try {
+      for (let n = -1; got < count && n !== 0; got += n) n = fs.readSync(fd, out, got, count - got, null);
+    } finally {
+      fs.closeSync(fd);
+    }
+  } catch (e) {
+    ctx.stderr(`${shown}: ${reason(e)}\n`);
+    return null;
+  }
+  if (got === 0 && count > 0) {
+    ctx.stderr(`${shown}: file is empty\n`);
+    return null;
+  }
+  for (let at = got; at < count; at += got) out.copyWithin(at, 0, Math.min(got, count - at));
+  return out;
 }
 
 /**
@@ -249,10 +288,11 @@ const COMMANDS: Record<string, IoCommand> = {
   flush: flushCmd,
   f: flushCmd,
   ...VECTOR_COMMANDS,
+  ...FILE_COMMANDS,
 };
 
 /** The commands whose qemu-io table entry asks for BLK_PERM_WRITE. */
-const WRITE_PERMISSION = new Set(['write', 'w', 'writev', 'aio_write', 'discard', 'd']);
+const WRITE_PERMISSION = new Set(['write', 'w', 'writev', 'aio_write', 'discard', 'd', 'truncate', 't']);
 
 type OpTable = typeof import('../harness/ops/index.js');
 
@@ -264,7 +304,7 @@ export async function prepareIoCommands(lines: readonly string[]): Promise<void>
   if (opTable) return;
   const needsTable = lines.some((l) => {
     const name = l.trim().split(/\s+/, 1)[0];
-    return name !== undefined && name !== '' && !Object.hasOwn(COMMANDS, name);
+    return name !== undefined && name !== '' && name !== 'quit' && name !== 'q' && !Object.hasOwn(COMMANDS, name);
   });
   if (needsTable) opTable = await import('../harness/ops/index.js');
 }
@@ -274,6 +314,10 @@ export function runIoCommand(session: IoSession, line: string, ctx: CliContext):
   const words = line.trim().split(/\s+/).filter((w) => w !== '');
   if (words.length === 0) return true;
   const [name, ...args] = words as [string, ...string[]];
+  if (name === 'quit' || name === 'q') {
+    session.quit = true;
+    return true;
+  }
   const dev = session.dev;
   const fn = COMMANDS[name];
   if (!fn) {

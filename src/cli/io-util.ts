@@ -81,6 +81,16 @@ export function argCount(name: string, given: number, min: number): void {
   if (given < min) throw new CmdError(`bad argument count ${given} to ${name}, expected at least ${min} arguments`, 'stderr');
 }
 
+/**
+ * The command table's check of argmin and argmax (qemu-io-cmds.c command()),
+ * worded as it words each kind of range.
+ */
+export function argRange(name: string, given: number, min: number, max: number): void {
+  if (given >= min && given <= max) return;
+  const expected = min === max ? `${min}` : `between ${min} and ${max}`;
+  throw new CmdError(`bad argument count ${given} to ${name}, expected ${expected} arguments`, 'stderr');
+}
+
 /** Exactly OFF LEN after the options: fewer is an argument-count error, more prints the usage. */
 export function expectArgs(name: string, rest: string[], usage: string, optionWords: number): [number, number] {
   argCount(name, rest.length + optionWords, 2);

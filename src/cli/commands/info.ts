@@ -5,7 +5,8 @@ import { CommandFailed, EXIT_OK, UsageError } from '../errors.js';
 import { checkOpened, IMAGE_OPTS_LONG, imageSpec, type ImageSpec, IMAGE_OPTS_HELP } from '../image-opts.js';
 import { FORCE_SHARE_HELP, forceShare, openReadable, resolvePath, type ImageFormat } from '../open.js';
 import { sizeToStr } from '../sizes.js';
-import { qdictEntries, qemuJson } from '../qjson.js';
+import { qemuJson } from '../qjson.js';
+import { formatSpecificData, formatSpecificText } from '../format-specific.js';
 import { snapshotJson, snapshotTable } from '../snapshot-table.js';
 
 export const INFO_HELP = `Usage: qcow2-harness info [-f fmt] [--output human|json] [--backing-chain] [--object OBJ] [--image-opts] [-U] FILE
@@ -66,21 +67,7 @@ function describe(ctx: CliContext, file: string, format: ImageFormat | undefined
     j['cluster-size'] = info.clusterSize;
     j['format'] = 'qcow2';
     j['actual-size'] = actualSize;
-    const data: Record<string, unknown> = {
-      compat: info.compat,
-      'compression-type': info.compressionType,
-    };
-    if (info.version === 3) data['lazy-refcounts'] = info.lazyRefcounts;
-    if (info.bitmaps.length) data['bitmaps'] = info.bitmaps;
-    data['refcount-bits'] = info.refcountBits;
-    if (info.dataFile !== undefined) data['data-file'] = info.dataFile;
-    if (info.dataFileRaw !== undefined) data['data-file-raw'] = info.dataFileRaw;
-    if (info.encrypt !== undefined) data['encrypt'] = info.encrypt;
-    // v2 headers have no feature bits, so qemu-img leaves these out for compat 0.10.
-    if (info.version === 3) {
-      data['corrupt'] = info.corrupt;
-      data['extended-l2'] = info.extendedL2;
-    }
+    const data = formatSpecificData(info);
     j['format-specific'] = { type: 'qcow2', data };
     // qemu-img's key order puts it after format-specific.
     if (info.encrypted) j['encrypted'] = true;
@@ -142,36 +129,6 @@ function humanInfo(j: Record<string, unknown>, snapshots: Parameters<typeof snap
   if (j['dirty-flag']) s += 'cleanly shut down: no\n';
   if (snapshots.length) s += 'Snapshot list:\n' + snapshotTable(snapshots);
   const fs = j['format-specific'] as { data: Record<string, unknown> } | undefined;
-  if (fs) {
-    s += 'Format specific information:\n';
-    // dump_qdict walks the QDict, so the lines come in its JSON order.
-    for (const [k, v] of qdictEntries(fs.data)) {
-      if (k === 'bitmaps') {
-        s += `    bitmaps:\n`;
-        (v as { name: string; granularity: number; flags: string[] }[]).forEach((b, i) => {
-          s += `        [${i}]:\n            flags:\n`;
-          b.flags.forEach((f, j) => (s += `                [${j}]: ${f}\n`));
-          s += `            name: ${b.name}\n            granularity: ${b.granularity}\n`;
-        });
-        continue;
-      }
-      if (k === 'encrypt') {
-        s += humanTree('encrypt', v, 1);
-        continue;
-      }
-      s += `    ${k.replace(/-/g, ' ')}: ${v}\n`;
-    }
-  }
+  if (fs) s += formatSpecificText(fs.data);
   return s;
-}
-
-/** QEMU's dump_qobject layout (block/qapi.c): dicts and lists nest by four spaces, list items are [i]. */
-function humanTree(key: string, v: unknown, depth: number): string {
-  const pad = '    '.repeat(depth);
-  const name = key.replace(/-/g, ' ');
-  if (Array.isArray(v)) return `${pad}${name}:\n` + v.map((x, i) => humanTree(`[${i}]`, x, depth + 1)).join('');
-  if (v !== null && typeof v === 'object') {
-    return `${pad}${name}:\n` + qdictEntries(v as Record<string, unknown>).map(([k, x]) => humanTree(k, x, depth + 1)).join('');
-  }
-  return `${pad}${name}: ${v}\n`;
 }

@@ -90,7 +90,10 @@ async function runIo(argv: string[], ctx: CliContext): Promise<number> {
   };
   let failed = false;
   try {
-    for (const c of commands) if (!runIoCommand(session, c, ctx)) failed = true;
+    for (const c of commands) {
+      if (!runIoCommand(session, c, ctx)) failed = true;
+      if (session.quit) break;
+    }
   } finally {
     try {
       session.dev.close();

@@ -61,7 +61,7 @@ export interface OpenedImage extends GuestDevice {
 
 /** A raw file seen as a guest device. */
 export class RawDevice implements GuestDevice {
-  constructor(private readonly storage: BlockStorage) {}
+  constructor(readonly storage: BlockStorage) {}
   get virtualSize(): number {
     return this.storage.size();
   }

@@ -32,6 +32,8 @@ export interface NativeAddon {
   startWriteback?(fd: number, offset: number, len: number): number;
   /** The address of view's first byte modulo align (a power of two), for O_DIRECT buffers. Absent from older builds. */
   addressMod?(view: Uint8Array, align: number): number;
+  /** lseek(SEEK_DATA), or SEEK_HOLE when hole: the offset found or -errno. Absent from older builds. */
+  seekData?(fd: number, offset: number, hole: boolean): number;
 }
 
 /** An opaque handle owning a keyed OpenSSL context; freed (and wiped) when collected. */

@@ -91,3 +91,19 @@ export async function ensureBuilt(): Promise<void> {
     await execa('npx', ['tsc', '-p', 'tsconfig.build.json'], { cwd: REPO_ROOT });
   }
 }
+
+/**
+ * qemu-img ARGS and our ARGS, both run in dir on the same files: the exit code,
+ * stdout and stderr (our program name read as qemu-img's) must be identical.
+ * Returns qemu-img's result, so a test can also check that it says what the
+ * case is meant to show.
+ */
+export async function sameAsQemuImg(dir: string, args: string[]): Promise<Ran> {
+  const { execa } = await import('execa');
+  const q = await execa(QEMU_IMG, args, { cwd: dir, reject: false, stdin: 'ignore', stripFinalNewline: false });
+  const qemu: Ran = { rc: q.exitCode ?? -1, stdout: String(q.stdout), stderr: String(q.stderr) };
+  const r = await ours(dir, args);
+  const { expect } = await import('vitest');
+  expect({ ...r, stderr: r.stderr.replace(/^qcow2-harness: /gm, 'qemu-img: ') }, `qemu-img ${args.join(' ')}`).toEqual(qemu);
+  return qemu;
+}

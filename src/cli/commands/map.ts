@@ -6,7 +6,6 @@ import { CommandFailed, EXIT_FAILURE, EXIT_OK, UsageError } from '../errors.js';
 import { IMAGE_OPTS_HELP, IMAGE_OPTS_LONG, imageSpec } from '../image-opts.js';
 import { FORCE_SHARE_HELP, forceShare } from '../open.js';
 import { qemuImgNumber } from '../sizes.js';
-import { outputFormat } from './info.js';
 
 export const MAP_HELP = `Usage: qcow2-harness map [-f fmt] [--output human|json] [--start-offset OFFSET] [--max-length LEN] [--object OBJ] [--image-opts] [-U] FILE
 
@@ -109,7 +108,10 @@ export async function mapCommand(argv: string[], ctx: CliContext): Promise<numbe
   const start = startText === undefined ? 0 : qemuImgNumber('start offset', startText);
   const maxLength = lengthText === undefined ? -1 : qemuImgNumber('max length', lengthText);
   if (p.operands.length !== 1) throw new UsageError('Expecting one image file name', 'map');
-  const json = outputFormat(last(p, 'output'), 'map') === 'json';
+  const output = last(p, 'output');
+  // error_report, not error_exit: no --help hint.
+  if (output !== undefined && output !== 'human' && output !== 'json') throw new CommandFailed('--output must be used with human or json as argument.');
+  const json = output === 'json';
   if (last(p, 'format') !== undefined) p.values.set('f', [last(p, 'format')!]);
   const spec = imageSpec(p, p.operands[0]!, 'map');
   const { image, top } = openChain(ctx, spec, forceShare(p));

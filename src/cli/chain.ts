@@ -13,12 +13,13 @@ export interface OpenedChain {
   top: Layer;
 }
 
-export function openChain(ctx: CliContext, spec: ImageSpec, forceShare: boolean): OpenedChain {
+export function openChain(ctx: CliContext, spec: ImageSpec, forceShare: boolean, snapshot?: string): OpenedChain {
   const image = openReadable(ctx, spec.file, {
     format: spec.format,
     passphrase: spec.passphrase(),
     name: spec.shownAs,
     forceShare,
+    ...(snapshot === undefined ? {} : { snapshot }),
     ...(spec.dataFile === undefined ? {} : { dataFile: spec.dataFile }),
   });
   if (image.qcow2) checkOpened(image.qcow2, spec, true);

@@ -99,7 +99,7 @@ describe('compare: content', () => {
   it('a metadata-preallocated image and one with an external data file', async () => {
     const pre = await made('preallocation=metadata', '2M', ['write -P 1 64k 4k']);
     const plain = await made('', '2M', ['write -P 1 64k 4k']);
-    const df = await made(`data_file=c${seq}.data,cluster_size=4k`, '2M', ['write -P 1 64k 4k']);
+    const df = await made(`data_file=${at(`c${seq}.data`)},cluster_size=4k`, '2M', ['write -P 1 64k 4k']);
     expect((await same([pre, plain])).rc).toBe(0);
     await same(['-s', pre, plain]);
     await same([df, plain]);

@@ -9,6 +9,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import { QEMU_IMG, QEMU_IO } from '../../src/qemu/index.js';
 import { ioArgs, ok, qemuImg, qemuIo, sameAsQemuImg, scratchDir } from './helpers.js';
 
 const dir = scratchDir('map');
@@ -76,11 +77,20 @@ describe('map: one image', () => {
     expect(json).toContain('"zero": true, "data": true');
   });
 
-  it('an external data file, raw or not: offsets are guest offsets in that file, named as the header names it', async () => {
+  it('an external data file, raw or not: offsets are guest offsets in that file, named as the header names it (qemu-img resolves a relative name against its working directory)', async () => {
     for (const raw of ['off', 'on']) {
-      const f = await made(`data_file=d-${raw}.data,data_file_raw=${raw},cluster_size=4k`, '256k', ['write -P 1 0 8k', 'write -z 8k 4k', 'write -P 2 100k 4k']);
-      await sameMaps(f);
+      // An absolute name: qemu-img resolves a relative one against its working directory, not the image's.
+      const f = await made(`data_file=${at(`d-${raw}.data`)},data_file_raw=${raw},cluster_size=4k`, '256k', ['write -P 1 0 8k', 'write -z 8k 4k', 'write -P 2 100k 4k']);
+      expect((await sameMaps(f)).human).toContain(`d-${raw}.data`);
     }
+  });
+
+  it('a relative data file name is taken from the working directory, and shown as the header names it', async () => {
+    const { execa } = await import('execa');
+    fs.mkdirSync(at('rel'), { recursive: true });
+    await execa(QEMU_IMG, ['create', '-q', '-f', 'qcow2', '-o', 'data_file=rel/x.data', 'rel/x.qcow2', '1M'], { cwd: dir });
+    await execa(QEMU_IO, ['-c', 'write -P 1 64k 64k', 'rel/x.qcow2'], { cwd: dir });
+    expect((await sameMaps('rel/x.qcow2')).human).toContain('0x10000         0x10000         0x10000         rel/x.data');
   });
 
   it('a raw image: file holes are zeros, a data extent may end mid-sector at the end of the file', async () => {

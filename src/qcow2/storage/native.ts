@@ -1,7 +1,7 @@
 /**
  * The project's N-API addon (native/ofd_lock.c): the file calls Node has
  * no binding for, OFD byte-range locks (lock.ts), fallocate's zero range,
- * the read-ahead hint (file.ts), starting writeback early (convert's raw
+ * the read-ahead hint and lseek SEEK_DATA/SEEK_HOLE (file.ts), starting writeback early (convert's raw
  * output, convert-raw.ts), and the encrypted-image hot loops
  * (crypto/cipher.ts, crypto/afsplit.ts). Loaded once, on first use.
  */

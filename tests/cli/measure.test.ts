@@ -98,7 +98,8 @@ describe('measure FILE: an existing image', () => {
     const q = await made('', '4M', ['write -P 1 0 64k']);
     ok(await qemuImg(['snapshot', '-c', 'snap', at(q)]), 'snapshot');
     ok(await qemuIo([...ioArgs(['write -P 2 1M 1M']), at(q)]), 'qemu-io');
-    await sameBoth(['-O', 'qcow2', '-l', 'snap', q]);
+    for (const l of ['snap', 'snapshot.name=snap', 'snapshot.id=1', 'nosuch']) await sameBoth(['-O', 'qcow2', '-l', l, q]);
+    await sameAsQemuImg(dir, ['measure', '-l', 'snap', '-f', 'raw', holes]);
     await sameBoth(['-O', 'qcow2', '--image-opts', `driver=qcow2,file.filename=${q}`]);
     await sameBoth(['-O', 'qcow2', '-f', 'raw', q]);
   });

@@ -9,7 +9,8 @@ import { BLOCK_ALLOCATED, BLOCK_DATA, BLOCK_ZERO, statusAbove } from '../block-s
 import { openChain, type OpenedChain } from '../chain.js';
 import type { CliContext } from '../context.js';
 import { CommandFailed, EXIT_OK } from '../errors.js';
-import { IMAGE_OPTS_HELP, IMAGE_OPTS_LONG, imageSpec, secretStore } from '../image-opts.js';
+import { IMAGE_OPTS_HELP, IMAGE_OPTS_LONG, imageSpec, secretStore, type ImageSpec } from '../image-opts.js';
+import { parseSnapshotParam } from './convert.js';
 import { FORCE_SHARE_HELP, forceShare } from '../open.js';
 import { parseOptionList } from '../options.js';
 import { qemuJson } from '../qjson.js';
@@ -29,7 +30,8 @@ bitmaps the space they take ("bitmaps size").
                  encrypt.format=luks with encrypt.key-secret (the LUKS header);
                  the other create options are accepted and change nothing
   --size N       measure a new empty image of N bytes (suffixes k M G T P E)
-  -l snapshot    measure an internal snapshot of FILE (its name or id)
+  -l snapshot    measure an internal snapshot of FILE: snapshot.name=NAME,
+                 snapshot.id=ID, or NAME/ID alone
   --output FMT   human (default) or json
 ${FORCE_SHARE_HELP}
 ${IMAGE_OPTS_HELP}
@@ -100,6 +102,19 @@ function luksBytes(o: MeasureOptions, store: ReturnType<typeof secretStore>, cs:
   }
 }
 
+/** img_open, then bdrv_snapshot_load_tmp for -l: a snapshot that is not there is reported after the open. */
+function openSource(ctx: CliContext, spec: ImageSpec, shared: boolean, snapshotText: string | undefined): OpenedChain {
+  const src = openChain(ctx, spec, shared);
+  if (snapshotText === undefined) return src;
+  const wanted = parseSnapshotParam(snapshotText, 'measure');
+  const q = src.image.qcow2;
+  const found = q?.listSnapshots().some((sn) => sn.name === wanted || sn.id === wanted) ?? false;
+  src.image.device.close();
+  if (!q) throw new CommandFailed("Failed to load snapshot: Block format 'raw' used by device '' does not support temporarily loading internal snapshots");
+  if (!found) throw new CommandFailed("Failed to load snapshot: Can't find snapshot");
+  return openChain(ctx, spec, shared, wanted);
+}
+
 function output(m: Measured, json: boolean): string {
   if (json) {
     const j: Record<string, number> = {};
@@ -129,7 +144,7 @@ export async function measureCommand(argv: string[], ctx: CliContext): Promise<n
   if (file === undefined && (has(p, 'image-opts') || has(p, 'f') || has(p, 'l'))) throw new CommandFailed('--image-opts, -f, and -l require a filename argument.');
   if (file !== undefined && givenSize !== undefined) throw new CommandFailed('--size N cannot be used together with a filename.');
   if (file === undefined && givenSize === undefined) throw new CommandFailed('Either --size N or one filename must be specified.');
-  const src = file === undefined ? undefined : openChain(ctx, imageSpec(p, file, 'measure', store), forceShare(p), last(p, 'l'));
+  const src = file === undefined ? undefined : openSource(ctx, imageSpec(p, file, 'measure', store), forceShare(p), last(p, 'l'));
   try {
     const fmt = last(p, 'O') ?? 'raw';
     if (fmt !== 'qcow2' && fmt !== 'raw') {

@@ -56,3 +56,6 @@ export class LockingUnavailableError extends Qcow2Error {}
  * No such file or directory"), each level of the chain adding its prefix.
  */
 export class BackingFileError extends Qcow2Error {}
+
+/** The file has no qcow2 magic: QEMU's "Image is not in qcow2 format" (qcow2_do_open), a sentence of its own. */
+export class NotQcow2Error extends InvalidImageError {}

@@ -153,6 +153,9 @@ describe('map: backing chains', () => {
     ok(await qemuImg(['create', '-q', '-f', 'qcow2', '-u', '-b', 'nosuch.qcow2', '-F', 'qcow2', at(top), '1M']), 'create');
     await sameAsQemuImg(dir, ['map', top]);
     await sameAsQemuImg(dir, ['map', 'nosuch.qcow2']);
+    // A raw file named as qcow2: qcow2_do_open's own sentence.
+    fs.writeFileSync(at('plain.raw'), Buffer.alloc(4096, 1));
+    expect((await sameAsQemuImg(dir, ['map', '-f', 'qcow2', 'plain.raw'])).stderr).toContain('Image is not in qcow2 format');
   });
 });
 

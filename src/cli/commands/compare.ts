@@ -40,8 +40,13 @@ class Mismatch {
   constructor(readonly message: string) {}
 }
 
+/** All zeros, to compare whole chunks against in native code. */
+const ZEROS = new Uint8Array(IO_BUF_SIZE);
+
 /** compare_buffers: the first 512-byte piece (from the start of the buffers) that differs, or -1. */
 function firstDifference(a: Uint8Array, b: Uint8Array, n: number): number {
+  // Equal chunks are the common case: one native comparison decides them.
+  if (Buffer.compare(a.subarray(0, n), b.subarray(0, n)) === 0) return -1;
   for (let i = 0; i < n; i += SECTOR) {
     const len = Math.min(SECTOR, n - i);
     if (Buffer.compare(a.subarray(i, i + len), b.subarray(i, i + len)) !== 0) return i;
@@ -51,9 +56,10 @@ function firstDifference(a: Uint8Array, b: Uint8Array, n: number): number {
 
 /** find_nonzero: the first 512-byte piece that is not all zeros, or -1. */
 function firstNonZero(a: Uint8Array, n: number): number {
+  if (Buffer.compare(a.subarray(0, n), ZEROS.subarray(0, n)) === 0) return -1;
   for (let i = 0; i < n; i += SECTOR) {
-    const end = Math.min(i + SECTOR, n);
-    for (let j = i; j < end; j++) if (a[j] !== 0) return i;
+    const len = Math.min(SECTOR, n - i);
+    if (Buffer.compare(a.subarray(i, i + len), ZEROS.subarray(0, len)) !== 0) return i;
   }
   return -1;
 }

@@ -15,6 +15,8 @@ import type { BlockStorage } from '../qcow2/storage/types.js';
 import type { GuestDevice } from '../qcow2/types.js';
 import { SECTOR_SIZE } from '../qcow2/format/constants.js';
 import { fullBackingFilename } from './commands/info.js';
+import { CommandFailed, describeQcow2Error, EXIT_FAILURE } from './errors.js';
+import { Qcow2Error } from '../qcow2/errors.js';
 
 /** include/block/block-common.h BDRV_BLOCK_* (the bits a status returns; not on-disk values). */
 export const BLOCK_DATA = 0x01;
@@ -149,4 +151,14 @@ export function statusAbove(top: Layer, offset: number, bytes: number): Status {
   }
   if (offset + st.pnum === eof) st.ret |= BLOCK_EOF;
   return st;
+}
+
+/**
+ * A block status query that failed (a corrupt image: QEMU's -EIO): what the
+ * engine found, then the command's own line, as qemu-img prints the qcow2
+ * driver's corruption message before its own.
+ */
+export function blockStatusFailed(e: unknown, line: string, exitCode = EXIT_FAILURE): unknown {
+  if (!(e instanceof Qcow2Error)) return e;
+  return new CommandFailed(describeQcow2Error(e), exitCode, `qcow2-harness: ${line}`);
 }

@@ -10,7 +10,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { QEMU_IMG, QEMU_IO } from '../../src/qemu/index.js';
-import { ioArgs, ok, qemuImg, qemuIo, sameAsQemuImg, scratchDir } from './helpers.js';
+import { ioArgs, ok, ours, qemuImg, qemuIo, sameAsQemuImg, scratchDir } from './helpers.js';
 
 const dir = scratchDir('map');
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
@@ -159,6 +159,25 @@ describe('map: backing chains', () => {
   });
 });
 
+describe('map, compare, measure: a corrupt image', () => {
+  it("the same exit code, stdout and last line; the corruption itself in the engine's words", async () => {
+    const f = await made('', '1M', ['write -P 1 0 64k']);
+    // An unaligned data cluster offset in the first L2 entry (qcow2_get_host_offset's -EIO).
+    const b = fs.readFileSync(at(f));
+    const l2 = Number(b.readBigUInt64BE(Number(b.readBigUInt64BE(40))) & 0x00fffffffffffe00n);
+    b.writeBigUInt64BE(b.readBigUInt64BE(l2) | 0x200n, l2);
+    fs.writeFileSync(at(f), b);
+    const { execa } = await import('execa');
+    for (const args of [['map', f], ['map', '--output', 'json', f], ['compare', f, f], ['measure', '-O', 'qcow2', f]]) {
+      const q = await execa(QEMU_IMG, args, { cwd: dir, reject: false, stripFinalNewline: false });
+      const r = await ours(dir, args);
+      const lastLine = (t: string) => t.trim().split('\n').at(-1)!.replace(/^qcow2-harness: /, 'qemu-img: ');
+      expect([r.rc, r.stdout, lastLine(r.stderr)], args.join(' ')).toEqual([q.exitCode, String(q.stdout), lastLine(String(q.stderr))]);
+      expect(r.stderr).toContain('corrupt image');
+    }
+  });
+});
+
 describe('map: command line', () => {
   it('bad sizes and --output in qemu-img words', async () => {
     const f = await made('', '1M', []);
@@ -169,7 +188,6 @@ describe('map: command line', () => {
   });
 
   it('--help', async () => {
-    const { ours } = await import('./helpers.js');
     const r = await ours(dir, ['map', '--help']);
     expect(r.rc).toBe(0);
     expect(r.stdout).toContain('--start-offset');

@@ -1,5 +1,5 @@
 import { has, last, parseArgs, type ParsedArgs } from '../args.js';
-import { BLOCK_ALLOCATED, BLOCK_ZERO, statusAbove } from '../block-status.js';
+import { BLOCK_ALLOCATED, BLOCK_ZERO, blockStatusFailed, statusAbove } from '../block-status.js';
 import { openChain, type OpenedChain } from '../chain.js';
 import type { CliContext } from '../context.js';
 import { CommandFailed, EXIT_OK, UsageError } from '../errors.js';
@@ -87,8 +87,8 @@ const EXIT_STATUS_FAILED = 3;
 function status(c: OpenedChain, name: string, offset: number, bytes: number): ReturnType<typeof statusAbove> {
   try {
     return statusAbove(c.top, offset, bytes);
-  } catch {
-    throw new CommandFailed(`Sector allocation test failed for ${name}`, EXIT_STATUS_FAILED);
+  } catch (e) {
+    throw blockStatusFailed(e, `Sector allocation test failed for ${name}`, EXIT_STATUS_FAILED);
   }
 }
 

@@ -1,8 +1,8 @@
 import { has, last, parseArgs } from '../args.js';
-import { BLOCK_ALLOCATED, BLOCK_DATA, BLOCK_OFFSET_VALID, BLOCK_ZERO, type Layer, type Status } from '../block-status.js';
+import { BLOCK_ALLOCATED, BLOCK_DATA, BLOCK_OFFSET_VALID, BLOCK_ZERO, blockStatusFailed, type Layer, type Status } from '../block-status.js';
 import { openChain } from '../chain.js';
 import type { CliContext } from '../context.js';
-import { CommandFailed, EXIT_FAILURE, EXIT_OK, UsageError } from '../errors.js';
+import { CommandFailed, EXIT_OK, UsageError } from '../errors.js';
 import { IMAGE_OPTS_HELP, IMAGE_OPTS_LONG, imageSpec } from '../image-opts.js';
 import { FORCE_SHARE_HELP, forceShare } from '../open.js';
 import { qemuImgNumber } from '../sizes.js';
@@ -134,8 +134,7 @@ export async function mapCommand(argv: string[], ctx: CliContext): Promise<numbe
   } catch (e) {
     // What was printed before the failure stays printed, as qemu-img's stdout does.
     ctx.stdout(out);
-    if (e instanceof CommandFailed) throw e;
-    throw new CommandFailed(`Could not read file metadata: ${e instanceof Error ? e.message : String(e)}`, EXIT_FAILURE);
+    throw blockStatusFailed(e, 'Could not read file metadata: Input/output error');
   } finally {
     image.device.close();
   }

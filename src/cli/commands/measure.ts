@@ -5,7 +5,7 @@ import { alignUp } from '../../qcow2/format/bytes.js';
 import { L1_ENTRY_SIZE, MAX_L1_BYTES, SECTOR_SIZE } from '../../qcow2/format/constants.js';
 import { bitmapsBytes, fullyAllocatedBytes, l2TablesFor } from '../../qcow2/measure.js';
 import { all, has, last, parseArgs } from '../args.js';
-import { BLOCK_ALLOCATED, BLOCK_DATA, BLOCK_ZERO, statusAbove } from '../block-status.js';
+import { BLOCK_ALLOCATED, BLOCK_DATA, BLOCK_ZERO, blockStatusFailed, statusAbove } from '../block-status.js';
 import { openChain, type OpenedChain } from '../chain.js';
 import type { CliContext } from '../context.js';
 import { CommandFailed, EXIT_OK } from '../errors.js';
@@ -53,7 +53,12 @@ function allocatedBytes(src: OpenedChain, clusterSize: number): number {
   const size = src.top.size;
   let required = 0;
   for (let offset = 0, pnum = 0; offset < size; offset += pnum) {
-    const st = statusAbove(src.top, offset, size - offset);
+    let st;
+    try {
+      st = statusAbove(src.top, offset, size - offset);
+    } catch (e) {
+      throw blockStatusFailed(e, 'Unable to get block status: Input/output error');
+    }
     pnum = st.pnum;
     if (st.ret & BLOCK_ZERO) continue;
     if ((st.ret & (BLOCK_DATA | BLOCK_ALLOCATED)) === (BLOCK_DATA | BLOCK_ALLOCATED)) {

@@ -112,7 +112,8 @@ export function qcow2Layer(img: Qcow2Image, name: string, dataFileName: string |
         }
       }
       if (offset + st.pnum === size) ret |= BLOCK_EOF;
-      st.ret = ret;
+      // The request to recurse is the block layer's own business: callers never see it (qemu-img compare -s shows it).
+      st.ret = ret & ~BLOCK_RECURSE;
       return st;
     },
   };

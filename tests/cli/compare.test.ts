@@ -103,6 +103,10 @@ describe('compare: content', () => {
     expect((await same([pre, plain])).rc).toBe(0);
     await same(['-s', pre, plain]);
     await same([df, plain]);
+    // Data at 0 in both: a status that asks the file (BDRV_BLOCK_RECURSE) is not a status mismatch; the holes after it are.
+    const pa = await made('preallocation=metadata', '4M', ['write -P 1 0 64k']);
+    const pb = await made('', '4M', ['write -P 1 0 64k']);
+    expect((await same(['-s', pa, pb])).line).toBe('Strict mode: Offset 65536 block status mismatch!');
     await same(['-s', df, pre]);
   });
 });

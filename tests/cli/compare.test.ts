@@ -9,7 +9,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { ioArgs, ok, ours, qemuImg, qemuIo, sameAsQemuImg, scratchDir } from './helpers.js';
+import { ioArgs, ok, ours, qemuImg, qemuIo, sameAsQemuImg, scratchDir, settle } from './helpers.js';
 
 const dir = scratchDir('compare');
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
@@ -20,6 +20,7 @@ async function made(opts: string, size: string, commands: string[], extra: strin
   const name = `c${++seq}.qcow2`;
   ok(await qemuImg(['create', '-q', '-f', 'qcow2', ...(opts ? ['-o', opts] : []), ...extra, at(name), size]), 'create');
   if (commands.length) ok(await qemuIo([...ioArgs(commands), at(name)]), 'qemu-io');
+  settle(at(name));
   return name;
 }
 

@@ -99,6 +99,7 @@ export async function ensureBuilt(): Promise<void> {
  * case is meant to show.
  */
 export async function sameAsQemuImg(dir: string, args: string[]): Promise<Ran> {
+  settleTree(dir);
   const { execa } = await import('execa');
   const q = await execa(QEMU_IMG, args, { cwd: dir, reject: false, stdin: 'ignore', stripFinalNewline: false });
   const qemu: Ran = { rc: q.exitCode ?? -1, stdout: String(q.stdout), stderr: String(q.stderr) };
@@ -106,4 +107,28 @@ export async function sameAsQemuImg(dir: string, args: string[]): Promise<Ran> {
   const { expect } = await import('vitest');
   expect({ ...r, stderr: r.stderr.replace(/^qcow2-harness: /gm, 'qemu-img: ') }, `qemu-img ${args.join(' ')}`).toEqual(qemu);
   return qemu;
+}
+
+/**
+ * fsync(2) of a file another process wrote: until the file system has
+ * written it back, lseek(SEEK_DATA/SEEK_HOLE) may report its holes
+ * differently from one moment to the next (ext4 delayed allocation), and
+ * block status (map, compare -s, measure) depends on them.
+ */
+export function settle(file: string): void {
+  const fd = fs.openSync(file, 'r');
+  try {
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/** settle() for every file under dir: the images a test made before comparing block status. */
+export function settleTree(dir: string): void {
+  for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
+    const p = path.join(dir, e.name);
+    if (e.isDirectory()) settleTree(p);
+    else if (e.isFile()) settle(p);
+  }
 }

@@ -10,7 +10,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { QEMU_IMG, QEMU_IO } from '../../src/qemu/index.js';
-import { ioArgs, ok, ours, qemuImg, qemuIo, sameAsQemuImg, scratchDir } from './helpers.js';
+import { ioArgs, ok, ours, qemuImg, qemuIo, sameAsQemuImg, scratchDir, settle } from './helpers.js';
 
 const dir = scratchDir('map');
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
@@ -22,6 +22,7 @@ async function made(opts: string, size: string, commands: string[], extra: strin
   const name = `m${++seq}.qcow2`;
   ok(await qemuImg(['create', '-q', '-f', 'qcow2', ...(opts ? ['-o', opts] : []), ...extra, at(name), size]), 'create');
   if (commands.length) ok(await qemuIo([...ioArgs(commands), at(name)]), 'qemu-io');
+  settle(at(name));
   return name;
 }
 

@@ -9,7 +9,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { fullyAllocatedBytes } from '../../src/qcow2/measure.js';
-import { ioArgs, ok, ours, qemuImg, qemuIo, sameAsQemuImg, scratchDir } from './helpers.js';
+import { ioArgs, ok, ours, qemuImg, qemuIo, sameAsQemuImg, scratchDir, settle } from './helpers.js';
 
 const dir = scratchDir('measure');
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
@@ -20,6 +20,7 @@ async function made(opts: string, size: string, commands: string[], extra: strin
   const name = `m${++seq}.qcow2`;
   ok(await qemuImg(['create', '-q', '-f', 'qcow2', ...(opts ? ['-o', opts] : []), ...extra, at(name), size]), 'create');
   if (commands.length) ok(await qemuIo([...ioArgs(commands), at(name)]), 'qemu-io');
+  settle(at(name));
   return name;
 }
 

@@ -34,6 +34,11 @@
  * its own copying, instead of leaving all of it to the final fsync.
  * Returns 0 or -errno and changes no data.
  *
+ * Block status needs where a file's holes are, as QEMU's file-posix
+ * find_allocation asks: seekData(fd, offset, hole) is lseek(SEEK_DATA), or
+ * lseek(SEEK_HOLE) when hole is true. Returns the offset found or -errno
+ * (-ENXIO: no data at or after offset); a double, as offsets pass 2^31.
+ *
  * O_DIRECT writes need buffers aligned in memory, which Node cannot ask for:
  * addressMod(view, align) is the address of a typed array's first byte
  * modulo align (a power of two), so a caller can start its buffers at an
@@ -46,6 +51,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <string.h>
+#include <unistd.h>
 #include <node_api.h>
 
 #if !defined(F_OFD_SETLK) || !defined(F_OFD_GETLK)
@@ -211,6 +217,29 @@ static napi_value address_mod(napi_env env, napi_callback_info info) {
   return make_int(env, (int)((uintptr_t)data & (uintptr_t)(align - 1)));
 }
 
+static napi_value seek_data(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  int32_t fd;
+  int64_t offset;
+  bool hole = false;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 3 ||
+      napi_get_value_int32(env, argv[0], &fd) != napi_ok ||
+      napi_get_value_int64(env, argv[1], &offset) != napi_ok ||
+      napi_get_value_bool(env, argv[2], &hole) != napi_ok) {
+    napi_throw_type_error(env, NULL, "expected (fd, offset, hole) as number, number, boolean");
+    return NULL;
+  }
+  if (fd < 0 || offset < 0) {
+    napi_throw_range_error(env, NULL, "fd and offset must be >= 0");
+    return NULL;
+  }
+  off_t r = lseek(fd, (off_t)offset, hole ? SEEK_HOLE : SEEK_DATA);
+  napi_value out;
+  napi_create_double(env, r == (off_t)-1 ? -(double)errno : (double)r, &out);
+  return out;
+}
+
 /* native/crypto.c: the sector cipher and AF diffusion, defined only where OpenSSL is reachable. */
 void ofd_crypto_register(napi_env env, napi_value exports);
 
@@ -222,6 +251,7 @@ static napi_value init(napi_env env, napi_value exports) {
     { "willNeed", NULL, will_need, NULL, NULL, NULL, napi_enumerable, NULL },
     { "startWriteback", NULL, start_writeback, NULL, NULL, NULL, napi_enumerable, NULL },
     { "addressMod", NULL, address_mod, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "seekData", NULL, seek_data, NULL, NULL, NULL, napi_enumerable, NULL },
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   ofd_crypto_register(env, exports);

@@ -3,6 +3,7 @@ import {
   InvalidArgumentError,
   InvalidImageError,
   LimitError,
+  NotQcow2Error,
   OverlapError,
   Qcow2Error,
   ReadOnlyError,
@@ -73,6 +74,7 @@ export function describeQcow2Error(e: Qcow2Error): string {
   const m = oneLine(e.message);
   if (e instanceof OverlapError) return categorised('metadata overlap (the image is marked corrupt)', m);
   if (e instanceof CorruptImageError) return categorised('corrupt image', m);
+  if (e instanceof NotQcow2Error) return m;
   if (e instanceof InvalidImageError) return categorised('invalid image', m);
   if (e instanceof UnsupportedFeatureError) return categorised('unsupported feature', m);
   if (e instanceof ReadOnlyError) return categorised('read-only', m);

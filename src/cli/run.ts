@@ -22,6 +22,9 @@ export const COMMANDS: Record<string, CommandEntry> = {
   snapshot: { summary: 'create, apply, delete, list internal snapshots', load: async () => (await import('./commands/snapshot.js')).snapshotCommand },
   amend: { summary: 'change refcount_bits, compat, lazy_refcounts in place', load: async () => (await import('./commands/amend.js')).amendCommand },
   resize: { summary: 'grow or shrink (--shrink) the virtual size', load: async () => (await import('./commands/resize.js')).resizeCommand },
+  compare: { summary: 'compare the guest content of two images (qemu-img compare: exit 0 identical, 1 different)', load: async () => (await import('./commands/compare.js')).compareCommand },
+  measure: { summary: 'the file size a new qcow2 (or raw) image needs, for a size or an image (qemu-img measure)', load: async () => (await import('./commands/measure.js')).measureCommand },
+  map: { summary: 'show where each guest range comes from: backing depth, zeros, data, host offsets (qemu-img map)', load: async () => (await import('./commands/map.js')).mapCommand },
   bitmap: { summary: 'add, remove, clear, enable, disable, merge persistent dirty bitmaps (qemu-img bitmap)', load: async () => (await import('./commands/bitmap.js')).bitmapCommand },
   demo: {
     summary: 'scripted session on a new image, verified with qemu-img check/compare',

@@ -1,4 +1,4 @@
-import { UsageError } from './errors.js';
+import { CommandFailed, EXIT_FAILURE, UsageError } from './errors.js';
 
 const UNIT_SHIFT: Record<string, number> = { B: 0, K: 10, M: 20, G: 30, T: 40, P: 50, E: 60 };
 
@@ -143,4 +143,25 @@ export function cvtstr(value: number): string {
 
 function trimZeros(s: string): string {
   return s.endsWith('.000') ? s.slice(0, -4) : s;
+}
+
+/**
+ * qemu-img's cvtnum(name, value) (qemu-img.c cvtnum_full with 0..INT64_MAX):
+ * a size, or its two error_report lines, the second as a hint line of its own.
+ */
+export function qemuImgNumber(name: string, text: string): number {
+  const big = parseSizeBig(text);
+  if (big !== null) {
+    if (BigInt(Number(big)) === big) return Number(big);
+    // Exact above 2^53 only as a bigint: no offset or length here gets that far in practice.
+    return Number(big);
+  }
+  if (/^\s*(?:0[xX][0-9a-fA-F]+|\d+(?:\.\d*)?)\s*[bBkKmMgGtTpPeE]$|^\s*(?:0[xX][0-9a-fA-F]+|\d+)\s*$/.test(text)) {
+    throw new CommandFailed(`Invalid ${name} specified. Must be between 0 and 9223372036854775807.`);
+  }
+  throw new CommandFailed(
+    `Invalid ${name} specified. You may use k, M, G, T, P or E suffixes for`,
+    EXIT_FAILURE,
+    'qcow2-harness: kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.',
+  );
 }

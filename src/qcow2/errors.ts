@@ -49,3 +49,13 @@ export class ImageLockedError extends Qcow2Error {}
 
 /** Image locks could not be taken at all (the lock addon is not built, or the file system refuses OFD locks). */
 export class LockingUnavailableError extends Qcow2Error {}
+
+/**
+ * The backing file of an image could not be opened; the message is QEMU's
+ * whole chain of reasons ("Could not open backing file: Could not open 'b':
+ * No such file or directory"), each level of the chain adding its prefix.
+ */
+export class BackingFileError extends Qcow2Error {}
+
+/** The file has no qcow2 magic: QEMU's "Image is not in qcow2 format" (qcow2_do_open), a sentence of its own. */
+export class NotQcow2Error extends InvalidImageError {}

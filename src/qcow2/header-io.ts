@@ -3,7 +3,7 @@
  * backing file name, laid out as QEMU lays them out (qcow2_update_header):
  * header, extensions, end marker, then the backing file name.
  */
-import { InvalidImageError, LimitError, UnsupportedFeatureError } from './errors.js';
+import { InvalidImageError, LimitError, NotQcow2Error, UnsupportedFeatureError } from './errors.js';
 import { alignUp, decodeString, encodeString, viewOf } from './format/bytes.js';
 import { HEADER_PROBE_SIZE, decodeHeader, encodeHeader, type Qcow2Header } from './format/header.js';
 import { decodeExtensions, encodeExtensions, type HeaderExtensions } from './format/extensions.js';
@@ -24,7 +24,7 @@ export function readFirstCluster(storage: BlockStorage): FirstCluster {
   if (clusterBits < MIN_CLUSTER_BITS || clusterBits > MAX_CLUSTER_BITS) {
     // A bad magic or version is the clearer message; check those first.
     const v = viewOf(probe);
-    if (v.getUint32(0) !== QCOW2_MAGIC) throw new InvalidImageError('not a qcow2 image (bad magic)');
+    if (v.getUint32(0) !== QCOW2_MAGIC) throw new NotQcow2Error('Image is not in qcow2 format');
     const version = v.getUint32(4);
     if (version !== 2 && version !== 3) throw new UnsupportedFeatureError(`unsupported qcow2 version ${version}`);
     throw new InvalidImageError(`unsupported cluster size: 2^${clusterBits} (must be 2^9 to 2^21)`);

@@ -18,6 +18,7 @@ import { CRYPT_NONE } from './format/constants.js';
 import { refuseSnapshotWithDataFile } from './data-file.js';
 import { blockStatus, readGuest, type BlockStatus } from './guest-read.js';
 import { writeCompressedGuest, writeGuest } from './guest-write.js';
+import { hostRun, metadataPreallocated, type HostRun } from './host-status.js';
 import { imageInfo } from './info.js';
 import type { L2Entry } from './l2.js';
 import { createState, openState } from './open.js';
@@ -31,6 +32,15 @@ import type { CheckResult, CreateOptions, GuestDevice, ImageInfo, OpenOptions, R
 import { discardRange, zeroRange } from './zero-discard.js';
 
 export type { BlockStatus } from './guest-read.js';
+export type { HostRun } from './host-status.js';
+
+export interface ImageLayer {
+  backing: GuestDevice | null;
+  dataStorage: BlockStorage;
+  encrypted: boolean;
+  /** qcow2_detect_metadata_preallocation: block status asks the file about data clusters (BDRV_BLOCK_RECURSE). */
+  metadataPreallocated: boolean;
+}
 export type { BitmapOp, BitmapView } from './bitmap-ops.js';
 
 export class Qcow2Image implements GuestDevice {
@@ -84,6 +94,19 @@ export class Qcow2Image implements GuestDevice {
   blockStatus(offset: number, length: number): BlockStatus {
     this.checkRequest(offset, length);
     return blockStatus(this.s, offset, length);
+  }
+
+  /** Where [offset, offset+length) lives on the host, run by run, as QEMU's block status sees it (host-status.ts). */
+  hostRun(offset: number, length: number): HostRun {
+    this.checkRequest(offset, length);
+    return hostRun(this.s, offset, length);
+  }
+
+  /** What QEMU's block layer knows of this layer beside its runs: the backing device, the file data clusters live in. */
+  layer(): ImageLayer {
+    this.assertOpen();
+    const encrypted = this.s.header.cryptMethod !== CRYPT_NONE;
+    return { backing: this.s.backing, dataStorage: this.s.data, encrypted, metadataPreallocated: metadataPreallocated(this.s) };
   }
 
   write(offset: number, data: Uint8Array): void {

@@ -4,8 +4,10 @@
  * to the directory of the image that names it).
  */
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
-import { InvalidArgumentError, InvalidImageError, StorageIoError } from './errors.js';
+import { getSystemErrorMap } from 'node:util';
+import { BackingFileError, InvalidArgumentError, InvalidImageError, StorageIoError } from './errors.js';
 import { QCOW2_MAGIC } from './format/constants.js';
 import { resolveCreateOptions } from './create.js';
 import { createDataFile, dataFileOpener } from './data-file-open.js';
@@ -61,7 +63,7 @@ export interface OpenedImage extends GuestDevice {
 
 /** A raw file seen as a guest device. */
 export class RawDevice implements GuestDevice {
-  constructor(private readonly storage: BlockStorage) {}
+  constructor(readonly storage: BlockStorage) {}
   get virtualSize(): number {
     return this.storage.size();
   }
@@ -103,8 +105,28 @@ function backingOpener(imagePath: string, depth: number, o: FileOpenOptions = {}
     // Backing files are only ever read, and locked as QEMU locks them: as a
     // read-only image of their format, force-shared when the top image is.
     const shownAs = o.shownAs === undefined ? undefined : combine(o.shownAs, name);
-    return openAt(combine(imagePath, name), { readOnly: true, format: fmt, forceShare: o.forceShare, shownAs }, depth + 1);
+    try {
+      return openAt(combine(imagePath, name), { readOnly: true, format: fmt, forceShare: o.forceShare, shownAs }, depth + 1);
+    } catch (e) {
+      throw backingOpenFailed(e, shownAs ?? combine(imagePath, name));
+    }
   };
+}
+
+/**
+ * bdrv_open_backing_file's words: "Could not open backing file: " before the
+ * reason, which for a file that cannot be opened is file-posix's "Could not
+ * open 'NAME': strerror". Other failures (a corrupt backing image, a lock)
+ * keep their own error.
+ */
+const OPEN_ERRNOS = new Set(['ENOENT', 'EACCES', 'EPERM', 'ENOTDIR', 'ELOOP', 'ENAMETOOLONG']);
+
+function backingOpenFailed(e: unknown, shownAs: string): unknown {
+  if (e instanceof BackingFileError) return new BackingFileError(`Could not open backing file: ${e.message}`);
+  const code = e instanceof StorageIoError && e.code !== undefined && OPEN_ERRNOS.has(e.code) ? e.code : undefined;
+  const text = code === undefined ? undefined : getSystemErrorMap().get(-(os.constants.errno as Record<string, number>)[code]!)?.[1];
+  if (code === undefined || text === undefined) return e;
+  return new BackingFileError(`Could not open backing file: Could not open '${shownAs}': ${text[0]!.toUpperCase()}${text.slice(1)}`);
 }
 
 function openAt(file: string, o: FileOpenOptions, depth: number): OpenedImage {

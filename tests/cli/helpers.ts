@@ -91,3 +91,52 @@ export async function ensureBuilt(): Promise<void> {
     await execa('npx', ['tsc', '-p', 'tsconfig.build.json'], { cwd: REPO_ROOT });
   }
 }
+
+/**
+ * qemu-img ARGS and our ARGS, both run in dir on the same files: the exit code,
+ * stdout and stderr (our program name read as qemu-img's) must be identical.
+ * Only for commands that leave the files as they are (map, compare, measure, info).
+ * Returns qemu-img's result, so a test can also check that it says what the
+ * case is meant to show.
+ */
+export async function sameAsQemuImg(dir: string, args: string[], o: { readsImages?: boolean } = {}): Promise<Ran> {
+  settleTree(dir);
+  const { execa } = await import('execa');
+  if (o.readsImages ?? true) {
+    // Each tool once first, unjudged: reading an unwritten extent (QEMU's fallocated COW areas) puts
+    // zeroed pages in the page cache, after which SEEK_DATA calls it data. Once both tools have read
+    // what they read, the cache, and so every later answer, is the same for both.
+    await execa(QEMU_IMG, args, { cwd: dir, reject: false, stdin: 'ignore' });
+    await ours(dir, args);
+  }
+  const q = await execa(QEMU_IMG, args, { cwd: dir, reject: false, stdin: 'ignore', stripFinalNewline: false });
+  const qemu: Ran = { rc: q.exitCode ?? -1, stdout: String(q.stdout), stderr: String(q.stderr) };
+  const r = await ours(dir, args);
+  const { expect } = await import('vitest');
+  expect({ ...r, stderr: r.stderr.replace(/^qcow2-harness: /gm, 'qemu-img: ') }, `qemu-img ${args.join(' ')}`).toEqual(qemu);
+  return qemu;
+}
+
+/**
+ * fsync(2) of a file another process wrote: until the file system has
+ * written it back, lseek(SEEK_DATA/SEEK_HOLE) may report its holes
+ * differently from one moment to the next (ext4 delayed allocation), and
+ * block status (map, compare -s, measure) depends on them.
+ */
+export function settle(file: string): void {
+  const fd = fs.openSync(file, 'r');
+  try {
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/** settle() for every file under dir: the images a test made before comparing block status. */
+export function settleTree(dir: string): void {
+  for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
+    const p = path.join(dir, e.name);
+    if (e.isDirectory()) settleTree(p);
+    else if (e.isFile()) settle(p);
+  }
+}

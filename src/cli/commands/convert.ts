@@ -33,13 +33,13 @@ opened, is invalid, corrupt or unsupported, an I/O error), 70 an internal error.
 /** Bytes copied per step: large enough to amortise per-call costs, small enough to stay cache friendly. */
 const CHUNK = 2 * 1024 * 1024;
 
-function parseSnapshotParam(v: string): string {
+export function parseSnapshotParam(v: string, command = 'convert'): string {
   // qemu accepts snapshot.name=, snapshot.id=, or a bare id-or-name; our engine resolves either.
   for (const part of v.split(',')) {
     const m = /^snapshot\.(name|id)=(.*)$/.exec(part);
     if (m) return m[2]!;
   }
-  if (v.includes('=')) throw new UsageError(`Invalid snapshot parameter '${v}'`, 'convert');
+  if (v.includes('=')) throw new UsageError(`Invalid snapshot parameter '${v}'`, command);
   return v;
 }
 

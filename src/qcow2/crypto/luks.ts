@@ -253,3 +253,15 @@ export function createLuks(passphrase: string | Uint8Array, o: LuksCreateOptions
   area.set(encodeLuksHeader(header), 0);
   return { header, area, masterKey, cipher: makeSectorCipher(spec, masterKey) };
 }
+
+/**
+ * Bytes of the LUKS header area a new image with these options gets (the
+ * payload offset qcrypto_block_calculate_payload_offset reports for qemu-img
+ * measure): the header sector block and eight aligned key slots. Checks the
+ * cipher options as creation does.
+ */
+export function luksPayloadBytes(o: LuksCreateOptions = {}): number {
+  const c = cipherFromOptions(o);
+  checkHashName(o.hashAlg ?? 'sha256');
+  return LUKS_KEY_SLOT_OFFSET + LUKS_NUM_KEY_SLOTS * splitKeySectors(c.keyBytes, LUKS_STRIPES) * LUKS_SECTOR_SIZE;
+}

@@ -3,7 +3,7 @@
  * what is needed to read the fields; semantic validation against the file
  * lives in validate.ts so that it can name the offending field.
  */
-import { InvalidImageError, UnsupportedFeatureError } from '../errors.js';
+import { InvalidImageError, NotQcow2Error, UnsupportedFeatureError } from '../errors.js';
 import { getU64, setU64, viewOf } from './bytes.js';
 import {
   COMPRESSION_ZLIB,
@@ -80,7 +80,7 @@ export function decodeHeader(buf: Uint8Array): Qcow2Header {
   }
   const v = viewOf(buf);
   const magic = v.getUint32(F.magic.offset);
-  if (magic !== QCOW2_MAGIC) throw new InvalidImageError('not a qcow2 image (bad magic)');
+  if (magic !== QCOW2_MAGIC) throw new NotQcow2Error('Image is not in qcow2 format');
   const version = v.getUint32(F.version.offset);
   if (version !== 2 && version !== 3) {
     throw new UnsupportedFeatureError(`unsupported qcow2 version ${version}`);

@@ -4,7 +4,7 @@ import { getSystemErrorMap } from 'node:util';
 import { InvalidArgumentError, ReadOnlyError, StorageIoError } from '../errors.js';
 import { ImageLock, LOCKS, type LockRequest } from './lock.js';
 import { nativeAddon } from './native.js';
-import type { BlockStorage } from './types.js';
+import type { Allocation, BlockStorage } from './types.js';
 
 export interface FileOpenOptions {
   readOnly?: boolean;
@@ -215,6 +215,24 @@ export class FileStorage implements BlockStorage {
     if (r === -os.constants.errno.EOPNOTSUPP || r === -os.constants.errno.ENOSYS || r === -os.constants.errno.EINVAL) return false;
     const code = Object.entries(os.constants.errno).find(([, v]) => v === -r)?.[0];
     throw new StorageIoError(`zeroing ${length} bytes at ${offset} failed in '${this.path}': ${getSystemErrorMap().get(r)?.[1] ?? `errno ${-r}`}`, code);
+  }
+
+  /** file-posix's find_allocation (block/file-posix.c): SEEK_DATA, then SEEK_HOLE when offset is in data. */
+  allocation(offset: number): Allocation | 'trailing-hole' | undefined {
+    const addon = nativeAddon();
+    if (addon instanceof Error || !addon.seekData) return undefined;
+    const data = addon.seekData(this.fd, offset, false);
+    if (data === -os.constants.errno.ENXIO) return 'trailing-hole';
+    if (data < offset) return undefined;
+    if (data > offset) return { data, hole: offset };
+    const hole = addon.seekData(this.fd, offset, true);
+    // A hole at offset right after data at offset: the file changed under us (QEMU's -EBUSY); no information.
+    if (hole <= offset) return undefined;
+    return { data: offset, hole };
+  }
+
+  allocatedBytes(): number {
+    return fs.fstatSync(this.fd).blocks * 512;
   }
 
   truncate(length: number): void {

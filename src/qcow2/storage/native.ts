@@ -1,7 +1,7 @@
 /**
  * The project's N-API addon (native/ofd_lock.c): the file calls Node has
  * no binding for, OFD byte-range locks (lock.ts), fallocate's zero range,
- * the read-ahead hint (file.ts), starting writeback early (convert's raw
+ * the read-ahead hint and lseek SEEK_DATA/SEEK_HOLE (file.ts), starting writeback early (convert's raw
  * output, convert-raw.ts), and the encrypted-image hot loops
  * (crypto/cipher.ts, crypto/afsplit.ts). Loaded once, on first use.
  */
@@ -32,6 +32,8 @@ export interface NativeAddon {
   startWriteback?(fd: number, offset: number, len: number): number;
   /** The address of view's first byte modulo align (a power of two), for O_DIRECT buffers. Absent from older builds. */
   addressMod?(view: Uint8Array, align: number): number;
+  /** lseek(SEEK_DATA), or SEEK_HOLE when hole: the offset found or -errno. Absent from older builds. */
+  seekData?(fd: number, offset: number, hole: boolean): number;
 }
 
 /** An opaque handle owning a keyed OpenSSL context; freed (and wiped) when collected. */

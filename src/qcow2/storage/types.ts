@@ -20,8 +20,23 @@ export interface BlockStorage {
    * storage without it is one that always declines.
    */
   writeZeroes?(offset: number, length: number): boolean;
+  /**
+   * Where data and holes lie from offset on, as file-posix's find_allocation
+   * learns it with lseek(SEEK_DATA/SEEK_HOLE): the data extent or hole that
+   * holds offset; 'trailing-hole' at or past the last data (ENXIO); undefined
+   * when the storage cannot tell (then all of it counts as data). Optional.
+   */
+  allocation?(offset: number): Allocation | 'trailing-hole' | undefined;
+  /** Bytes the storage really occupies (st_blocks * 512, bdrv_get_allocated_file_size); optional. */
+  allocatedBytes?(): number;
   truncate(length: number): void;
   /** A write barrier: everything written before is durable after. */
   flush(): void;
   close(): void;
+}
+
+/** One extent around an offset: [data, hole) is data when data === offset, else [hole, data) is a hole. */
+export interface Allocation {
+  data: number;
+  hole: number;
 }

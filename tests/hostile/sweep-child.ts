@@ -9,59 +9,9 @@ import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { bufferContext } from '../../src/cli/context.js';
 import { runCli } from '../../src/cli/run.js';
-import { listMutations, type Mutation } from '../../src/harness/mutate/index.js';
-import { readJob, serveCases, tool, type CaseJob } from './child-lib.js';
-import { sweepMutations } from './sweep-mutations.js';
-
-/** `@` is the image, `@out` an output file next to it. */
-export const SWEEP_COMMANDS: readonly (readonly string[])[] = [
-  ['info', '@'],
-  ['info', '--output', 'json', '@'],
-  ['check', '@'],
-  ['check', '-r', 'all', '@'],
-  ['convert', '-O', 'raw', '@', '@out'],
-  ['io', '-r', '-c', 'read 0 1M', '@'],
-  ['io', '-c', 'write -P 0x5a 0 64k', '@'],
-  ['snapshot', '-l', '@'],
-  ['snapshot', '-c', 'sweep', '@'],
-  ['amend', '-o', 'refcount_bits=32', '@'],
-  ['resize', '@', '+1M'],
-];
-
-export interface SweepImage {
-  path: string;
-  /** The image's external data file, restored before every command (writes go there). */
-  dataFile?: string;
-}
-
-export interface SweepJob extends CaseJob {
-  images: Record<string, SweepImage>;
-  cases: { id: string; image: string; mutation: string }[];
-  seed: number;
-  flips: number;
-}
-
-export interface CommandRun {
-  argv: string[];
-  rc: number;
-  stdout: string;
-  stderr: string;
-  /** The image file's bytes after the command differ from the corrupted image's. */
-  changed: boolean;
-  ms: number;
-}
-
-export interface SweepReport {
-  runs: CommandRun[];
-  /** qemu-img info --output=json on the corrupted bytes: exit code and its error line. */
-  qemuInfo: { rc: number; stderr: string };
-}
-
-/** Every mutation of a seed image by name: the generator's and the sweep's own. */
-export function mutationsOf(bytes: Uint8Array, seed: number, flips: number): Map<string, Mutation> {
-  const all = [...listMutations(bytes, { seed, flips }), ...sweepMutations(bytes)];
-  return new Map(all.map((m) => [m.name, m]));
-}
+import type { Mutation } from '../../src/harness/mutate/index.js';
+import { readJob, serveCases, tool } from './child-lib.js';
+import { mutationsOf, SWEEP_COMMANDS, type CommandRun, type SweepImage, type SweepJob, type SweepReport } from './sweep-lib.js';
 
 async function runOne(argv: readonly string[], bytes: Uint8Array, img: SweepImage, dataBytes: Uint8Array | undefined, n: number): Promise<CommandRun> {
   const dir = dirname(img.path);
@@ -76,26 +26,36 @@ async function runOne(argv: readonly string[], bytes: Uint8Array, img: SweepImag
   const ms = performance.now() - t0;
   const after = existsSync(file) ? readFileSync(file) : new Uint8Array(0);
   const changed = after.length !== bytes.length || !Buffer.from(after).equals(Buffer.from(bytes));
+  const changedAt: number[] = [];
+  if (after.length !== bytes.length) changedAt.push(Math.min(after.length, bytes.length));
+  for (let i = 0; changed && i < Math.min(after.length, bytes.length) && changedAt.length < 16; i++) if (after[i] !== bytes[i]) changedAt.push(i);
   rmSync(file, { force: true });
   rmSync(out, { force: true });
   rmSync(`${out}.tmp`, { force: true });
   // Names in messages are the scratch file's: show them as the image operand.
   const plain = (s: string): string => s.split(file).join('IMG').slice(0, 4000);
-  return { argv: args.map(plain), rc, stdout: plain(ctx.out).slice(0, 600), stderr: plain(ctx.err), changed, ms };
+  return { argv: args.map(plain), rc, stdout: plain(ctx.out).slice(0, 600), stderr: plain(ctx.err), changed, changedAt, ms };
 }
 
 const job = readJob<SweepJob>();
+/** Mutations are listed per image on first use: a respawned child pays only for the images it still has cases of. */
 const seeds = new Map<string, { mutations: Map<string, Mutation>; data?: Uint8Array }>();
-for (const [name, img] of Object.entries(job.images)) {
-  seeds.set(name, {
-    mutations: mutationsOf(new Uint8Array(readFileSync(img.path)), job.seed, job.flips),
-    data: img.dataFile ? new Uint8Array(readFileSync(img.dataFile)) : undefined,
-  });
+function seedOf(name: string): { mutations: Map<string, Mutation>; data?: Uint8Array } {
+  let s = seeds.get(name);
+  if (!s) {
+    const img = job.images[name]!;
+    s = {
+      mutations: mutationsOf(new Uint8Array(readFileSync(img.path)), job.seed, job.flips),
+      data: img.dataFile ? new Uint8Array(readFileSync(img.dataFile)) : undefined,
+    };
+    seeds.set(name, s);
+  }
+  return s;
 }
 
 let n = 0;
 await serveCases<SweepJob, SweepJob['cases'][number]>(job, async (c) => {
-  const seed = seeds.get(c.image)!;
+  const seed = seedOf(c.image);
   const m = seed.mutations.get(c.mutation);
   if (!m) throw new Error(`no mutation ${c.mutation} for ${c.image}`);
   const img = job.images[c.image]!;

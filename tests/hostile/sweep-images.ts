@@ -23,10 +23,10 @@ export const SWEEP_RECIPES: HostileRecipe[] = [
   ...HOSTILE_RECIPES,
   {
     name: 'v3-4k-rc1-datafile',
-    description: 'external data file (relative name), 4 KiB clusters, 1-bit refcounts',
+    description: 'external data file (absolute name: qemu-img create makes a relative one relative to its working directory), 4 KiB clusters, 1-bit refcounts',
     async build(dir) {
       const p = join(dir, 'v3-4k-rc1-datafile.qcow2');
-      await must(QEMU_IMG, ['create', '-q', '-f', 'qcow2', '-o', 'cluster_size=4k,refcount_bits=1,data_file=v3-4k-rc1-datafile.data', p, String(4 * MiB)]);
+      await must(QEMU_IMG, ['create', '-q', '-f', 'qcow2', '-o', `cluster_size=4k,refcount_bits=1,data_file=${join(dir, 'v3-4k-rc1-datafile.data')}`, p, String(4 * MiB)]);
       await io(p, ['write -P 0x41 0 12k', 'write -P 0x42 1M 4k', 'write -z 8k 4k']);
       return p;
     },
@@ -38,7 +38,7 @@ export const SWEEP_RECIPES: HostileRecipe[] = [
       const p = join(dir, 'v3-2m-rc64-bitmap.qcow2');
       await must(QEMU_IMG, ['create', '-q', '-f', 'qcow2', '-o', 'cluster_size=2M,refcount_bits=64,lazy_refcounts=on', p, String(64 * MiB)]);
       await io(p, ['write -P 0x51 0 3M', 'write -P 0x52 40M 64k']);
-      await must(QEMU_IMG, ['bitmap', '-q', '--add', p, 'b0']);
+      await must(QEMU_IMG, ['bitmap', '--add', p, 'b0']);
       await io(p, ['write -P 0x53 8M 4k']);
       return p;
     },

@@ -153,8 +153,11 @@ for (const r of SWEEP_RECIPES) {
 
 let outcomes = new Map<string, ChildOutcome<SweepReport>>();
 beforeAll(async () => {
-  // Two children, one per core, cases interleaved.
-  const halves = [cases.filter((_, i) => i % 2 === 0), cases.filter((_, i) => i % 2 === 1)];
+  // Two children, one per core, cases interleaved; but an image with a data file has its cases in
+  // one child: the data file is shared (the header names it), and the other child's open of it would
+  // be a lock conflict between the two sweeps, not a finding.
+  const half = (c: (typeof cases)[number], i: number): number => (images[c.image]!.dataFile ? 0 : i % 2);
+  const halves = [cases.filter((c, i) => half(c, i) === 0), cases.filter((c, i) => half(c, i) === 1)];
   const results = await Promise.all(halves.map((h) => runInChild<SweepReport>('tests/hostile/sweep-child.ts', { images, cases: h, seed: SEED, flips: FLIPS }, dir, LIMITS)));
   outcomes = new Map(results.flatMap((m) => [...m]));
 });

@@ -109,7 +109,15 @@ export function imageSpec(p: ParsedArgs, operand: string, command: string, store
  * data I/O (or check) need the key, as QEMU opens them without NO_IO.
  */
 export function checkOpened(img: Qcow2Image, spec: ImageSpec, needKey: boolean): void {
-  const info = img.info();
+  let info: ReturnType<Qcow2Image['info']>;
+  try {
+    info = img.info();
+  } catch (e) {
+    // An encryption header info cannot read (past the end of the file) is, for QEMU, an open that
+    // failed (qcow2_do_open reads it): refused in those words, and the image closed, not left locked.
+    img.close();
+    failed(e, `Could not open '${spec.shownAs}': `);
+  }
   const header = info.encrypt === undefined ? undefined : ((info.encrypt as { format: 'aes' | 'luks' }).format);
   try {
     checkEncryptFormat(header, spec.encryptFormat);

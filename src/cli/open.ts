@@ -115,7 +115,7 @@ export function openReadable(
   o: { format?: ImageFormat; snapshot?: string; forceShare?: boolean; withoutDataFile?: boolean; withoutBacking?: boolean; passphrase?: string; name?: string; dataFile?: string } = {},
 ): ReadableImage {
   try {
-    const format = o.format ?? probeFormat(resolvePath(ctx, file));
+    const format = o.format ?? probeFormat(resolvePath(ctx, file), file);
     if (format === 'raw' && o.snapshot !== undefined) {
       throw new CommandFailed(`Could not open '${file}': raw images have no snapshots`);
     }
@@ -144,7 +144,7 @@ export function openQcow2(
   o: { format?: ImageFormat; readOnly?: boolean; repairDirty?: boolean; forCheck?: boolean; forceShare?: boolean; passphrase?: string; name?: string; dataFile?: string } = {},
 ): Qcow2Image {
   try {
-    const format = o.format ?? probeFormat(resolvePath(ctx, file));
+    const format = o.format ?? probeFormat(resolvePath(ctx, file), file);
     if (format !== 'qcow2') throw new CommandFailed(`'${file}' is a raw image; this command needs qcow2`);
     return openQcow2File(resolvePath(ctx, file), {
       readOnly: o.readOnly ?? false,
@@ -260,7 +260,7 @@ export function openWritable(
 ): WritableDevice {
   try {
     const abs = resolvePath(ctx, file);
-    const format = o.format ?? probeFormat(abs);
+    const format = o.format ?? probeFormat(abs, file);
     const readOnly = o.readOnly ?? false;
     if (format === 'raw') {
       return new RawDevice(FileStorage.open(abs, { readOnly, lock: lockFor('raw', readOnly, o.forceShare), name: file }));

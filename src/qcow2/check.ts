@@ -92,6 +92,15 @@ export function checkImage(img: ImageState, repair: RepairMode): CheckResult {
 }
 
 /**
+ * Appends one pass's report lines: a garbage L2 table of a 2 MiB-cluster
+ * image yields a line per entry, hundreds of thousands, more arguments than
+ * push(...lines) may pass (RangeError: Maximum call stack size exceeded).
+ */
+function appendMessages(res: CheckResult, lines: readonly string[]): void {
+  for (const l of lines) res.messages.push(l);
+}
+
+/**
  * One bdrv_check pass (qcow2_co_check_locked): count every reference,
  * compare with the stored refcounts, repair what `fix` allows (leaks,
  * errors, or a full refcount rebuild when a block is missing or broken),
@@ -135,7 +144,7 @@ export function checkPass(img: ImageState, fix: number): CheckResult {
     counts = calculate(img, recount, 0, nbClusters, state);
     res.corruptions += recount.corruptions;
     res.checkErrors += recount.checkErrors;
-    res.messages.push(...recount.messages);
+    appendMessages(res, recount.messages);
     nbClusters = Math.max(nbClusters, counts.size);
     let freshLeaks = 0;
     if (fix & FIX_LEAKS) {
@@ -143,7 +152,7 @@ export function checkPass(img: ImageState, fix: number): CheckResult {
       highest = compare(img, leakRes, FIX_LEAKS, state, counts, nbClusters);
       if (state.rebuild) res.messages.push('ERROR rebuilt refcount structure is still broken');
       freshLeaks = leakRes.leaks;
-      res.messages.push(...leakRes.messages);
+      appendMessages(res, leakRes.messages);
     }
     if (res.corruptions < old.corruptions) res.corruptionsFixed += old.corruptions - res.corruptions;
     if (res.leaks < old.leaks) res.leaksFixed += old.leaks - res.leaks;

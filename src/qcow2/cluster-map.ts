@@ -159,22 +159,32 @@ export function freeEntryClusters(s: ImageState, e: L2Entry, passthrough = false
   }
 }
 
-/** The host cluster of a data entry; misaligned or on the header is corruption (QEMU: qcow2_get_host_offset). */
-export function dataClusterOffset(s: ImageState, e: L2Entry, guestCluster: number): number {
+/**
+ * The host cluster an entry names, checked as qcow2_get_host_offset checks
+ * every entry that has one (QCOW2_SUBCLUSTER_NORMAL, ZERO_ALLOC and
+ * UNALLOCATED_ALLOC) before it looks at what the guest reads there: it must be
+ * cluster aligned and, with a data file, sit at its guest offset; otherwise
+ * qcow2_signal_corruption and -EIO, even for a zero cluster whose host
+ * cluster is never read.
+ */
+export function checkedHostOffset(s: ImageState, e: L2Entry, guestCluster: number): number {
   const off = s.layout.offset(e);
   if (off % s.clusterSize !== 0) {
     s.corruption(`cluster allocation offset ${off} unaligned (guest cluster ${guestCluster})`);
   }
-  if (s.hasDataFile) {
-    // qcow2_get_host_offset: a data file cluster must sit at its guest offset.
-    if (off !== guestCluster * s.clusterSize) {
-      s.corruption(
-        `External data file host cluster offset 0x${off.toString(16)} does not match guest cluster offset: 0x${(guestCluster * s.clusterSize).toString(16)}`,
-      );
-    }
-    return off;
+  // qcow2_get_host_offset: a data file cluster must sit at its guest offset.
+  if (s.hasDataFile && off !== guestCluster * s.clusterSize) {
+    s.corruption(
+      `External data file host cluster offset 0x${off.toString(16)} does not match guest cluster offset: 0x${(guestCluster * s.clusterSize).toString(16)}`,
+    );
   }
-  if (off < s.clusterSize) s.corruption(`data cluster at offset ${off} overlaps the image header (guest cluster ${guestCluster})`);
+  return off;
+}
+
+/** The host cluster of a data entry; misaligned or on the header is corruption (QEMU: qcow2_get_host_offset). */
+export function dataClusterOffset(s: ImageState, e: L2Entry, guestCluster: number): number {
+  const off = checkedHostOffset(s, e, guestCluster);
+  if (!s.hasDataFile && off < s.clusterSize) s.corruption(`data cluster at offset ${off} overlaps the image header (guest cluster ${guestCluster})`);
   return off;
 }
 

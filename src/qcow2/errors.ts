@@ -31,12 +31,22 @@ export class OverlapError extends CorruptImageError {}
 /** An operation cannot be done without breaking a limit (refcount overflow, v2 limits, size limits). */
 export class LimitError extends Qcow2Error {}
 
+/** The refcount table would have to grow past QEMU's QCOW_MAX_REFTABLE_SIZE (8 MiB): QEMU's -EFBIG. */
+export class RefcountTableLimitError extends LimitError {}
+
 /** The underlying storage failed (EIO, ENOSPC, short read). */
 export class StorageIoError extends Qcow2Error {
   constructor(message: string, readonly code?: string) {
     super(message);
   }
 }
+
+/**
+ * The image path names a FIFO, a socket or a directory, which QEMU's file
+ * driver refuses (raw_open_common: "'file' driver requires 'X' to be a
+ * regular file").
+ */
+export class NotRegularFileError extends Qcow2Error {}
 
 /** A named snapshot does not exist, or a name/id is already taken. */
 export class SnapshotError extends Qcow2Error {}

@@ -7,7 +7,7 @@
 import { decompressCluster } from './compress.js';
 import { readEncryptedData } from './crypto/data-path.js';
 import { ClusterType, decodeCompressed } from './format/entries.js';
-import { dataClusterOffset, entryFor } from './cluster-map.js';
+import { checkedHostOffset, dataClusterOffset, entryFor } from './cluster-map.js';
 import type { L2Entry } from './l2.js';
 import type { ImageState } from './state.js';
 
@@ -103,6 +103,7 @@ export function readGuest(s: ImageState, offset: number, dst: Uint8Array): void 
       }
       if (type === ClusterType.ZeroPlain || type === ClusterType.ZeroAlloc) {
         refuseV2ZeroCluster(s, type, vc);
+        if (type === ClusterType.ZeroAlloc) checkedHostOffset(s, e, vc);
         add(Run.Zero, done, n, 0);
         done += n;
         continue;
@@ -129,8 +130,11 @@ function readInCluster(s: ImageState, vc: number, inOff: number, dst: Uint8Array
       case ClusterType.Unallocated:
         readBacking(s, guestBase + inOff, dst);
         return;
-      case ClusterType.ZeroPlain:
       case ClusterType.ZeroAlloc:
+        checkedHostOffset(s, e, vc);
+        dst.fill(0);
+        return;
+      case ClusterType.ZeroPlain:
         dst.fill(0);
         return;
       default:
@@ -138,7 +142,8 @@ function readInCluster(s: ImageState, vc: number, inOff: number, dst: Uint8Array
         return;
     }
   }
-  // Extended L2: each subcluster has its own state.
+  // Extended L2: each subcluster has its own state; a host offset is checked whatever they are.
+  if (type === ClusterType.Normal) checkedHostOffset(s, e, vc);
   const scs = s.subclusterSize;
   let done = 0;
   while (done < dst.length) {
@@ -227,9 +232,11 @@ function statusAt(s: ImageState, pos: number): { until: number; zero: boolean; a
   refuseV2ZeroCluster(s, type, vc);
   if (!s.layout.extended) {
     if (type === ClusterType.Unallocated) return { until: end, ...unallocatedStatus(s, pos) };
+    if (type === ClusterType.Normal || type === ClusterType.ZeroAlloc) checkedHostOffset(s, e, vc);
     if (type === ClusterType.Normal) return { until: end, zero: false, allocated: true };
     return { until: end, zero: true, allocated: true };
   }
+  if (type === ClusterType.Normal) checkedHostOffset(s, e, vc);
   const sc = Math.floor((pos - vc * cs) / s.subclusterSize);
   const until = vc * cs + (sc + 1) * s.subclusterSize;
   const st = subclusterState(s, e, type, sc, vc);

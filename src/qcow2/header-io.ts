@@ -4,7 +4,7 @@
  * header, extensions, end marker, then the backing file name.
  */
 import { InvalidImageError, LimitError, NotQcow2Error, UnsupportedFeatureError } from './errors.js';
-import { alignUp, decodeString, encodeString, viewOf } from './format/bytes.js';
+import { alignUp, decodeCString, decodeString, encodeString, viewOf } from './format/bytes.js';
 import { HEADER_PROBE_SIZE, decodeHeader, encodeHeader, type Qcow2Header } from './format/header.js';
 import { decodeExtensions, encodeExtensions, type HeaderExtensions } from './format/extensions.js';
 import { HEADER_V2_LENGTH, MAX_CLUSTER_BITS, MIN_CLUSTER_BITS, QCOW2_MAGIC } from './format/constants.js';
@@ -39,7 +39,7 @@ export function readFirstCluster(storage: BlockStorage): FirstCluster {
   if (header.backingFileOffset !== 0) {
     const end = header.backingFileOffset + header.backingFileSize;
     if (end > cs) throw new InvalidImageError('backing file name lies outside the first cluster');
-    backingFile = decodeString(first.subarray(header.backingFileOffset, end));
+    backingFile = decodeCString(first.subarray(header.backingFileOffset, end));
   }
   return { header, ext, backingFile };
 }

@@ -7,12 +7,12 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { getSystemErrorMap } from 'node:util';
-import { BackingFileError, InvalidArgumentError, InvalidImageError, StorageIoError } from './errors.js';
+import { BackingFileError, InvalidArgumentError, InvalidImageError, NotRegularFileError, StorageIoError } from './errors.js';
 import { QCOW2_MAGIC } from './format/constants.js';
 import { resolveCreateOptions } from './create.js';
 import { createDataFile, dataFileOpener } from './data-file-open.js';
 import { Qcow2Image } from './image.js';
-import { FileStorage } from './storage/file.js';
+import { FileStorage, openImageFd } from './storage/file.js';
 import { LOCKS, type LockRequest } from './storage/lock.js';
 import type { BlockStorage } from './storage/types.js';
 import type { BackingFormat, CreateOptions, GuestDevice, OpenOptions } from './types.js';
@@ -78,11 +78,13 @@ export class RawDevice implements GuestDevice {
   }
 }
 
-export function probeFormat(file: string): ImageFormat {
+/** name: the file as the user gave it, for the refusal of a FIFO or a socket (openImageFd). */
+export function probeFormat(file: string, name = file): ImageFormat {
   let fd: number;
   try {
-    fd = fs.openSync(file, 'r');
+    fd = openImageFd(file, fs.constants.O_RDONLY, name, true);
   } catch (e) {
+    if (e instanceof NotRegularFileError) throw e;
     throw new StorageIoError(`Could not open '${file}': ${(e as NodeJS.ErrnoException).message}`, (e as NodeJS.ErrnoException).code);
   }
   try {
@@ -130,7 +132,7 @@ function backingOpenFailed(e: unknown, shownAs: string): unknown {
 }
 
 function openAt(file: string, o: FileOpenOptions, depth: number): OpenedImage {
-  const format = o.format ?? probeFormat(file);
+  const format = o.format ?? probeFormat(file, o.shownAs ?? file);
   const readOnly = o.readOnly ?? false;
   const storage = FileStorage.open(file, { readOnly, lock: lockFor(format, readOnly, o.forceShare), name: o.shownAs ?? file });
   if (format === 'raw') {

@@ -10,10 +10,10 @@ import { checkImage } from './check.js';
 import { entryParts, loadL1, registerActiveL2s, resizeL1, setEntry, writableL2 } from './cluster-map.js';
 import { createLayout } from './create.js';
 import { loadBitmaps, markBitmapsInUse } from './bitmaps.js';
-import { openImageCrypto } from './crypto/image-crypto.js';
+import { luksArea, openImageCrypto } from './crypto/image-crypto.js';
 import { setUpEncryption } from './crypto/setup.js';
 import { CorruptImageError, InvalidArgumentError, UnsupportedFeatureError } from './errors.js';
-import { AUTOCLEAR_BITMAPS, AUTOCLEAR_DATA_FILE_RAW, CRYPT_NONE, INCOMPAT_CORRUPT, INCOMPAT_DIRTY } from './format/constants.js';
+import { AUTOCLEAR_BITMAPS, AUTOCLEAR_DATA_FILE_RAW, CRYPT_LUKS, CRYPT_NONE, INCOMPAT_CORRUPT, INCOMPAT_DIRTY } from './format/constants.js';
 import { allocDataCluster, openDataFile } from './data-file.js';
 import { MetaKind } from './overlap.js';
 import { Refcounts } from './refcount.js';
@@ -101,6 +101,10 @@ function openEncryption(s: ImageState): void {
   const o = s.openOptions;
   if (o.passphrase === undefined) {
     if (!s.readOnly && !o.forCheck) throw new InvalidArgumentError("Parameter 'encrypt.key-secret' is required for cipher");
+    // qcow2_do_open opens the LUKS header even without a key (QCRYPTO_BLOCK_OPEN_NO_IO), before
+    // anything is written: an area past the end of the file fails the open here, not after
+    // prepareReadWrite has marked bitmaps in use or repaired a dirty image.
+    if (s.header.cryptMethod === CRYPT_LUKS) luksArea(s.ext.cryptoHeader, s.clusterSize, s.storage.size());
     return;
   }
   s.crypto = openImageCrypto({

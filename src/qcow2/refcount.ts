@@ -9,7 +9,7 @@
  * before the header switches to it, and the old one is freed only after.
  */
 import { MIN_REFCOUNT_CACHE_TABLES, TableCache, type CachedTable } from './cache.js';
-import { LimitError } from './errors.js';
+import { LimitError, RefcountTableLimitError } from './errors.js';
 import { getU64, setU64, viewOf } from './format/bytes.js';
 import { MAX_HOST_OFFSET, MAX_REFTABLE_BYTES, REFTABLE_ENTRY_SIZE, REFTABLE_OFFSET_ALIGN } from './format/constants.js';
 import { getRefcount, maxRefcount, refcountEntriesPerBlock, setRefcount } from './format/refcount-block.js';
@@ -100,6 +100,15 @@ export class Refcounts {
     for (const off of table) {
       if (off !== 0 && off % this.clusterSize === 0) this.host.meta.add(off, this.clusterSize, MetaKind.Refblock);
     }
+  }
+
+  /**
+   * Whether a refcount table within QEMU's limit can hold the refcount of this
+   * cluster (alloc_refcount_block: -EFBIG once the blocks needed exceed
+   * QCOW_MAX_REFTABLE_SIZE / REFTABLE_ENTRY_SIZE).
+   */
+  coverable(clusterIndex: number): boolean {
+    return this.blockOf(clusterIndex) < MAX_REFTABLE_BYTES / REFTABLE_ENTRY_SIZE;
   }
 
   private blockOf(clusterIndex: number): number {
@@ -392,7 +401,7 @@ export class Refcounts {
       newBlocks = blocks;
     }
     if (tableClusters * cs > MAX_REFTABLE_BYTES) {
-      throw new LimitError(`refcount table would exceed ${MAX_REFTABLE_BYTES} bytes`);
+      throw new RefcountTableLimitError(`refcount table would exceed ${MAX_REFTABLE_BYTES} bytes`);
     }
     const blocksStart = start;
     const tableStart = start + newBlocks.length;

@@ -4,9 +4,9 @@
  * every L2 table and data cluster it reaches. OFLAG_COPIED is recomputed
  * from the refcounts after every change, so it stays exact.
  */
-import { CorruptImageError, LimitError, SnapshotError } from './errors.js';
+import { CorruptImageError, LimitError, RefcountTableLimitError, SnapshotError } from './errors.js';
 import { snapshotL1Problem } from './snapshot-table-io.js';
-import { L1_ENTRY_SIZE, MAX_SNAPSHOTS } from './format/constants.js';
+import { L1_ENTRY_SIZE, MAX_REFTABLE_BYTES, MAX_SNAPSHOTS } from './format/constants.js';
 import { ClusterType, decodeCompressed, withCopied } from './format/entries.js';
 import { encodeSnapshotTable, type SnapshotEntry } from './format/snapshot-table.js';
 import { registerActiveL2s, resizeL1 } from './cluster-map.js';
@@ -56,7 +56,7 @@ export function updateTreeRefcounts(img: ImageState, l1: L1Table, addend: number
       }
       if (type !== ClusterType.Normal && type !== ClusterType.ZeroAlloc) return;
       const off = layout.offset(e);
-      if (off % cs !== 0) return;
+      if (off % cs !== 0) misalignedEntry(img, off, l2Offset, j);
       if (addend !== 0) img.refcounts.updateRange(off, cs, addend);
       const want = withCopied(e.hi, img.refcounts.getAt(off) === 1);
       // A table about to be freed needs no flag updates.
@@ -75,33 +75,53 @@ export function updateTreeRefcounts(img: ImageState, l1: L1Table, addend: number
 }
 
 /**
- * Refuses, before anything is written, a tree reference that would push a
- * refcount past the width's maximum (QEMU fails half-way and leaks there).
+ * qcow2_update_snapshot_refcount stops at the first misaligned data entry
+ * (qcow2_signal_corruption, -EIO): the image is marked corrupt and nothing
+ * after it is counted.
+ */
+function misalignedEntry(img: ImageState, off: number, l2Offset: number, index: number): never {
+  img.corruption(`Cluster allocation offset 0x${off.toString(16)} unaligned (L2 offset: 0x${l2Offset.toString(16)}, L2 index: 0x${index.toString(16)})`);
+}
+
+/**
+ * Refuses, before anything is written, what would make the refcount walk
+ * fail half-way (QEMU fails there and leaks what it had counted): a
+ * misaligned L2 table or data entry, in walk order (marked corrupt, as
+ * QEMU's walk does when it meets it); a host offset no refcount table can
+ * cover (QEMU's alloc_refcount_block: -EFBIG past QCOW_MAX_REFTABLE_SIZE);
+ * a refcount pushed past the width's maximum.
  */
 function assertTreeReferenceFits(img: ImageState, l1: L1Table): void {
   const max = img.refcounts.max;
-  if (max >= Number.MAX_SAFE_INTEGER) return;
   const cs = img.clusterSize;
   const extra = new Map<number, number>();
   const add = (offset: number, bytes: number) => {
-    for (let c = Math.floor(offset / cs); c <= Math.floor((offset + bytes - 1) / cs); c++) extra.set(c, (extra.get(c) ?? 0) + 1);
+    for (let c = Math.floor(offset / cs); c <= Math.floor((offset + bytes - 1) / cs); c++) {
+      if (!img.refcounts.coverable(c)) {
+        throw new RefcountTableLimitError(`host cluster ${c} lies past what a refcount table of at most ${MAX_REFTABLE_BYTES} bytes covers`);
+      }
+      extra.set(c, (extra.get(c) ?? 0) + 1);
+    }
   };
   const layout = img.layout;
   walkTree(img, l1, {
-    enter(_i, l2Offset) {
-      if (l2Offset % cs !== 0) return false;
+    enter(i, l2Offset) {
+      if (l2Offset % cs !== 0) img.corruption(`L2 table offset 0x${l2Offset.toString(16)} unaligned (L1 index: 0x${i.toString(16)})`);
       add(l2Offset, cs);
       return true;
     },
-    entry(e, type) {
+    entry(e, type, j, _t, l2Offset) {
       if (type === ClusterType.Compressed) {
         const c = decodeCompressed(e.hi, e.lo, img.clusterBits);
         add(c.offset, c.size);
-      } else if ((type === ClusterType.Normal || type === ClusterType.ZeroAlloc) && layout.offset(e) % cs === 0) {
-        add(layout.offset(e), cs);
+      } else if (type === ClusterType.Normal || type === ClusterType.ZeroAlloc) {
+        const off = layout.offset(e);
+        if (off % cs !== 0) misalignedEntry(img, off, l2Offset, j);
+        add(off, cs);
       }
     },
   });
+  if (max >= Number.MAX_SAFE_INTEGER) return;
   for (const [c, n] of extra) {
     const rc = img.refcounts.get(c);
     if (rc + n > max) {

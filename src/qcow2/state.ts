@@ -17,7 +17,7 @@ import { MIN_L2_CACHE_TABLES, TableCache } from './cache.js';
 import { writeEncryptedData } from './crypto/data-path.js';
 import type { ImageCrypto } from './crypto/image-crypto.js';
 import { CorruptImageError, InvalidArgumentError, OverlapError, ReadOnlyError } from './errors.js';
-import { viewOf } from './format/bytes.js';
+import { alignDown, viewOf } from './format/bytes.js';
 import {
   COMPAT_LAZY_REFCOUNTS,
   AUTOCLEAR_DATA_FILE_RAW,
@@ -26,6 +26,7 @@ import {
   INCOMPAT_DATA_FILE,
   INCOMPAT_DIRTY,
   INCOMPAT_EXTL2,
+  SECTOR_SIZE,
   SUBCLUSTERS_PER_CLUSTER,
 } from './format/constants.js';
 import type { HeaderExtensions } from './format/extensions.js';
@@ -92,6 +93,10 @@ export class ImageState implements RefcountHost {
     const first = readFirstCluster(storage);
     validateHeader(first.header, first.ext.featureNames, opts.forCheck ?? false);
     validateFeatureExtensions(first.header, first.ext);
+    // qcow2_do_open: bs->total_sectors = header.size / BDRV_SECTOR_SIZE, so a size that is not a
+    // multiple of 512 is rounded down (after the L1 size check, which uses the stored value), and
+    // qcow2_update_header writes the rounded size back when it next rewrites the header.
+    first.header.size = alignDown(first.header.size, SECTOR_SIZE);
     this.header = first.header;
     this.ext = first.ext;
     this.backingFile = first.backingFile;

@@ -61,6 +61,8 @@ export interface ChildLimits {
   rssLimitMB: number;
   /** The child stops after a case that pushed its peak RSS past this; the parent respawns it. */
   restartRssMB: number;
+  /** Extra node options of the child (a --max-old-space-size makes a runaway heap a crash of one case). */
+  nodeArgs?: string[];
 }
 
 export const DEFAULT_LIMITS: ChildLimits = { caseTimeoutMs: 15_000, vmemMB: 3072, rssLimitMB: 300, restartRssMB: 160 };
@@ -104,7 +106,8 @@ function runOnce<R>(
   out: Map<string, ChildOutcome<R>>,
 ): Promise<{ started?: string; stderr: string; exit: string }> {
   return new Promise((resolveRun) => {
-    const cmd = `ulimit -v ${limits.vmemMB * 1024} && exec "${process.execPath}" "${file}" "${jobFile}"`;
+    const nodeArgs = (limits.nodeArgs ?? []).map((a) => `"${a}" `).join('');
+    const cmd = `ulimit -v ${limits.vmemMB * 1024} && exec "${process.execPath}" ${nodeArgs}"${file}" "${jobFile}"`;
     const child = spawn('sh', ['-c', cmd], { stdio: ['ignore', 'pipe', 'pipe'], cwd: ROOT });
     let started: string | undefined;
     let startedAt = 0;

@@ -104,7 +104,7 @@ export async function checkCommand(argv: string[], ctx: CliContext): Promise<num
   const file = spec.file;
   let format = spec.format;
   try {
-    format ??= probeFormat(resolvePath(ctx, file));
+    format ??= probeFormat(resolvePath(ctx, file), file);
   } catch (e) {
     throw couldNotOpen(file, e, resolvePath(ctx, file));
   }

@@ -47,8 +47,9 @@ function describe(ctx: CliContext, file: string, format: ImageFormat | undefined
   // qemu-img info opens with BDRV_O_NO_IO: an image's external data file need not be there.
   // ... and with BDRV_O_NO_BACKING: the chain is described image by image, and a missing backing file is no error here.
   const img = openReadable(ctx, file, { format, forceShare: shared, withoutDataFile: true, withoutBacking: true, name: spec?.shownAs });
-  if (img.qcow2 && spec) checkOpened(img.qcow2, spec, false);
   try {
+    // Inside the try: a refusal here (a crypto header past the end) must still close the image.
+    if (img.qcow2 && spec) checkOpened(img.qcow2, spec, false);
     const actualSize = fs.statSync(resolvePath(ctx, file)).blocks * 512;
     const j: Record<string, unknown> = {};
     if (!img.qcow2) {

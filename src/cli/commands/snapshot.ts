@@ -4,7 +4,7 @@ import { CommandFailed, EXIT_OK, UsageError } from '../errors.js';
 import { checkOpened, IMAGE_OPTS_LONG, imageSpec, IMAGE_OPTS_HELP } from '../image-opts.js';
 import { FORCE_SHARE_HELP, forceShare, openQcow2, reason } from '../open.js';
 import { snapshotTable } from '../snapshot-table.js';
-import { LimitError, SnapshotError } from '../../qcow2/errors.js';
+import { LimitError, RefcountTableLimitError, SnapshotError } from '../../qcow2/errors.js';
 import { MAX_SNAPSHOTS } from '../../qcow2/format/constants.js';
 import type { Qcow2Image } from '../../qcow2/image.js';
 
@@ -67,6 +67,7 @@ function createAsQemu(img: Qcow2Image, name: string): void {
   try {
     img.createSnapshot(name);
   } catch (e) {
+    if (e instanceof RefcountTableLimitError) throw new CommandFailed(`Could not create snapshot '${name}': -27 (File too large)`);
     if (e instanceof LimitError) throw new CommandFailed(`Could not create snapshot '${name}': -22 (Invalid argument)`);
     if (e instanceof SnapshotError && img.listSnapshots().length >= MAX_SNAPSHOTS) throw new CommandFailed(`Could not create snapshot '${name}': -27 (File too large)`);
     throw e;

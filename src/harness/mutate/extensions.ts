@@ -26,7 +26,7 @@ import { extensionRecordLayout } from './record-layout.js';
  * overrides), moving the backing file name after the new extension list.
  * Leaves the image unchanged when the result would not fit in one cluster.
  */
-function rewriteHeaderCluster(m: Uint8Array, lay: ImageLayout, ext: HeaderExtensions, hdr: Partial<Qcow2Header> = {}): void {
+export function rewriteHeaderCluster(m: Uint8Array, lay: ImageLayout, ext: HeaderExtensions, hdr: Partial<Qcow2Header> = {}): void {
   const cs = lay.clusterSize;
   const h: Qcow2Header = { ...lay.header, ...hdr };
   const extBytes = encodeExtensions(ext);

@@ -43,3 +43,5 @@ export function listMutations(input: Uint8Array, opts: MutateOptions = {}): Muta
   for (const family of FAMILIES) family(ctx);
   return out;
 }
+export { rewriteHeaderCluster } from './extensions.js';
+export { putEntry, withOffset } from './common.js';

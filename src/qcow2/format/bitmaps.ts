@@ -4,7 +4,7 @@
  * QEMU (block/qcow2-bitmap.c) puts on them. Pure encode/decode.
  */
 import { InvalidImageError } from '../errors.js';
-import { alignUp, decodeString, encodeString, getU64, setU64, viewOf } from './bytes.js';
+import { alignUp, decodeCString, encodeString, getU64, setU64, viewOf } from './bytes.js';
 import { BITMAP_DIR_ENTRY_FIXED } from './constants.js';
 
 export interface BitmapDirEntry {
@@ -75,7 +75,7 @@ export function decodeDirEntryAt(buf: Uint8Array, pos: number): BitmapDirEntry |
     granularityBits: buf[pos + 17]!,
     nameSize,
     extraDataSize,
-    name: decodeString(buf.subarray(nameAt, nameAt + nameSize)),
+    name: decodeCString(buf.subarray(nameAt, nameAt + nameSize)),
   };
 }
 

@@ -45,6 +45,17 @@ export function decodeString(buf: Uint8Array): string {
   return utf8.decode(buf);
 }
 
+/**
+ * A name QEMU reads into a NUL-terminated C string (the backing file name,
+ * the backing format and data file extensions, snapshot ids and names,
+ * bitmap names: qcow2_do_open, qcow2_read_extensions, qcow2_read_snapshots,
+ * bitmap_list_load's g_strndup): what follows a NUL byte is not part of it.
+ */
+export function decodeCString(buf: Uint8Array): string {
+  const nul = buf.indexOf(0);
+  return utf8.decode(nul >= 0 ? buf.subarray(0, nul) : buf);
+}
+
 export function encodeString(s: string): Uint8Array {
   return utf8e.encode(s);
 }

@@ -4,7 +4,7 @@
  * Unknown extensions are kept byte for byte so that a rewrite preserves them.
  */
 import { InvalidImageError } from '../errors.js';
-import { alignUp, decodeString, encodeString, getU64, setU64, viewOf } from './bytes.js';
+import { alignUp, decodeCString, encodeString, getU64, setU64, viewOf } from './bytes.js';
 import {
   BITMAPS_EXT_SIZE,
   EXT_BACKING_FORMAT,
@@ -72,7 +72,7 @@ export function decodeExtensions(buf: Uint8Array, start: number): HeaderExtensio
     pos += alignUp(len, 8);
     switch (type) {
       case EXT_BACKING_FORMAT:
-        out.backingFormat = decodeString(data);
+        out.backingFormat = decodeCString(data);
         break;
       case EXT_FEATURE_TABLE:
         out.featureNames = decodeFeatureNames(data);
@@ -84,7 +84,7 @@ export function decodeExtensions(buf: Uint8Array, start: number): HeaderExtensio
         out.cryptoHeader = decodeCryptoExt(data);
         break;
       case EXT_DATA_FILE:
-        out.dataFile = decodeString(data);
+        out.dataFile = decodeCString(data);
         break;
       default:
         out.unknown.push({ type, data });
@@ -120,8 +120,7 @@ export function decodeFeatureNames(data: Uint8Array): FeatureName[] {
   const out: FeatureName[] = [];
   for (let p = 0; p + FEATURE_NAME_ENTRY_SIZE <= data.length; p += FEATURE_NAME_ENTRY_SIZE) {
     const raw = data.subarray(p + 2, p + FEATURE_NAME_ENTRY_SIZE);
-    const nul = raw.indexOf(0);
-    out.push({ type: data[p], bit: data[p + 1], name: decodeString(nul >= 0 ? raw.subarray(0, nul) : raw) });
+    out.push({ type: data[p], bit: data[p + 1], name: decodeCString(raw) });
   }
   return out;
 }

@@ -3,7 +3,7 @@
  * header, extra data, id string, name, padded to 8 bytes.
  */
 import { InvalidImageError } from '../errors.js';
-import { alignUp, decodeString, encodeString, getU64, setU64, viewOf } from './bytes.js';
+import { alignUp, decodeCString, encodeString, getU64, setU64, viewOf } from './bytes.js';
 import { MAX_SNAPSHOT_EXTRA_DATA, SNAPSHOT_ENTRY_ALIGN, SNAPSHOT_ICOUNT_NONE, SNAPSHOT_EXTRA_V3_SIZE, SNAPSHOT_HEADER_SIZE } from './constants.js';
 
 /** Offsets, inside an entry's fixed header, of the sizes a reader needs first (qcow2.txt "Snapshot table"). */
@@ -68,8 +68,8 @@ export function decodeSnapshotTable(buf: Uint8Array, count: number): SnapshotEnt
     if (extraSize >= 24) e.icount = v.getBigUint64(ex + 16);
     if (extraSize > 24) e.extraUnknown = buf.slice(ex + 24, ex + extraSize);
     const idStart = ex + extraSize;
-    e.id = decodeString(buf.subarray(idStart, idStart + idSize));
-    e.name = decodeString(buf.subarray(idStart + idSize, idStart + idSize + nameSize));
+    e.id = decodeCString(buf.subarray(idStart, idStart + idSize));
+    e.name = decodeCString(buf.subarray(idStart + idSize, idStart + idSize + nameSize));
     out.push(e);
     pos = alignUp(end, SNAPSHOT_ENTRY_ALIGN);
   }

@@ -1,7 +1,7 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import { getSystemErrorMap } from 'node:util';
-import { InvalidArgumentError, ReadOnlyError, StorageIoError } from '../errors.js';
+import { InvalidArgumentError, NotRegularFileError, ReadOnlyError, StorageIoError } from '../errors.js';
 import { ImageLock, LOCKS, type LockRequest } from './lock.js';
 import { nativeAddon } from './native.js';
 import type { Allocation, BlockStorage } from './types.js';
@@ -66,6 +66,34 @@ export function planReadAhead(st: ReadAheadState, offset: number, length: number
   return [from, to - from];
 }
 
+/**
+ * open(2) of an image file that never blocks, refusing what QEMU's file
+ * driver refuses: raw_open_common checks S_ISREG after its open ("'file'
+ * driver requires 'X' to be a regular file"). O_NONBLOCK, because an O_RDONLY
+ * open of a FIFO otherwise waits for a writer forever (qemu-img 7.2 info does
+ * hang there; qemu-io's O_RDWR open does not, and gets the refusal); it
+ * changes nothing for a regular file or a block device. A character device,
+ * which QEMU opens with its host_device driver (hdev_probe_device), is opened
+ * again without it. A read-write open of a directory fails with EISDIR before
+ * any check, as QEMU's does. `directories: true` hands a read-only directory
+ * descriptor back (format probing reads it and gets EISDIR, as before).
+ * name is the file as the user gave it, as QEMU words it.
+ */
+export function openImageFd(path: string, flags: number, name = path, directories = false): number {
+  const fd = fs.openSync(path, flags | fs.constants.O_NONBLOCK);
+  let st: fs.Stats;
+  try {
+    st = fs.fstatSync(fd);
+  } catch (e) {
+    fs.closeSync(fd);
+    throw e;
+  }
+  if (st.isFile() || st.isBlockDevice() || (directories && st.isDirectory())) return fd;
+  fs.closeSync(fd);
+  if (st.isCharacterDevice()) return fs.openSync(path, flags);
+  throw new NotRegularFileError(`'file' driver requires '${name}' to be a regular file`);
+}
+
 /** A BlockStorage over a host file, with synchronous positional I/O. */
 export class FileStorage implements BlockStorage {
   private fd: number;
@@ -86,8 +114,9 @@ export class FileStorage implements BlockStorage {
     const readOnly = opts.readOnly ?? false;
     let fd: number;
     try {
-      fd = fs.openSync(path, readOnly ? 'r' : 'r+');
+      fd = openImageFd(path, readOnly ? fs.constants.O_RDONLY : fs.constants.O_RDWR, opts.name);
     } catch (e) {
+      if (e instanceof NotRegularFileError) throw e;
       throw ioError(`cannot open '${path}'`, e);
     }
     const lock = opts.lock ?? (readOnly ? LOCKS.rawReadOnly : LOCKS.rawReadWrite);

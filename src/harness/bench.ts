@@ -511,7 +511,7 @@ export async function runBench(o: BenchOptions): Promise<number> {
   const notes = coldWarned ? ['the page cache could not be dropped (not root?): cold rows were measured warm and say so'] : [];
   if (o.json) process.stdout.write(`${JSON.stringify({ machine: machine(), results, verdict: verdict(results), campaign, notes }, null, 2)}\n`);
   else process.stdout.write(report(results, campaign, notes));
-  return results.every((r) => r.verified) ? 0 : 1;
+  return results.every((r) => r.verified) && !campaign?.failures ? 0 : 1;
 }
 
 function report(results: BenchResult[], campaign: CampaignFigures | undefined, notes: string[]): string {
@@ -540,6 +540,9 @@ function report(results: BenchResult[], campaign: CampaignFigures | undefined, n
         `${(campaign.cpuSecondsPerRun * 1000).toFixed(1)} ms CPU per run (with children) → ${campaign.idleRunsPerSecond.toFixed(0)} runs/s on ${campaign.jobs} idle cores` +
         `${campaign.failures ? `; ${campaign.failures} failures` : ''}`,
       `  ${campaign.command}`,
+      // A ts campaign on a sound build finds nothing: failures mean the figure timed failing runs
+      // (a stale or mixed dist/ did this once), or a real engine bug to look at first.
+      ...(campaign.failures ? [`  (CAMPAIGN FAILED: ${campaign.failures} failures, so runs/s is not a figure of a working engine; rerun the command above)`] : []),
     );
   }
   for (const n of notes) lines.push(`note: ${n}`);

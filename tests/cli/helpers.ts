@@ -84,11 +84,38 @@ function newestSource(d: string): number {
   return t;
 }
 
-/** Rebuilds dist/ when a source is newer than the compiled CLI (setup.sh builds in CI; a local edit may not have). */
+const stale = (): boolean => !fs.existsSync(BUILT_CLI) || fs.statSync(BUILT_CLI).mtimeMs < newestSource(path.join(REPO_ROOT, 'src'));
+
+/**
+ * Rebuilds dist/ when a source is newer than the compiled CLI (setup.sh builds
+ * in CI; a local edit may not have): tsc, then the bundle, as `npm run build`.
+ * Test files run in parallel workers and each may find dist/ stale, so one
+ * builds under a lock directory while the others wait and then see it fresh:
+ * two builds writing dist/ at once once left a mix of old and new modules
+ * (a campaign of 288 "decodeCString is not defined" failures).
+ */
 export async function ensureBuilt(): Promise<void> {
-  if (!fs.existsSync(BUILT_CLI) || fs.statSync(BUILT_CLI).mtimeMs < newestSource(path.join(REPO_ROOT, 'src'))) {
+  if (!stale()) return;
+  const lock = path.join(os.tmpdir(), `qcow2-harness-build-${Buffer.from(REPO_ROOT).toString('hex').slice(-24)}`);
+  for (;;) {
+    try {
+      fs.mkdirSync(lock);
+      break;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+      // A lock left by a killed run: no build takes 5 minutes.
+      const held = fs.statSync(lock, { throwIfNoEntry: false });
+      if (held && Date.now() - held.mtimeMs > 300_000) fs.rmSync(lock, { recursive: true, force: true });
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  }
+  try {
+    if (!stale()) return;
     const { execa } = await import('execa');
     await execa('npx', ['tsc', '-p', 'tsconfig.build.json'], { cwd: REPO_ROOT });
+    await execa(process.execPath, ['scripts/bundle.mjs'], { cwd: REPO_ROOT });
+  } finally {
+    fs.rmSync(lock, { recursive: true, force: true });
   }
 }
 

@@ -33,7 +33,8 @@ alone is slower than QEMU's whole command, so 1.0 cannot be reached).
   --dir      work directory (default: a new one under the system tmp dir, removed afterwards)
   --keep     keep the work directory
 Needs qemu-img and qemu-io on PATH and a built CLI (npm run build).
-Exit codes: 0 every result verified, 1 a result differs, a step failed, or a bad command line
+Exit codes: 0 every result verified and the campaign found nothing, 1 a result differs, the
+campaign failed, a step failed, or a bad command line
 `;
 
 const BENCHMARKS = ['convert', 'writes', 'check', 'amend', 'startup', 'campaign'] as const;

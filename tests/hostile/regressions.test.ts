@@ -120,10 +120,14 @@ describe('hostile-image regressions, as qemu-img 7.2', () => {
     expect((await info(snap, 'ours')).snapshots?.map((s) => s.name)).toEqual(['sn']);
 
     const withData = path.join(dir, 'nul-data-src.qcow2');
-    ok(await qemuImg(['create', '-q', '-f', 'qcow2', '-o', 'data_file=data.raw', withData, '1M']), 'create with data file');
+    // An absolute name: qemu-img create makes a relative data file in its working directory, not the image's.
+    const dataName = path.join(dir, 'data.raw');
+    ok(await qemuImg(['create', '-q', '-f', 'qcow2', '-o', `data_file=${dataName}`, withData, '1M']), 'create with data file');
     const data = mutate(withData, 'nul:data-file-name', path.join(dir, 'nul-data.qcow2'));
-    expect((await info(data, 'qemu'))['format-specific'].data['data-file']).toBe('data');
-    expect((await info(data, 'ours'))['format-specific'].data['data-file']).toBe('data');
+    // The mutation puts the NUL in the middle of the name.
+    const truncated = dataName.slice(0, Math.floor(dataName.length / 2));
+    expect((await info(data, 'qemu'))['format-specific'].data['data-file']).toBe(truncated);
+    expect((await info(data, 'ours'))['format-specific'].data['data-file']).toBe(truncated);
   });
 
   for (const [label, opts] of [['standard', 'cluster_size=64k'], ['extended L2', 'cluster_size=64k,extended_l2=on']] as const) {

@@ -15,7 +15,10 @@ import {
   INCOMPAT_DIRTY,
   L1_ENTRY_SIZE,
   L2_ENTRY_SIZE,
+  L2_RESERVED_HI,
+  L2_RESERVED_LO,
   MAX_L1_BYTES,
+  OFLAG_COMPRESSED_HI,
   OFLAG_ZERO_LO,
   REFTABLE_OFFSET_ALIGN,
 } from './format/constants.js';
@@ -24,7 +27,7 @@ import { BITMAP_TABLE_OFFSET_MASK } from './format/bitmaps.js';
 import { hasBitmapDirectory, loadBitmapList, loadBitmapTable } from './bitmaps.js';
 import { snapshotL1Problem } from './snapshot-table-io.js';
 import { L1Table } from './l1-table.js';
-import { ALL_SUBCLUSTERS } from './l2.js';
+import { ALL_SUBCLUSTERS, type L2Entry } from './l2.js';
 import { MetaKind } from './overlap.js';
 import { installRefcountStructure } from './refcount-rebuild.js';
 import { StoredRefcounts } from './check-stored.js';
@@ -64,6 +67,10 @@ interface Counts {
 }
 
 const L2_MEMO_BYTES = 64 * 1024 * 1024;
+
+/** Bits that are clear in a standard L2 entry for a plain data cluster: compressed, reserved, zero (OFLAG_COPIED may be set). */
+const PLAIN_DATA_CLEAR_HI = OFLAG_COMPRESSED_HI | L2_RESERVED_HI;
+const PLAIN_DATA_CLEAR_LO = OFLAG_ZERO_LO | L2_RESERVED_LO;
 
 function emptyResult(): CheckResult {
   return {
@@ -362,9 +369,9 @@ function checkL2(img: ImageState, res: CheckResult, c: Counts, l2Offset: number,
     c.memoBytes += cs;
   }
   const layout = img.layout;
+  const dataFile = img.hasDataFile;
   let nextContiguous = 0;
-  for (let i = 0; i < layout.entries; i++) {
-    const e = layout.get(table, i);
+  const entry = (i: number, e: L2Entry): void => {
     const type = layout.type(e);
     if (type !== ClusterType.Compressed && l2ReservedBits(e.hi, e.lo)) {
       res.messages.push(`ERROR found l2 entry with reserved bits set: ${hex64(e.hi, e.lo)}`);
@@ -378,15 +385,15 @@ function checkL2(img: ImageState, res: CheckResult, c: Counts, l2Offset: number,
       }
       // check_refcounts_l2: a compressed entry with a data file, or with a non-zero subcluster
       // bitmap, is a corruption and its data is not counted (so its clusters show as leaked).
-      if (img.hasDataFile) {
+      if (dataFile) {
         res.messages.push(`ERROR compressed cluster ${i} with data file, entry=0x${hex64(e.hi, e.lo)}`);
         res.corruptions++;
-        continue;
+        return;
       }
       if (layout.extended && (e.alloc | e.zero) !== 0) {
         res.messages.push(`ERROR compressed cluster ${i} with non-zero subcluster allocation bitmap, entry=0x${hex64(e.hi, e.lo)}`);
         res.corruptions++;
-        continue;
+        return;
       }
       const cc = decodeCompressed(e.hi, e.lo, img.clusterBits);
       inc(img, res, c, cc.offset, cc.size);
@@ -414,7 +421,7 @@ function checkL2(img: ImageState, res: CheckResult, c: Counts, l2Offset: number,
             rewriteL2Entry(img, l2Offset, i, layout.extended ? 0 : OFLAG_ZERO_LO, active);
             res.corruptions--;
             res.corruptionsFixed++;
-            continue;
+            return;
           }
         } else {
           res.messages.push(`ERROR offset=${offset.toString(16)}: Data cluster is not properly aligned; L2 entry corrupted.`);
@@ -426,11 +433,46 @@ function checkL2(img: ImageState, res: CheckResult, c: Counts, l2Offset: number,
         nextContiguous = offset + cs;
       }
       // Data clusters in an external data file are not refcounted (check_refcounts_l2).
-      if (!img.hasDataFile) inc(img, res, c, offset, cs);
+      if (!dataFile) inc(img, res, c, offset, cs);
     } else if (type === ClusterType.Unallocated && layout.extended && e.alloc !== 0) {
       res.messages.push('ERROR: Unallocated cluster has corrupted subcluster allocation bitmap');
       res.corruptions++;
     }
+  };
+  if (layout.extended) {
+    for (let i = 0; i < layout.entries; i++) entry(i, layout.get(table, i));
+    return;
+  }
+  // Standard entries that are unallocated, or plain data clusters at an aligned offset (nearly all of a
+  // healthy image), are counted from the table's words; every other kind takes the full path above.
+  const v = table.view;
+  const fileLen = img.storage.size();
+  const max = img.refcounts.max;
+  for (let i = 0; i < layout.entries; i++) {
+    const hi = v.getUint32(i * L2_ENTRY_SIZE);
+    const lo = v.getUint32(i * L2_ENTRY_SIZE + 4);
+    if (hi === 0 && lo === 0) continue;
+    if ((hi & PLAIN_DATA_CLEAR_HI) === 0 && (lo & PLAIN_DATA_CLEAR_LO) === 0) {
+      const offset = entryOffset(hi, lo);
+      if (offset !== 0 && offset % cs === 0) {
+        if (active) {
+          res.allocatedClusters++;
+          if (nextContiguous && offset !== nextContiguous) res.fragmentedClusters++;
+          nextContiguous = offset + cs;
+        }
+        if (dataFile) continue;
+        // inc() for one cluster inside the file whose count is below the maximum, without its checks.
+        const k = offset / cs;
+        if (offset < fileLen && k < c.table.length && c.table[k]! < max) {
+          c.table[k]!++;
+          if (k >= c.size) c.size = k + 1;
+        } else {
+          inc(img, res, c, offset, cs);
+        }
+        continue;
+      }
+    }
+    entry(i, layout.get(table, i));
   }
 }
 
@@ -536,6 +578,7 @@ function checkOflagCopied(img: ImageState, res: CheckResult, fix: number, memo: 
   const repair = fix & FIX_ERRORS ? true : fix & FIX_LEAKS ? res.checkErrors === 0 && res.corruptions === 0 && res.leaks === 0 : false;
   const cs = img.clusterSize;
   const layout = img.layout;
+  const dataFile = img.hasDataFile;
   let aligned = true;
   walkTree(img, img.l1, {
     enter(i, l2Offset) {
@@ -558,11 +601,21 @@ function checkOflagCopied(img: ImageState, res: CheckResult, fix: number, memo: 
     },
     // A misaligned table is read where it points (QEMU does) but only reported, never repaired.
     load: (l2Offset) => (aligned ? (memo?.get(l2Offset) ?? img.l2Cache.get(l2Offset)) : readL2(img, l2Offset)),
+    // Most entries agree with their refcount; only the others are decoded (the same test as entry's below).
+    wants(hi, lo) {
+      if (hi & OFLAG_COMPRESSED_HI) return false;
+      // With a data file an entry at offset 0 may be a data cluster (layout.type decides).
+      if (dataFile) return true;
+      const offset = entryOffset(hi, lo);
+      if (offset === 0) return false;
+      const drc = stored.get(Math.floor(offset / cs));
+      return drc !== undefined && (drc === 1) !== isCopied(hi);
+    },
     entry(e, type, j, table) {
       if (type !== ClusterType.Normal && type !== ClusterType.ZeroAlloc) return;
       // Misaligned offsets are checked too, at the cluster they fall in (QEMU: offset >> cluster_bits).
       // check_oflag_copied: data file clusters always count as refcount 1.
-      const drc = img.hasDataFile ? 1 : stored.get(Math.floor(layout.offset(e) / cs));
+      const drc = dataFile ? 1 : stored.get(Math.floor(layout.offset(e) / cs));
       if (drc === undefined) return;
       if ((drc === 1) !== isCopied(e.hi)) {
         const entry = hex64(e.hi, e.lo);

@@ -12,7 +12,7 @@ import { MIN_REFCOUNT_CACHE_TABLES, TableCache, type CachedTable } from './cache
 import { LimitError, RefcountTableLimitError } from './errors.js';
 import { getU64, setU64, viewOf } from './format/bytes.js';
 import { MAX_HOST_OFFSET, MAX_REFTABLE_BYTES, REFTABLE_ENTRY_SIZE, REFTABLE_OFFSET_ALIGN } from './format/constants.js';
-import { getRefcount, maxRefcount, refcountEntriesPerBlock, setRefcount } from './format/refcount-block.js';
+import { getRefcount, getRefcounts, maxRefcount, refcountEntriesPerBlock, setRefcount } from './format/refcount-block.js';
 import { MetaKind, type MetadataMap } from './overlap.js';
 import type { BlockStorage } from './storage/types.js';
 
@@ -147,7 +147,7 @@ export class Refcounts {
       out.fill(0, at, at + count);
       return;
     }
-    for (let i = 0; i < count; i++) out[at + i] = getRefcount(b.data, b.view, i, this.order);
+    getRefcounts(b.data, b.view, this.order, count, out, at);
   }
 
   getAt(offset: number): number {

@@ -37,6 +37,26 @@ export function getRefcount(block: Uint8Array, view: DataView, index: number, or
   }
 }
 
+/**
+ * getRefcount for entries [0, count) of a block into out[at..]: the width is decided once, not per entry
+ * (check reads every refcount of the image this way).
+ */
+export function getRefcounts(block: Uint8Array, view: DataView, order: number, count: number, out: Float64Array, at: number): void {
+  switch (order) {
+    case 3:
+      for (let i = 0; i < count; i++) out[at + i] = block[i]!;
+      return;
+    case 4:
+      for (let i = 0; i < count; i++) out[at + i] = view.getUint16(i * 2);
+      return;
+    case 5:
+      for (let i = 0; i < count; i++) out[at + i] = view.getUint32(i * 4);
+      return;
+    default:
+      for (let i = 0; i < count; i++) out[at + i] = getRefcount(block, view, i, order);
+  }
+}
+
 export function setRefcount(block: Uint8Array, view: DataView, index: number, order: number, value: number): void {
   switch (order) {
     case 0: {

@@ -114,11 +114,11 @@ function runOnce<R>(
     let stderr = '';
     let buf = '';
     let timedOut = false;
-    const arm = (): NodeJS.Timeout =>
+    const arm = (ms = limits.caseTimeoutMs): NodeJS.Timeout =>
       setTimeout(() => {
         timedOut = true;
         child.kill('SIGKILL');
-      }, limits.caseTimeoutMs);
+      }, ms);
     let timer = arm();
     child.stderr.on('data', (d: Buffer) => {
       stderr += d.toString();
@@ -131,9 +131,10 @@ function runOnce<R>(
         const line = buf.slice(0, nl);
         buf = buf.slice(nl + 1);
         if (!line.startsWith('{')) continue;
-        const msg = JSON.parse(line) as { start?: string; done?: string; report?: R; maxRssMB?: number; rssBeforeMB?: number; arrayBuffersMB?: number };
+        const msg = JSON.parse(line) as { start?: string; done?: string; tick?: string; ms?: number; report?: R; maxRssMB?: number; rssBeforeMB?: number; arrayBuffersMB?: number };
         clearTimeout(timer);
-        timer = arm();
+        // A tick may name its own bound: a step that is not the command under test (an oracle's run).
+        timer = arm(msg.tick !== undefined && msg.ms !== undefined ? msg.ms : undefined);
         if (msg.start) {
           started = msg.start;
           startedAt = performance.now();

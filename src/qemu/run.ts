@@ -8,8 +8,12 @@ export interface ToolResult {
   stderr: string;
 }
 
-/** Default per-call timeout: generous for 2 MiB clusters on a busy 2-core machine, short enough to flag hangs. */
-export const DEFAULT_TIMEOUT_MS = 30_000;
+/**
+ * Default per-call hang guard. Only a hang may reach it: qemu-img create of a LUKS image spends 2.5 s of CPU
+ * in its PBKDF2 benchmark whatever iter-time asks (idle here), and beside two CPU hogs and a test suite on
+ * two cores one such create outlived 30 s; a hung tool costs a campaign this long once, a finding.
+ */
+export const DEFAULT_TIMEOUT_MS = 120_000;
 
 export const QEMU_IMG = process.env.QEMU_IMG ?? 'qemu-img';
 export const QEMU_IO = process.env.QEMU_IO ?? 'qemu-io';

@@ -26,7 +26,7 @@ const OPTIONS: [name: string, value: string | false, help: string | null][] = [
   ['include', 'LIST', 'mix in op kinds the plain campaign never draws; only bitmap: the traces of the bitmap suite\n(persistent bitmap add/remove/clear/enable/disable/merge between guest I/O, resize, snapshot, reopen),\nclean-closing images, and no amend, crash, fault or aio (the bitmap model does not describe them);\n--target ts or qemu only'],
   ['json', false, 'last stdout line: {"runs","readRuns","refusals":{feature:count},"opCounts":{kind:count},"ops","qemuImgChecks","failures",\n"elapsedSeconds","corpus":[...]}'],
   ['junit', 'FILE', 'also write a JUnit XML report'],
-  ['status-every', 'S', 'without a terminal, a status line every S seconds (default 10)'],
+  ['status-every', 'S', 'without a terminal, a status line at least every S seconds (default 10)'],
   ['progress-json', false, null], // a forked worker reports progress to its parent
 ];
 
@@ -50,7 +50,7 @@ Property-based fuzzing of a qcow2 implementation against the reference model,
 with qemu-img check/compare/info after every run. Failures are shrunk and saved.
 ${optionLines()}
 On a terminal, one progress line is redrawn in place; otherwise (a log, CI) a
-status line (runs, ops, runs/s, failures, elapsed) is printed every --status-every seconds.
+status line (runs, ops, runs/s, failures, elapsed) is printed at least every --status-every seconds.
 Exit codes: 0 nothing found, 1 failures found, 2 bad command line
 `;
 

@@ -32,7 +32,7 @@ import { MetaKind } from './overlap.js';
 import { installRefcountStructure } from './refcount-rebuild.js';
 import { StoredRefcounts } from './check-stored.js';
 import type { ImageState } from './state.js';
-import { walkTree } from './tree-walk.js';
+import { checkOflagCopied, hex64, readL2 } from './check-copied.js';
 import type { CheckResult, RepairMode } from './types.js';
 
 const FIX_LEAKS = 1;
@@ -178,7 +178,10 @@ export function checkPass(img: ImageState, fix: number): CheckResult {
   }
   // Only a pass that repairs nothing may reuse what the walk read (the recount after a rebuild is
   // read-only itself, but this pass then repairs).
-  checkOflagCopied(img, res, fix, fix === 0 ? counts.memo : undefined, fix === 0 ? stored : new StoredRefcounts(img));
+  // check_oflag_copied: -r all always repairs; -r leaks only when nothing else is wrong, for the
+  // refcounts are then exact (the leak repair just ran).
+  const repairCopied = fix & FIX_ERRORS ? true : fix & FIX_LEAKS ? res.checkErrors === 0 && res.corruptions === 0 && res.leaks === 0 : false;
+  checkOflagCopied(img, res, repairCopied, fix === 0 ? counts.memo : undefined, fix === 0 ? stored : new StoredRefcounts(img));
   res.imageEndOffset = (highest + 1) * cs;
   if (fix && res.checkErrors === 0 && res.corruptions === 0) markCleanAndConsistent(img);
   return res;
@@ -196,10 +199,6 @@ function markCleanAndConsistent(img: ImageState): void {
 }
 
 // ------------------------------------------------------------------ walking references
-
-function hex64(hi: number, lo: number): string {
-  return hi === 0 ? (lo >>> 0).toString(16) : (hi >>> 0).toString(16) + (lo >>> 0).toString(16).padStart(8, '0');
-}
 
 /** The offset field of a compressed entry in hex, exact (a hostile one may pass 2^53; QEMU prints l2_entry & cluster_offset_mask). */
 function compressedOffsetHex(hi: number, lo: number, clusterBits: number): string {
@@ -332,13 +331,6 @@ function checkL1(img: ImageState, res: CheckResult, c: Counts, l1Offset: number,
     }
     checkL2(img, res, c, l2Offset, active, fix);
   }
-}
-
-/** An L2 table as check sees it: the cached copy if any (it may be newer), else the bytes on disk, uncached. */
-function readL2(img: ImageState, offset: number): CachedTable {
-  const cached = img.l2Cache.peek(offset);
-  const data = cached ? cached.data : img.storage.read(offset, img.clusterSize);
-  return { offset, data, view: viewOf(data), dirty: false };
 }
 
 /**
@@ -570,67 +562,6 @@ function compare(
   // with the next flush (OFLAG_COPIED repair, marking the image clean, close). A later repair write
   // that marks the image corrupt leaves them unwritten, as it leaves QEMU's.
   return highest;
-}
-
-function checkOflagCopied(img: ImageState, res: CheckResult, fix: number, memo: Map<number, CachedTable> | undefined, stored: StoredRefcounts): void {
-  // check_oflag_copied: -r all always repairs; -r leaks only when nothing else is wrong, for the
-  // refcounts are then exact (the leak repair just ran).
-  const repair = fix & FIX_ERRORS ? true : fix & FIX_LEAKS ? res.checkErrors === 0 && res.corruptions === 0 && res.leaks === 0 : false;
-  const cs = img.clusterSize;
-  const layout = img.layout;
-  const dataFile = img.hasDataFile;
-  let aligned = true;
-  walkTree(img, img.l1, {
-    enter(i, l2Offset) {
-      aligned = l2Offset % cs === 0;
-      const rc = stored.get(Math.floor(l2Offset / cs));
-      if (rc === undefined) return false;
-      if ((rc === 1) !== img.l1.copiedAt(i)) {
-        const l1Entry = img.l1.rawAt(i);
-        if (repair) {
-          res.messages.push(`Repairing OFLAG_COPIED L2 cluster: l1_index=${i} l1_entry=${l1Entry.toString(16)} refcount=${rc}`);
-          img.l1.setHi(i, withCopied(img.l1.hiAt(i), rc === 1));
-          img.writeL1Entry(i);
-          res.corruptionsFixed++;
-        } else {
-          res.messages.push(`ERROR OFLAG_COPIED L2 cluster: l1_index=${i} l1_entry=${l1Entry.toString(16)} refcount=${rc}`);
-          res.corruptions++;
-        }
-      }
-      return true;
-    },
-    // A misaligned table is read where it points (QEMU does) but only reported, never repaired.
-    load: (l2Offset) => (aligned ? (memo?.get(l2Offset) ?? img.l2Cache.get(l2Offset)) : readL2(img, l2Offset)),
-    // Most entries agree with their refcount; only the others are decoded (the same test as entry's below).
-    wants(hi, lo) {
-      if (hi & OFLAG_COMPRESSED_HI) return false;
-      // With a data file an entry at offset 0 may be a data cluster (layout.type decides).
-      if (dataFile) return true;
-      const offset = entryOffset(hi, lo);
-      if (offset === 0) return false;
-      const drc = stored.get(Math.floor(offset / cs));
-      return drc !== undefined && (drc === 1) !== isCopied(hi);
-    },
-    entry(e, type, j, table) {
-      if (type !== ClusterType.Normal && type !== ClusterType.ZeroAlloc) return;
-      // Misaligned offsets are checked too, at the cluster they fall in (QEMU: offset >> cluster_bits).
-      // check_oflag_copied: data file clusters always count as refcount 1.
-      const drc = dataFile ? 1 : stored.get(Math.floor(layout.offset(e) / cs));
-      if (drc === undefined) return;
-      if ((drc === 1) !== isCopied(e.hi)) {
-        const entry = hex64(e.hi, e.lo);
-        if (repair && aligned) {
-          res.messages.push(`Repairing OFLAG_COPIED data cluster: l2_entry=${entry} refcount=${drc}`);
-          layout.set(table, j, { ...e, hi: withCopied(e.hi, drc === 1) });
-          res.corruptionsFixed++;
-        } else {
-          res.messages.push(`ERROR OFLAG_COPIED data cluster: l2_entry=${entry} refcount=${drc}`);
-          res.corruptions++;
-        }
-      }
-    },
-  });
-  if (repair) img.flush();
 }
 
 // ------------------------------------------------------------------ rebuild

@@ -362,7 +362,27 @@ function checkL2(img: ImageState, res: CheckResult, c: Counts, l2Offset: number,
   }
   const layout = img.layout;
   const dataFile = img.hasDataFile;
+  const fileLen = img.storage.size();
+  const max = img.refcounts.max;
   let nextContiguous = 0;
+  /** A data cluster's share of the counts: the active image's statistics and its reference. */
+  const dataCluster = (offset: number): void => {
+    if (active) {
+      res.allocatedClusters++;
+      if (nextContiguous && offset !== nextContiguous) res.fragmentedClusters++;
+      nextContiguous = offset + cs;
+    }
+    // Data clusters in an external data file are not refcounted (check_refcounts_l2).
+    if (dataFile) return;
+    // inc() inline for an aligned cluster inside the file whose count is below the maximum; inc() for the rest.
+    const k = offset / cs;
+    if (offset % cs === 0 && offset < fileLen && k < c.table.length && c.table[k]! < max) {
+      c.table[k]!++;
+      if (k >= c.size) c.size = k + 1;
+    } else {
+      inc(img, res, c, offset, cs);
+    }
+  };
   const entry = (i: number, e: L2Entry): void => {
     const type = layout.type(e);
     if (type !== ClusterType.Compressed && l2ReservedBits(e.hi, e.lo)) {
@@ -419,13 +439,7 @@ function checkL2(img: ImageState, res: CheckResult, c: Counts, l2Offset: number,
           res.messages.push(`ERROR offset=${offset.toString(16)}: Data cluster is not properly aligned; L2 entry corrupted.`);
         }
       }
-      if (active) {
-        res.allocatedClusters++;
-        if (nextContiguous && offset !== nextContiguous) res.fragmentedClusters++;
-        nextContiguous = offset + cs;
-      }
-      // Data clusters in an external data file are not refcounted (check_refcounts_l2).
-      if (!dataFile) inc(img, res, c, offset, cs);
+      dataCluster(offset);
     } else if (type === ClusterType.Unallocated && layout.extended && e.alloc !== 0) {
       res.messages.push('ERROR: Unallocated cluster has corrupted subcluster allocation bitmap');
       res.corruptions++;
@@ -438,8 +452,6 @@ function checkL2(img: ImageState, res: CheckResult, c: Counts, l2Offset: number,
   // Standard entries that are unallocated, or plain data clusters at an aligned offset (nearly all of a
   // healthy image), are counted from the table's words; every other kind takes the full path above.
   const v = table.view;
-  const fileLen = img.storage.size();
-  const max = img.refcounts.max;
   for (let i = 0; i < layout.entries; i++) {
     const hi = v.getUint32(i * L2_ENTRY_SIZE);
     const lo = v.getUint32(i * L2_ENTRY_SIZE + 4);
@@ -447,20 +459,7 @@ function checkL2(img: ImageState, res: CheckResult, c: Counts, l2Offset: number,
     if ((hi & PLAIN_DATA_CLEAR_HI) === 0 && (lo & PLAIN_DATA_CLEAR_LO) === 0) {
       const offset = entryOffset(hi, lo);
       if (offset !== 0 && offset % cs === 0) {
-        if (active) {
-          res.allocatedClusters++;
-          if (nextContiguous && offset !== nextContiguous) res.fragmentedClusters++;
-          nextContiguous = offset + cs;
-        }
-        if (dataFile) continue;
-        // inc() for one cluster inside the file whose count is below the maximum, without its checks.
-        const k = offset / cs;
-        if (offset < fileLen && k < c.table.length && c.table[k]! < max) {
-          c.table[k]!++;
-          if (k >= c.size) c.size = k + 1;
-        } else {
-          inc(img, res, c, offset, cs);
-        }
+        dataCluster(offset);
         continue;
       }
     }

@@ -58,13 +58,12 @@ const STEPS: [string, string[], string[]][] = [
 ];
 
 /**
- * qemu-io's "1 ops; 00.00 sec (1.234 MiB/sec and 5.678 ops/sec)" (or "1 ops; 0:00:01.25 (…)" from one second
- * on, as a loaded machine gives): the figures are timing, not behaviour.
- */
-/** And a snapshot's date and time, which qemu-img prints as it recorded them. */
-/**
- * And the image's disk usage (st_blocks): the file system's allocation state, not the tool's behaviour; ext4's
- * delayed allocation gave 86016 for one run's image and 90112 for the other's with the same bytes (a CI run here).
+ * What differs from run to run without the tools behaving differently:
+ * - the image's disk usage (st_blocks), the file system's allocation state: ext4's delayed allocation gave
+ *   86016 for one run's image and 90112 for the other's with the same bytes (a CI run here);
+ * - qemu-io's "1 ops; 00.00 sec (1.234 MiB/sec and 5.678 ops/sec)" (or "1 ops; 0:00:01.25 (…)" from one
+ *   second on, as a loaded machine gives): timing figures;
+ * - a snapshot's date and time, which qemu-img prints as it recorded them.
  */
 const masked = (s: string) =>
   s

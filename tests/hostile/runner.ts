@@ -133,8 +133,8 @@ function runOnce<R>(
         if (!line.startsWith('{')) continue;
         const msg = JSON.parse(line) as { start?: string; done?: string; tick?: string; ms?: number; report?: R; maxRssMB?: number; rssBeforeMB?: number; arrayBuffersMB?: number };
         clearTimeout(timer);
-        // A tick may name its own bound: a step that is not the command under test (an oracle's run).
-        timer = arm(msg.tick !== undefined && msg.ms !== undefined ? msg.ms : undefined);
+        // A tick may name the bound of the step it starts: one that is not the command under test (an oracle's run).
+        timer = arm(msg.ms);
         if (msg.start) {
           started = msg.start;
           startedAt = performance.now();

@@ -8,7 +8,6 @@ import { viewOf } from './format/bytes.js';
 import { OFLAG_COMPRESSED_HI } from './format/constants.js';
 import { ClusterType, entryOffset, isCopied, withCopied } from './format/entries.js';
 import type { ImageState } from './state.js';
-import { walkTree } from './tree-walk.js';
 import type { CheckResult } from './types.js';
 
 /** An entry's 64 bits in hex as QEMU prints them (PRIx64: no leading zeros). */
@@ -32,56 +31,66 @@ export function checkOflagCopied(img: ImageState, res: CheckResult, repair: bool
   const cs = img.clusterSize;
   const layout = img.layout;
   const dataFile = img.hasDataFile;
-  let aligned = true;
-  walkTree(img, img.l1, {
-    enter(i, l2Offset) {
-      aligned = l2Offset % cs === 0;
-      const rc = stored.get(Math.floor(l2Offset / cs));
-      if (rc === undefined) return false;
-      if ((rc === 1) !== img.l1.copiedAt(i)) {
-        const l1Entry = img.l1.rawAt(i);
-        if (repair) {
-          res.messages.push(`Repairing OFLAG_COPIED L2 cluster: l1_index=${i} l1_entry=${l1Entry.toString(16)} refcount=${rc}`);
-          img.l1.setHi(i, withCopied(img.l1.hiAt(i), rc === 1));
-          img.writeL1Entry(i);
-          res.corruptionsFixed++;
-        } else {
-          res.messages.push(`ERROR OFLAG_COPIED L2 cluster: l1_index=${i} l1_entry=${l1Entry.toString(16)} refcount=${rc}`);
-          res.corruptions++;
-        }
+  const l1 = img.l1;
+  // Not a walkTree visitor: at 512 B clusters this pass meets a quarter million entries, and the walk's
+  // calls into a visitor (megamorphic across its users) cost more than the test itself. The loop below
+  // reads each entry's two words and goes to the decoded entry only for the few that disagree.
+  for (let i = 0; i < l1.entries; i++) {
+    const l2Offset = l1.l2OffsetAt(i);
+    if (l2Offset === 0) continue;
+    const aligned = l2Offset % cs === 0;
+    const rc = stored.get(Math.floor(l2Offset / cs));
+    if (rc === undefined) continue;
+    if ((rc === 1) !== l1.copiedAt(i)) {
+      const l1Entry = l1.rawAt(i);
+      if (repair) {
+        res.messages.push(`Repairing OFLAG_COPIED L2 cluster: l1_index=${i} l1_entry=${l1Entry.toString(16)} refcount=${rc}`);
+        l1.setHi(i, withCopied(l1.hiAt(i), rc === 1));
+        img.writeL1Entry(i);
+        res.corruptionsFixed++;
+      } else {
+        res.messages.push(`ERROR OFLAG_COPIED L2 cluster: l1_index=${i} l1_entry=${l1Entry.toString(16)} refcount=${rc}`);
+        res.corruptions++;
       }
-      return true;
-    },
+    }
     // A misaligned table is read where it points (QEMU does) but only reported, never repaired.
-    load: (l2Offset) => (aligned ? (memo?.get(l2Offset) ?? img.l2Cache.get(l2Offset)) : readL2(img, l2Offset)),
-    // Most entries agree with their refcount; only the others are decoded (the same test as entry's below).
-    wants(hi, lo) {
-      if (hi & OFLAG_COMPRESSED_HI) return false;
-      // With a data file an entry at offset 0 may be a data cluster (layout.type decides).
-      if (dataFile) return true;
-      const offset = entryOffset(hi, lo);
-      if (offset === 0) return false;
-      const drc = stored.get(Math.floor(offset / cs));
-      return drc !== undefined && (drc === 1) !== isCopied(hi);
-    },
-    entry(e, type, j, table) {
-      if (type !== ClusterType.Normal && type !== ClusterType.ZeroAlloc) return;
-      // Misaligned offsets are checked too, at the cluster they fall in (QEMU: offset >> cluster_bits).
-      // check_oflag_copied: data file clusters always count as refcount 1.
-      const drc = dataFile ? 1 : stored.get(Math.floor(layout.offset(e) / cs));
-      if (drc === undefined) return;
-      if ((drc === 1) !== isCopied(e.hi)) {
-        const entry = hex64(e.hi, e.lo);
-        if (repair && aligned) {
-          res.messages.push(`Repairing OFLAG_COPIED data cluster: l2_entry=${entry} refcount=${drc}`);
-          layout.set(table, j, { ...e, hi: withCopied(e.hi, drc === 1) });
-          res.corruptionsFixed++;
-        } else {
-          res.messages.push(`ERROR OFLAG_COPIED data cluster: l2_entry=${entry} refcount=${drc}`);
-          res.corruptions++;
-        }
+    const table = aligned ? (memo?.get(l2Offset) ?? img.l2Cache.get(l2Offset)) : readL2(img, l2Offset);
+    const view = table.view;
+    for (let j = 0, p = 0; j < layout.entries; j++, p += layout.entrySize) {
+      const hi = view.getUint32(p);
+      if (hi & OFLAG_COMPRESSED_HI) continue;
+      // With a data file an entry at offset 0 may be a data cluster (layout.type decides), and every
+      // data cluster counts as refcount 1 (check_oflag_copied).
+      if (!dataFile) {
+        const offset = entryOffset(hi, view.getUint32(p + 4));
+        if (offset === 0) continue;
+        const drc = stored.get(Math.floor(offset / cs));
+        if (drc === undefined || (drc === 1) === isCopied(hi)) continue;
       }
-    },
-  });
+      copiedEntry(img, res, stored, repair && aligned, table, j);
+    }
+  }
   if (repair) img.flush();
+}
+
+/** One L2 entry whose OFLAG_COPIED may disagree with its cluster's refcount: reported, or rewritten when `fix`. */
+function copiedEntry(img: ImageState, res: CheckResult, stored: StoredRefcounts, fix: boolean, table: CachedTable, j: number): void {
+  const layout = img.layout;
+  const e = layout.get(table, j);
+  const type = layout.type(e);
+  if (type !== ClusterType.Normal && type !== ClusterType.ZeroAlloc) return;
+  // Misaligned offsets are checked too, at the cluster they fall in (QEMU: offset >> cluster_bits).
+  const drc = img.hasDataFile ? 1 : stored.get(Math.floor(layout.offset(e) / img.clusterSize));
+  if (drc === undefined) return;
+  if ((drc === 1) !== isCopied(e.hi)) {
+    const entry = hex64(e.hi, e.lo);
+    if (fix) {
+      res.messages.push(`Repairing OFLAG_COPIED data cluster: l2_entry=${entry} refcount=${drc}`);
+      layout.set(table, j, { ...e, hi: withCopied(e.hi, drc === 1) });
+      res.corruptionsFixed++;
+    } else {
+      res.messages.push(`ERROR OFLAG_COPIED data cluster: l2_entry=${entry} refcount=${drc}`);
+      res.corruptions++;
+    }
+  }
 }

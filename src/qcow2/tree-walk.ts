@@ -1,8 +1,9 @@
 /**
  * The one walk over every L2 entry reachable from an L1 table (QEMU has one
  * such loop too, qcow2_update_snapshot_refcount). Snapshot refcounts, the
- * snapshot ref-fits check, amend's zstd check and zero-cluster expansion,
- * and check's OFLAG_COPIED pass are visitors of it.
+ * snapshot ref-fits check, amend's zstd check and zero-cluster expansion
+ * are visitors of it. check's OFLAG_COPIED pass has a loop of its own
+ * (check-copied.ts): it meets every entry of a large image on every check.
  *
  * Each visitor decides what an unusable L1 entry means (enter), how the L2
  * table is read (load, default through the L2 cache) and whether it is read
@@ -25,12 +26,6 @@ export interface TreeVisitor {
   load?(l2Offset: number): CachedTable;
   /** Re-read the table before each entry instead of once per table. */
   refetch?: boolean;
-  /**
-   * The standard 64 bits of an entry (high and low words) before it is decoded; false skips it. For visitors
-   * that act on few entries of a large tree: the decoded entry (an object per entry) is built only for those
-   * it lets through. It must let through every entry whose handling depends on more than these bits.
-   */
-  wants?(hi: number, lo: number): boolean;
   /** Each entry of the table, in order; STOP_WALK ends the walk. */
   entry(e: L2Entry, type: ClusterType, index: number, table: CachedTable, l2Offset: number): boolean | void;
   /** After the table's entries. */
@@ -48,10 +43,6 @@ export function walkTree(s: ImageState, l1: L1Table, v: TreeVisitor): boolean {
     let table = v.refetch ? undefined : load(l2Offset);
     for (let j = 0; j < layout.entries; j++) {
       if (v.refetch) table = load(l2Offset);
-      if (v.wants) {
-        const p = j * layout.entrySize;
-        if (!v.wants(table!.view.getUint32(p), table!.view.getUint32(p + 4))) continue;
-      }
       const e = layout.get(table!, j);
       if (v.entry(e, layout.type(e), j, table!, l2Offset) === STOP_WALK) return true;
     }

@@ -53,10 +53,30 @@ export interface BenchResult {
   /** Median per pair of ours minus node -e '': what our modules and engine add to Node's start-up. */
   beyondNodeSeconds?: number;
   /**
-   * convert's second floor: dd moving the same number of bytes (read through
-   * the page cache, written O_DIRECT, fsync), timed in the same pairs; the
-   * median of its per-pair ratio to QEMU. What the kernel and the disk take
-   * with no image format, no zero detection and no start-up beyond dd's.
+   * QEMU's own start-up: the same tool's `--version` (exec, dynamic linking,
+   * option parsing) timed in the same pairs, and QEMU's time past it.
+   */
+  qemuStartSeconds?: number;
+  qemuStartCommand?: string;
+  beyondQemuStartSeconds?: number;
+  /**
+   * Median per pair of (ours − node -e '') / (QEMU − its --version): our work
+   * past start-up against QEMU's. At or below 1.0 while the ratio is above
+   * it, the whole difference is Node starting slower than a C binary.
+   */
+  workRatio?: number;
+  /**
+   * Median per pair of (node -e '' + QEMU − its --version) / QEMU: the ratio
+   * of an engine exactly as fast as QEMU's past start-up, behind Node's start-up.
+   */
+  startFloorRatio?: number;
+  /**
+   * convert's second floor: dd moving the same number of bytes, timed in the
+   * same pairs, in both of the ways to the disk (written O_DIRECT then fsync,
+   * and through the page cache then fdatasync, as qemu-img -t writeback);
+   * per pair the faster of the two, and the median of its ratio to QEMU.
+   * What the kernel and the disk take with no image format, no zero
+   * detection and no start-up beyond dd's.
    */
   ioFloorSeconds?: number;
   ioFloorRatio?: number;
@@ -126,6 +146,9 @@ interface Side {
   prepare?: () => Promise<void> | void;
 }
 
+/** Seconds as the report prints them: four decimals below 0.1 s, three above. */
+const secs = (x: number): string => x.toFixed(x < 0.1 ? 4 : 3);
+
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   const m = s.length >> 1;
@@ -134,6 +157,10 @@ function median(xs: number[]): number {
 
 /** `node -e ''`: Node's own start-up, timed beside every pair as the floor of any command of ours. */
 const NODE_FLOOR: Side = { cmd: process.execPath, args: ['-e', ''] };
+
+/** A QEMU tool's own start-up, timed beside its pairs: `--version` execs, links and parses, and does nothing else. */
+const qemuStartSide = (tool: 'qemu-img' | 'qemu-io'): Side => ({ cmd: tool, args: ['--version'] });
+const qemuStartOf = (tool: 'qemu-img' | 'qemu-io', times: number[]) => ({ times, command: `${tool} --version` });
 
 /**
  * Times ours against each QEMU side, `pairs` times, alternating who goes
@@ -166,6 +193,7 @@ function result(
   note?: string,
   node?: number[],
   likeForLike = true,
+  qemuStart?: { times: number[]; command: string },
 ): BenchResult {
   const ratios = ours.map((u, i) => u / qemu[i]!);
   const floor = node && {
@@ -173,8 +201,18 @@ function result(
     floorRatio: median(node.map((n, i) => n / qemu[i]!)),
     beyondNodeSeconds: median(ours.map((u, i) => u - node[i]!)),
   };
+  const start = node &&
+    qemuStart && {
+      qemuStartSeconds: median(qemuStart.times),
+      qemuStartCommand: qemuStart.command,
+      beyondQemuStartSeconds: median(qemu.map((q, i) => q - qemuStart.times[i]!)),
+      // A QEMU side no slower than its own --version leaves nothing to compare work against.
+      workRatio: median(ours.map((u, i) => (u - node[i]!) / Math.max(1e-6, qemu[i]! - qemuStart.times[i]!))),
+      startFloorRatio: median(qemu.map((q, i) => (node[i]! + q - qemuStart.times[i]!) / q)),
+    };
   return {
     ...floor,
+    ...start,
     likeForLike,
     name,
     cache,
@@ -255,25 +293,30 @@ async function benchConvert(c: Ctx, cache: 'warm' | 'cold'): Promise<BenchResult
   const oArgs = [c.cli, 'convert', '-O', 'raw', c.full, oOut];
   // The image's first size bytes: as many as the guest holds, header and tables included.
   const dArgs = [`if=${c.full}`, `of=${dOut}`, 'bs=2M', `count=${c.o.size / (2 * MiB)}`, 'oflag=direct', 'conv=fsync', 'status=none'];
+  const dArgsB = [`if=${c.full}`, `of=${dOut}`, 'bs=1M', `count=${c.o.size / MiB}`, 'conv=fdatasync', 'status=none'];
   const r = await pairs(Math.max(c.o.pairs, CONVERT_MIN_PAIRS), cache, { cmd: process.execPath, args: oArgs, prepare: clear(oOut) }, [
     { cmd: 'qemu-img', args: qArgs, prepare: clear(qOut) },
     { cmd: 'qemu-img', args: qArgsU, prepare: clear(qOutU) },
     NODE_FLOOR,
     { cmd: 'dd', args: dArgs, prepare: clear(dOut) },
+    { cmd: 'dd', args: dArgsB, prepare: clear(dOut) },
+    qemuStartSide('qemu-img'),
   ]);
   const verified = (await same(qOut, oOut)) && (await same(qOutU, oOut));
   for (const p of [qOut, qOutU, oOut, dOut]) rmSync(p, { force: true });
   const name = `convert -O raw, ${sizeName(c.o)} fully written, 64 KiB clusters`;
   const k = cacheLabel(cache, r.cold);
-  const dd = r.times[4]!;
+  // Per pair the faster way to the disk: which one wins depends on the device and the kernel.
+  const dd = r.times[4]!.map((d, i) => Math.min(d, r.times[5]![i]!));
   const ioFloor = (qemu: number[]) => ({
     ioFloorSeconds: median(dd),
     ioFloorRatio: median(dd.map((d, i) => d / qemu[i]!)),
-    ioFloorCommand: show('dd', dArgs),
+    ioFloorCommand: `the faster per pair of ${show('dd', dArgs)} (${secs(median(r.times[4]!))} s) and ${show('dd', dArgsB)} (${secs(median(r.times[5]!))} s)`,
   });
+  const start = qemuStartOf('qemu-img', r.times[6]!);
   return [
     {
-      ...result(`${name}, vs qemu-img -t writeback (both flush)`, k, r.times[0]!, r.times[1]!, { ours: show('node', oArgs), qemu: show('qemu-img', qArgs) }, verified, undefined, r.times[3]),
+      ...result(`${name}, vs qemu-img -t writeback (both flush)`, k, r.times[0]!, r.times[1]!, { ours: show('node', oArgs), qemu: show('qemu-img', qArgs) }, verified, undefined, r.times[3], true, start),
       ...ioFloor(r.times[1]!),
     },
     {
@@ -287,6 +330,7 @@ async function benchConvert(c: Ctx, cache: 'warm' | 'cold'): Promise<BenchResult
         'not like for like: ours makes the output durable before renaming it into place, qemu-img -t unsafe never flushes',
         r.times[3],
         false,
+        start,
       ),
       ...ioFloor(r.times[2]!),
     },
@@ -316,15 +360,17 @@ async function benchWrites(c: Ctx, cache: 'warm' | 'cold'): Promise<BenchResult[
     { cmd: 'qemu-io', args: qArgs, prepare: fresh(img('qemu')) },
     { cmd: 'qemu-io', args: qArgsD, prepare: fresh(img('qemu-wt')) },
     NODE_FLOOR,
+    qemuStartSide('qemu-io'),
   ]);
+  const start = qemuStartOf('qemu-io', r.times[4]!);
   const cmp = await execa('qemu-img', ['compare', '-q', img('qemu'), img('ours')], { reject: false });
   const verified = cmp.exitCode === 0 && (await qemuCheckClean(img('ours')));
   const name = `${c.o.writes} random 4 KiB writes in one process, ${sizeName(c.o)} image, 64 KiB clusters`;
   const k = cacheLabel(cache, r.cold);
   return [
-    result(`${name}, vs qemu-io -t writeback`, k, r.times[0]!, r.times[1]!, { ours: show('node', oArgs), qemu: show('qemu-io', qArgs) }, verified, undefined, r.times[3]),
+    result(`${name}, vs qemu-io -t writeback`, k, r.times[0]!, r.times[1]!, { ours: show('node', oArgs), qemu: show('qemu-io', qArgs) }, verified, undefined, r.times[3], true, start),
     result(`${name}, vs qemu-io default (writethrough)`, k, r.times[0]!, r.times[2]!, { ours: show('node', oArgs), qemu: show('qemu-io', qArgsD) }, verified,
-      'not like for like: writethrough flushes after every write', r.times[3], false),
+      'not like for like: writethrough flushes after every write', r.times[3], false, start),
   ];
 }
 
@@ -332,12 +378,13 @@ async function benchCheck(c: Ctx, cache: 'warm' | 'cold'): Promise<BenchResult[]
   const one = async (image: string, name: string): Promise<BenchResult> => {
     const qArgs = ['check', image];
     const oArgs = [c.cli, 'check', image];
-    const r = await pairs(c.o.pairs, cache, { cmd: process.execPath, args: oArgs }, [{ cmd: 'qemu-img', args: qArgs }, NODE_FLOOR]);
+    const r = await pairs(c.o.pairs, cache, { cmd: process.execPath, args: oArgs }, [{ cmd: 'qemu-img', args: qArgs }, NODE_FLOOR, qemuStartSide('qemu-img')]);
     // Both must reach the same verdict on the same image: qemu-img's JSON counts against ours.
     const q = await execa('qemu-img', ['check', '--output=json', image], { reject: false });
     const u = await execa(process.execPath, [c.cli, 'check', '--output', 'json', image], { reject: false });
     const verified = q.exitCode === 0 && u.exitCode === 0 && sameCheckCounts(q.stdout, u.stdout);
-    return result(name, cacheLabel(cache, r.cold), r.times[0]!, r.times[1]!, { ours: show('node', oArgs), qemu: show('qemu-img', qArgs) }, verified, undefined, r.times[2]);
+    return result(name, cacheLabel(cache, r.cold), r.times[0]!, r.times[1]!, { ours: show('node', oArgs), qemu: show('qemu-img', qArgs) }, verified, undefined, r.times[2], true,
+      qemuStartOf('qemu-img', r.times[3]!));
   };
   return [
     await one(c.full, `check, ${sizeName(c.o)} fully written, 64 KiB clusters`),
@@ -371,6 +418,7 @@ async function benchAmend(c: Ctx, cache: 'warm' | 'cold'): Promise<BenchResult[]
   const r = await pairs(c.o.pairs, cache, { cmd: process.execPath, args: oArgs, prepare: () => copyFileSync(c.full, oImg) }, [
     { cmd: 'qemu-img', args: qArgs, prepare: () => copyFileSync(c.full, qImg) },
     NODE_FLOOR,
+    qemuStartSide('qemu-img'),
   ]);
   // amend must leave the guest content unchanged: qemu-img's result is the reference.
   const sameAsQemu = (await execa('qemu-img', ['compare', '-q', qImg, oImg], { reject: false })).exitCode === 0;
@@ -380,7 +428,8 @@ async function benchAmend(c: Ctx, cache: 'warm' | 'cold'): Promise<BenchResult[]
   rmSync(qImg, { force: true });
   rmSync(oImg, { force: true });
   const name = `amend -o refcount_bits=64 (from 16), ${sizeName(c.o)} fully written, 64 KiB clusters`;
-  return [result(name, cacheLabel(cache, r.cold), r.times[0]!, r.times[1]!, { ours: show('node', oArgs), qemu: show('qemu-img', qArgs) }, verified, undefined, r.times[2])];
+  return [result(name, cacheLabel(cache, r.cold), r.times[0]!, r.times[1]!, { ours: show('node', oArgs), qemu: show('qemu-img', qArgs) }, verified, undefined, r.times[2], true,
+    qemuStartOf('qemu-img', r.times[3]!))];
 }
 
 async function benchStartup(c: Ctx): Promise<BenchResult[]> {
@@ -515,7 +564,7 @@ export async function runBench(o: BenchOptions): Promise<number> {
 }
 
 function report(results: BenchResult[], campaign: CampaignFigures | undefined, notes: string[]): string {
-  const f = (x: number) => x.toFixed(x < 0.1 ? 4 : 3);
+  const f = secs;
   const lines = [`${machine()}; ratios are medians of per-pair ours/QEMU ratios (range in brackets)`];
   for (const r of results) {
     lines.push(
@@ -527,6 +576,9 @@ function report(results: BenchResult[], campaign: CampaignFigures | undefined, n
       ...(r.note ? [`  note: ${r.note}`] : []),
       ...(r.floorRatio !== undefined
         ? [`  floor: node -e '' ${f(r.nodeSeconds!)} s = ${r.floorRatio.toFixed(2)}× QEMU; ours beyond Node's start-up ${f(r.beyondNodeSeconds!)} s`]
+        : []),
+      ...(r.workRatio !== undefined
+        ? [`  start-up: ${r.qemuStartCommand} ${f(r.qemuStartSeconds!)} s, QEMU beyond it ${f(r.beyondQemuStartSeconds!)} s; work ratio (ours beyond Node / QEMU beyond its start-up) ${r.workRatio.toFixed(2)}, an engine as fast as QEMU's behind Node's start-up: ${r.startFloorRatio!.toFixed(2)}`]
         : []),
       ...(r.ioFloorRatio !== undefined
         ? [`  floor: dd moving the bytes alone ${f(r.ioFloorSeconds!)} s = ${r.ioFloorRatio.toFixed(2)}× QEMU (${r.ioFloorCommand})`]
@@ -551,12 +603,18 @@ function report(results: BenchResult[], campaign: CampaignFigures | undefined, n
 
 /**
  * One line per like-for-like row: at or below QEMU, or above it with the
- * reason and the floor measured in the same pairs. A floor above 1.0 means
- * Node's start-up alone takes longer than QEMU's whole command: no engine
- * work can bring that row to 1.0, only what we add to Node can shrink.
+ * reason and the floor measured in the same pairs:
+ * - floor: Node's start-up alone takes longer than QEMU's whole command;
+ *   no engine work can bring that row to 1.0, only what we add to Node can shrink.
+ * - start-up: our work past Node's start-up is no slower than QEMU's past
+ *   its own (work ratio ≤ 1.0); what is left is Node starting slower than a
+ *   C binary, which only a faster engine than QEMU's could hide.
+ * - device: ours is no slower than dd moving the same bytes to the same
+ *   disk; the copy waits on the device, which QEMU's run got faster.
+ * - above: none of these; ours has work left to remove.
  */
 export function verdict(results: BenchResult[]): string[] {
-  const f = (x: number) => x.toFixed(x < 0.1 ? 4 : 3);
+  const f = secs;
   return results
     .filter((r) => r.likeForLike)
     .map((r) => {
@@ -567,8 +625,18 @@ export function verdict(results: BenchResult[]): string[] {
       if (r.floorRatio > 1) {
         return `floor   ${what}: ${node}, ${r.floorRatio.toFixed(2)}× QEMU's whole ${f(r.qemuSeconds)} s, so 1.0 is out of reach; ours adds ${f(r.beyondNodeSeconds!)} s to Node's start-up`;
       }
+      if (r.ioFloorRatio !== undefined && r.ratio <= r.ioFloorRatio) {
+        return `device  ${what}: ours ${f(r.oursSeconds)} s, dd moving the same bytes ${f(r.ioFloorSeconds!)} s (${r.ioFloorRatio.toFixed(2)}× QEMU's ${f(r.qemuSeconds)} s): ours is no slower than the disk takes the bytes`;
+      }
+      if (r.workRatio !== undefined && r.workRatio <= 1) {
+        return (
+          `start-up ${what}: ours past Node's start-up ${f(r.beyondNodeSeconds!)} s against QEMU's past ${r.qemuStartCommand} ${f(r.beyondQemuStartSeconds!)} s (work ratio ${r.workRatio.toFixed(2)}); ` +
+          `${node} against ${f(r.qemuStartSeconds!)} s for QEMU's, so an engine as fast as QEMU's would stand at ${r.startFloorRatio!.toFixed(2)}`
+        );
+      }
       const io = r.ioFloorRatio === undefined ? '' : `; dd moving the bytes alone takes ${f(r.ioFloorSeconds!)} s (${r.ioFloorRatio.toFixed(2)}× QEMU)`;
-      return `above   ${what}: ours ${f(r.oursSeconds)} s against QEMU's ${f(r.qemuSeconds)} s; ${node} (floor ${r.floorRatio.toFixed(2)}), our modules and engine the other ${f(r.beyondNodeSeconds!)} s${io}`;
+      const work = r.workRatio === undefined ? '' : `, work ratio ${r.workRatio.toFixed(2)} past both start-ups`;
+      return `above   ${what}: ours ${f(r.oursSeconds)} s against QEMU's ${f(r.qemuSeconds)} s; ${node} (floor ${r.floorRatio.toFixed(2)}), our modules and engine the other ${f(r.beyondNodeSeconds!)} s${work}${io}`;
     });
 }
 

@@ -21,10 +21,14 @@ each the median over --pairs pairs (default 5) measured back to back:
   startup   'qcow2-harness --version' against node -e '' (no QEMU side: the floor is Node's)
   campaign  a ts fuzz campaign (--campaign-seconds, default 20; --campaign-jobs, default 2):
             runs/s, and CPU seconds per run (the campaign and all its children)
-Every pair also times node -e '' (Node's start-up, the floor of any command of ours);
-the report ends with a verdict per like-for-like row: ok (at or below 1.0), above (with
-what Node's start-up and what our modules and engine take), or floor (Node's start-up
-alone is slower than QEMU's whole command, so 1.0 cannot be reached).
+Every pair also times node -e '' (Node's start-up, the floor of any command of ours) and
+the QEMU tool's --version (its own start-up); convert's pairs also time dd moving the same
+bytes (O_DIRECT + fsync, and page cache + fdatasync). The report ends with a verdict per
+like-for-like row: ok (at or below 1.0); floor (Node's start-up alone is slower than
+QEMU's whole command, so 1.0 cannot be reached); device (ours is no slower than dd moving
+the same bytes: the disk, not the engine, sets the time); start-up (our work past Node's
+start-up is no slower than QEMU's past its own: the rest is Node starting slower than a C
+binary); or above (ours has work left, with what start-up and engine each take).
 
   --cache    warm, cold or both (default warm,cold); cold drops the page cache before each
              timed command (needs root: echo 3 > /proc/sys/vm/drop_caches)

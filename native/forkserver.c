@@ -47,6 +47,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -130,6 +131,15 @@ static void redirect(const char *base, const char *ext, int target, int flags) {
   }
 }
 
+/* Closes every descriptor from lowfd up: one close_range(2) where the kernel has it (5.9), else one
+ * close(2) per slot below 1024, which perf showed as 1 % of a campaign's CPU (a thousand calls a command). */
+static void close_from(int lowfd) {
+#ifdef SYS_close_range
+  if (syscall(SYS_close_range, (unsigned)lowfd, ~0U, 0) == 0) return;
+#endif
+  for (int fd = lowfd; fd < 1024; fd++) close(fd);
+}
+
 static void run_child(const char *base, int argc, char **args) {
   setpgid(0, 0);
   int devnull = open("/dev/null", O_RDONLY);
@@ -139,7 +149,7 @@ static void run_child(const char *base, int argc, char **args) {
   redirect(base, ".out", 1, O_WRONLY | O_CREAT | O_TRUNC);
   redirect(base, ".err", 2, O_WRONLY | O_CREAT | O_TRUNC);
   /* Nothing of the protocol, the lifeline or Node's pipes stays open in the command. */
-  for (int fd = 3; fd < 1024; fd++) close(fd);
+  close_from(3);
   char **argv = calloc((size_t)(own_argc + argc + 1), sizeof *argv);
   if (!argv) _exit(1);
   for (int i = 0; i < own_argc; i++) argv[i] = own_argv[i];

@@ -14,6 +14,7 @@ import { accessOf, toModelConfig, type TraceConfig } from './config.js';
 import { CrashTracker, crashSeed, examineCrashStates } from './crash.js';
 import { makeData } from './data.js';
 import { imgCheck } from '../qemu/index.js';
+import { removeScratchDir } from '../qemu/scratch.js';
 import { endOracles, readViews, type Failure } from './oracles.js';
 import { mediaSizeProblem } from './reader/size.js';
 import { dataRangeOf, formatOp, refusedOp, specOf, touchedBy, type Op } from './ops.js';
@@ -66,7 +67,7 @@ export async function runTrace(target: Target, config: TraceConfig, source: Sour
     else out.failure = toFailure(e, out.ops.length);
   } finally {
     await target.close().catch(() => undefined);
-    if (!o.keepDir) fs.rmSync(dir, { recursive: true, force: true, maxRetries: 5, retryDelay: 100 });
+    if (!o.keepDir) removeScratchDir(dir);
   }
   return out;
 }

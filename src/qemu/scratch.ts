@@ -27,3 +27,32 @@ export function scratchDir(): string {
   }
   return chosen;
 }
+
+/**
+ * Removes a scratch file that may be absent. fs.rmSync takes Node's rimraf
+ * path (an lstat before the unlink); a campaign removes a dozen such files a
+ * run, so one unlink(2) whose ENOENT means done.
+ */
+export function removeScratchFile(file: string): void {
+  try {
+    fs.unlinkSync(file);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') fs.rmSync(file, { force: true });
+  }
+}
+
+/**
+ * Removes a run's scratch directory: its files one unlink each, then the
+ * directory; anything else in it (a subdirectory, a file that will not go)
+ * leaves the rest to fs.rmSync's recursive walk with retries.
+ */
+export function removeScratchDir(dir: string): void {
+  try {
+    for (const name of fs.readdirSync(dir)) fs.unlinkSync(`${dir}/${name}`);
+    fs.rmdirSync(dir);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT' || fs.existsSync(dir)) {
+      fs.rmSync(dir, { recursive: true, force: true, maxRetries: 5, retryDelay: 100 });
+    }
+  }
+}

@@ -37,7 +37,7 @@ import * as path from 'node:path';
 import * as readline from 'node:readline';
 import { encodable, forkServed, READY_LINE, reapRequest, serverEnv, startRequest } from './fork-server.js';
 import { resolveTool } from './resolve.js';
-import { scratchDir } from './scratch.js';
+import { removeScratchFile, scratchDir } from './scratch.js';
 
 export interface ShellCommand {
   tool: string;
@@ -263,7 +263,7 @@ class Shell {
         const pid = unreaped(j);
         if (pid !== undefined) signal(pid, 'SIGKILL');
         // Without the shell no status file will come: the watchdog must not take the PID for a live one.
-        fs.rmSync(j.base + '.pid', { force: true });
+        removeScratchFile(j.base + '.pid');
       }
       this.proc.kill('SIGKILL');
       throw e;
@@ -279,11 +279,11 @@ class Shell {
         } catch {
           return '';
         } finally {
-          fs.rmSync(j.base + ext, { force: true });
+          removeScratchFile(j.base + ext);
         }
       };
       // The PID file goes first: a PID file without a status file means "not reaped" to the watchdog.
-      fs.rmSync(j.base + '.pid', { force: true });
+      removeScratchFile(j.base + '.pid');
       const rc = Number.parseInt(read('.rc').trim(), 10);
       const lost = !j.timedOut && Number.isNaN(rc);
       const status = j.timedOut ? (j.killed ? KILLED_RC : TIMEOUT_RC) : lost ? LOST_STATUS_RC : rc;

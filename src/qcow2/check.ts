@@ -485,7 +485,7 @@ function checkRefblocks(img: ImageState, res: CheckResult, c: Counts, nbClusters
   const cs = img.clusterSize;
   const rt = img.refcounts;
   for (let i = 0; i < rt.table.length; i++) {
-    const raw = rt.rawTable[i] ?? rt.table[i];
+    const raw = rt.rawEntry(i);
     if (raw === 0) continue;
     const offset = rt.table[i];
     if (raw % REFTABLE_OFFSET_ALIGN !== 0) {

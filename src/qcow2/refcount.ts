@@ -41,8 +41,12 @@ export class Refcounts {
   readonly entriesPerBlock: number;
   /** Refblock host offsets by block index (reserved bits 0..8 masked off, as QEMU does); 0 = no block. */
   table: number[];
-  /** The table entries as stored, reserved bits included (check reports them). */
-  rawTable: number[] = [];
+  /**
+   * The reserved low bits (0..8) of the entries loaded with them set, by
+   * index: check reports them. An entry this process writes is written
+   * without them, so it leaves this record; most images have none at all.
+   */
+  private readonly reservedBits = new Map<number, number>();
   tableOffset: number;
   tableClusters: number;
   readonly cache: TableCache;
@@ -88,18 +92,25 @@ export class Refcounts {
     let used = n;
     while (used > 0 && v.getUint32((used - 1) * REFTABLE_ENTRY_SIZE) === 0 && v.getUint32((used - 1) * REFTABLE_ENTRY_SIZE + 4) === 0) used--;
     const table = new Array<number>(n).fill(0);
-    const raw = new Array<number>(n).fill(0);
+    this.reservedBits.clear();
     for (let i = 0; i < used; i++) {
-      raw[i] = getU64(v, i * REFTABLE_ENTRY_SIZE);
-      table[i] = raw[i] - (raw[i] % REFTABLE_OFFSET_ALIGN);
+      const raw = getU64(v, i * REFTABLE_ENTRY_SIZE);
+      const low = raw % REFTABLE_OFFSET_ALIGN;
+      table[i] = raw - low;
+      if (low !== 0) this.reservedBits.set(i, low);
     }
-    this.rawTable = raw;
     // Trailing zero entries are kept: they are part of the on-disk table.
     this.table = table;
     this.host.meta.add(this.tableOffset, bytes, MetaKind.Reftable);
-    for (const off of table) {
+    for (let i = 0; i < used; i++) {
+      const off = table[i]!;
       if (off !== 0 && off % this.clusterSize === 0) this.host.meta.add(off, this.clusterSize, MetaKind.Refblock);
     }
+  }
+
+  /** Refcount table entry i as it is on disk, reserved bits included. */
+  rawEntry(i: number): number {
+    return (this.table[i] ?? 0) + (this.reservedBits.get(i) ?? 0);
   }
 
   /**
@@ -357,6 +368,7 @@ export class Refcounts {
     this.cache.put(off, data, false);
     this.host.barrier();
     this.table[bi] = off;
+    this.reservedBits.delete(bi);
     this.writeTableEntry(bi);
   }
 
@@ -441,6 +453,8 @@ export class Refcounts {
     const oldOffset = this.tableOffset;
     const oldClusters = this.tableClusters;
     this.table = newTable;
+    // The new table went to disk from newTable: no entry of it has reserved bits.
+    this.reservedBits.clear();
     this.tableOffset = tableStart * cs;
     this.tableClusters = tableClusters;
     this.allocEnd = Math.max(this.allocEnd, areaEnd);

@@ -1,6 +1,6 @@
 /** The bench verdict: how each like-for-like row is judged against QEMU and Node's start-up floor. */
 import { describe, expect, it } from 'vitest';
-import { verdict, type BenchResult } from './bench.js';
+import { verdict, type BenchResult } from './bench-report.js';
 
 const row = (over: Partial<BenchResult>): BenchResult => ({
   name: 'case',

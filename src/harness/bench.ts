@@ -91,7 +91,6 @@ interface Side {
   prepare?: () => Promise<void> | void;
 }
 
-
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   const m = s.length >> 1;

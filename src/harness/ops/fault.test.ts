@@ -61,6 +61,46 @@ describe('fault op on our engine', () => {
   });
 });
 
+describe('fault op on an image with an external data file', () => {
+  // Data clusters sit in the data file at host offset = guest offset; the image file holds metadata only.
+  function dataFileSession() {
+    const faults = new FaultyStorage(new MemoryStorage());
+    const dataFaults = new FaultyStorage(new MemoryStorage());
+    // Past one L2 table's reach (512 clusters of 4 KiB), so a write at the end allocates a second one.
+    const img = Qcow2Image.create(faults, { size: 520 * cs, clusterSize: cs, dataFile: 'image.data' }, { openDataFile: () => dataFaults });
+    const s: EngineSession = { image: img, faults, dataFaults, reopen: () => undefined };
+    return { s, img, faults, dataFaults };
+  }
+
+  it('does not hold a metadata write at a data cluster offset of the data file against the op', () => {
+    const { s, img } = dataFileSession();
+    img.write(0, makeData(1, 0, 4 * cs)); // data clusters at 0..3*cs of the data file
+    // Allocating guest cluster 515 writes an L2 table into the image file at 2 * cs, the offset of
+    // guest cluster 2's data in the data file (found by `fuzz --seed 7`: a false FaultContainmentError).
+    const at = 515 * cs + 3072;
+    const op = fault('read@4', `write ${at} 512`);
+    specOf(op).engine!(s, op, makeData(2, at, 512));
+    expect(img.read(at, 512)).toEqual(makeData(2, at, 512));
+  });
+
+  it('catches a write into a data cluster of the data file the op may not touch (planted bug)', () => {
+    const { s, img, dataFaults } = dataFileSession();
+    img.write(cs, makeData(1, cs, cs));
+    const buggy: EngineSession = {
+      ...s,
+      image: new Proxy(img, {
+        get(t, k) {
+          if (k === 'write') return (off: number, d: Uint8Array) => (t.write(off, d), dataFaults.write(cs, new Uint8Array(512)));
+          const v = Reflect.get(t, k);
+          return typeof v === 'function' ? v.bind(t) : v;
+        },
+      }),
+    };
+    const op = fault('write@50', `write 0 ${cs}`);
+    expect(() => specOf(op).engine!(buggy, op, makeData(2, 0, cs))).toThrow(/data cluster at 4096 of guest cluster 1/);
+  });
+});
+
 describe('fault op in the model', () => {
   const cfg = { size: 4 * cs, clusterSize: cs, refcountBits: 16, compat: '1.1', lazyRefcounts: false, extendedL2: false, compressionType: 'zlib' } as const;
 

@@ -167,13 +167,18 @@ export function makeFault(t: OpTable): OpSpec<FaultOp> {
       const spec = inner(op);
       const range = spec.dataRange?.(op.op) ?? (spec.touches(op.op) as [number, number][])[0];
       const guarded = protectedClusters(s.image, range);
+      const dataFile = s.dataFaults;
       f.arm(point.kind, point.n, ERRNO_CODE[op.errno].code);
-      let writes: [number, number][] = [];
+      dataFile?.watch();
       try {
         spec.engine!(s, op.op, data);
       } finally {
-        writes = f.disarm();
-        checkContainment(writes, guarded, s.image.clusterSize, `'${t.formatOp(op)}'`);
+        const imageWrites = f.disarm();
+        // With a data file, data clusters live there (host offset = guest offset,
+        // qcow2.txt "External data file"): the image file holds metadata only, so
+        // its writes cannot land in a data cluster and must not be held against it.
+        const dataWrites = dataFile?.disarm();
+        checkContainment(dataWrites ?? imageWrites, guarded, s.image.clusterSize, `'${t.formatOp(op)}'`);
       }
     },
     qemu: async (op, q, data) => {

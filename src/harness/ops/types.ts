@@ -92,6 +92,12 @@ export interface EngineSession {
   reopen(): void;
   /** The storage under the image when the session can inject I/O errors (ts target). */
   readonly faults?: FaultyStorage;
+  /**
+   * The external data file's storage, when the image has one: fault points
+   * count the image file's requests only (as blkdebug on `file.` does), but the
+   * data file's writes are the ones a containment check must look at.
+   */
+  readonly dataFaults?: FaultyStorage;
 }
 
 /** `reads`: what the reads of an aio group returned, in the group's order (aio groups with reads only). */

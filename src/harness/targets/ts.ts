@@ -32,6 +32,7 @@ export class TsTarget implements Target {
   private storage: RecordingStorage | undefined;
   /** The recording storage behind a FaultyStorage that passes everything through unless a fault op arms it. */
   private faulty: FaultyStorage | undefined;
+  private dataFaulty: FaultyStorage | undefined;
   private img: Qcow2Image | undefined;
   /** The external data file of a data_file config (the engine closes its view of it, not the bytes). */
   private dataStorage: MemoryStorage | undefined;
@@ -53,7 +54,9 @@ export class TsTarget implements Target {
     const backingFile = config.backing ? await createBacking(dir, config.backing) : undefined;
     // An external data file lives in memory beside the image and is written out with it (sync).
     this.dataStorage = config.dataFile ? new MemoryStorage() : undefined;
-    const data = this.dataStorage;
+    // Wrapped so a fault op can see where in the data file the engine wrote.
+    this.dataFaulty = this.dataStorage ? new FaultyStorage(this.dataStorage) : undefined;
+    const data = this.dataFaulty;
     const passphrase = passphraseOf(config);
     this.openOpts = {
       ...(passphrase !== undefined ? { passphrase } : {}),
@@ -104,6 +107,9 @@ export class TsTarget implements Target {
     },
     get faults(): FaultyStorage | undefined {
       return t.faulty;
+    },
+    get dataFaults(): FaultyStorage | undefined {
+      return t.dataFaulty;
     },
     reopen(): void {
       t.end();

@@ -40,7 +40,14 @@ export class FaultyStorage implements BlockStorage {
     this.log = [];
   }
 
-  /** Ends an arm(): no more faults; returns the [offset, length] of every write (and truncate) since. */
+  /** Logs writes until disarm() without failing any request (a storage whose writes are checked, not failed). */
+  watch(): void {
+    this.failAt = {};
+    this.once = false;
+    this.log = [];
+  }
+
+  /** Ends an arm() or watch(): no more faults; returns the [offset, length] of every write (and truncate) since. */
   disarm(): [number, number][] {
     const log = this.log ?? [];
     this.failAt = {};

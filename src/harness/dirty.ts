@@ -1,5 +1,6 @@
 /**
- * The check oracle on an image left dirty by lazy refcounts (config.dirty).
+ * The check oracle on an image left dirty by lazy refcounts (config.dirty, or
+ * a fault op whose close could not write the refcounts: DiskModel.dirtyFlagUnknown).
  * QEMU writes refcounts lazily there and repairs them at the next read-write
  * open (qcow2_do_open -> qcow2_check with BDRV_FIX_ERRORS | BDRV_FIX_LEAKS),
  * so `qemu-img check` without -r reports every cluster allocated since the

@@ -131,9 +131,11 @@ export async function endOracles(
   if (!early) writeModelRaw(modelRaw, model, model.active, active);
   const cmp = earlyCmp ?? (await compare());
 
-  // An image never closed cleanly may carry stale refcounts, which repair must fix (./dirty.ts).
+  // An image left marked dirty may carry stale refcounts, which repair must fix (./dirty.ts): one
+  // never closed cleanly (config.dirty), or one whose last close failed to write its lazy refcounts
+  // (a fault op: QEMU's qcow2_inactivate then leaves the dirty bit set, as lazy_refcounts=on intends).
   const checkProblem =
-    config.dirty && info['dirty-flag'] ? await judgeDirtyCheck(check, image, modelRaw, access) : judgeCheck(check, o.tolerateLeaks !== undefined);
+    model.dirtyFlagUnknown && info['dirty-flag'] ? await judgeDirtyCheck(check, image, modelRaw, access) : judgeCheck(check, o.tolerateLeaks !== undefined);
   if (checkProblem) return { failure: { oracle: 'check', message: checkProblem }, qemuImgChecks: 1 };
   if (cmp.rc !== 0) {
     return {

@@ -251,6 +251,22 @@ function growGroup(
   return reqs.length >= 2 ? reqs : null;
 }
 
+/**
+ * The group without the write-zeroes and discard requests that share a
+ * cluster with one of its writes (the known QEMU race), or null when fewer
+ * than two requests are left.
+ */
+export function zeroingApartFromWrites(reqs: AioRequest[], cs: number): AioRequest[] | null {
+  const clusters = (r: AioRequest): [number, number] => [Math.floor(r.off / cs), Math.floor((r.off + r.len - 1) / cs)];
+  const writes = reqs.filter((r) => r.kind === 'write').map(clusters);
+  const kept = reqs.filter((r) => {
+    if (r.kind !== 'write-zeroes' && r.kind !== 'discard') return true;
+    const [a, b] = clusters(r);
+    return !writes.some(([c, d]) => a <= d && c <= b);
+  });
+  return kept.length >= 2 ? kept : null;
+}
+
 /** Longest read in a group: qemu-io prints what it read as a hex dump. */
 const MAX_GROUP_READ = 16 * SECTOR;
 
@@ -349,7 +365,8 @@ export const aio: OpSpec<AioOp> = {
   repro: (op) => ({ shell: `qemu-io ${aioCommands(op).map((c) => `-c ${shq(c)}`).join(' ')} image.qcow2` }),
   wrap: (seed, op, model, ctx) => {
     if ((op.kind !== 'write' && op.kind !== 'write-zeroes') || seed.pick % AIO_SHARE !== AIO_PICK) return null;
-    const reqs = growGroup(seed, op, model.size, model.meta.clusterSize, model.meta.extendedL2, ctx.aioRequests);
+    let reqs = growGroup(seed, op, model.size, model.meta.clusterSize, model.meta.extendedL2, ctx.aioRequests);
+    if (reqs && ctx.knownBugs?.has('zero-races-allocating-write')) reqs = zeroingApartFromWrites(reqs, model.meta.clusterSize);
     return reqs ? { kind: 'aio', reqs } : null;
   },
 };

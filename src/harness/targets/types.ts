@@ -78,7 +78,15 @@ export type KnownBug =
    * which the guest then reads as decrypted garbage; refused by our engine
    * and the model, not generated for QEMU (corpus: qemu-encrypted-downgrade-garbage).
    */
-  | 'encrypted-downgrade-garbage';
+  | 'encrypted-downgrade-garbage'
+  /**
+   * QEMU 7.2: a write-zeroes (or discard) in flight beside an allocating write
+   * to the same cluster is not ordered against it: the zeroing frees the host
+   * cluster the write then links (refcount 0, referenced), or the write's
+   * copy-on-write brings back data the zeroing removed; aio groups on QEMU do
+   * not mix the two in one cluster (corpus: qemu-zero-unmap-races-allocating-write).
+   */
+  | 'zero-races-allocating-write';
 
 export interface Target {
   readonly name: string;

@@ -54,7 +54,11 @@ export const amend: OpSpec<AmendOp> = {
         }
         if (which === 0) return { kind: 'amend', key: 'refcount_bits', value: 2 ** (Math.floor(seed.pick / 3) % 7) };
         if (which === 1) {
-          const downgrade = seed.flag && !(model.encrypted && ctx.knownBugs?.has('encrypted-downgrade-garbage'));
+          const zstdSnapshots = model.meta.compressionType === 'zstd' && model.snapshots.length > 0;
+          const downgrade =
+            seed.flag &&
+            !(model.encrypted && ctx.knownBugs?.has('encrypted-downgrade-garbage')) &&
+            !(zstdSnapshots && ctx.knownBugs?.has('zstd-downgrade-ignores-snapshots'));
           return { kind: 'amend', key: 'compat', value: downgrade ? '0.10' : '1.1' };
         }
         return { kind: 'amend', key: 'lazy_refcounts', value: seed.flag };

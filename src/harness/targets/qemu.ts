@@ -39,7 +39,7 @@ export class QemuTarget implements Target {
     private readonly timeoutMs?: number,
     o: { strict?: boolean } = {},
   ) {
-    this.knownBugs = new Set<KnownBug>(o.strict ? [] : ['leak-after-refused-snapshot', 'slow-refcount-amend', 'stale-tail-after-regrow', 'failed-compressed-write-keeps-l2-entry', 'unencrypted-compressed-write', 'encrypted-downgrade-garbage', 'zero-races-allocating-write']);
+    this.knownBugs = new Set<KnownBug>(o.strict ? [] : ['leak-after-refused-snapshot', 'slow-refcount-amend', 'stale-tail-after-regrow', 'failed-compressed-write-keeps-l2-entry', 'unencrypted-compressed-write', 'encrypted-downgrade-garbage', 'zero-races-allocating-write', 'zstd-downgrade-ignores-snapshots']);
   }
 
   batchable(op: Op): boolean {

@@ -86,7 +86,14 @@ export type KnownBug =
    * copy-on-write brings back data the zeroing removed; aio groups on QEMU do
    * not mix the two in one cluster (corpus: qemu-zero-unmap-races-allocating-write).
    */
-  | 'zero-races-allocating-write';
+  | 'zero-races-allocating-write'
+  /**
+   * QEMU 7.2: amend compat=0.10 of a zstd image looks for compressed clusters
+   * in the active layer only, so a snapshot's zstd cluster is left to be read
+   * as zlib (EIO); amend does not downgrade zstd images with snapshots on QEMU
+   * (corpus: qemu-zstd-downgrade-strands-snapshot-clusters).
+   */
+  | 'zstd-downgrade-ignores-snapshots';
 
 export interface Target {
   readonly name: string;

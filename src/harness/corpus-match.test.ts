@@ -9,7 +9,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { corpusMatches, describeMatches, writeEntry } from './corpus.js';
+import { corpusMatches, describeMatches, entrySignature, failurePlace, failureSignature, writeEntry } from './corpus.js';
 import { parseOp } from './ops.js';
 import { formatFailure, runCampaign, type CampaignOptions, type FailureReport } from './runner.js';
 import { TsTarget } from './targets/ts.js';
@@ -74,6 +74,19 @@ describe('a finding names the corpus entries it repeats', () => {
     expect(formatFailure(f)).toContain('matches corpus same-other-oracle (same ops, same config), prefix-other-config (its ops as a prefix; config differs)');
   });
 
+  it('a failure whose signature the corpus holds is reported as that entry, without a shrink', async () => {
+    const s = await runCampaign({ ...base, corpusDir: path.join(root, 'a') });
+    expect(s.failures.length).toBe(1);
+    const f = s.failures[0]!;
+    expect(f.shrinkSkipped).toBe(true);
+    expect(f.duplicate).toBe(true);
+    expect(f.corpusId).toBe(first.corpusId);
+    expect(s.shrinkRuns).toBe(0);
+    expect(formatFailure(f)).toContain(`not shrunk: corpus entry ${first.corpusId} has its signature`);
+    // The first campaign shrank: its trace is no longer than the one generated here.
+    expect(f.ops.length).toBeGreaterThanOrEqual(first.ops.length);
+  });
+
   it('corpusMatches reads entries as saved, whatever their key order', () => {
     const dir = path.join(root, 'b');
     const reordered = Object.fromEntries(Object.entries(first.config).reverse()) as typeof first.config;
@@ -83,5 +96,24 @@ describe('a finding names the corpus entries it repeats', () => {
     expect(corpusMatches(dir, { target: 'ts', config: reordered, ops: first.ops }, first.corpusId).map((m) => m.id)).not.toContain(first.corpusId);
     expect(ms.map((m) => m.id)).toContain(first.corpusId);
     expect(describeMatches(ms.slice(0, 1))).toBe(`matches corpus ${ms[0]!.id} (same ops, same config)`);
+  });
+});
+
+describe('failure signatures', () => {
+  const msg = 'QemuToolError: qemu-img convert failed (rc 1): qemu-img: error while reading at byte 0: Input/output error';
+  it('tell one message apart by the op kind it showed at; numbers and quoted text do not count', () => {
+    const atFault = failureSignature('qemu', 'exception', msg, failurePlace(1, ['fault cluster_alloc_bytes eio write -c 0 131072']));
+    const atAmend = failureSignature('qemu', 'exception', msg, failurePlace(4, ['write -c 0 4096', 'snapshot -c s0', 'write 0 512', 'amend compat=0.10']));
+    expect(atFault).not.toBe(atAmend);
+    expect(atAmend).toBe('qemu exception at amend: QemuToolError: qemu-img convert failed (rc #): qemu-img: error while reading at byte #: Input/output error');
+    expect(failureSignature('ts', 'read', "after 'write 7 9': 12 differ", 'end')).toBe(failureSignature('ts', 'read', "after 'discard 1 2': 3 differ", 'end'));
+    expect(failurePlace(undefined, ['write 0 512'])).toBe('end');
+    expect(failurePlace(0, [])).toBe('setup');
+  });
+
+  it('an entry saved with an older signature form is compared by its failure', () => {
+    const t = { target: 'qemu', oracle: 'exception' as const, message: msg, opIndex: 4, ops: ['write -c 0 4096', 'snapshot -c s0', 'write 0 512', 'amend compat=0.10'], signature: 'qemu exception old form' };
+    expect(entrySignature(t)).toBe(failureSignature('qemu', 'exception', msg, 'amend'));
+    expect(entrySignature({ ...t, producer: 'qemu' as const, target: 'libqcow' })).toMatch(/^libqcow producer=qemu exception at amend: /);
   });
 });

@@ -85,18 +85,41 @@ export function targetKey(target: string, producer?: string): string {
   return producer ? `${target} producer=${producer}` : target;
 }
 
+/**
+ * Where a failure showed: the kind of the op it was detected after, 'setup'
+ * (op 0) or 'end' (the end-of-run oracles). Part of the signature: two bugs
+ * can print the same message (qemu-img convert's "error while reading at
+ * byte 0: Input/output error" after a failed compressed write, and after a
+ * downgrade that strands a snapshot's cluster), never at the same op kind.
+ */
+export function failurePlace(opIndex: number | undefined, ops: readonly (Op | string)[]): string {
+  if (opIndex === undefined) return 'end';
+  if (opIndex === 0) return 'setup';
+  const op = ops[opIndex - 1];
+  if (op === undefined) return 'end';
+  if (typeof op !== 'string') return op.kind;
+  try {
+    return parseOp(op).kind;
+  } catch {
+    return op.split(' ')[0] || '?';
+  }
+}
+
 /** A failure's shape regardless of sizes and offsets, so one bug found via many traces is saved once. */
-export function failureSignature(target: string, oracle: string, message: string): string {
+export function failureSignature(target: string, oracle: string, message: string, place: string): string {
   const shape = message
     .replace(/'[^']*'/g, "'…'")
     .replace(/0x[0-9a-f]+/gi, '#')
     .replace(/\d+/g, '#');
-  return `${target} ${oracle} ${shape}`;
+  return `${target} ${oracle} at ${place}: ${shape}`;
 }
 
-/** An entry's signature: the one it was saved with, or (older entries) the one its failure gives. */
-export function entrySignature(t: Pick<TraceFile, 'signature' | 'target' | 'oracle' | 'message'>): string {
-  return t.signature ?? failureSignature(t.target, t.oracle, t.message);
+/**
+ * An entry's signature, computed from its failure (so entries saved by an
+ * older version, whose stored `signature` has another form, compare alike).
+ */
+export function entrySignature(t: Pick<TraceFile, 'target' | 'producer' | 'oracle' | 'message' | 'opIndex' | 'ops'>): string {
+  return failureSignature(targetKey(t.target, t.producer), t.oracle, t.message, failurePlace(t.opIndex, t.ops));
 }
 
 /** Signatures of the entries already in a corpus, mapped to their ids. */
@@ -105,7 +128,7 @@ export function corpusSignatures(corpusDir: string): Map<string, string> {
   for (const dir of listEntries(corpusDir)) {
     try {
       const t = JSON.parse(fs.readFileSync(path.join(dir, 'trace.json'), 'utf8')) as TraceFile;
-      out.set(t.signature ?? failureSignature(targetKey(t.target, t.producer), t.oracle, t.message), t.id);
+      out.set(entrySignature(t), t.id);
     } catch {
       // a broken entry is reported by replay, not here
     }
@@ -162,7 +185,7 @@ export function writeEntry(corpusDir: string, e: NewEntry): { id: string; dir: s
       oracle: e.oracle,
       message: e.message,
       opIndex: e.opIndex,
-      signature: failureSignature(targetKey(e.target, e.producer), e.oracle, e.message),
+      signature: failureSignature(targetKey(e.target, e.producer), e.oracle, e.message, failurePlace(e.opIndex, e.ops)),
       external: e.external,
       producer: e.producer,
       implementation: e.implementation,

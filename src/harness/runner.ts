@@ -19,7 +19,7 @@ import * as path from 'node:path';
 import { configArb, opSeedsArb, type OpSeed } from './arbitraries.js';
 import { readerExternal } from './reader/external.js';
 import { backingChain, backingFileName, DATA_FILE_NAME, type TraceConfig } from './config.js';
-import { corpusMatches, corpusSignatures, describeMatches, failureSignature, targetKey, writeEntry, type CorpusMatch } from './corpus.js';
+import { corpusMatches, corpusSignatures, describeMatches, failurePlace, failureSignature, targetKey, writeEntry, type CorpusMatch } from './corpus.js';
 import { runTrace, type RunOutcome } from './execute.js';
 import type { Failure, OracleName } from './oracles.js';
 import { formatOp, type Op } from './ops.js';
@@ -87,6 +87,8 @@ export interface FailureReport {
   shrinkSteps?: string[];
   /** Corpus entries with the same ops, or whose ops begin this trace's (corpus.ts corpusMatches). */
   corpusMatches?: CorpusMatch[];
+  /** Not shrunk: the corpus already had its signature (`corpusId`); `ops` are the trace as generated. */
+  shrinkSkipped?: boolean;
 }
 
 export interface CampaignStats {
@@ -313,6 +315,12 @@ async function runChunk(c: ChunkContext, seed: number, numRuns: number): Promise
   const found = last;
   const foundAt = (clock() - c.t0) / 1000;
   const fcPath = gen.counterexamplePath ?? '';
+  const known = knownFailure(c, found, seed, fcPath);
+  if (known) {
+    known.foundAfterSeconds = Math.round(foundAt * 10) / 10;
+    stats.failures.push(known);
+    return generated;
+  }
 
   // The shrink: fast-check replays the failing run from its path and shrinks
   // it, under the shrink budget and not the campaign's deadline.
@@ -355,6 +363,34 @@ async function runChunk(c: ChunkContext, seed: number, numRuns: number): Promise
   if (matches.length) report.corpusMatches = matches;
   stats.failures.push(report);
   return generated;
+}
+
+/**
+ * A failure whose signature the corpus (or this campaign) already holds,
+ * reported without shrinking, as a fuzzer counts a crash it has seen: a
+ * shrink would end in the entry that is there, and the known bugs of a target
+ * would take the campaign's time instead of new ones. Undefined otherwise.
+ */
+function knownFailure(c: ChunkContext, found: RunOutcome, seed: number, fcPath: string): FailureReport | undefined {
+  const f = found.failure;
+  if (!f) return undefined;
+  const producer = found.readerMode ? (c.o.producer ?? 'qemu') : undefined;
+  const id = c.known.get(failureSignature(targetKey(c.o.target, producer), f.oracle, f.message, failurePlace(f.opIndex, found.ops)));
+  if (id === undefined) return undefined;
+  const report: FailureReport = {
+    target: c.o.target,
+    seed,
+    path: fcPath,
+    oracle: f.oracle,
+    message: f.message,
+    config: found.config,
+    ops: found.ops.map(formatOp),
+    corpusId: id,
+    duplicate: true,
+    shrinkSkipped: true,
+  };
+  if (producer) report.producer = producer;
+  return report;
 }
 
 /** The fold pass of shrink-fold.ts with the campaign's targets; its runs count as shrink runs. */
@@ -408,7 +444,7 @@ async function saveFailure(
       ops: (flaky ? shrunk.ops : r.ops).map(formatOp),
     };
     if (producer) report.producer = producer;
-    const sig = failureSignature(targetKey(o.target, producer), failure.oracle, failure.message);
+    const sig = failureSignature(targetKey(o.target, producer), failure.oracle, failure.message, failurePlace(failure.opIndex, flaky ? shrunk.ops : r.ops));
     const seen = known.get(sig);
     if (seen) {
       report.corpusId = seen;
@@ -457,6 +493,7 @@ export function formatFailure(f: FailureReport): string {
             (f.shrinkComplete ? '' : ': shrinking did not run to the end (its budget, --shrink-time, ran out, or the failure did not replay), the trace may not be minimal'),
         ]
       : []),
+    ...(f.shrinkSkipped ? [`  found after ${f.foundAfterSeconds} s; not shrunk: corpus entry ${f.corpusId} has its signature (the ops below are the trace as generated)`] : []),
     ...(f.shrinkSteps?.length ? [`  then, past fast-check: ${f.shrinkSteps.join('; ')}`] : []),
     ...(f.corpusMatches?.length ? [`  ${describeMatches(f.corpusMatches)}`] : []),
     ...f.ops.map((x, i) => `  ${String(i + 1).padStart(3)}: ${x}`),

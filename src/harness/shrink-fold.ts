@@ -95,8 +95,8 @@ export interface FoldResult<R> {
   complete: boolean;
 }
 
-/** The oracle and message shape: what a move must keep. */
-export const foldSignature = (f: Failure) => failureSignature('', f.oracle, f.message);
+/** The oracle and message shape: what a move must keep (a fold may move the failing op, so not where it showed). */
+export const foldSignature = (f: Failure) => failureSignature('', f.oracle, f.message, '');
 
 /**
  * Tries the moves in rounds until none is kept: folds, then repeats, then

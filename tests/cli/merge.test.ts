@@ -89,7 +89,7 @@ describe('merge', () => {
     const report = JSON.parse(r.stdout.trim().split('\n').pop()!);
     expect(report.removed).toEqual([big]);
     expect(ids(path.join(root, 'd'))).toEqual([a1, documented].sort());
-    expect([...corpusSignatures(path.join(root, 'd')).keys()].sort()).toEqual(['ts read alpha at offset #', 'ts read beta at offset #']);
+    expect([...corpusSignatures(path.join(root, 'd')).keys()].sort()).toEqual(['ts read at end: alpha at offset #', 'ts read at end: beta at offset #']);
   });
 
   it('a broken entry stops the merge with DEST untouched', async () => {

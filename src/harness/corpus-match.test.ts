@@ -107,6 +107,9 @@ describe('failure signatures', () => {
     expect(atFault).not.toBe(atAmend);
     expect(atAmend).toBe('qemu exception at amend: QemuToolError: qemu-img convert failed (rc #): qemu-img: error while reading at byte #: Input/output error');
     expect(failureSignature('ts', 'read', "after 'write 7 9': 12 differ", 'end')).toBe(failureSignature('ts', 'read', "after 'discard 1 2': 3 differ", 'end'));
+    expect(failureSignature('ts', 'read', 'whole disk: at guest offset 5 expected zeros, read op #2 (3 sectors differ)', 'end')).toBe(
+      failureSignature('ts', 'read', 'whole disk: at guest offset 7 expected zeros, read op #1', 'end'),
+    );
     expect(failurePlace(undefined, ['write 0 512'])).toBe('end');
     expect(failurePlace(0, [])).toBe('setup');
   });

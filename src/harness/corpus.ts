@@ -108,6 +108,8 @@ export function failurePlace(opIndex: number | undefined, ops: readonly (Op | st
 /** A failure's shape regardless of sizes and offsets, so one bug found via many traces is saved once. */
 export function failureSignature(target: string, oracle: string, message: string, place: string): string {
   const shape = message
+    // How many sectors a mismatch spans is its extent, not its kind (verify.ts describeMismatch).
+    .replace(/ \(\d+ sectors differ\)/g, '')
     .replace(/'[^']*'/g, "'…'")
     .replace(/0x[0-9a-f]+/gi, '#')
     .replace(/\d+/g, '#');

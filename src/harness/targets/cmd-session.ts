@@ -7,6 +7,7 @@
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import * as readline from 'node:readline';
 import { HangError, QemuToolError } from '../../qemu/errors.js';
+import { guardGroup, releaseGroup } from './group-guard.js';
 
 export interface Response {
   id: number;
@@ -39,6 +40,8 @@ export class CmdSession {
     // Its own process group, so a hang kills the program and not just the shell
     // around it (a reader stuck in a library call keeps its stdout open otherwise).
     this.proc = spawn('/bin/sh', ['-c', program], { cwd, stdio: ['pipe', 'pipe', 'pipe'], detached: true });
+    // Out of the terminal's group, so killed by the guard if this process ends first (group-guard.ts).
+    if (this.proc.pid !== undefined) guardGroup(this.proc.pid);
     this.proc.stderr.on('data', (d: Buffer) => {
       if (this.stderrText.length < STDERR_KEEP) this.stderrText += d.toString();
     });
@@ -132,11 +135,14 @@ export class CmdSession {
   }
 
   private kill(): void {
+    const pid = this.proc.pid;
+    if (pid === undefined) return;
     try {
-      if (this.proc.pid !== undefined) process.kill(-this.proc.pid, 'SIGKILL');
+      process.kill(-pid, 'SIGKILL');
     } catch {
       // the group is gone already
     }
+    releaseGroup(pid);
   }
 }
 

@@ -26,7 +26,7 @@ export class DiskModel {
   /** Persistent dirty bitmaps (the harness's bitmap ops and the ops that dirty them keep it). */
   readonly bitmaps = new ModelBitmaps();
   /** The image has an external data file (fixed at creation; amend cannot add or drop one here). */
-  private readonly dataFile: boolean;
+  readonly dataFile: boolean;
   /** The image is encrypted (fixed at creation). */
   readonly encrypted: boolean;
   private snaps: Snapshot[] = [];

@@ -7,9 +7,10 @@ import { FaultyStorage } from '../../qcow2/storage/faulty.js';
 import { MemoryStorage } from '../../qcow2/storage/memory.js';
 import { makeData } from '../data.js';
 import { runTrace } from '../execute.js';
+import { toModelConfig } from '../config.js';
 import { makeTarget } from '../targets/index.js';
 import { plainConfig } from '../../../tests/support/trace.js';
-import { blkdebugOptions, FaultContainmentError, formatOp, parseOp, specOf, type EngineSession, type FaultOp } from './index.js';
+import { blkdebugOptions, FaultContainmentError, formatOp, parseOp, specOf, TS_FAULT_POINTS, type EngineSession, type FaultOp } from './index.js';
 
 const cs = 4096;
 
@@ -84,6 +85,51 @@ describe('fault op on an image with an external data file', () => {
     const op = fault('read@4', `write ${at} 512`);
     specOf(op).engine!(s, op, makeData(2, at, 512));
     expect(img.read(at, 512)).toEqual(makeData(2, at, 512));
+  });
+
+  it('a data-file fault point fails the data path: the op fails, each sector keeps its old or new value, the image checks clean', () => {
+    for (const [where, line] of [
+      ['data-write@1', `write ${cs} ${cs}`],
+      ['data-write@1', `write ${cs + 512} 1024`],
+      ['data-flush@1', 'flush'],
+    ] as const) {
+      const { s, img } = dataFileSession();
+      img.write(0, makeData(1, 0, 2 * cs));
+      img.flush();
+      // Allocated, not yet flushed: the flush must make the data file durable before the L2 entry names it.
+      if (line === 'flush') img.write(cs, makeData(2, cs, cs));
+      const op = fault(where, line);
+      expect(() => specOf(op).engine!(s, op, makeData(2, cs, cs)), `${where} ${line}`).toThrow(StorageIoError);
+      for (let n = 0; n < (2 * cs) / 512; n++) {
+        const b = Buffer.from(img.read(n * 512, 512));
+        const ok = [makeData(1, n * 512, 512), makeData(2, n * 512, 512), new Uint8Array(512)].some((x) => b.equals(Buffer.from(x)));
+        expect(ok, `${where} ${line}: sector ${n}`).toBe(true);
+      }
+      expect(img.check('none').corruptions).toBe(0);
+    }
+  });
+
+  it('data-file points are parsed and formatted, refused without a data file, and drawn only where there is one', () => {
+    expect(formatOp(parseOp('fault data-flush@3 enospc flush'))).toBe('fault data-flush@3 enospc flush');
+    const { s } = session();
+    const op = fault('data-write@1', `write 0 ${cs}`);
+    expect(() => specOf(op).engine!(s, op, makeData(1, 0, cs))).toThrow(/needs an image with an external data file/);
+    const points = (dataFile: boolean) => {
+      const model = new DiskModel(toModelConfig(plainConfig({ clusterSize: cs, ...(dataFile ? { dataFile: { raw: false } } : {}) })));
+      const seen = new Set<string>();
+      for (let pick = 3; pick < 1000; pick += 4) {
+        const w = specOf({ kind: 'fault', where: 'write@1', errno: 'eio', op: { kind: 'write', off: 0, len: 512 } }).wrap!(
+          { kind: 0, anchor: 'cluster', frac: 0, delta: 0, unit: 'sector', count: 1, lenDelta: 0, flag: false, pick },
+          { kind: 'write', off: 0, len: 512 },
+          model,
+          { capabilities: new Set(), faultPoints: TS_FAULT_POINTS },
+        ) as FaultOp | null;
+        if (w) seen.add(w.where.replace(/@\d+$/, ''));
+      }
+      return [...seen].sort();
+    };
+    expect(points(false)).toEqual(['flush', 'read', 'write']);
+    expect(points(true)).toEqual(['data-flush', 'data-write', 'flush', 'read', 'write']);
   });
 
   it('catches a write into a data cluster of the data file the op may not touch (planted bug)', () => {

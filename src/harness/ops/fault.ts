@@ -60,15 +60,29 @@ export const BLKDEBUG_EVENTS = [
 /** Storage request kinds our engine's fault points count. */
 export const STORAGE_FAULT_KINDS: readonly FaultKind[] = ['read', 'write', 'flush'];
 
+/**
+ * The same in the external data file (`data-write@2`: the second write to the
+ * data file): guest data lives there, so these fail the data path itself,
+ * with the metadata in the image file going on around it. Drawn only for
+ * images that have a data file; `data-read@N` parses too, but no guest write
+ * of our engine reads the data file (copy-on-write reads come from the
+ * backing file, and a data file rules out snapshots and compression), so it
+ * is not drawn.
+ */
+export const DATA_FILE_FAULT_POINTS = ['data-write', 'data-flush'] as const;
+
+/** Fault points of our engine: the image file's requests, then the data file's. */
+export const TS_FAULT_POINTS: readonly string[] = [...STORAGE_FAULT_KINDS, ...DATA_FILE_FAULT_POINTS];
+
 const ERRNO_CODE: Record<FaultErrno, { code: string; value: number }> = {
   eio: { code: 'EIO', value: 5 },
   enospc: { code: 'ENOSPC', value: 28 },
 };
 
-/** A storage fault point (`write@3`), or undefined for a blkdebug event. */
-export function storagePoint(where: string): { kind: FaultKind; n: number } | undefined {
-  const m = /^(read|write|flush)@([1-9]\d*)$/.exec(where);
-  return m ? { kind: m[1] as FaultKind, n: Number(m[2]) } : undefined;
+/** A storage fault point (`write@3`, `data-write@3`), or undefined for a blkdebug event. */
+export function storagePoint(where: string): { kind: FaultKind; n: number; file: 'image' | 'data' } | undefined {
+  const m = /^(data-)?(read|write|flush)@([1-9]\d*)$/.exec(where);
+  return m ? { kind: m[2] as FaultKind, n: Number(m[3]), file: m[1] ? 'data' : 'image' } : undefined;
 }
 
 /** The --image-opts string that opens `image` through blkdebug with one error at `event`. */
@@ -168,8 +182,10 @@ export function makeFault(t: OpTable): OpSpec<FaultOp> {
       const range = spec.dataRange?.(op.op) ?? (spec.touches(op.op) as [number, number][])[0];
       const guarded = protectedClusters(s.image, range);
       const dataFile = s.dataFaults;
-      f.arm(point.kind, point.n, ERRNO_CODE[op.errno].code);
-      dataFile?.watch();
+      if (point.file === 'data' && !dataFile) throw new UnsupportedFeatureError(`fault point '${op.where}' needs an image with an external data file`);
+      const armed = point.file === 'data' ? dataFile! : f;
+      armed.arm(point.kind, point.n, ERRNO_CODE[op.errno].code);
+      if (dataFile && armed !== dataFile) dataFile.watch();
       try {
         spec.engine!(s, op.op, data);
       } finally {
@@ -192,13 +208,16 @@ export function makeFault(t: OpTable): OpSpec<FaultOp> {
       if (!step || !('io' in step) || storagePoint(op.where)) return step;
       return { shell: `qemu-io --image-opts -c ${shq(step.io)} ${shq(blkdebugOptions('image.qcow2', op.where, op.errno))}` };
     },
-    wrap: (seed, op, _model, ctx) => {
+    wrap: (seed, op, model, ctx) => {
       const points = ctx.faultPoints;
       if (!points?.length || !t.specOf(op).faultable || seed.pick % FAULT_SHARE !== FAULT_SHARE - 1) return null;
       if (op.kind === 'write-compressed' && ctx.knownBugs?.has('failed-compressed-write-keeps-l2-entry')) return null;
+      // Data file points only where there is a data file (the draws elsewhere stay as they were).
+      const here = model.dataFile ? points : points.filter((p) => !(DATA_FILE_FAULT_POINTS as readonly string[]).includes(p));
       const k = Math.floor(seed.pick / FAULT_SHARE);
-      const p = points[k % points.length]!;
-      const where = (STORAGE_FAULT_KINDS as readonly string[]).includes(p) ? `${p}@${1 + (Math.floor(k / points.length) % 6)}` : p;
+      const p = here[k % here.length]!;
+      const counted = (STORAGE_FAULT_KINDS as readonly string[]).includes(p) || (DATA_FILE_FAULT_POINTS as readonly string[]).includes(p);
+      const where = counted ? `${p}@${1 + (Math.floor(k / here.length) % 6)}` : p;
       return { kind: 'fault', where, errno: Math.floor(seed.pick / 100) % 3 === 0 ? 'enospc' : 'eio', op };
     },
     settleFailure: async (m, op, stamp, read) => {

@@ -19,7 +19,7 @@ import { OpParseError, type Op, type OpKind, type OpSeed, type OpSpec, type Rang
 
 export * from './types.js';
 export { aioPick, engineOrder, parseAioReads } from './aio.js';
-export { BLKDEBUG_EVENTS, blkdebugOptions, FaultContainmentError, faultPick, STORAGE_FAULT_KINDS, storagePoint } from './fault.js';
+export { BLKDEBUG_EVENTS, blkdebugOptions, DATA_FILE_FAULT_POINTS, FaultContainmentError, faultPick, STORAGE_FAULT_KINDS, storagePoint, TS_FAULT_POINTS } from './fault.js';
 
 const fault = makeFault({ specOf, formatOp, parseOp });
 

@@ -17,7 +17,7 @@ import type { CheckResult, OpenOptions } from '../../qcow2/types.js';
 import { creationOptions, DATA_FILE_NAME, passphraseOf, type TraceConfig } from '../config.js';
 import { visitCrashStates, type CrashVisit } from '../crash.js';
 import { createBacking } from '../fixture.js';
-import { ALL_OP_KINDS, specOf, specOfKind, STORAGE_FAULT_KINDS, type AioRequestKind, type EngineSession, type Op, type OpKind } from '../ops.js';
+import { ALL_OP_KINDS, specOf, specOfKind, TS_FAULT_POINTS, type AioRequestKind, type EngineSession, type Op, type OpKind } from '../ops.js';
 import type { CrashCoverage, OpOutcome, StampedOp, Target } from './types.js';
 
 export class TsTarget implements Target {
@@ -25,7 +25,7 @@ export class TsTarget implements Target {
   readonly verifyAfter = 'op';
   readonly capabilities: ReadonlySet<OpKind>;
   /** Fault ops fail the n-th storage request of a kind (the image runs on a FaultyStorage). */
-  readonly faultPoints = STORAGE_FAULT_KINDS;
+  readonly faultPoints = TS_FAULT_POINTS;
   /** aio groups may hold reads and discards too: the engine runs a group's requests in a serial order. */
   readonly aioRequests: ReadonlySet<AioRequestKind> = new Set(['write', 'write-zeroes', 'read', 'discard']);
   private dir = '';

@@ -1,22 +1,23 @@
 /**
  * `convert -O raw`: the source's non-zero granules written into a new
  * sparse file, made durable once at the end. The bytes and the holes are
- * what qemu-img convert -O raw gives (its default -S 4k); how they reach
- * the disk differs from its -t writeback, because that measured slow here:
- * it copies every byte into the page cache and leaves all of it to the
- * final fdatasync, so the device starts writing only once the copy is over
- * (0.5-0.6 s of a warm 1 GiB convert was that fdatasync alone).
+ * what qemu-img convert -O raw gives (its default -S 4k).
  *
- * - The output is written O_DIRECT from a ring of aligned buffers, several
- *   writes in flight on libuv's pool while the next chunks are read: the
- *   device writes while the copy goes on, no CPU goes to copying into
- *   fresh page-cache memory (44 % of our CPU on a 1 GiB copy, and erratic),
- *   and the final fsync has only metadata left.
- * - Where O_DIRECT is refused (a file system without it, an old addon, a
- *   write it will not take) and for pieces off a 4 KiB boundary, writes go
- *   through the page cache, writeback started behind them every
- *   WRITEBACK_STEP bytes (sync_file_range WRITE; no durability promise,
- *   the fsync still gives that), at most WRITE_MAX bytes a call.
+ * - By default the output goes through the page cache, at most WRITE_MAX
+ *   bytes a call, with writeback started behind it every WRITEBACK_STEP
+ *   bytes (sync_file_range WRITE; no durability promise, the final fsync
+ *   gives that): the device writes while the copy goes on, and the fsync at
+ *   the end has little left. qemu-img convert -t writeback leaves all of it
+ *   to its final flush instead.
+ * - With { direct: true } the output is written O_DIRECT from a ring of
+ *   aligned buffers, several writes in flight on libuv's pool while the next
+ *   chunks are read (no CPU goes to copying into page-cache memory). It was
+ *   the default until measured on a second machine (virtio disk, ext4), six
+ *   interleaved rounds of a warm 1 GiB image: page cache 1.72-1.96 s, O_DIRECT
+ *   1.96-2.83 s, qemu-img convert -t writeback 2.49-3.45 s; on the first one
+ *   O_DIRECT had been the faster. Where O_DIRECT is refused (a file system
+ *   without it, an old addon, a write it will not take) and for pieces off a
+ *   4 KiB boundary, writes go through the page cache as above.
  */
 import * as fs from 'node:fs';
 import { nativeAddon } from '../qcow2/storage/native.js';
@@ -42,13 +43,13 @@ const WRITEBACK_STEP = 4 * 1024 * 1024;
 const WRITE_MAX = 1024 * 1024;
 
 export interface RawOutputOptions {
-  /** false: through the page cache only, as where O_DIRECT is refused (the tests compare both). */
+  /** true: O_DIRECT from a ring of buffers where the file system takes it (the tests compare both); default false. */
   direct?: boolean;
 }
 
 /** Writes src's guest content into path (created, or truncated) as a sparse raw file and fsyncs it. */
 export async function convertToRaw(src: ReadableImage, path: string, o: RawOutputOptions = {}): Promise<void> {
-  const out = new RawOutput(path, src.device.virtualSize, o.direct ?? true);
+  const out = new RawOutput(path, src.device.virtualSize, o.direct ?? false);
   try {
     await out.copyFrom(src);
     out.finish();

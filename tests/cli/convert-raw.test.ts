@@ -1,7 +1,6 @@
 /**
- * convert -O raw's output (src/cli/convert-raw.ts), written O_DIRECT (the
- * CLI) and through the page cache (what a file system refusing O_DIRECT
- * gets): the same bytes as qemu-img convert -O raw, and the same holes (qemu-img map of both raw files, which reads SEEK_DATA/SEEK_HOLE),
+ * convert -O raw's output (src/cli/convert-raw.ts), written through the page
+ * cache (the CLI) and O_DIRECT (convertToRaw's { direct: true }): the same bytes as qemu-img convert -O raw, and the same holes (qemu-img map of both raw files, which reads SEEK_DATA/SEEK_HOLE),
  * on images whose data clusters hold zero granules, partial granules, a
  * size that is no multiple of 4 KiB, and 512-byte clusters whose data runs
  * start off any 4 KiB boundary.
@@ -63,14 +62,14 @@ describe('convert -O raw gives qemu-img\'s bytes and holes', () => {
       const r = await ours(dir, ['convert', '-O', 'raw', img, viaCli]);
       expect(r.stderr).toBe('');
       expect(r.rc).toBe(0);
-      const buffered = path.join(dir, `${c.cs}.buffered.raw`);
+      const direct = path.join(dir, `${c.cs}.direct.raw`);
       const src = openReadable(bufferContext(dir), img, { format: 'qcow2' });
       try {
-        await convertToRaw(src, buffered, { direct: false });
+        await convertToRaw(src, direct, { direct: true });
       } finally {
         src.device.close();
       }
-      for (const mine of [viaCli, buffered]) {
+      for (const mine of [viaCli, direct]) {
         const name = path.basename(mine);
         expect(fs.statSync(mine).size, `${name}: size`).toBe(c.size);
         expect(firstDiff(mine, ref), `${name}: first differing byte (-1 = identical)`).toBe(-1);

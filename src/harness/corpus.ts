@@ -116,11 +116,22 @@ export function failureSignature(target: string, oracle: string, message: string
   return `${target} ${oracle} at ${place}: ${shape}`;
 }
 
+/** What a signature is computed from: a corpus entry, a new one, or a failure a campaign just found. */
+export interface SignedFailure {
+  target: string;
+  producer?: string;
+  oracle: string;
+  message: string;
+  opIndex?: number;
+  ops: readonly (Op | string)[];
+}
+
 /**
- * An entry's signature, computed from its failure (so entries saved by an
- * older version, whose stored `signature` has another form, compare alike).
+ * The signature of an entry or of a failure, computed from the failure (so
+ * entries saved by an older version, whose stored `signature` has another
+ * form, compare alike).
  */
-export function entrySignature(t: Pick<TraceFile, 'target' | 'producer' | 'oracle' | 'message' | 'opIndex' | 'ops'>): string {
+export function entrySignature(t: SignedFailure): string {
   return failureSignature(targetKey(t.target, t.producer), t.oracle, t.message, failurePlace(t.opIndex, t.ops));
 }
 
@@ -187,7 +198,7 @@ export function writeEntry(corpusDir: string, e: NewEntry): { id: string; dir: s
       oracle: e.oracle,
       message: e.message,
       opIndex: e.opIndex,
-      signature: failureSignature(targetKey(e.target, e.producer), e.oracle, e.message, failurePlace(e.opIndex, e.ops)),
+      signature: entrySignature(e),
       external: e.external,
       producer: e.producer,
       implementation: e.implementation,

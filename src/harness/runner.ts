@@ -19,7 +19,7 @@ import * as path from 'node:path';
 import { configArb, opSeedsArb, type OpSeed } from './arbitraries.js';
 import { readerExternal } from './reader/external.js';
 import { backingChain, backingFileName, DATA_FILE_NAME, type TraceConfig } from './config.js';
-import { corpusMatches, corpusSignatures, describeMatches, failurePlace, failureSignature, targetKey, writeEntry, type CorpusMatch } from './corpus.js';
+import { corpusMatches, corpusSignatures, describeMatches, entrySignature, writeEntry, type CorpusMatch } from './corpus.js';
 import { runTrace, type RunOutcome } from './execute.js';
 import type { Failure, OracleName } from './oracles.js';
 import { formatOp, type Op } from './ops.js';
@@ -375,7 +375,7 @@ function knownFailure(c: ChunkContext, found: RunOutcome, seed: number, fcPath: 
   const f = found.failure;
   if (!f) return undefined;
   const producer = found.readerMode ? (c.o.producer ?? 'qemu') : undefined;
-  const id = c.known.get(failureSignature(targetKey(c.o.target, producer), f.oracle, f.message, failurePlace(f.opIndex, found.ops)));
+  const id = c.known.get(entrySignature({ target: c.o.target, producer, oracle: f.oracle, message: f.message, opIndex: f.opIndex, ops: found.ops }));
   if (id === undefined) return undefined;
   const report: FailureReport = {
     target: c.o.target,
@@ -444,7 +444,7 @@ async function saveFailure(
       ops: (flaky ? shrunk.ops : r.ops).map(formatOp),
     };
     if (producer) report.producer = producer;
-    const sig = failureSignature(targetKey(o.target, producer), failure.oracle, failure.message, failurePlace(failure.opIndex, flaky ? shrunk.ops : r.ops));
+    const sig = entrySignature({ target: o.target, producer, oracle: failure.oracle, message: failure.message, opIndex: failure.opIndex, ops: flaky ? shrunk.ops : r.ops });
     const seen = known.get(sig);
     if (seen) {
       report.corpusId = seen;

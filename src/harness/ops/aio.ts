@@ -256,7 +256,7 @@ function growGroup(
  * cluster with one of its writes (the known QEMU race), or null when fewer
  * than two requests are left.
  */
-export function zeroingApartFromWrites(reqs: AioRequest[], cs: number): AioRequest[] | null {
+function zeroingApartFromWrites(reqs: AioRequest[], cs: number): AioRequest[] | null {
   const clusters = (r: AioRequest): [number, number] => [Math.floor(r.off / cs), Math.floor((r.off + r.len - 1) / cs)];
   const writes = reqs.filter((r) => r.kind === 'write').map(clusters);
   const kept = reqs.filter((r) => {

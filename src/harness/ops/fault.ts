@@ -216,8 +216,8 @@ export function makeFault(t: OpTable): OpSpec<FaultOp> {
       const here = model.dataFile ? points : points.filter((p) => !(DATA_FILE_FAULT_POINTS as readonly string[]).includes(p));
       const k = Math.floor(seed.pick / FAULT_SHARE);
       const p = here[k % here.length]!;
-      const counted = (STORAGE_FAULT_KINDS as readonly string[]).includes(p) || (DATA_FILE_FAULT_POINTS as readonly string[]).includes(p);
-      const where = counted ? `${p}@${1 + (Math.floor(k / here.length) % 6)}` : p;
+      // Our engine's points count requests (`write@3`); a blkdebug event names itself.
+      const where = TS_FAULT_POINTS.includes(p) ? `${p}@${1 + (Math.floor(k / here.length) % 6)}` : p;
       return { kind: 'fault', where, errno: Math.floor(seed.pick / 100) % 3 === 0 ? 'enospc' : 'eio', op };
     },
     settleFailure: async (m, op, stamp, read) => {

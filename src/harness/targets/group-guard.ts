@@ -12,7 +12,8 @@
  * It is the pattern of the QEMU tool runner's watchdog (src/qemu/shell.ts),
  * for programs that are not run through it.
  */
-import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import { spawn, type ChildProcessByStdio } from 'node:child_process';
+import type { Writable } from 'node:stream';
 
 // Lines "+PGID" add a group, "-PGID" remove one; at end of input every group left gets KILL.
 const GUARD_SCRIPT = [
@@ -27,25 +28,24 @@ const GUARD_SCRIPT = [
   'for g in $groups; do kill -KILL -"$g" 2>/dev/null; done',
 ].join('\n');
 
-let guard: ChildProcessWithoutNullStreams | undefined;
+type Guard = ChildProcessByStdio<Writable, null, null>;
+let guard: Guard | undefined;
 
-function guardProcess(): ChildProcessWithoutNullStreams | undefined {
+function guardProcess(): Guard {
   if (guard && guard.exitCode === null && guard.signalCode === null) return guard;
-  const p = spawn('/bin/sh', ['-c', GUARD_SCRIPT], { stdio: ['pipe', 'pipe', 'pipe'], detached: true });
+  const p = spawn('/bin/sh', ['-c', GUARD_SCRIPT], { stdio: ['pipe', 'ignore', 'ignore'], detached: true });
   p.on('error', () => undefined);
   p.stdin.on('error', () => undefined);
   // Neither the guard nor its pipe keeps this process running.
   p.unref();
   (p.stdin as unknown as { unref?: () => void }).unref?.();
-  (p.stdout as unknown as { unref?: () => void }).unref?.();
-  (p.stderr as unknown as { unref?: () => void }).unref?.();
   guard = p;
   return p;
 }
 
 /** Kill group `pgid` when this process ends, unless released first. */
 export function guardGroup(pgid: number): void {
-  guardProcess()?.stdin.write(`+${pgid}\n`);
+  guardProcess().stdin.write(`+${pgid}\n`);
 }
 
 /** The group has been killed (or has ended): the guard forgets it, so a reused id is never hit. */

@@ -14,7 +14,7 @@ import type { Qcow2Image } from '../qcow2/image.js';
 import type { BlockStorage } from '../qcow2/storage/types.js';
 import type { GuestDevice } from '../qcow2/types.js';
 import { SECTOR_SIZE } from '../qcow2/format/constants.js';
-import { fullBackingFilename } from './commands/info.js';
+import { fullBackingName } from '../qcow2/backing-name.js';
 import { CommandFailed, describeQcow2Error, EXIT_FAILURE } from './errors.js';
 import { Qcow2Error } from '../qcow2/errors.js';
 
@@ -82,7 +82,7 @@ export function qcow2Layer(img: Qcow2Image, name: string, dataFileName: string |
   const info = img.info();
   const l = img.layer();
   const dataName = dataFileName ?? name;
-  const backing = l.backing ? deviceLayer(l.backing, fullBackingFilename(name, info.backingFile ?? '')) : null;
+  const backing = l.backing ? deviceLayer(l.backing, fullBackingName(name, info.backingFile ?? '')) : null;
   const size = img.virtualSize;
   return {
     size,

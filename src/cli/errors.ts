@@ -66,7 +66,10 @@ function oneLine(s: string): string {
 
 /** Adds what kind of problem it is, unless the engine's message already says so. */
 function categorised(prefix: string, message: string): string {
-  return message.toLowerCase().includes(prefix.split(' ')[0]!.toLowerCase()) ? message : `${prefix}: ${message}`;
+  // A backing image's failure carries QEMU's "Could not open backing file: " per level: the kind goes after them.
+  const chain = /^(Could not open backing file: )*/.exec(message)![0];
+  const reason = message.slice(chain.length);
+  return chain + (reason.toLowerCase().includes(prefix.split(' ')[0]!.toLowerCase()) ? reason : `${prefix}: ${reason}`);
 }
 
 /** The one line shown for a Qcow2Error, by subclass (most specific first). */

@@ -7,8 +7,9 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { getSystemErrorMap } from 'node:util';
-import { BackingFileError, InvalidArgumentError, InvalidImageError, NotRegularFileError, StorageIoError } from './errors.js';
+import { BackingFileError, InvalidArgumentError, Qcow2Error, InvalidImageError, NotRegularFileError, StorageIoError } from './errors.js';
 import { QCOW2_MAGIC } from './format/constants.js';
+import { hasProtocol, resolveBackingName, type BackingTarget } from './backing-name.js';
 import { resolveCreateOptions } from './create.js';
 import { createDataFile, dataFileOpener } from './data-file-open.js';
 import { Qcow2Image } from './image.js';
@@ -39,7 +40,10 @@ export interface FileOpenOptions extends OpenOptions {
   withoutDataFile?: boolean;
   /** Leave the backing file closed (qemu-img info: BDRV_O_NO_BACKING), so an overlay whose backing file is gone still opens. */
   withoutBacking?: boolean;
-  /** Directory a relative data file name is taken from (QEMU 7.2: the current directory; default process.cwd()). */
+  /**
+   * Directory a relative data file name is taken from (QEMU 7.2: the current directory; default process.cwd()),
+   * and a backing name with a protocol (file:, json:).
+   */
   dataFileBase?: string;
 }
 
@@ -96,39 +100,44 @@ export function probeFormat(file: string, name = file): ImageFormat {
   }
 }
 
-/** path_combine: a relative backing name is relative to the directory of the image naming it. */
-function combine(imagePath: string, name: string): string {
-  return path.isAbsolute(name) ? name : path.join(path.dirname(imagePath), name);
-}
-
 function backingOpener(imagePath: string, depth: number, o: FileOpenOptions = {}) {
   return (name: string, fmt: BackingFormat | undefined): GuestDevice => {
     if (depth >= MAX_BACKING_DEPTH) throw new InvalidImageError(`backing chain deeper than ${MAX_BACKING_DEPTH} images (a loop?)`);
     // Backing files are only ever read, and locked as QEMU locks them: as a
     // read-only image of their format, force-shared when the top image is.
-    const shownAs = o.shownAs === undefined ? undefined : combine(o.shownAs, name);
+    let target: BackingTarget | undefined;
     try {
-      return openAt(combine(imagePath, name), { readOnly: true, format: fmt, forceShare: o.forceShare, shownAs }, depth + 1);
+      target = resolveBackingName(imagePath, name, fmt, { imageShownAs: o.shownAs, cwd: o.dataFileBase });
+      const shownAs = o.shownAs === undefined && !hasProtocol(name) ? undefined : target.shownAs;
+      return openAt(target.file, { readOnly: true, format: target.format, forceShare: o.forceShare, shownAs, dataFileBase: o.dataFileBase }, depth + 1);
     } catch (e) {
-      throw backingOpenFailed(e, shownAs ?? combine(imagePath, name));
+      throw backingOpenFailed(e, target?.shownAs ?? name);
     }
   };
 }
 
 /**
- * bdrv_open_backing_file's words: "Could not open backing file: " before the
- * reason, which for a file that cannot be opened is file-posix's "Could not
- * open 'NAME': strerror". Other failures (a corrupt backing image, a lock)
- * keep their own error.
+ * bdrv_open_backing_file's words: "Could not open backing file: " before
+ * whatever reason the backing image did not open for; for a file that cannot
+ * be opened the reason is file-posix's "Could not open 'NAME': strerror".
+ * An engine error keeps its class (a corrupt backing image is still corrupt,
+ * a lock still a lock: the exit code says so) with the prefix on its message.
  */
 const OPEN_ERRNOS = new Set(['ENOENT', 'EACCES', 'EPERM', 'ENOTDIR', 'ELOOP', 'ENAMETOOLONG']);
 
+const BACKING_PREFIX = 'Could not open backing file: ';
+
 function backingOpenFailed(e: unknown, shownAs: string): unknown {
-  if (e instanceof BackingFileError) return new BackingFileError(`Could not open backing file: ${e.message}`);
   const code = e instanceof StorageIoError && e.code !== undefined && OPEN_ERRNOS.has(e.code) ? e.code : undefined;
   const text = code === undefined ? undefined : getSystemErrorMap().get(-(os.constants.errno as Record<string, number>)[code]!)?.[1];
-  if (code === undefined || text === undefined) return e;
-  return new BackingFileError(`Could not open backing file: Could not open '${shownAs}': ${text[0]!.toUpperCase()}${text.slice(1)}`);
+  if (code !== undefined && text !== undefined) {
+    return new BackingFileError(`${BACKING_PREFIX}Could not open '${shownAs}': ${text[0]!.toUpperCase()}${text.slice(1)}`);
+  }
+  if (e instanceof Qcow2Error) {
+    e.message = BACKING_PREFIX + e.message;
+    return e;
+  }
+  return e;
 }
 
 function openAt(file: string, o: FileOpenOptions, depth: number): OpenedImage {
@@ -183,7 +192,7 @@ export function createQcow2File(
   try {
     if (o.dataFile !== undefined) data = createDataFile(o.dataFile, dataFileBase);
     const openDataFile = open.openDataFile ?? (data ? () => data : undefined);
-    return Qcow2Image.create(storage, o, { ...engine, openDataFile, openBacking: open.openBacking ?? backingOpener(file, 0, { shownAs }) });
+    return Qcow2Image.create(storage, o, { ...engine, openDataFile, openBacking: open.openBacking ?? backingOpener(file, 0, { shownAs, dataFileBase }) });
   } catch (e) {
     data?.close();
     storage.close();

@@ -7,7 +7,7 @@ import { all, has, parseArgs } from '../args.js';
 import type { CliContext } from '../context.js';
 import { CommandFailed, EXIT_OK, UsageError } from '../errors.js';
 import { parseFormat, reason, resolvePath } from '../open.js';
-import { fullBackingFilename } from './info.js';
+import { fullBackingName, resolveBackingName } from '../../qcow2/backing-name.js';
 import { CREATE_OPTION_HELP, createOptionsFrom, formattingLine, parseOptionList, wantsOptionHelp } from '../options.js';
 import { parseImageSize } from '../sizes.js';
 import { secretStore } from '../image-opts.js';
@@ -80,16 +80,16 @@ export async function createCommand(argv: string[], ctx: CliContext): Promise<nu
       // As qemu-img: the backing file must open (and it gives the size when
       // none was given); only then is a missing -F reported, with the format
       // it would have guessed.
-      const backingPath = path.resolve(path.dirname(resolvePath(ctx, file)), co.backingFile);
       let backingSize: number;
       let probed: string;
       try {
-        const dev = openImageFile(backingPath, { readOnly: true, format: co.backingFormat });
+        const backing = resolveBackingName(resolvePath(ctx, file), co.backingFile, co.backingFormat, { cwd: ctx.cwd });
+        const dev = openImageFile(backing.file, { readOnly: true, format: backing.format, dataFileBase: ctx.cwd });
         backingSize = dev.virtualSize;
         probed = dev.format;
         dev.close();
       } catch (e) {
-        throw new CommandFailed(`${file}: Could not open '${fullBackingFilename(file, co.backingFile)}': ${reason(e)}; Could not open backing image.`);
+        throw new CommandFailed(`${file}: Could not open '${fullBackingName(file, co.backingFile)}': ${reason(e)}; Could not open backing image.`);
       }
       if (co.backingFormat === undefined) {
         throw new CommandFailed(`${file}: Backing file specified without backing format; Detected format of ${probed}.`);

@@ -1,4 +1,5 @@
 import * as fs from 'node:fs';
+import { fullBackingName } from '../../qcow2/backing-name.js';
 import { has, last, parseArgs } from '../args.js';
 import type { CliContext } from '../context.js';
 import { CommandFailed, EXIT_OK, UsageError } from '../errors.js';
@@ -23,12 +24,6 @@ opened, is invalid, corrupt or unsupported, an I/O error), 70 an internal error.
 `;
 
 /** qemu's path_combine: a relative backing name is relative to the image's directory, as the image was named. */
-export function fullBackingFilename(imageName: string, backing: string): string {
-  if (backing.startsWith('/')) return backing;
-  const slash = imageName.lastIndexOf('/');
-  return slash < 0 ? backing : imageName.slice(0, slash + 1) + backing;
-}
-
 export function outputFormat(v: string | undefined, command: string): 'human' | 'json' {
   if (v === undefined || v === 'human') return 'human';
   if (v === 'json') return 'json';
@@ -74,7 +69,7 @@ function describe(ctx: CliContext, file: string, format: ImageFormat | undefined
     if (info.encrypted) j['encrypted'] = true;
     let next: Described['next'];
     if (info.backingFile !== undefined) {
-      const full = fullBackingFilename(file, info.backingFile);
+      const full = fullBackingName(file, info.backingFile);
       j['full-backing-filename'] = full;
       j['backing-filename'] = info.backingFile;
       const bf = info.backingFormat;

@@ -2,7 +2,7 @@
  * The installed command itself (dist/cli/main.js, spawned): help everywhere,
  * one-line errors with the documented exit codes, never a stack trace.
  */
-import { execaNode } from 'execa';
+import { execa, execaNode } from 'execa';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -142,5 +142,28 @@ describe('the qcow2-harness command', () => {
     expect(r.stderr).toBe('');
     expect(r.stdout).toMatch(/RESULT: OK/);
     expect(r.rc).toBe(0);
+  });
+});
+
+describe('io reading commands from standard input', () => {
+  // Scripts of every kind qemu-io's command loop meets: output, a failing command,
+  // a blank line, a '#' line (a command to qemu-io, not a comment), quit, no final newline.
+  const scripts = [
+    'write -P 0x33 0 4k\nread -P 0x33 0 4k\nbogus\n\nlength\n',
+    'length',
+    '# not a comment\n  length\nlength extra\nquit\nlength\n',
+  ];
+  it.each(scripts.map((s, i) => [i, s]))('script %i prints what qemu-io prints, prompts included', async (_i, script) => {
+    const timing = (s: string) => s.replace(/; [\d.]+ sec \(.*\)/g, '; T sec');
+    const results = [];
+    for (const who of ['qemu', 'ours'] as const) {
+      ok(await qemuImg(['create', '-q', '-f', 'qcow2', path.join(dir, 'stdin.qcow2'), '1M']), 'create');
+      const r =
+        who === 'qemu'
+          ? await execa('qemu-io', ['stdin.qcow2'], { cwd: dir, input: script, reject: false, stripFinalNewline: false })
+          : await execaNode(bin, ['io', 'stdin.qcow2'], { cwd: dir, input: script, reject: false, stripFinalNewline: false, env: { LC_ALL: 'C' } });
+      results.push({ rc: r.exitCode, stdout: timing(String(r.stdout)), stderr: String(r.stderr).replace(/^qemu-io: |^qcow2-harness: /gm, '') });
+    }
+    expect(results[1]).toEqual(results[0]);
   });
 });

@@ -10,7 +10,7 @@ export const IO_HELP = `Usage: qcow2-harness io [--object OBJ] [--image-opts] [-
 
 Runs qemu-io commands against an image through this project's engine, in
 order, as 'qemu-io'. Without -c, commands are read from standard input, one
-per line. A failed command (an I/O error, a failed pattern verification, a
+per line, each after a 'qemu-io> ' prompt as qemu-io prints them. A failed command (an I/O error, a failed pattern verification, a
 bad argument) is reported and the next one still runs; the exit code is then
 1, as qemu-io's.
 ${IMAGE_OPTS_HELP}
@@ -61,6 +61,9 @@ export async function ioCommand(argv: string[], outer: CliContext): Promise<numb
   }
 }
 
+/** qemu-io's prompt (get_prompt: the program name), printed whether or not the input is a terminal. */
+const PROMPT = 'qemu-io> ';
+
 async function runIo(argv: string[], ctx: CliContext): Promise<number> {
   const p = parseArgs(argv, { short: { f: true, r: false, c: true, n: false, U: false, t: true, d: true }, long: { 'force-share': false, ...IMAGE_OPTS_LONG } }, 'io');
   if (has(p, 'help')) {
@@ -71,7 +74,14 @@ async function runIo(argv: string[], ctx: CliContext): Promise<number> {
   const spec = imageSpec(p, p.operands[0]!, 'io');
   const file = spec.file;
   let commands = all(p, 'c');
-  if (commands.length === 0) commands = fs.readFileSync(0, 'utf8').split('\n').filter((l) => l.trim() !== '' && !l.trimStart().startsWith('#'));
+  // Without -c, qemu-io's command loop: a prompt before each line it reads,
+  // and one more at the end of input; every line is a command (qemu-io has no
+  // comments: "# x" is command "#", not found), blank ones do nothing.
+  const interactive = commands.length === 0;
+  if (interactive) {
+    commands = fs.readFileSync(0, 'utf8').split('\n');
+    if (commands.at(-1) === '') commands.pop();
+  }
   const how = { format: spec.format, readOnly: has(p, 'r'), forceShare: forceShare(p), passphrase: spec.passphrase(), name: spec.shownAs, dataFile: spec.dataFile };
   await prepareIoCommands(commands);
   const open = (): WritableDevice => {
@@ -91,9 +101,12 @@ async function runIo(argv: string[], ctx: CliContext): Promise<number> {
   let failed = false;
   try {
     for (const c of commands) {
+      if (interactive) ctx.stdout(PROMPT);
+      if (interactive && c.trim() === '') continue;
       if (!runIoCommand(session, c, ctx)) failed = true;
       if (session.quit) break;
     }
+    if (interactive && !session.quit) ctx.stdout(PROMPT);
   } finally {
     try {
       session.dev.close();

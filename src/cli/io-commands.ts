@@ -4,22 +4,16 @@ import type { EngineSession } from '../harness/ops/index.js';
 import { UnsupportedFeatureError } from '../qcow2/errors.js';
 import { SECTOR_SIZE } from '../qcow2/format/constants.js';
 import type { CliContext } from './context.js';
+import { CommandFailed } from './errors.js';
 import type { WritableDevice } from './open.js';
 import { Qcow2Device, reason, resolvePath } from './open.js';
 import { parseBool, parseCompat, parseOptionList, parseRefcountBits } from './options.js';
 import { argCount, cvtnum, CmdError, DEFAULT_WRITE_PATTERN, expectArgs, getopt, hexdump, inDevice, parsePattern, report, REQUEST_MAX_BYTES } from './io-util.js';
-import { VECTOR_COMMANDS } from './io-vector.js';
+import { AIO_WRITE_OPTIONS, VECTOR_COMMANDS, WRITEV_OPTIONS } from './io-vector.js';
 import { FILE_COMMANDS } from './io-file-commands.js';
+import { SESSION_COMMANDS, type IoSession } from './io-session.js';
 
-/** The open image a command works on; `reopen` swaps it for a fresh open of the same file. */
-export interface IoSession {
-  dev: WritableDevice;
-  /** Opened with -r: commands that need write permission are refused before they run. */
-  readOnly?: boolean;
-  reopen(): void;
-  /** Set by quit: the commands after it are not run (qemu-io's quit_f ends the command loop). */
-  quit?: boolean;
-}
+export { IoSession } from './io-session.js';
 
 /**
  * qemu-io's command language (the subset this project needs): each command
@@ -48,6 +42,7 @@ through this command as it reads:
 `;
 
 const READ_USAGE = 'read [-abCqv] [-P pattern [-s off] [-l len]] off len -- reads a number of bytes at a specified offset';
+const WRITE_OPTIONS = ['bcCfnpquz', 'Ps'] as const;
 const WRITE_USAGE = 'write [-bcCfnquz] [-P pattern | -s source_file] off len -- writes a number of bytes at a specified offset';
 const DISCARD_USAGE = 'discard [-Cq] off len -- discards a number of bytes at a specified offset';
 
@@ -94,7 +89,7 @@ function failed(ctx: CliContext, verb: string): false {
 }
 
 function writeCmd(dev: WritableDevice, args: string[], ctx: CliContext): boolean {
-  const { opts, rest } = getopt('write', WRITE_USAGE, args, 'bcCfnpquz', 'Ps');
+  const { opts, rest } = getopt('write', WRITE_USAGE, args, ...WRITE_OPTIONS);
   argCount('write', args.length, 2);
   if (rest.length !== 2) throw new CmdError('', 'stdout', WRITE_USAGE);
   const zero = opts.has('z');
@@ -216,7 +211,7 @@ function flushCmd(dev: WritableDevice, args: string[], ctx: CliContext): boolean
   return true;
 }
 
-function qcow2Of(dev: WritableDevice, name: string) {
+function qcow2Of(dev: WritableDevice | undefined, name: string) {
   if (!(dev instanceof Qcow2Device)) throw new CmdError(`${name} needs a qcow2 image`);
   return dev.image;
 }
@@ -291,6 +286,15 @@ const COMMANDS: Record<string, IoCommand> = {
   ...FILE_COMMANDS,
 };
 
+/** The commands whose requests carry FUA when the write cache is off (blk_co_do_pwritev_part); discard and truncate do not. */
+const WRITETHROUGH_FLUSHED = new Set(['write', 'w', 'writev', 'aio_write']);
+
+/** -f: the write is a FUA request, durable before it completes whatever the cache mode (emulated by a flush). */
+function fua(name: string, args: string[]): boolean {
+  const options: readonly [string, string] = name === 'writev' ? WRITEV_OPTIONS : name === 'aio_write' ? AIO_WRITE_OPTIONS : WRITE_OPTIONS;
+  return getopt(name, '', args, options[0], options[1]).opts.has('f');
+}
+
 /** The commands whose qemu-io table entry asks for BLK_PERM_WRITE. */
 const WRITE_PERMISSION = new Set(['write', 'w', 'writev', 'aio_write', 'discard', 'd', 'truncate', 't']);
 
@@ -304,7 +308,7 @@ export async function prepareIoCommands(lines: readonly string[]): Promise<void>
   if (opTable) return;
   const needsTable = lines.some((l) => {
     const name = l.trim().split(/\s+/, 1)[0];
-    return name !== undefined && name !== '' && name !== 'quit' && name !== 'q' && !Object.hasOwn(COMMANDS, name);
+    return name !== undefined && name !== '' && name !== 'quit' && name !== 'q' && !Object.hasOwn(COMMANDS, name) && !Object.hasOwn(SESSION_COMMANDS, name);
   });
   if (needsTable) opTable = await import('../harness/ops/index.js');
 }
@@ -318,33 +322,55 @@ export function runIoCommand(session: IoSession, line: string, ctx: CliContext):
     session.quit = true;
     return true;
   }
-  const dev = session.dev;
+  try {
+    const global = SESSION_COMMANDS[name];
+    if (global) return global(session, args);
+  } catch (e) {
+    if (e instanceof CmdError) return reportCmdError(e, ctx);
+    // An open that failed is one failed command: the script goes on (openfile's error_report).
+    if (e instanceof CommandFailed) {
+      ctx.stderr(`qcow2-harness: ${e.message}\n`);
+      return false;
+    }
+    throw e;
+  }
   const fn = COMMANDS[name];
-  if (!fn) {
+  if (!fn && !opTable?.isOpVerb(name)) {
     if (!opTable) throw new Error(`io: '${name}' needs the op table, which prepareIoCommands did not load`);
-    if (opTable.isOpVerb(name)) return runTableOp(opTable, session, line, name, ctx);
     ctx.stderr(`command "${name}" not found\n`);
     return false;
   }
+  // command(): a command that is not global needs an open image.
+  const dev = session.dev;
+  if (!dev) {
+    ctx.stderr("no file open, try 'help open'\n");
+    return false;
+  }
+  if (!fn) return runTableOp(opTable!, session, line, name, ctx);
   if (session.readOnly && WRITE_PERMISSION.has(name)) {
     // command()'s blk_set_perm fails first, as error_report on stderr.
     ctx.stderr('qcow2-harness: Block node is read-only\n');
     return false;
   }
   try {
-    return fn(dev, args, ctx);
+    if (!fn(dev, args, ctx)) return false;
+    // Writethrough: the block layer flushes a write before it completes (BDRV_REQ_FUA, emulated by a flush).
+    if (WRITETHROUGH_FLUSHED.has(name) && (session.writethrough || fua(name, args))) return attempt(name === 'w' ? 'write' : name, ctx, () => dev.flush());
+    return true;
   } catch (e) {
-    if (e instanceof CmdError) {
-      if (e.message) (e.stream === 'stderr' ? ctx.stderr : ctx.stdout)(`${e.message}\n`);
-      if (e.usage) ctx.stdout(`${e.usage}\n`);
-      return false;
-    }
+    if (e instanceof CmdError) return reportCmdError(e, ctx);
     if ((e as { code?: string }).code === 'EINVAL') {
       ctx.stdout(`${name === 'w' ? 'write' : name} failed: Invalid argument\n`);
       return false;
     }
     throw e;
   }
+}
+
+function reportCmdError(e: CmdError, ctx: CliContext): false {
+  if (e.message) (e.stream === 'stderr' ? ctx.stderr : ctx.stdout)(`${e.message}\n`);
+  if (e.usage) ctx.stdout(`${e.usage}\n`);
+  return false;
 }
 
 /**

@@ -15,6 +15,10 @@ import { argCount, CmdError, cvtnum, DEFAULT_WRITE_PATTERN, getopt, hexdump, inD
 import { Qcow2Device, reason, type WritableDevice } from './open.js';
 import { cvtstr } from './sizes.js';
 
+/** getopt's flags and options-with-a-value of writev and aio_write (their -f asks for FUA). */
+export const WRITEV_OPTIONS = ['Cfq', 'P'] as const;
+export const AIO_WRITE_OPTIONS = ['Cfiquz', 'P'] as const;
+
 const READV_USAGE = 'readv [-Cqv] [-P pattern] off len [len..] -- reads a number of bytes at a specified offset';
 const WRITEV_USAGE = 'writev [-Cfq] [-P pattern] off len [len..] -- writes a number of bytes at a specified offset';
 const AIO_READ_USAGE = 'aio_read [-Ciqv] [-P pattern] off len [len..] -- asynchronously reads a number of bytes';
@@ -93,7 +97,7 @@ function readvCmd(dev: WritableDevice, args: string[], ctx: CliContext): boolean
 
 function writevCmd(dev: WritableDevice, args: string[], ctx: CliContext): boolean {
   argCount('writev', args.length, 2);
-  const { opts, rest } = getopt('writev', WRITEV_USAGE, args, 'Cfq', 'P');
+  const { opts, rest } = getopt('writev', WRITEV_USAGE, args, ...WRITEV_OPTIONS);
   const { offset, lengths } = vectorOperands(rest, WRITEV_USAGE);
   return vectorWrite(dev, opts, offset, vectorLength(lengths), ctx, 'writev');
 }
@@ -111,7 +115,7 @@ function aioReadCmd(dev: WritableDevice, args: string[], ctx: CliContext): boole
 
 function aioWriteCmd(dev: WritableDevice, args: string[], ctx: CliContext): boolean {
   argCount('aio_write', args.length, 2);
-  const { opts, rest } = getopt('aio_write', AIO_WRITE_USAGE, args, 'Cfiquz', 'P');
+  const { opts, rest } = getopt('aio_write', AIO_WRITE_USAGE, args, ...AIO_WRITE_OPTIONS);
   if (rest.length < 2) throw new CmdError('', 'stdout', AIO_WRITE_USAGE);
   if (opts.has('z') && rest.length !== 2) throw new CmdError('-z supports only a single length parameter');
   if (opts.has('u') && !opts.has('z')) throw new CmdError('-u requires -z to be specified');

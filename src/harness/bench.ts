@@ -280,9 +280,10 @@ async function benchConvert(c: Ctx, cache: 'warm' | 'cold'): Promise<BenchResult
 }
 
 /**
- * qemu-io's default cache mode is writethrough (a flush after every write);
- * our `io` flushes only at the end. The like-for-like figure is against
- * `-t writeback`; the default is reported too, so the difference is visible.
+ * Both tools' default cache mode is writethrough (a flush after every write);
+ * the headline figure is `-t writeback` on both sides (one flush, at the
+ * close), where the engines' own costs show; the defaults are a row of their
+ * own, where the disk's flush time dominates.
  */
 async function benchWrites(c: Ctx, cache: 'warm' | 'cold'): Promise<BenchResult[]> {
   const rand = prng(0x5eed);
@@ -297,22 +298,24 @@ async function benchWrites(c: Ctx, cache: 'warm' | 'cold'): Promise<BenchResult[
   };
   const qArgs = ['-t', 'writeback', '-f', 'qcow2', ...args, img('qemu')];
   const qArgsD = ['-f', 'qcow2', ...args, img('qemu-wt')];
-  const oArgs = [c.cli, 'io', img('ours'), ...args];
+  const oArgs = [c.cli, 'io', '-t', 'writeback', img('ours'), ...args];
+  const oArgsD = [c.cli, 'io', img('ours-wt'), ...args];
   const r = await pairs(c.o.pairs, cache, { cmd: process.execPath, args: oArgs, prepare: fresh(img('ours')) }, [
     { cmd: 'qemu-io', args: qArgs, prepare: fresh(img('qemu')) },
     { cmd: 'qemu-io', args: qArgsD, prepare: fresh(img('qemu-wt')) },
     NODE_FLOOR,
     qemuStartSide('qemu-io'),
+    { cmd: process.execPath, args: oArgsD, prepare: fresh(img('ours-wt')) },
   ]);
   const start = qemuStartOf('qemu-io', r.times[4]!);
-  const cmp = await execa('qemu-img', ['compare', '-q', img('qemu'), img('ours')], { reject: false });
-  const verified = cmp.exitCode === 0 && (await qemuCheckClean(img('ours')));
+  const same = async (a: string, b: string) => (await execa('qemu-img', ['compare', '-q', img(a), img(b)], { reject: false })).exitCode === 0;
+  const verified = (await same('qemu', 'ours')) && (await same('qemu-wt', 'ours-wt')) && (await qemuCheckClean(img('ours'))) && (await qemuCheckClean(img('ours-wt')));
   const name = `${c.o.writes} random 4 KiB writes in one process, ${sizeName(c.o)} image, 64 KiB clusters`;
   const k = cacheLabel(cache, r.cold);
   return [
     result(`${name}, vs qemu-io -t writeback`, k, r.times[0]!, r.times[1]!, { ours: show('node', oArgs), qemu: show('qemu-io', qArgs) }, verified, undefined, r.times[3], true, start),
-    result(`${name}, vs qemu-io default (writethrough)`, k, r.times[0]!, r.times[2]!, { ours: show('node', oArgs), qemu: show('qemu-io', qArgsD) }, verified,
-      'not like for like: writethrough flushes after every write', r.times[3], false, start),
+    result(`${name}, both defaults (writethrough: a flush after every write)`, k, r.times[5]!, r.times[2]!, { ours: show('node', oArgsD), qemu: show('qemu-io', qArgsD) }, verified,
+      undefined, r.times[3], true, start),
   ];
 }
 

@@ -74,6 +74,9 @@ export function writableL2(s: ImageState, guestCluster: number): WritableEntry {
   const data = old !== 0 ? s.l2Cache.get(old).data.slice() : new Uint8Array(s.clusterSize);
   const off = s.refcounts.allocClusters(1);
   s.claimNew(off, s.clusterSize, MetaKind.ActiveL2);
+  // The new table's refcount is durable before the table is (l2_allocate flushes the refcount
+  // cache whatever the lazy refcounts: only data clusters' refcounts may lag on a dirty image).
+  s.refcounts.flush();
   const table = s.l2Cache.put(off, data, true);
   s.writeBackL2(table);
   table.dirty = false;

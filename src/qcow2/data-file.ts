@@ -23,8 +23,10 @@ export const DATA_FILE_SNAPSHOT_REFUSAL = `-95 (${DATA_FILE_NOT_SUPPORTED})`;
 
 /** A host cluster for guest cluster vc: its guest offset in the data file, or a fresh cluster of the image file. */
 export function allocDataCluster(s: ImageState, vc: number): number {
-  if (s.hasDataFile) return vc * s.clusterSize;
-  return s.refcounts.allocClusters(1);
+  if (!s.hasDataFile) return s.refcounts.allocClusters(1);
+  // Written again before the discard that freed it went through: the discard must not wipe the new data.
+  s.pendingDataDiscards.delete(vc * s.clusterSize);
+  return vc * s.clusterSize;
 }
 
 /**
@@ -32,12 +34,18 @@ export function allocDataCluster(s: ImageState, vc: number): number {
  * (QEMU: qcow2_free_any_cluster → bdrv_pdiscard on s->data_file). A
  * discarded range reads as zeros: file-posix punches a hole, we write the
  * zeros (only inside the file; a hole past its end reads as zeros anyway).
+ *
+ * It waits for the flush that makes the L2 update dropping the cluster
+ * durable (ImageState.applyDataDiscards), as a refcount decrement waits
+ * (freeLater): QEMU discards at once, and a crash before that L2 table
+ * reaches the disk then leaves the old entry pointing at a hole, which reads
+ * as zeros the guest never wrote there and, in an encrypted image, as the
+ * decryption of zeros (found by `fuzz --target ts --seed 77`). With
+ * data_file_raw the data file is the guest view and is zeroed at once.
  */
 export function discardDataCluster(s: ImageState, host: number): void {
-  const data = s.dataStorage;
-  if (!data) return;
-  const end = Math.min(host + s.clusterSize, data.size());
-  if (end > host) data.write(host, new Uint8Array(end - host));
+  if (s.dataFileRaw) s.zeroDataCluster(host);
+  else if (s.dataStorage) s.pendingDataDiscards.add(host);
 }
 
 /** Zeroes [a, b) of the data file, as qcow2_subcluster_zeroize does first with data_file_raw. */

@@ -140,8 +140,9 @@ export class Qcow2Image implements GuestDevice {
     discardRange(this.s, offset, length);
   }
 
+  /** The guest's flush: what it wrote is durable (ImageState.flushGuest: what lazy refcounts leave out). */
   flush(): void {
-    this.s.flush();
+    this.s.flushGuest();
   }
 
   /** Stores the persistent bitmaps first, as QEMU does on close (qcow2_inactivate); the state closes even if that fails. */

@@ -84,6 +84,8 @@ export class ImageState implements RefcountHost {
   private dirtyMarked = false;
   /** Guest data written since the last storage flush (an L2 table pointing at it must wait). */
   private unsyncedData = false;
+  /** Data-file clusters freed by a guest discard, discarded once the L2 update is durable (data-file.ts). */
+  readonly pendingDataDiscards = new Set<number>();
 
   /** Reads and validates the first cluster; open.ts loads the tables. */
   constructor(storage: BlockStorage, opts: OpenOptions) {
@@ -250,7 +252,9 @@ export class ImageState implements RefcountHost {
    */
   writeBackL2(t: CachedTable): void {
     let barrier = this.unsyncedData;
-    if (this.refcounts.cache.hasDirty()) {
+    // A dirty lazy-refcounts image may have L2 entries ahead of their refcounts on disk (the
+    // open repairs them): QEMU sets no L2 -> refcount cache dependency then (qcow2_alloc_cluster_link_l2).
+    if (!this.refcountsMayLag && this.refcounts.cache.hasDirty()) {
       this.refcounts.flush();
       barrier = true;
     }
@@ -320,10 +324,53 @@ export class ImageState implements RefcountHost {
     this.refcounts.flush();
     this.barrier();
     this.unsyncedData = false;
+    this.applyDataDiscards();
     if (this.refcounts.applyDeferredFrees()) {
       this.refcounts.flush();
       this.storage.flush();
     }
+  }
+
+  /**
+   * Set while this session has marked a lazy-refcounts image dirty: refcounts
+   * on disk may lag the L2 tables, which the next open repairs.
+   */
+  get refcountsMayLag(): boolean {
+    return this.lazyRefcounts && this.dirtyMarked;
+  }
+
+  /**
+   * A guest's flush (bdrv_co_flush: qcow2_write_caches, then the file's
+   * fdatasync): guest data and L2 tables durable. On a dirty lazy-refcounts
+   * image the refcount blocks stay in the cache, as QEMU leaves them
+   * (qcow2_need_accurate_refcounts): that is what lazy refcounts are for, and
+   * a crash then leaves what a crash of QEMU leaves. Everything else (amend,
+   * snapshots, close) flushes with flush(), refcounts included.
+   */
+  flushGuest(): void {
+    if (!this.refcountsMayLag) return this.flush();
+    if (this.closed || this.readOnly) return;
+    this.l2Cache.flush();
+    this.barrier();
+    this.unsyncedData = false;
+    this.applyDataDiscards();
+    // The L2 updates that allowed them are durable now; the frees wait in the cache like every refcount.
+    this.refcounts.applyDeferredFrees();
+  }
+
+  /** The data-file discards the L2 tables on disk now allow (nothing points at those clusters any more). */
+  private applyDataDiscards(): void {
+    if (this.pendingDataDiscards.size === 0) return;
+    for (const host of this.pendingDataDiscards) this.zeroDataCluster(host);
+    this.pendingDataDiscards.clear();
+  }
+
+  /** A discard of one data-file cluster: its bytes in the file become zeros (a hole past the end reads as zeros anyway). */
+  zeroDataCluster(host: number): void {
+    const data = this.dataStorage;
+    if (!data) return;
+    const end = Math.min(host + this.clusterSize, data.size());
+    if (end > host) data.write(host, new Uint8Array(end - host));
   }
 
   /** Flushes, clears the dirty bit this session set, and closes backing and storage even on failure. */

@@ -70,7 +70,9 @@ describe('start-up', () => {
       [['info', 'a.qcow2'], [], engine],
       [['check', 'a.qcow2'], [], engine],
       [['io', 'a.qcow2', '-c', 'write -c 0 64k', '-c', 'read 0 64k'], [], engine],
-      [['io', 'a.qcow2', '-c', 'reopen', '-c', 'read 0 64k'], [], opTable],
+      // reopen and close are qemu-io commands; a fault op is the harness's alone.
+      [['io', 'a.qcow2', '-c', 'reopen -r', '-c', 'close'], [], engine],
+      [['io', 'a.qcow2', '-c', 'fault flush@1 eio write 0 512', '-c', 'read 0 64k'], [], opTable],
       [['create', '-q', 'b.qcow2', '1M'], [], engine],
       [['convert', '-O', 'raw', 'a.qcow2', 'a.raw'], [], engine],
       // A zstd image whose clusters are not compressed never needs the codec.

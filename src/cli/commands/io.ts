@@ -1,10 +1,11 @@
 import * as fs from 'node:fs';
-import { all, has, parseArgs } from '../args.js';
+import { all, has, last, parseArgs } from '../args.js';
 import type { CliContext } from '../context.js';
 import { CommandFailed, EXIT_FAILURE, EXIT_OK, UsageError } from '../errors.js';
-import { IO_COMMANDS_HELP, prepareIoCommands, runIoCommand, type IoSession } from '../io-commands.js';
-import { checkOpened, IMAGE_OPTS_LONG, imageSpec, IMAGE_OPTS_HELP } from '../image-opts.js';
-import { FORCE_SHARE_HELP, forceShare, openWritable, Qcow2Device, reason, type WritableDevice } from '../open.js';
+import { IO_COMMANDS_HELP, prepareIoCommands, runIoCommand } from '../io-commands.js';
+import { IoSession, parseCacheMode } from '../io-session.js';
+import { IMAGE_OPTS_LONG, imageSpec, IMAGE_OPTS_HELP, secretStore } from '../image-opts.js';
+import { FORCE_SHARE_HELP, forceShare } from '../open.js';
 
 export const IO_HELP = `Usage: qcow2-harness io [--object OBJ] [--image-opts] [-f fmt] [-r [-U]] FILE -c 'CMD' [-c 'CMD' ...]
 
@@ -20,7 +21,10 @@ be opened, or a bad command line; 70 an internal error.
   -r        open read-only
   -c CMD    a command to run (repeatable)
 ${FORCE_SHARE_HELP} (with -r)
-  -n, -t MODE, -d MODE   accepted for qemu-io compatibility, ignored
+  -t MODE   cache mode: writethrough (the default, as qemu-io's: every write is
+            flushed before the next command), directsync, writeback, none, unsafe
+            (writes reach the disk at a flush or at the end)
+  -n, -d MODE   accepted for qemu-io compatibility, ignored
 
 ${IO_COMMANDS_HELP}`;
 
@@ -70,9 +74,11 @@ async function runIo(argv: string[], ctx: CliContext): Promise<number> {
     ctx.stdout(IO_HELP);
     return EXIT_OK;
   }
-  if (p.operands.length !== 1) throw new UsageError(p.operands.length ? `Unexpected argument: ${p.operands[1]}` : 'Expecting one image file name', 'io');
-  const spec = imageSpec(p, p.operands[0]!, 'io');
-  const file = spec.file;
+  // No image at all is a session that opens one later (qemu-io's open command).
+  if (p.operands.length > 1) throw new UsageError(`Unexpected argument: ${p.operands[1]}`, 'io');
+  const store = secretStore(p);
+  const cache = parseCacheMode(last(p, 't') ?? 'writethrough');
+  const session = new IoSession(ctx, store);
   let commands = all(p, 'c');
   // Without -c, qemu-io's command loop: a prompt before each line it reads,
   // and one more at the end of input; every line is a command (qemu-io has no
@@ -82,22 +88,11 @@ async function runIo(argv: string[], ctx: CliContext): Promise<number> {
     commands = fs.readFileSync(0, 'utf8').split('\n');
     if (commands.at(-1) === '') commands.pop();
   }
-  const how = { format: spec.format, readOnly: has(p, 'r'), forceShare: forceShare(p), passphrase: spec.passphrase(), name: spec.shownAs, dataFile: spec.dataFile };
+  if (p.operands.length === 1) {
+    const spec = imageSpec(p, p.operands[0]!, 'io', store);
+    session.open({ spec, readOnly: has(p, 'r'), forceShare: forceShare(p), writethrough: cache.writethrough });
+  }
   await prepareIoCommands(commands);
-  const open = (): WritableDevice => {
-    const dev = openWritable(ctx, file, how);
-    if (dev instanceof Qcow2Device) checkOpened(dev.image, spec, true);
-    return dev;
-  };
-  const session: IoSession = {
-    dev: openAsQemuIo(open, how.name ?? file),
-    readOnly: how.readOnly,
-    reopen() {
-      // Close first: the new open must see exactly what the old one left on disk.
-      this.dev.close();
-      this.dev = open();
-    },
-  };
   let failed = false;
   try {
     for (const c of commands) {
@@ -108,25 +103,8 @@ async function runIo(argv: string[], ctx: CliContext): Promise<number> {
     }
     if (interactive && !session.quit) ctx.stdout(PROMPT);
   } finally {
-    try {
-      session.dev.close();
-    } catch (e) {
-      ctx.stderr(`qcow2-harness: ${file}: close failed: ${reason(e)}\n`);
-      failed = true;
-    }
+    if (!session.close()) failed = true;
   }
   return failed ? EXIT_FAILURE : EXIT_OK;
 }
 
-/** qemu-io's openfile words an open failure "can't open device X: why", where qemu-img says "Could not open 'X': why". */
-function openAsQemuIo(open: () => WritableDevice, name: string): WritableDevice {
-  try {
-    return open();
-  } catch (e) {
-    const prefix = `Could not open '${name}': `;
-    if (e instanceof CommandFailed && e.message.startsWith(prefix)) {
-      throw new CommandFailed(`can't open device ${name}: ${e.message.slice(prefix.length)}`, e.exitCode, e.hint);
-    }
-    throw e;
-  }
-}

@@ -13,6 +13,7 @@ import { accessOf, backingChain, backingFileName, backingStamp, DATA_FILE_NAME, 
 import { BACKING_STAMP_BASE, PATTERN_STAMP_BASE } from './data.js';
 import type { OracleName } from './oracles.js';
 import { qemuDeclines } from './declines.js';
+import { crashCheckLines, crashViews } from './repro-crash.js';
 import { formatOp, specOf, type Op } from './ops.js';
 import type { KnownBug } from './targets/types.js';
 
@@ -42,6 +43,14 @@ function layerCommands(model: DiskModel, layer: Layer): string[] {
     s = e;
   }
   return out;
+}
+
+/** Shell lines building `file`, a raw file of a layer's guest view. */
+function rawFileLines(model: DiskModel, file: string, layer: Layer): string[] {
+  const L = [`qemu-img create -q -f raw ${file} ${layer.size}`];
+  const cmds = layerCommands(model, layer);
+  for (let i = 0; i < cmds.length; i += 200) L.push(`qemu-io -f raw ${cmds.slice(i, i + 200).map((x) => `-c ${q(x)}`).join(' ')} ${file}`);
+  return L;
 }
 
 /** A qcow2 file as a shell operand of qemu-img/qemu-io: `-f qcow2 F`, or the secret and an option string. */
@@ -86,11 +95,7 @@ function endChecks(r: ReproInput, a: ImageAccess | undefined): string[] {
     L.push(`run qemu-img check ${operand('image.qcow2', a)} || bug "qemu-img check reports problems"`);
   }
   L.push('# Expected guest view, built in a raw file.');
-  L.push(`qemu-img create -q -f raw expected.raw ${r.model.size}`);
-  const exp = layerCommands(r.model, r.model.active);
-  for (let i = 0; i < exp.length; i += 200) {
-    L.push(`qemu-io -f raw ${exp.slice(i, i + 200).map((x) => `-c ${q(x)}`).join(' ')} expected.raw`);
-  }
+  L.push(...rawFileLines(r.model, 'expected.raw', r.model.active));
   const cmp = needsImageOpts(a) ? `${operand('image.qcow2', a)} ${q(rawImageOpts('expected.raw'))}` : '-f qcow2 -F raw image.qcow2 expected.raw';
   L.push(`run qemu-img compare ${cmp} || bug "guest view differs from the expected one"`);
   return L;
@@ -159,8 +164,14 @@ export function reproScript(r: ReproInput): string {
   L.push(createLine(c));
   let batch: string[] = [];
   let batchRefused = false;
-  const flush = () => {
+  /** Set at the failing crash op: its batch is kept, and run on a copy of the image from before it. */
+  let crashBatch: string[] | undefined;
+  const flush = (beforeCrash = false) => {
     if (!batch.length) return;
+    if (beforeCrash) {
+      L.push(`cp image.qcow2 crash.qcow2${c.dataFile ? ` && cp ${DATA_FILE_NAME} crash.data` : ''}`);
+      crashBatch = [...batch];
+    }
     // A dirty config kills each qemu-io after its flush (exit 134, SIGABRT) instead of closing the image.
     const end = c.dirty ? ` -c flush -c abort` : '';
     const ok = c.dirty ? ' 2>/dev/null; [ $? -eq 134 ] || bug "qemu-io failed"' : ' || bug "qemu-io failed"';
@@ -179,6 +190,15 @@ export function reproScript(r: ReproInput): string {
     if (declined) {
       flush();
       L.push(`# op ${index} (${formatOp(op)}) left out: ${declined}`);
+      return;
+    }
+    if (op.kind === 'crash' && !refused && r.oracle === 'crash' && index === r.ops.length) {
+      flush(true);
+      const views = crashViews(c, r.ops, r.refused, index);
+      if (crashBatch && views) {
+        const crashOperand = (file: string, dataFile?: string) => operand(file, dataFile ? { ...access, dataFile } : access);
+        L.push(...crashCheckLines(index, crashBatch, c.dataFile !== undefined, q, crashOperand, (file, layer) => rawFileLines(views.model, file, layer), views));
+      } else L.push(`# op ${index} (crash): ${crashBatch ? 'an aio group before it: its order is the target\'s, not scripted' : 'no qemu-io batch before it: nothing pending'}`);
       return;
     }
     const step = specOf(op).repro(op, hex(patternOf(index)));

@@ -11,14 +11,16 @@ import { accessOf, creationOptions, DATA_FILE_NAME, type TraceConfig } from '../
 import { qemuDeclines } from '../declines.js';
 import { createBacking, readFileRange } from '../fixture.js';
 import { ALL_OP_KINDS, BLKDEBUG_EVENTS, specOf, specOfKind, type AioRequestKind, type Op, type QemuRunner } from '../ops.js';
-import type { KnownBug, OpOutcome, StampedOp, Target } from './types.js';
+import type { CrashCoverage, KnownBug, OpOutcome, StampedOp, Target } from './types.js';
+import type { CrashVisit } from '../crash.js';
+import { QemuCrashPoint } from './qemu-crash.js';
 
 const fromTool = (r: ToolResult): OpOutcome => (r.rc === 0 ? { ok: true } : { ok: false, error: (r.stderr || r.stdout).trim() || `rc ${r.rc}` });
 
 export class QemuTarget implements Target {
   readonly name = 'qemu';
-  /** Every kind QEMU's tools can run (one qemu-io command, or a run of its own). */
-  readonly capabilities = new Set(ALL_OP_KINDS.filter((k) => specOfKind(k).qemuIo || specOfKind(k).qemu));
+  /** Every kind QEMU's tools can run (one qemu-io command, or a run of its own), and crash (qemu-crash.ts). */
+  readonly capabilities = new Set(ALL_OP_KINDS.filter((k) => specOfKind(k).qemuIo || specOfKind(k).qemu || k === 'crash'));
   /** Fault ops open the image through blkdebug and fail at one of its events. */
   readonly faultPoints = BLKDEBUG_EVENTS;
   /** qemu-io 7.2 has aio_read and aio_write (-P, -z) but no aio_discard: groups never hold discards here. */
@@ -34,12 +36,14 @@ export class QemuTarget implements Target {
   private config: TraceConfig | undefined;
   /** How every tool opens the image (the secret of an encrypted one). */
   private access: ImageAccess | undefined;
+  /** What a qemu-io killed at the end of the last batch would have left (crash ops). */
+  private crashPoint: QemuCrashPoint | undefined;
 
   constructor(
     private readonly timeoutMs?: number,
     o: { strict?: boolean } = {},
   ) {
-    this.knownBugs = new Set<KnownBug>(o.strict ? [] : ['leak-after-refused-snapshot', 'slow-refcount-amend', 'stale-tail-after-regrow', 'failed-compressed-write-keeps-l2-entry', 'unencrypted-compressed-write', 'encrypted-downgrade-garbage', 'zero-races-allocating-write', 'zstd-downgrade-ignores-snapshots']);
+    this.knownBugs = new Set<KnownBug>(o.strict ? [] : ['leak-after-refused-snapshot', 'slow-refcount-amend', 'stale-tail-after-regrow', 'failed-compressed-write-keeps-l2-entry', 'unencrypted-compressed-write', 'encrypted-downgrade-garbage', 'zero-races-allocating-write', 'zstd-downgrade-ignores-snapshots', 'data-file-discard-before-l2-update']);
   }
 
   batchable(op: Op): boolean {
@@ -55,6 +59,7 @@ export class QemuTarget implements Target {
     this.dirty = config.dirty === true;
     this.config = config;
     this.access = accessOf(config);
+    this.crashPoint = new QemuCrashPoint(dir, this.image, config.dataFile ? path.join(dir, DATA_FILE_NAME) : undefined, this.access, this.timeoutMs);
   }
 
   imagePath(): string {
@@ -66,8 +71,21 @@ export class QemuTarget implements Target {
     const declined = (o: StampedOp) => this.config !== undefined && qemuDeclines(this.config, o.op, this.knownBugs) !== undefined;
     if (ops.length > 0 && ops.every((o) => this.batchable(o.op) && !declined(o))) return this.runIo(ops);
     const out: OpOutcome[] = [];
-    for (const o of ops) out.push(await this.runOne(o));
+    for (const o of ops) {
+      // A crash op looks at the batch before it; any other op on its own ends with the image closed.
+      if (o.op.kind === 'crash') {
+        const d = this.config && qemuDeclines(this.config, o.op, this.knownBugs);
+        out.push(d ? { ok: false, error: d } : { ok: true });
+        continue;
+      }
+      this.crashPoint?.forget();
+      out.push(await this.runOne(o));
+    }
     return out;
+  }
+
+  crashImages(_budget: number, _seed: number, visit: CrashVisit): Promise<CrashCoverage> {
+    return this.crashPoint!.crashImages(visit);
   }
 
   private async runIo(ops: StampedOp[]): Promise<OpOutcome[]> {
@@ -81,6 +99,7 @@ export class QemuTarget implements Target {
       }
       return specOf(op).qemuIo!(op, file);
     });
+    this.crashPoint?.beforeBatch([...commands], files);
     // abort() leaves what the flush wrote and nothing of a clean close: the dirty bit stays set.
     if (this.dirty) commands.push('flush', 'abort');
     try {
@@ -91,7 +110,8 @@ export class QemuTarget implements Target {
       if (!flushed.ok && out[out.length - 1]!.ok) out[out.length - 1] = { ok: false, error: `the flush before abort failed: ${flushed.error}` };
       return out;
     } finally {
-      for (const f of files) fs.rmSync(f, { force: true });
+      // A batch a crash op may replay keeps its input files until the next batch (QemuCrashPoint.forget).
+      if (!this.crashPoint?.keepsInputs) for (const f of files) fs.rmSync(f, { force: true });
     }
   }
 

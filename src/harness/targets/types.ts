@@ -93,7 +93,16 @@ export type KnownBug =
    * as zlib (EIO); amend does not downgrade zstd images with snapshots on QEMU
    * (corpus: qemu-zstd-downgrade-strands-snapshot-clusters).
    */
-  | 'zstd-downgrade-ignores-snapshots';
+  | 'zstd-downgrade-ignores-snapshots'
+  /**
+   * QEMU 7.2: a guest discard on an image with an external data file
+   * discards the data file's cluster at once (qcow2_free_any_cluster), before
+   * the L2 update that drops it is on disk; a crash in between leaves the old
+   * entry pointing at a hole, which an encrypted image decrypts to garbage.
+   * Crash ops on QEMU are declined for encrypted images with a data file
+   * (corpus: qemu-data-file-discard-before-l2-update).
+   */
+  | 'data-file-discard-before-l2-update';
 
 export interface Target {
   readonly name: string;

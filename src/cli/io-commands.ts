@@ -35,9 +35,11 @@ export const IO_COMMANDS_HELP = `Commands (qemu-io syntax; OFF and LEN take k, M
   info        format, cluster size, VM state offset and format-specific information
   truncate [-m off] SIZE      the new virtual size (shrinking too)
   sleep MS    quit
+  open [-rU] [-t cache] [-o options] [path]   close   reopen [-r|-w] [-c cache]
+  sigraise SIGNUM   abort     the process dies, the image left as it is on disk
 Beyond qemu-io, the harness's op text form (qcow2 only), so a trace replays
 through this command as it reads:
-  snapshot -c|-a|-d NAME      amend KEY=VALUE[,KEY=VALUE]      reopen
+  snapshot -c|-a|-d NAME      amend KEY=VALUE[,KEY=VALUE]
   resize [--shrink] SIZE      and any other op of the harness's op table
 `;
 

@@ -255,4 +255,5 @@ function setLazyRefcounts(img: ImageState, on: boolean): void {
   }
   img.writeHeader();
   img.storage.flush();
+  if (!on) img.dirtyBitRewritten();
 }

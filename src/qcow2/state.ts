@@ -336,7 +336,16 @@ export class ImageState implements RefcountHost {
    * on disk may lag the L2 tables, which the next open repairs.
    */
   get refcountsMayLag(): boolean {
-    return this.lazyRefcounts && this.dirtyMarked;
+    return this.lazyRefcounts && this.dirtyMarked && (this.header.incompatibleFeatures & INCOMPAT_DIRTY) !== 0n;
+  }
+
+  /**
+   * The header's dirty bit was cleared by a rewrite of the whole header (amend
+   * lazy_refcounts=off, which flushes the refcounts first): this session's mark
+   * is gone, and the next change with lazy refcounts back on marks it again.
+   */
+  dirtyBitRewritten(): void {
+    this.dirtyMarked = false;
   }
 
   /**

@@ -77,7 +77,7 @@ describe('crash ops on the qemu target', () => {
     ];
     for (const [config, texts, rc, says] of cases) {
       const r = await runTrace(new QemuTarget(undefined, { strict: true }), config, ops(...texts), { tmpRoot: tmp });
-      const script = reproScript({ target: 'qemu', config, ops: r.ops, model: r.model, refused: r.refused, oracle: 'crash', message: 'crash' });
+      const script = reproScript({ target: 'qemu', config, ops: r.ops, model: r.model!, refused: r.refused, oracle: 'crash', message: 'crash' });
       const f = path.join(tmp, `repro-${rc}.sh`);
       fs.writeFileSync(f, script);
       const run = spawnSync('sh', [f], { encoding: 'utf8' });
